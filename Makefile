@@ -1,0 +1,43 @@
+# medflower: `make demo` and `make test` work on a fresh machine (they set up first).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+HOSPITALS ?= 4
+ROUNDS ?= 5
+RUN_CONFIG ?=
+PYTEST_ARGS ?=
+
+# Flower offline and project-local (see README "Environment").
+export FLWR_HOME := $(CURDIR)/.flwr
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+export MEDFLOWER_HOME := $(CURDIR)
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup demo test lint env clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]" 2> >(grep -v "^WARNING: Location" >&2)
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/medflower simulate --hospitals $(HOSPITALS) --run-config "num-server-rounds=$(ROUNDS) $(RUN_CONFIG)"
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+
+# Print the environment the Makefile uses: eval "$(make -s env)"
+env:
+	@echo "export FLWR_HOME='$(FLWR_HOME)' FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 MEDFLOWER_HOME='$(CURDIR)' PATH='$(BIN)':\"\$$PATH\""
+
+clean:
+	rm -rf .flwr outputs .pytest_cache

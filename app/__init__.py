@@ -1,0 +1,1 @@
+"""Flower ServerApp and ClientApp of medflower (thin Message <-> Python handlers)."""

@@ -1,0 +1,174 @@
+"""Run configuration: ``[tool.flwr.app.config]`` parsed once into a frozen dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from data.spec import DataSpec
+
+
+class ConfigError(ValueError):
+    """A run-config key is unknown, of the wrong type or out of range."""
+
+
+def _opt(
+    default: Any,
+    key: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    help: str = "",  # noqa: A002 - mirrors argparse
+) -> Any:
+    """Declare one run-config key with its validation rule."""
+    meta = {
+        "key": key,
+        "choices": choices,
+        "low": low,
+        "high": high,
+        "low_open": low_open,
+        "help": help,
+    }
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Validated run configuration shared by the ServerApp, ClientApp and scripts.
+
+    Every field maps to one kebab-case key of ``[tool.flwr.app.config]``; the field
+    metadata carries its validation rule, so the README table, the parser and the
+    tests use one source of truth.
+    """
+
+    num_server_rounds: int = _opt(5, "num-server-rounds", low=1, high=10_000)
+    task: str = _opt("tabular", "task", choices=("tabular",))
+    dataset: str = _opt("wdbc", "dataset", choices=("wdbc", "heart-disease", "csv"))
+    data_path: str = _opt("", "data-path")
+    label_column: str = _opt("target", "label-column")
+    partitioner: str = _opt("iid", "partitioner", choices=("iid", "dirichlet"))
+    dirichlet_alpha: float = _opt(0.5, "dirichlet-alpha", low=0.0, low_open=True)
+    val_fraction: float = _opt(0.2, "val-fraction", low=0.05, high=0.5)
+    test_fraction: float = _opt(0.2, "test-fraction", low=0.05, high=0.5)
+    model: str = _opt("logreg", "model", choices=("logreg", "mlp"))
+    mlp_hidden: int = _opt(64, "mlp-hidden", low=1, high=4096)
+    mlp_layers: int = _opt(2, "mlp-layers", low=1, high=8)
+    strategy: str = _opt("fedavg", "strategy", choices=("fedavg", "fedprox"))
+    proximal_mu: float = _opt(0.0, "proximal-mu", low=0.0, high=100.0)
+    local_epochs: int = _opt(1, "local-epochs", low=1, high=1000)
+    batch_size: int = _opt(32, "batch-size", low=1, high=65_536)
+    learning_rate: float = _opt(0.05, "learning-rate", low=0.0, high=10.0, low_open=True)
+    optimizer: str = _opt("sgd", "optimizer", choices=("sgd", "adam"))
+    momentum: float = _opt(0.9, "momentum", low=0.0, high=0.999)
+    weight_decay: float = _opt(0.0, "weight-decay", low=0.0, high=1.0)
+    fraction_train: float = _opt(1.0, "fraction-train", low=0.0, high=1.0, low_open=True)
+    fraction_evaluate: float = _opt(1.0, "fraction-evaluate", low=0.0, high=1.0)
+    min_hospitals: int = _opt(2, "min-hospitals", low=1, high=100_000)
+    round_timeout: float = _opt(3600.0, "round-timeout", low=0.0, low_open=True)
+    server_eval: bool = _opt(True, "server-eval")
+    seed: int = _opt(42, "seed", low=0, high=2**31 - 1)
+    device: str = _opt("auto", "device", choices=("auto", "cpu", "cuda"))
+    torch_threads: int = _opt(1, "torch-threads", low=0, high=256)
+    output_dir: str = _opt("outputs", "output-dir")
+    run_name: str = _opt("", "run-name")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_field(f, getattr(self, f.name))
+        if self.dataset in ("heart-disease", "csv") and not self.data_path:
+            raise ConfigError(
+                f"dataset='{self.dataset}' needs 'data-path' (a directory of hospital "
+                "files for heart-disease, a CSV file for csv)."
+            )
+        if self.strategy == "fedprox" and self.proximal_mu <= 0.0:
+            raise ConfigError(
+                "strategy='fedprox' needs 'proximal-mu' > 0 (got "
+                f"{self.proximal_mu}); use strategy='fedavg' for mu = 0."
+            )
+        if any(c in self.run_name for c in "/\\") or self.run_name in (".", ".."):
+            raise ConfigError(f"'run-name' must be a plain name, got {self.run_name!r}.")
+
+    @classmethod
+    def keys(cls) -> dict[str, dataclasses.Field[Any]]:
+        """Map each run-config key to its dataclass field."""
+        return {f.metadata["key"]: f for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Parse ``context.run_config``; unknown keys and bad values raise ConfigError."""
+        known = cls.keys()
+        unknown = sorted(set(run_config) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"Unknown run-config key(s): {', '.join(unknown)}. "
+                f"Known keys: {', '.join(sorted(known))}."
+            )
+        kwargs = {}
+        for key, value in run_config.items():
+            f = known[key]
+            kwargs[f.name] = _coerce(key, value, type(f.default))
+        return cls(**kwargs)
+
+    def to_run_config(self) -> dict[str, Any]:
+        """Return the kebab-case mapping (as written to ``run_config.json``)."""
+        return {f.metadata["key"]: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """Return a validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def data_spec(self) -> DataSpec:
+        """The data-related subset of the configuration."""
+        return DataSpec(
+            dataset=self.dataset,
+            data_path=self.data_path,
+            label_column=self.label_column,
+            partitioner=self.partitioner,
+            dirichlet_alpha=self.dirichlet_alpha,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+            seed=self.seed,
+        )
+
+
+def _coerce(key: str, value: Any, expected: type) -> Any:
+    """Check one value's type; ints are accepted where floats are expected."""
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"'{key}' must be true or false, got {value!r}.")
+        return value
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"'{key}' must be an integer, got {value!r}.")
+        return value
+    if expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"'{key}' must be a number, got {value!r}.")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"'{key}' must be a string, got {value!r}.")
+    return value
+
+
+def _check_field(f: dataclasses.Field[Any], value: Any) -> None:
+    meta = f.metadata
+    key = meta["key"]
+    choices = meta["choices"]
+    if choices is not None and value not in choices:
+        raise ConfigError(
+            f"'{key}' must be one of {', '.join(choices)}; got {value!r}."
+        )
+    low, high = meta["low"], meta["high"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"'{key}' must be finite, got {value!r}.")
+    if low is not None and (value <= low if meta["low_open"] else value < low):
+        bound = f"> {low}" if meta["low_open"] else f">= {low}"
+        raise ConfigError(f"'{key}' must be {bound}, got {value!r}.")
+    if high is not None and value > high:
+        raise ConfigError(f"'{key}' must be <= {high}, got {value!r}.")

@@ -1,0 +1,99 @@
+"""A run's folder: run_config.json, history.json, final_model.pt, outputs/latest."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from app.config import RunConfig
+
+OUTPUT_ROOT_ENV = "MEDFLOWER_HOME"
+
+
+def resolve_output_root(output_dir: str) -> Path:
+    """An absolute ``output-dir`` is used as is; a relative one is taken under
+    ``$MEDFLOWER_HOME`` (the Makefile sets it to the repository) or else the
+    working directory of the process running the ServerApp."""
+    path = Path(output_dir).expanduser()
+    if path.is_absolute():
+        return path
+    base = os.environ.get(OUTPUT_ROOT_ENV) or os.getcwd()
+    return Path(base) / path
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: NaN/inf become null, numpy scalars become floats."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "item"):
+        return _clean(value.item())
+    return value
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write atomically, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_clean(payload), indent=2, sort_keys=False))
+    tmp.replace(path)
+
+
+class RunRecorder:
+    """Creates ``<output-dir>/<run-name>/`` and keeps its history up to date."""
+
+    def __init__(self, cfg: RunConfig, run_id: int) -> None:
+        root = resolve_output_root(cfg.output_dir)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = cfg.run_name or f"{stamp}-{cfg.dataset}-{cfg.strategy}-{run_id}"
+        self.root = root
+        self.dir = root / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.history: dict[str, Any] = {
+            "run_name": name,
+            "flower_run_id": run_id,
+            "task": cfg.task,
+            "dataset": cfg.dataset,
+            "strategy": cfg.strategy,
+            "model": cfg.model,
+            "num_rounds": cfg.num_server_rounds,
+            "status": "running",
+            "rounds": [],
+        }
+        write_json(self.dir / "run_config.json", cfg.to_run_config())
+
+    @property
+    def history_path(self) -> Path:
+        return self.dir / "history.json"
+
+    @property
+    def model_path(self) -> Path:
+        return self.dir / "final_model.pt"
+
+    def record_round(self, entry: dict[str, Any]) -> None:
+        """Append (or replace) one round's entry and rewrite history.json."""
+        rounds = [r for r in self.history["rounds"] if r["round"] != entry["round"]]
+        rounds.append(entry)
+        self.history["rounds"] = sorted(rounds, key=lambda r: r["round"])
+        write_json(self.history_path, self.history)
+
+    def finish(self, status: str, **extra: Any) -> None:
+        self.history["status"] = status
+        self.history.update(extra)
+        write_json(self.history_path, self.history)
+        self.point_latest()
+
+    def point_latest(self) -> None:
+        """Make ``<output-dir>/latest`` a relative symlink to this run."""
+        latest = self.root / "latest"
+        tmp = self.root / f".latest-{os.getpid()}"
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        tmp.symlink_to(self.dir.name)
+        tmp.replace(latest)

@@ -1,0 +1,1 @@
+"""Datasets, loaders, partitioning and preprocessing for medflower hospitals."""

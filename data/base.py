@@ -1,0 +1,144 @@
+"""The interface every federated dataset implements, and the pooled-split base."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from functools import cached_property
+from typing import ClassVar
+
+import numpy as np
+
+from data.partition import partition_indices, stratified_split
+from data.preprocessing import Standardizer
+from data.spec import DataError, DatasetInfo, DataSpec, HospitalData, Split
+
+
+class FederatedDataset(ABC):
+    """A dataset as the federation sees it.
+
+    ``hospital`` is the simulation view (hospital ``partition_id`` of
+    ``num_partitions``); ``local_hospital`` is the deployment view (a hospital reads
+    its own file or folder); ``server_test`` is the held-out set no hospital trains
+    on, used for server-side evaluation and by ``medflower evaluate``.
+    """
+
+    name: ClassVar[str]
+    task: ClassVar[str]
+
+    def __init__(self, spec: DataSpec) -> None:
+        self.spec = spec
+
+    @abstractmethod
+    def info(self) -> DatasetInfo:
+        """Shape of the inputs and number of classes."""
+
+    @abstractmethod
+    def hospital(self, partition_id: int, num_partitions: int) -> HospitalData:
+        """Hospital ``partition_id``'s data in a simulated federation."""
+
+    def local_hospital(self, path: str, name: str) -> HospitalData:
+        """A hospital's own data read from ``path`` (deployment)."""
+        raise DataError(
+            f"dataset '{self.name}' has no per-hospital files; use a dataset kind "
+            "that reads a hospital's own data (heart-disease, csv).",
+            f"dataset '{self.name}' cannot be read from a hospital path",
+        )
+
+    @abstractmethod
+    def server_test(self) -> Split:
+        """The held-out evaluation set, standardised as its site would."""
+
+    def hospital_names(self, num_partitions: int) -> list[str]:
+        return [f"hospital-{i}" for i in range(num_partitions)]
+
+
+def check_partition(partition_id: int, num_partitions: int) -> None:
+    if not 0 <= partition_id < num_partitions:
+        raise DataError(
+            f"partition-id {partition_id} is outside 0..{num_partitions - 1}.",
+            "invalid partition-id",
+        )
+
+
+def make_local_splits(
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    held_out_fraction: float,
+    seed: int,
+    info: DatasetInfo,
+) -> HospitalData:
+    """Split one hospital's records into train / held-out and standardise both
+    with statistics of the hospital's own training split."""
+    if len(y) == 0:
+        raise DataError(f"Hospital {name} has no records.", "empty partition")
+    keep, out = stratified_split(y, held_out_fraction, seed)
+    scaler = Standardizer.fit(x[keep])
+    return HospitalData(
+        name=name,
+        train=Split(scaler.transform(x[keep]), y[keep]),
+        val=Split(scaler.transform(x[out]), y[out]),
+        info=info,
+    )
+
+
+class PooledTabularDataset(FederatedDataset):
+    """One table split into a global test set and IID/Dirichlet hospital shares."""
+
+    task = "tabular"
+
+    @abstractmethod
+    def load_table(self) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+        """Return features (float), integer labels and feature names."""
+
+    @cached_property
+    def _table(self) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+        return self.load_table()
+
+    @cached_property
+    def _pool_and_test(self) -> tuple[np.ndarray, np.ndarray]:
+        _, y, _ = self._table
+        return stratified_split(y, self.spec.test_fraction, self.spec.seed)
+
+    def info(self) -> DatasetInfo:
+        x, y, names = self._table
+        return DatasetInfo(
+            task="tabular",
+            input_shape=(x.shape[1],),
+            num_classes=max(2, int(y.max()) + 1),
+            feature_names=names,
+            description=self.name,
+        )
+
+    def partitions(self, num_partitions: int) -> list[np.ndarray]:
+        """Record indices of each hospital (into the full table)."""
+        _, y, _ = self._table
+        pool, _ = self._pool_and_test
+        parts = partition_indices(
+            y[pool],
+            num_partitions,
+            method=self.spec.partitioner,
+            alpha=self.spec.dirichlet_alpha,
+            seed=self.spec.seed,
+        )
+        return [pool[p] for p in parts]
+
+    def hospital(self, partition_id: int, num_partitions: int) -> HospitalData:
+        check_partition(partition_id, num_partitions)
+        x, y, _ = self._table
+        idx = self.partitions(num_partitions)[partition_id]
+        return make_local_splits(
+            f"hospital-{partition_id}",
+            x[idx],
+            y[idx],
+            held_out_fraction=self.spec.val_fraction,
+            seed=self.spec.seed + 1 + partition_id,
+            info=self.info(),
+        )
+
+    def server_test(self) -> Split:
+        x, y, _ = self._table
+        _, test = self._pool_and_test
+        # The evaluation site standardises with its own statistics, like a hospital.
+        return Split(Standardizer.fit(x[test]).transform(x[test]), y[test])

@@ -1,0 +1,106 @@
+"""Split records across simulated hospitals with flwr-datasets partitioners."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import warnings
+
+import numpy as np
+from datasets import Dataset
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
+from sklearn.model_selection import train_test_split
+
+from data.spec import DataError
+
+PartitionerFactory = Callable[[int, float, int, int], Partitioner]
+
+
+def _iid(num_partitions: int, alpha: float, seed: int, n: int) -> Partitioner:
+    del alpha, n
+    # IidPartitioner slices in order; records are shuffled beforehand (seeded).
+    return IidPartitioner(num_partitions=num_partitions)
+
+
+def _dirichlet(num_partitions: int, alpha: float, seed: int, n: int) -> Partitioner:
+    # A small floor keeps tiny datasets partitionable while still refusing empty
+    # hospitals; flwr-datasets retries the draw until every hospital reaches it.
+    floor = max(2, min(10, n // (4 * num_partitions)))
+    return DirichletPartitioner(
+        num_partitions=num_partitions,
+        partition_by="label",
+        alpha=alpha,
+        min_partition_size=floor,
+        self_balancing=True,
+        shuffle=True,
+        seed=seed,
+    )
+
+
+PARTITIONERS: dict[str, PartitionerFactory] = {"iid": _iid, "dirichlet": _dirichlet}
+
+
+def partition_indices(
+    labels: np.ndarray,
+    num_partitions: int,
+    *,
+    method: str,
+    alpha: float,
+    seed: int,
+) -> list[np.ndarray]:
+    """Return, for each hospital, the indices of its records.
+
+    Every index appears in exactly one partition; the result depends only on the
+    arguments, so every simulated hospital computes the same split independently.
+    """
+    if method not in PARTITIONERS:
+        raise ValueError(f"Unknown partitioner {method!r}; known: {sorted(PARTITIONERS)}")
+    n = len(labels)
+    if num_partitions < 1 or num_partitions > n:
+        raise DataError(
+            f"Cannot split {n} records across {num_partitions} hospitals.",
+            "too many hospitals for the dataset size",
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    table = Dataset.from_dict(
+        {"index": order.tolist(), "label": np.asarray(labels)[order].tolist()}
+    )
+    partitioner = PARTITIONERS[method](num_partitions, alpha, seed, n)
+    partitioner.dataset = table
+    try:
+        with warnings.catch_warnings():
+            # flwr-datasets warns on every Dirichlet redraw; only the outcome counts.
+            warnings.simplefilter("ignore", UserWarning)
+            parts = [
+                np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64)
+                for i in range(num_partitions)
+            ]
+    except ValueError as err:
+        raise DataError(
+            f"The {method} partitioner could not split {n} records across "
+            f"{num_partitions} hospitals: {err}",
+            "the dataset could not be partitioned",
+        ) from err
+    return parts
+
+
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``range(len(labels))`` into (keep, held_out), stratified when possible."""
+    n = len(labels)
+    idx = np.arange(n)
+    n_out = max(1, int(round(fraction * n)))
+    if n < 2 or n_out >= n:
+        raise DataError(
+            f"Only {n} records: too few to hold out a {fraction:.0%} split.",
+            "too few records to split",
+        )
+    _, counts = np.unique(labels, return_counts=True)
+    strat = labels if len(counts) > 1 and counts.min() >= 2 else None
+    if strat is not None and n_out < len(counts):
+        strat = None
+    keep, out = train_test_split(
+        idx, test_size=n_out, random_state=seed, shuffle=True, stratify=strat
+    )
+    return np.sort(keep), np.sort(out)

@@ -1,0 +1,76 @@
+"""Plain data containers shared by every dataset: what a hospital holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """A hospital's data cannot be used.
+
+    ``str(error)`` is the full message for the hospital's own log (it may name local
+    files); ``public_reason`` is what may leave the hospital: no path, no record.
+    """
+
+    def __init__(self, message: str, public_reason: str | None = None) -> None:
+        super().__init__(message)
+        self.public_reason = public_reason or "the hospital's data could not be loaded"
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data to load and how to split it (the data part of the run config)."""
+
+    dataset: str = "wdbc"
+    data_path: str = ""
+    label_column: str = "target"
+    partitioner: str = "iid"
+    dirichlet_alpha: float = 0.5
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class Split:
+    """Features and integer labels of one split."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"{len(self.x)} inputs but {len(self.y)} labels.")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the server needs to build a model: no data, only its shape."""
+
+    task: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    feature_names: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class HospitalData:
+    """One hospital's local data: a training split and a local held-out split."""
+
+    name: str
+    train: Split
+    val: Split
+    info: DatasetInfo
+    extras: dict[str, object] = field(default_factory=dict)
+
+    def label_counts(self) -> list[int]:
+        """Number of training records per class (an aggregate, safe to report)."""
+        counts = np.bincount(self.train.y, minlength=self.info.num_classes)
+        return [int(c) for c in counts]

@@ -1,0 +1,257 @@
+"""Tabular datasets: WDBC (bundled with scikit-learn), UCI heart disease, any CSV."""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.datasets import load_breast_cancer
+
+from data.base import (
+    FederatedDataset,
+    PooledTabularDataset,
+    check_partition,
+    make_local_splits,
+)
+from data.preprocessing import Standardizer
+from data.spec import DataError, DatasetInfo, HospitalData, Split
+
+log = logging.getLogger(__name__)
+
+
+class WDBCDataset(PooledTabularDataset):
+    """Breast Cancer Wisconsin (Diagnostic), shipped inside scikit-learn.
+
+    569 real patients, 30 features of digitised fine-needle aspirates. Label 1 =
+    malignant (the disease, so sensitivity is the malignant recall), 0 = benign.
+    """
+
+    name = "wdbc"
+
+    def load_table(self) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+        bunch = load_breast_cancer()
+        # scikit-learn codes malignant as 0; a diagnosis model predicts the disease.
+        y = (1 - bunch.target).astype(np.int64)
+        return bunch.data.astype(np.float64), y, tuple(str(n) for n in bunch.feature_names)
+
+
+def _numeric_frame(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Coerce every column to float, naming the first bad cell."""
+    out = frame.apply(pd.to_numeric, errors="coerce")
+    bad = out.isna() & frame.notna()
+    if bad.to_numpy().any():
+        row, col = np.argwhere(bad.to_numpy())[0]
+        raise DataError(
+            f"{source}: non-numeric value {frame.iat[row, col]!r} in column "
+            f"{frame.columns[col]!r}, row {row + 1}.",
+            f"non-numeric value in column {frame.columns[col]!r}",
+        )
+    values = out.to_numpy(dtype=np.float64)
+    if np.isinf(values).any():
+        row, col = np.argwhere(np.isinf(values))[0]
+        raise DataError(
+            f"{source}: infinite value in column {frame.columns[col]!r}, row {row + 1}.",
+            f"infinite value in column {frame.columns[col]!r}",
+        )
+    return out
+
+
+def _labels(values: np.ndarray, source: str, column: str) -> np.ndarray:
+    if (values < 0).any() or (values != np.round(values)).any():
+        bad = values[(values < 0) | (values != np.round(values))][0]
+        raise DataError(
+            f"{source}: label column {column!r} must hold class indices 0, 1, ...; "
+            f"found {bad!r}.",
+            f"label column {column!r} holds a value that is not a class index",
+        )
+    return values.astype(np.int64)
+
+
+def read_labelled_csv(
+    path: Path, label_column: str
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Read a CSV with a header row and a label column.
+
+    Rows with an empty or NA cell are dropped (and counted in the log); text or
+    infinite values are errors that name the column and row.
+    """
+    if not path.is_file():
+        raise DataError(f"CSV file not found: {path}", "data file not found")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"{path}: not a readable CSV ({err}).", "unreadable CSV") from err
+    if label_column not in frame.columns:
+        raise DataError(
+            f"{path}: no label column {label_column!r}; columns are "
+            f"{', '.join(map(str, frame.columns))}.",
+            f"missing label column {label_column!r}",
+        )
+    numeric = _numeric_frame(frame, str(path))
+    complete = numeric.dropna(axis=0)
+    if dropped := len(numeric) - len(complete):
+        log.warning("%s: dropped %d of %d rows with missing values", path, dropped, len(numeric))
+    if complete.empty:
+        raise DataError(f"{path}: no complete rows.", "no complete rows")
+    features = [c for c in complete.columns if c != label_column]
+    y = _labels(complete[label_column].to_numpy(), str(path), label_column)
+    return complete[features].to_numpy(), y, tuple(map(str, features))
+
+
+class CSVDataset(PooledTabularDataset):
+    """A CSV with a header row and a ``label-column`` of class indices.
+
+    In simulation the table is split like WDBC; in deployment each hospital points
+    ``data-path`` at its own CSV with the same columns.
+    """
+
+    name = "csv"
+
+    def load_table(self) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+        return read_labelled_csv(Path(self.spec.data_path), self.spec.label_column)
+
+    def local_hospital(self, path: str, name: str) -> HospitalData:
+        x, y, _ = read_labelled_csv(Path(path), self.spec.label_column)
+        return make_local_splits(
+            name, x, y, held_out_fraction=self.spec.val_fraction,
+            seed=self.spec.seed, info=self.info_from(x, y),
+        )
+
+    def info_from(self, x: np.ndarray, y: np.ndarray) -> DatasetInfo:
+        return DatasetInfo(
+            task="tabular", input_shape=(x.shape[1],),
+            num_classes=max(2, int(y.max()) + 1), description=self.name,
+        )
+
+
+HEART_COLUMNS = (
+    "age", "sex", "cp", "trestbps", "chol", "fbs", "restecg",
+    "thalach", "exang", "oldpeak", "slope", "ca", "thal", "num",
+)
+# FLamby's Fed-Heart-Disease protocol: slope/ca/thal are mostly missing outside
+# Cleveland, so they are dropped; cp and restecg are one-hot coded with the first
+# level dropped, giving 13 features. Fixed levels keep every hospital's columns equal.
+HEART_DROPPED = ("slope", "ca", "thal")
+HEART_CATEGORIES = {"cp": (1, 2, 3, 4), "restecg": (0, 1, 2)}
+HEART_FEATURES = (
+    "age", "sex", "trestbps", "chol", "fbs", "thalach", "exang", "oldpeak",
+    "cp_2", "cp_3", "cp_4", "restecg_1", "restecg_2",
+)
+
+
+def read_heart_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one UCI ``processed.*.data`` file: 14 columns, no header, ``?`` missing.
+
+    Rows with a missing value in a kept column are dropped; target ``num`` > 0 is
+    disease (1).
+    """
+    if not path.is_file():
+        raise DataError(f"heart-disease file not found: {path}", "data file not found")
+    try:
+        frame = pd.read_csv(path, header=None, na_values="?", skipinitialspace=True)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"{path}: unreadable ({err}).", "unreadable data file") from err
+    if frame.shape[1] != len(HEART_COLUMNS):
+        raise DataError(
+            f"{path}: expected {len(HEART_COLUMNS)} columns "
+            f"({', '.join(HEART_COLUMNS)}), found {frame.shape[1]}.",
+            f"expected {len(HEART_COLUMNS)} columns, found {frame.shape[1]}",
+        )
+    frame.columns = list(HEART_COLUMNS)
+    frame = _numeric_frame(frame, str(path)).drop(columns=list(HEART_DROPPED)).dropna()
+    if frame.empty:
+        raise DataError(f"{path}: no complete rows.", "no complete rows")
+    for column, levels in HEART_CATEGORIES.items():
+        unknown = sorted(set(frame[column].unique()) - set(levels))
+        if unknown:
+            raise DataError(
+                f"{path}: column {column!r} has unknown level(s) {unknown}; "
+                f"expected {levels}.",
+                f"column {column!r} has an unknown level",
+            )
+        for level in levels[1:]:
+            frame[f"{column}_{level}"] = (frame[column] == level).astype(np.float64)
+    y = _labels(frame["num"].to_numpy(), str(path), "num")
+    return frame[list(HEART_FEATURES)].to_numpy(np.float64), (y > 0).astype(np.int64)
+
+
+class HeartDiseaseDataset(FederatedDataset):
+    """UCI heart disease: one file per real hospital (Cleveland, Hungary,
+    Switzerland, Long Beach VA), the natural federated split.
+
+    ``data-path`` is a directory; hospital ``i`` is its ``i``-th data file in name
+    order. Each hospital holds out ``test-fraction`` of its rows (stratified);
+    the server's test set is the union of those held-out rows (FLamby's pooled
+    test), each standardised with its own hospital's training statistics.
+    """
+
+    name = "heart-disease"
+    task = "tabular"
+
+    @cached_property
+    def files(self) -> list[Path]:
+        root = Path(self.spec.data_path)
+        if root.is_file():
+            return [root]
+        if not root.is_dir():
+            raise DataError(f"heart-disease directory not found: {root}", "data path not found")
+        files = sorted(
+            p for p in root.iterdir() if p.is_file() and p.suffix in (".data", ".csv")
+        )
+        if not files:
+            raise DataError(f"{root}: no .data or .csv files.", "no data files")
+        return files
+
+    def info(self) -> DatasetInfo:
+        return DatasetInfo(
+            task="tabular", input_shape=(len(HEART_FEATURES),), num_classes=2,
+            feature_names=HEART_FEATURES, class_names=("no disease", "disease"),
+            description="UCI heart disease (FLamby protocol)",
+        )
+
+    @staticmethod
+    def site_name(path: Path) -> str:
+        stem = path.name.removesuffix(path.suffix)
+        return stem.removeprefix("processed.")
+
+    def hospital_names(self, num_partitions: int) -> list[str]:
+        return [self.site_name(p) for p in self.files]
+
+    def _check_count(self, num_partitions: int) -> None:
+        if num_partitions != len(self.files):
+            raise DataError(
+                f"{self.spec.data_path} holds {len(self.files)} hospital files but the "
+                f"federation has {num_partitions} hospitals; they must match.",
+                "number of hospitals does not match the number of hospital files",
+            )
+
+    def _site(self, path: Path, name: str) -> HospitalData:
+        x, y = read_heart_file(path)
+        return make_local_splits(
+            name, x, y, held_out_fraction=self.spec.test_fraction,
+            seed=self.spec.seed, info=self.info(),
+        )
+
+    def hospital(self, partition_id: int, num_partitions: int) -> HospitalData:
+        check_partition(partition_id, num_partitions)
+        self._check_count(num_partitions)
+        path = self.files[partition_id]
+        return self._site(path, self.site_name(path))
+
+    def local_hospital(self, path: str, name: str) -> HospitalData:
+        return self._site(Path(path), name)
+
+    def server_test(self) -> Split:
+        sites = [self._site(p, self.site_name(p)) for p in self.files]
+        return Split(
+            np.concatenate([s.val.x for s in sites]),
+            np.concatenate([s.val.y for s in sites]),
+        )
+
+
+def standardize_for_evaluation(x: np.ndarray) -> np.ndarray:
+    """Standardise a new evaluation site's data with its own statistics."""
+    return Standardizer.fit(x).transform(x)

@@ -1,0 +1,127 @@
+"""Local training and evaluation loops used by the ClientApp, the server and scripts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from data.spec import Split
+from models.metrics import classification_metrics
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Hyperparameters of one local training call."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    proximal_mu: float = 0.0
+    seed: int = 0
+
+
+OPTIMIZERS = {
+    "sgd": lambda p, s: torch.optim.SGD(
+        p, lr=s.learning_rate, momentum=s.momentum, weight_decay=s.weight_decay
+    ),
+    "adam": lambda p, s: torch.optim.Adam(
+        p, lr=s.learning_rate, weight_decay=s.weight_decay
+    ),
+}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for but no CUDA device is present.")
+    return torch.device(name)
+
+
+def make_loader(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
+    """A DataLoader over an in-memory split, shuffled reproducibly when asked."""
+    dataset = TensorDataset(
+        torch.as_tensor(split.x, dtype=torch.float32),
+        torch.as_tensor(split.y, dtype=torch.long),
+    )
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def proximal_term(model: nn.Module, global_params: list[torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx's ``(mu / 2) * sum_i ||w_i - w_global_i||^2`` (squared L2 distance).
+
+    ``global_params`` must be detached copies of the round's global weights, in
+    ``model.parameters()`` order.
+    """
+    sq = sum(
+        torch.sum((w - g) ** 2) for w, g in zip(model.parameters(), global_params, strict=True)
+    )
+    return 0.5 * mu * sq
+
+
+def train_epochs(
+    model: nn.Module,
+    loader: DataLoader,
+    settings: TrainSettings,
+    device: torch.device,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> dict[str, float]:
+    """Train in place for ``settings.epochs``; return mean training loss and steps.
+
+    With ``proximal_mu > 0`` the FedProx proximal term against the weights the
+    model had on entry is added to every batch loss.
+    """
+    model.to(device).train()
+    if optimizer is None:
+        optimizer = OPTIMIZERS[settings.optimizer](model.parameters(), settings)
+    global_params = [p.detach().clone() for p in model.parameters()]
+    criterion = nn.CrossEntropyLoss()
+    total, count, steps = 0.0, 0, 0
+    for _ in range(settings.epochs):
+        for x, y in loader:
+            if len(y) == 0:  # Poisson sampling can draw an empty batch
+                continue
+            x, y = x.to(device), y.to(device)
+            optimizer.zero_grad()
+            loss = criterion(model(x), y)
+            objective = loss
+            if settings.proximal_mu > 0:
+                objective = loss + proximal_term(model, global_params, settings.proximal_mu)
+            objective.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(y)
+            count += len(y)
+            steps += 1
+    if count == 0:
+        raise RuntimeError("Local training saw no records.")
+    return {"train_loss": total / count, "steps": float(steps)}
+
+
+@torch.no_grad()
+def predict_proba(
+    model: nn.Module, x: np.ndarray | torch.Tensor, device: torch.device, batch_size: int = 256
+) -> np.ndarray:
+    """Class probabilities for every input row (evaluation mode, batched)."""
+    model.to(device).eval()
+    x = torch.as_tensor(x, dtype=torch.float32)
+    out = [
+        torch.softmax(model(x[i : i + batch_size].to(device)).double(), dim=1).cpu()
+        for i in range(0, len(x), batch_size)
+    ]
+    return torch.cat(out).numpy() if out else np.zeros((0, 2))
+
+
+def evaluate_split(model: nn.Module, split: Split, device: torch.device) -> dict[str, float]:
+    """Clinical metrics of ``model`` on ``split``."""
+    if len(split) == 0:
+        raise ValueError("Cannot evaluate on an empty split.")
+    return classification_metrics(split.y, predict_proba(model, split.x, device))
