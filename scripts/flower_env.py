@@ -45,6 +45,21 @@ def flower_env(flwr_home: Path | None = None, base: dict[str, str] | None = None
     return env
 
 
+def write_flower_config(flwr_home: Path, num_hospitals: int = 4, cpus: int = 1) -> Path:
+    """Create ``$FLWR_HOME/config.toml`` with a local simulation connection whose
+    default size is ``num_hospitals`` (used by a bare ``flwr run .``), unless the
+    file exists already."""
+    path = flwr_home / "config.toml"
+    if not path.exists():
+        flwr_home.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
+            f"options.num-supernodes = {num_hospitals}\n"
+            f"options.backend.client-resources.num-cpus = {cpus}\n"
+        )
+    return path
+
+
 @dataclass(frozen=True)
 class SuperLinkProcess:
     pid: int
@@ -141,14 +156,7 @@ def run_simulation(
     home = Path(env["FLWR_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     before = superlinks_of(home)
-    # Persist the size as the federation's default too, so a bare `flwr run .`
-    # with this FLWR_HOME simulates the same number of hospitals.
-    subprocess.run(
-        ["flwr", "federation", "simulation-config", "@none/default", "local",
-         f"--num-supernodes={num_hospitals}",
-         f"--client-resources-num-cpus={cpus_per_hospital}"],
-        env=env, cwd=app_dir, capture_output=True, text=True, check=False,
-    )
+    write_flower_config(home)
     cmd = [
         "flwr", "run", str(app_dir), "--stream",
         "--federation-config",
