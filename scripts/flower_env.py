@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,6 +43,22 @@ def flower_env(flwr_home: Path | None = None, base: dict[str, str] | None = None
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     env.setdefault("RAY_DEDUP_LOGS", "1")
     env.setdefault("PYTHONWARNINGS", "ignore::UserWarning")
+    return env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def private_local_superlink(env: dict[str, str]) -> dict[str, str]:
+    """Give the local SuperLink this call starts ports of its own, so concurrent
+    runs (tests, CI, a user's own `flwr run`) never reuse each other's SuperLink."""
+    env = dict(env)
+    env.setdefault("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", str(free_port()))
+    env.setdefault("FLWR_LOCAL_CONTROL_API_PORT", str(free_port()))
     return env
 
 
@@ -152,7 +169,7 @@ def run_simulation(
 ) -> RunOutcome:
     """``flwr run --stream`` a simulation, check its final status, and stop the local
     SuperLink if this call started it."""
-    env = env or flower_env(flwr_home)
+    env = private_local_superlink(env or flower_env(flwr_home))
     home = Path(env["FLWR_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     before = superlinks_of(home)
