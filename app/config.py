@@ -50,6 +50,8 @@ class RunConfig:
     dataset: str = _opt("wdbc", "dataset", choices=("wdbc", "heart-disease", "csv"))
     data_path: str = _opt("", "data-path")
     label_column: str = _opt("target", "label-column")
+    feature_columns: str = _opt("", "feature-columns")
+    num_classes: int = _opt(0, "num-classes", low=0, high=100_000)
     partitioner: str = _opt("iid", "partitioner", choices=("iid", "dirichlet"))
     dirichlet_alpha: float = _opt(0.5, "dirichlet-alpha", low=0.0, low_open=True)
     val_fraction: float = _opt(0.2, "val-fraction", low=0.05, high=0.5)
@@ -79,11 +81,23 @@ class RunConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check_field(f, getattr(self, f.name))
+        # In deployment each hospital names its own data (node config) and the
+        # coordinator may hold none: then server-eval=false and no data-path.
         if self.dataset in ("heart-disease", "csv") and not self.data_path:
-            raise ConfigError(
-                f"dataset='{self.dataset}' needs 'data-path' (a directory of hospital "
-                "files for heart-disease, a CSV file for csv)."
-            )
+            if self.server_eval:
+                raise ConfigError(
+                    f"dataset='{self.dataset}' needs 'data-path' (a directory of "
+                    "hospital files for heart-disease, a CSV file for csv) unless "
+                    "server-eval=false (deployment: hospitals name their own data)."
+                )
+            if self.dataset == "csv" and not (self.feature_columns and self.num_classes):
+                raise ConfigError(
+                    "dataset='csv' without a coordinator 'data-path' needs the schema "
+                    "in the run config: 'feature-columns' (comma-separated CSV column "
+                    "names, in order) and 'num-classes' (>= 2)."
+                )
+        if self.num_classes == 1:
+            raise ConfigError("'num-classes' must be 0 (infer from data) or >= 2, got 1.")
         if self.strategy == "fedprox" and self.proximal_mu <= 0.0:
             raise ConfigError(
                 "strategy='fedprox' needs 'proximal-mu' > 0 (got "
@@ -127,6 +141,10 @@ class RunConfig:
             dataset=self.dataset,
             data_path=self.data_path,
             label_column=self.label_column,
+            feature_columns=tuple(
+                c.strip() for c in self.feature_columns.split(",") if c.strip()
+            ),
+            num_classes=self.num_classes,
             partitioner=self.partitioner,
             dirichlet_alpha=self.dirichlet_alpha,
             val_fraction=self.val_fraction,

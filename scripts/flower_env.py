@@ -129,10 +129,14 @@ def stop_process_group(pid: int, timeout: float = 10.0) -> None:
             time.sleep(0.2)
 
 
-def run_status(run_id: str, env: dict[str, str], app_dir: Path) -> str:
-    """The run's status as ``flwr ls`` reports it, e.g. ``finished:completed``."""
+def run_status(
+    run_id: str, env: dict[str, str], app_dir: Path, superlink: str | None = None
+) -> str:
+    """The run's status as ``flwr ls`` reports it, e.g. ``finished:completed``
+    (on the ``superlink`` connection, else the default one)."""
     out = subprocess.run(
-        ["flwr", "ls", "--run-id", run_id, "--format", "json"],
+        ["flwr", "ls", *([superlink] if superlink else []), "--run-id", run_id,
+         "--format", "json"],
         env=env, cwd=app_dir, capture_output=True, text=True, check=False,
     )
     try:
