@@ -81,7 +81,8 @@ def cmd_superlink_cert(args: argparse.Namespace) -> int:
         root / SUPERLINK, CAFiles.in_dir(root / "ca"),
         hosts=args.host or [], ips=args.ip or [], overwrite=args.force,
     )
-    names = ", ".join([*(args.host or []), *(args.ip or []), "localhost", "127.0.0.1"])
+    names = ", ".join(dict.fromkeys(
+        [*(args.host or []), *(args.ip or []), "localhost", "127.0.0.1"]))
     print(f"SuperLink certificate for {names}: {files.cert}")
     print(f"SuperLink TLS key (keep secret, mode 0600): {files.key}")
     return 0
@@ -191,32 +192,70 @@ def _flwr(argv: list[str], flwr_home: Path, timeout: float = 120.0) -> subproces
         raise DeployError(f"`flwr {' '.join(argv)}` did not answer in {timeout}s.") from err
 
 
-def register(flwr_home: Path, connection: str, public_key: Path, name: str) -> int:
-    """Register a hospital's public key with the SuperLink; return its node id."""
-    check_public_key(public_key)
-    out = _flwr(
-        ["supernode", "register", str(public_key), connection, "--name", name,
-         "--format", "json"],
-        flwr_home,
-    )
-    try:
-        reply = json.loads(out.stdout.strip().splitlines()[-1])
-    except (IndexError, json.JSONDecodeError):
-        reply = {}
-    if out.returncode != 0 or not reply.get("success"):
-        detail = (reply.get("error-message") or out.stdout + out.stderr).strip()
-        raise DeployError(
-            f"Registering {public_key} with SuperLink connection {connection!r} "
-            f"failed: {detail[-2000:]}"
+def _json_tail(text: str) -> dict:
+    """The JSON object ``flwr ... --format json`` printed (after any banner)."""
+    start = text.find("{")
+    while start != -1:
+        try:
+            value, _ = json.JSONDecoder().raw_decode(text[start:])
+            if isinstance(value, dict):
+                return value
+        except json.JSONDecodeError:
+            pass
+        start = text.find("{", start + 1)
+    return {}
+
+
+def register(
+    flwr_home: Path, connection: str, keys: dict[str, Path]
+) -> dict[str, int]:
+    """Register hospitals' public keys (name -> key file) with the SuperLink.
+
+    Each key is registered by ``flwr supernode register``, the keys concurrently;
+    returns name -> SuperNode id. Every failure is reported, naming its file.
+    """
+    for name, key in keys.items():
+        check_name(name)
+        check_public_key(key)
+    env = _env(flwr_home)
+    running = {
+        name: subprocess.Popen(
+            [_bin("flwr"), "supernode", "register", str(key), connection,
+             "--name", name, "--format", "json"],
+            env=env, cwd=project_root(), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
         )
-    return int(reply["node-id"])
+        for name, key in keys.items()
+    }
+    node_ids: dict[str, int] = {}
+    errors = []
+    for name, proc in running.items():
+        try:
+            stdout, stderr = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        reply = _json_tail(stdout)
+        if proc.returncode == 0 and reply.get("success"):
+            node_ids[name] = int(reply["node-id"])
+            continue
+        detail = str(reply.get("error-message") or (stdout + stderr)).strip()
+        errors.append(f"{keys[name]}: {procs.clean(detail)}")
+    if errors:
+        raise DeployError(
+            f"Registering with SuperLink connection {connection!r} failed:\n"
+            + "\n".join(errors)
+        )
+    return node_ids
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    key = Path(args.public_key).expanduser()
-    name = check_name(args.name or key.stem)
-    node_id = register(_flwr_home(args), args.connection, key, name)
-    print(f"Registered hospital {name} ({key}) as SuperNode {node_id}.")
+    keys = {}
+    for item in args.public_key:
+        key = Path(item).expanduser()
+        keys[key.stem if len(args.public_key) > 1 or not args.name else args.name] = key
+    for name, node_id in register(_flwr_home(args), args.connection, keys).items():
+        print(f"Registered hospital {name} ({keys[name]}) as SuperNode {node_id}.")
     return 0
 
 
@@ -421,8 +460,10 @@ def _args_connection(p: argparse.ArgumentParser) -> None:
 
 
 def _args_register(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--public-key", required=True, help="the hospital's <name>.pub")
-    p.add_argument("--name", default=None, help="hospital name (default: key file stem)")
+    p.add_argument("--public-key", required=True, action="append",
+                   help="a hospital's <name>.pub (repeatable)")
+    p.add_argument("--name", default=None,
+                   help="hospital name for a single key (default: the key file's stem)")
     p.add_argument("--connection", default="medflower", help="SuperLink connection name")
     _add_flwr_home(p)
 

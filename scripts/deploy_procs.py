@@ -178,15 +178,26 @@ def _reap(pid: int) -> None:
         pass
 
 
+NOISE = ("Protobuf gencode version", "warnings.warn(")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def clean(text: str, lines: int = 15) -> str:
+    """Return the last meaningful lines of Flower output, without colour codes or
+    Protobuf version warnings."""
+    kept = [
+        ANSI.sub("", t) for t in text.splitlines()
+        if t.strip() and not any(n in t for n in NOISE)
+    ]
+    return "\n".join(kept[-lines:])
+
+
 def log_tail(path: Path, lines: int = 15) -> str:
-    """The last meaningful lines of a log (Protobuf version warnings dropped)."""
+    """Return the last meaningful lines of a log file."""
     try:
-        text = path.read_text(errors="replace").splitlines()
+        return clean(path.read_text(errors="replace"), lines)
     except OSError:
         return "(no log)"
-    noise = ("Protobuf gencode version", "warnings.warn(")
-    kept = [t for t in text if t.strip() and not any(n in t for n in noise)]
-    return "\n".join(kept[-lines:])
 
 
 def _died(record: ProcessRecord, what: str) -> str:
@@ -196,9 +207,9 @@ def _died(record: ProcessRecord, what: str) -> str:
     )
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is ``pgid``."""
-    members = []
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """PID -> (parent PID, process group) of every live, non-zombie process."""
+    table = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -206,27 +217,53 @@ def group_members(pgid: int) -> list[int]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
+        if fields[0] != "Z":
+            table[int(entry.name)] = (int(fields[1]), int(fields[2]))
+    return table
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes whose process group is ``pgid``."""
+    return [pid for pid, (_, group) in _proc_table().items() if group == pgid]
+
+
+def descendants(pid: int) -> set[int]:
+    """Live children, grandchildren, ... of ``pid``."""
+    table = _proc_table()
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {p for p, (ppid, _) in table.items() if ppid in frontier} - found
+        found |= frontier
+    return found
 
 
 def stop_group(pgid: int, timeout: float = 15.0) -> None:
-    """SIGTERM the process group ``pgid`` (a session we started, so the group id is
-    the leader's PID), then SIGKILL whatever is left after ``timeout`` seconds.
+    """Stop the session we started (group id = the leader's PID) and everything it
+    spawned: SIGTERM, then SIGKILL whatever is left after ``timeout`` seconds.
 
-    Waits for every member, not only the leader: a SuperNode's SuperExec and
-    ``flwr-clientapp`` children must not outlive it.
+    Flower detaches a SuperLink's SuperExec into a session of its own, so the
+    leader's descendants are collected first and signalled too; a SuperNode's
+    SuperExec and ``flwr-clientapp`` children must not outlive it either.
     """
+    tree = descendants(pgid)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pgid, sig)
         except ProcessLookupError:
-            return
+            pass
+        live = _proc_table()
+        for pid in tree:
+            if pid in live:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             _reap(pgid)
-            if not group_members(pgid):
+            live = _proc_table()
+            if not group_members(pgid) and not tree & set(live):
                 return
             time.sleep(0.2)
 
