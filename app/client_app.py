@@ -46,8 +46,18 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, HospitalData, tor
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     site = load_hospital(cfg, context.node_config)
-    model = model_spec(cfg, site.info).build()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    try:
+        model = model_spec(cfg, site.info).build()
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    except (ValueError, RuntimeError) as err:
+        # This hospital's data do not fit the federation's model (other channels,
+        # image size or classes): its own problem, reported without paths.
+        raise DataError(
+            f"the global model does not fit this hospital's data "
+            f"({site.info.description}, input {site.info.input_shape}, "
+            f"{site.info.num_classes} classes): {str(err).splitlines()[0]}",
+            "the hospital's data do not fit the global model (shape, channels or classes)",
+        ) from err
     return cfg, site, model
 
 

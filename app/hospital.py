@@ -8,7 +8,7 @@ from typing import Any
 from app.config import RunConfig
 from data.registry import get_dataset
 from data.spec import DataError, DatasetInfo, HospitalData
-from models import MODEL_OPTIONS, ModelSpec
+from models import MODEL_OPTIONS, ModelSpec, input_kwargs
 
 
 def hospital_name(node_config: Mapping[str, Any]) -> str:
@@ -46,10 +46,8 @@ def load_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> HospitalDat
 
 def model_spec(cfg: RunConfig, info: DatasetInfo) -> ModelSpec:
     """The network for this run's model name and the data's shape."""
-    kwargs: dict[str, Any] = {
-        "in_features": info.input_shape[0],
-        "num_classes": info.num_classes,
-    }
-    for arg, field_name in MODEL_OPTIONS[cfg.model].items():
+    name = cfg.model_name
+    kwargs = input_kwargs(name, info)
+    for arg, field_name in MODEL_OPTIONS[name].items():
         kwargs[arg] = getattr(cfg, field_name)
-    return ModelSpec(cfg.model, kwargs)
+    return ModelSpec(name, kwargs)
