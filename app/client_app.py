@@ -10,14 +10,28 @@ from __future__ import annotations
 import logging
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
 from app.config import RunConfig
 from app.hospital import hospital_name, load_hospital, model_spec
 from app.logs import route_to_flower
 from data.spec import DataError, HospitalData
-from models.training import TrainSettings, evaluate_split, make_loader, pick_device, train_epochs
+from models.training import (
+    TrainSettings,
+    evaluate_split,
+    make_loader,
+    pick_device,
+    train_epochs,
+)
 from strategies.fedavg import HOSPITAL_RECORD
 
 log = logging.getLogger(__name__)
@@ -32,8 +46,18 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, HospitalData, tor
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     site = load_hospital(cfg, context.node_config)
-    model = model_spec(cfg, site.info).build()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    try:
+        model = model_spec(cfg, site.info).build()
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    except (ValueError, RuntimeError) as err:
+        # This hospital's data do not fit the federation's model (other channels,
+        # image size or classes): its own problem, reported without paths.
+        raise DataError(
+            f"the global model does not fit this hospital's data "
+            f"({site.info.description}, input {site.info.input_shape}, "
+            f"{site.info.num_classes} classes): {str(err).splitlines()[0]}",
+            "the hospital's data do not fit the global model (shape, channels or classes)",
+        ) from err
     return cfg, site, model
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from app.config import RunConfig
-from data.registry import get_dataset
+from data.registry import DATASETS, get_dataset, local_kinds
 from data.spec import DataError, DatasetInfo, HospitalData
-from models import MODEL_OPTIONS, ModelSpec
+from models import MODEL_OPTIONS, ModelSpec, input_kwargs
 
 
 def hospital_name(node_config: Mapping[str, Any]) -> str:
@@ -36,7 +36,7 @@ def load_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> HospitalDat
             "'num-partitions' (simulation).",
             "the SuperNode was started without a data-path",
         )
-    if cfg.dataset in PATH_DATASETS and not cfg.data_path:
+    if DATASETS[cfg.dataset].needs_path and not cfg.data_path:
         raise DataError(
             f"dataset '{cfg.dataset}' needs the run-config key 'data-path' in "
             "simulation (in deployment, each SuperNode's node config names its data).",
@@ -47,9 +47,6 @@ def load_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> HospitalDat
     if name := node_config.get("hospital-name"):
         return HospitalData(str(name), site.train, site.val, site.info)
     return site
-
-
-PATH_DATASETS = ("heart-disease", "csv")
 
 
 def load_local_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> HospitalData:
@@ -68,10 +65,10 @@ def load_local_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> Hospi
             f"got {raw_path!r}.",
             "the SuperNode's data-path is empty",
         )
-    if kind not in PATH_DATASETS:
+    if kind not in local_kinds():
         raise DataError(
             f"Hospital {name}: node config dataset={kind!r} cannot be read from a "
-            f"hospital's own files; use one of {', '.join(PATH_DATASETS)}.",
+            f"hospital's own files; use one of {', '.join(local_kinds())}.",
             f"dataset kind {kind!r} cannot be read from a hospital's own files",
         )
     path = Path(raw_path).expanduser()
@@ -91,10 +88,8 @@ def load_local_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> Hospi
 
 def model_spec(cfg: RunConfig, info: DatasetInfo) -> ModelSpec:
     """The network for this run's model name and the data's shape."""
-    kwargs: dict[str, Any] = {
-        "in_features": info.input_shape[0],
-        "num_classes": info.num_classes,
-    }
-    for arg, field_name in MODEL_OPTIONS[cfg.model].items():
+    name = cfg.model_name
+    kwargs = input_kwargs(name, info)
+    for arg, field_name in MODEL_OPTIONS[name].items():
         kwargs[arg] = getattr(cfg, field_name)
-    return ModelSpec(cfg.model, kwargs)
+    return ModelSpec(name, kwargs)

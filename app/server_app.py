@@ -22,9 +22,17 @@ from strategies import STRATEGY_OPTIONS, build_strategy
 
 log = logging.getLogger(__name__)
 
-PREPROCESSING = {
-    "standardize": "per-site",
-    "note": "each site standardises features with its own training statistics",
+# What a site must do to its data before applying the saved model, per task.
+PREPROCESSING: dict[str, dict[str, Any]] = {
+    "tabular": {
+        "standardize": "per-site",
+        "note": "each site standardises features with its own training statistics",
+    },
+    "imaging": {
+        "intensity": "uint8 0..255 -> [0, 1]; other types min-max scaled per image",
+        "resize": "to the model's input size (run config image-size; 0: native)",
+        "layout": "(C, H, W) or (C, D, H, W)",
+    },
 }
 
 app = ServerApp()
@@ -107,7 +115,7 @@ def main(grid: Grid, context: Context) -> None:
     )
     recorder = RunRecorder(cfg, context.run_id)
     log.info("medflower run %s: %s, %s on %s (%s test records), writing to %s",
-             recorder.history["run_name"], cfg.strategy, cfg.model, info.description,
+             recorder.history["run_name"], cfg.strategy, cfg.model_name, info.description,
              len(test) if test is not None else "no", recorder.dir)
     reporter = RoundReporter(cfg, recorder, strategy, model, test)
     try:
@@ -129,7 +137,7 @@ def main(grid: Grid, context: Context) -> None:
         spec,
         info,
         run_config=cfg.to_run_config(),
-        preprocessing=PREPROCESSING,
+        preprocessing=PREPROCESSING[cfg.task],
     )
     final = recorder.history["rounds"][-1]["server"] if recorder.history["rounds"] else {}
     recorder.finish("completed", final_server_metrics=final)

@@ -33,7 +33,7 @@ def _dirichlet(num_partitions: int, alpha: float, seed: int, n: int) -> Partitio
 
     # A small floor keeps tiny datasets partitionable while still refusing empty
     # hospitals; flwr-datasets retries the draw until every hospital reaches it.
-    floor = max(2, min(10, n // (4 * num_partitions)))
+    floor = max(2, min(10, n // (10 * num_partitions)))
     return DirichletPartitioner(
         num_partitions=num_partitions,
         partition_by="label",

@@ -18,7 +18,7 @@ from data.base import (
     make_local_splits,
 )
 from data.preprocessing import Standardizer
-from data.spec import DataError, DatasetInfo, HospitalData, Split
+from data.spec import DataError, DatasetInfo, DataSpec, HospitalData, Split
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,15 @@ class CSVDataset(PooledTabularDataset):
     """
 
     name = "csv"
+    needs_path = True
+    shape_hint = (
+        "Declare the schema in the run config: 'feature-columns' (comma-separated "
+        "CSV column names, in order) and 'num-classes' (>= 2)."
+    )
+
+    @classmethod
+    def shape_known(cls, spec: DataSpec) -> bool:
+        return bool(spec.feature_columns and spec.num_classes)
 
     @property
     def declared(self) -> bool:
@@ -255,7 +264,12 @@ class HeartDiseaseDataset(FederatedDataset):
     """
 
     name = "heart-disease"
+    needs_path = True
     task = "tabular"
+
+    @classmethod
+    def shape_known(cls, spec: DataSpec) -> bool:
+        return True  # 13 fixed features (FLamby protocol), 2 classes
 
     @cached_property
     def files(self) -> list[Path]:

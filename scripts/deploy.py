@@ -45,7 +45,6 @@ from scripts.flower_env import RUN_ID_PATTERN, flower_env, project_root, run_sta
 
 DEFAULT_PORT = 9093
 SUPERLINK = "superlink"
-DATASETS = ("heart-disease", "csv")
 READY_SUPERNODE = r"SuperNode ID: \d+"
 
 
@@ -494,7 +493,9 @@ def _args_start_supernode(p: argparse.ArgumentParser) -> None:
                    help="default <dir>/keys/<name>.key")
     p.add_argument("--data-path", required=True,
                    help="this hospital's data file, or a folder holding exactly one")
-    p.add_argument("--dataset", choices=DATASETS, default="heart-disease",
+    from data.registry import local_kinds
+
+    p.add_argument("--dataset", choices=local_kinds(), default="heart-disease",
                    help="format of the data (default heart-disease)")
     p.add_argument("--label-column", default="target",
                    help="csv label column, for the start-up data check")
