@@ -132,9 +132,17 @@ def cmd_start_superlink(args: argparse.Namespace) -> int:
         root, SUPERLINK, superlink_argv(root, args.bind, port), env, port=port, cwd=root
     )
     probe = "127.0.0.1" if args.bind in ("0.0.0.0", "") else args.bind
-    if not procs.wait_ready(record, port=(probe, port), timeout=args.wait):
-        raise DeployError(f"SuperLink did not listen on port {port} within {args.wait}s; "
-                          f"see {record.log}.")
+    try:
+        ready = procs.wait_ready(record, port=(probe, port), timeout=args.wait)
+    except DeployError:
+        procs.stop(root, record.name)
+        raise
+    if not ready:
+        procs.stop(root, record.name)
+        raise DeployError(
+            f"SuperLink did not listen on port {port} within {args.wait:.0f}s (stopped "
+            f"it); see {record.log}."
+        )
     print(f"SuperLink running (PID {record.pid}) on {args.bind}:{port} with TLS and "
           f"SuperNode authentication; log {record.log}")
     return 0
@@ -390,9 +398,14 @@ def cmd_start_supernode(args: argparse.Namespace) -> int:
     record = procs.start_background(
         root, f"supernode-{name}", argv, env, port=runtime_port, cwd=root
     )
-    connected = procs.wait_ready(
-        record, pattern=READY_SUPERNODE, failure=r"Exit Code: \d+", timeout=args.wait
-    )
+    try:
+        connected = procs.wait_ready(
+            record, pattern=READY_SUPERNODE, failure=r"Exit Code: \d+",
+            timeout=args.wait,
+        )
+    except DeployError:
+        procs.stop(root, record.name)  # it is giving up: leave nothing behind
+        raise
     state = "connected" if connected else "started, still connecting"
     print(f"SuperNode {name} {state} (PID {record.pid}, runtime port {runtime_port}) "
           f"to {args.superlink}; log {record.log}")

@@ -291,7 +291,9 @@ def stop(state_dir: Path, name: str | None = None, timeout: float = 15.0) -> lis
         if alive(record.pid) and is_ours(record):
             stop_group(record.pid, timeout=timeout)
             lines.append(f"stopped {record.name} (PID {record.pid})")
-        elif group_members(record.pid):  # the leader exited; its children did not
+        elif not alive(record.pid) and group_members(record.pid):
+            # The leader exited but its session did not (a reused PID is alive and
+            # is never signalled: only our own session's members are).
             stop_group(record.pid, timeout=timeout)
             lines.append(f"stopped what {record.name} (PID {record.pid}) left running")
         else:
