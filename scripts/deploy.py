@@ -39,7 +39,9 @@ from scripts.deploy_pki import (
     check_public_key,
     create_ca,
     create_hospital_keys,
+    cert_fingerprint,
     create_server_cert,
+    public_key_fingerprint,
 )
 from scripts.flower_env import RUN_ID_PATTERN, flower_env, project_root, run_status
 
@@ -69,6 +71,7 @@ def cmd_init_ca(args: argparse.Namespace) -> int:
     files = create_ca(_dir(args) / "ca", overwrite=args.force)
     print(f"CA key (keep secret, mode 0600): {files.key}")
     print(f"CA certificate (share with hospitals and run submitters): {files.cert}")
+    print(f"CA certificate SHA-256 fingerprint: {cert_fingerprint(files.cert)}")
     return 0
 
 
@@ -92,6 +95,7 @@ def cmd_hospital_keys(args: argparse.Namespace) -> int:
     files = create_hospital_keys(_dir(args) / "keys", name, overwrite=args.force)
     print(f"Private key (keep secret at the hospital, mode 0600): {files.private}")
     print(f"Public key (send to the coordinator to register): {files.public}")
+    print(f"Public key fingerprint: {public_key_fingerprint(files.public)}")
     return 0
 
 
@@ -262,7 +266,8 @@ def cmd_register(args: argparse.Namespace) -> int:
         key = Path(item).expanduser()
         keys[key.stem if len(args.public_key) > 1 or not args.name else args.name] = key
     for name, node_id in register(_flwr_home(args), args.connection, keys).items():
-        print(f"Registered hospital {name} ({keys[name]}) as SuperNode {node_id}.")
+        print(f"Registered hospital {name} ({keys[name]}, "
+              f"{public_key_fingerprint(keys[name])}) as SuperNode {node_id}.")
     return 0
 
 

@@ -10,7 +10,9 @@ public key, the form ``flwr supernode register`` reads.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import ipaddress
 import os
 import re
@@ -272,3 +274,17 @@ def check_private_key(path: Path) -> None:
         raise DeployError(f"{path} is not an OpenSSH private key: {err}") from err
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise DeployError(f"{path} is not an ECDSA private key (Flower needs NIST EC).")
+
+
+def cert_fingerprint(path: Path) -> str:
+    """SHA-256 fingerprint of a PEM certificate (compare it over a second channel,
+    e.g. by phone, before trusting a CA certificate received by e-mail)."""
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def public_key_fingerprint(path: Path) -> str:
+    """``SHA256:...`` fingerprint of an OpenSSH public key, as ``ssh-keygen -l``."""
+    blob = base64.b64decode(path.read_text().split()[1])
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return f"SHA256:{digest}"
