@@ -50,7 +50,7 @@ def load_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> HospitalDat
 
 
 def load_local_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> HospitalData:
-    """A deployed hospital's own data, from its node config.
+    """Load a deployed hospital's own data, named by its node config.
 
     Every failure becomes a DataError whose message (for the hospital's own log)
     names the file and whose ``public_reason`` (the only part sent to the server)

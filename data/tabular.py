@@ -111,7 +111,9 @@ def single_data_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
     if path.is_file():
         return path
     if not path.exists():
-        raise DataError(f"{what} data path does not exist: {path}", "data path not found")
+        raise DataError(
+            f"{what} data path does not exist: {path}", "data path not found"
+        )
     if not path.is_dir():
         raise DataError(f"{what} data path is neither a file nor a folder: {path}",
                         "data path is not a file or folder")
@@ -165,8 +167,8 @@ class CSVDataset(PooledTabularDataset):
             x, names = x[:, [names.index(c) for c in cols]], tuple(cols)
         if self.spec.num_classes and int(y.max()) >= self.spec.num_classes:
             raise DataError(
-                f"{path}: label {int(y.max())} is outside 0..{self.spec.num_classes - 1} "
-                "('num-classes').",
+                f"{path}: label {int(y.max())} is outside "
+                f"0..{self.spec.num_classes - 1} ('num-classes').",
                 "a label is outside the declared number of classes",
             )
         return x, y, names
@@ -322,10 +324,12 @@ class HeartDiseaseDataset(FederatedDataset):
         return self._site(path, self.site_name(path))
 
     def local_hospital(self, path: str, name: str) -> HospitalData:
-        """A deployed hospital's own ``processed.*.data`` file, or a folder holding
-        exactly one."""
-        return self._site(single_data_file(Path(path), (".data", ".csv"), "heart-disease"),
-                          name)
+        """Read a deployed hospital's own ``processed.*.data`` file.
+
+        ``path`` is the file or a folder holding exactly one.
+        """
+        file = single_data_file(Path(path), (".data", ".csv"), "heart-disease")
+        return self._site(file, name)
 
     def server_test(self) -> Split:
         sites = [self._site(p, self.site_name(p)) for p in self.files]

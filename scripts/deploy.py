@@ -1,6 +1,7 @@
-"""``medflower deploy``: run the federation across hospitals with Flower's own
-deployment engine (one SuperLink at the coordinator, one SuperNode per hospital,
-TLS and SuperNode authentication).
+"""``medflower deploy``: run the federation across hospitals with Flower's engine.
+
+One SuperLink at the coordinator, one SuperNode per hospital, TLS and SuperNode
+authentication, all started by Flower's own executables.
 
 Each party keeps its files in its own folder (``--dir``):
 
@@ -34,12 +35,12 @@ from scripts.deploy_pki import (
     DeployError,
     HospitalKeyFiles,
     ServerCertFiles,
+    cert_fingerprint,
     check_name,
     check_private_key,
     check_public_key,
     create_ca,
     create_hospital_keys,
-    cert_fingerprint,
     create_server_cert,
     public_key_fingerprint,
 )
@@ -51,7 +52,7 @@ READY_SUPERNODE = r"SuperNode ID: \d+"
 
 
 def _bin(name: str) -> str:
-    """A Flower executable from this interpreter's environment."""
+    """Return a Flower executable from this interpreter's environment."""
     path = Path(sys.executable).parent / name
     return str(path) if path.exists() else name
 
@@ -80,11 +81,15 @@ def cmd_superlink_cert(args: argparse.Namespace) -> int:
     if not args.host and not args.ip:
         raise DeployError("Give the SuperLink's name(s) with --host and/or --ip.")
     files = create_server_cert(
-        root / SUPERLINK, CAFiles.in_dir(root / "ca"),
-        hosts=args.host or [], ips=args.ip or [], overwrite=args.force,
+        root / SUPERLINK,
+        CAFiles.in_dir(root / "ca"),
+        hosts=args.host or [],
+        ips=args.ip or [],
+        overwrite=args.force,
     )
-    names = ", ".join(dict.fromkeys(
-        [*(args.host or []), *(args.ip or []), "localhost", "127.0.0.1"]))
+    names = ", ".join(
+        dict.fromkeys([*(args.host or []), *(args.ip or []), "localhost", "127.0.0.1"])
+    )
     print(f"SuperLink certificate for {names}: {files.cert}")
     print(f"SuperLink TLS key (keep secret, mode 0600): {files.key}")
     return 0
@@ -113,14 +118,20 @@ def superlink_argv(root: Path, bind: str, port: int) -> list[str]:
             )
     return [
         _bin("flower-superlink"),
-        "--ssl-ca-certfile", str(ca.cert),
-        "--ssl-certfile", str(cert.cert),
-        "--ssl-keyfile", str(cert.key),
+        "--ssl-ca-certfile",
+        str(ca.cert),
+        "--ssl-certfile",
+        str(cert.cert),
+        "--ssl-keyfile",
+        str(cert.key),
         "--enable-supernode-auth",
         "--disable-runtime-dependency-installation",
-        "--database", str(root / SUPERLINK / "state.db"),
-        "--host", bind,
-        "--port", str(port),
+        "--database",
+        str(root / SUPERLINK / "state.db"),
+        "--host",
+        bind,
+        "--port",
+        str(port),
     ]
 
 
@@ -128,7 +139,9 @@ def cmd_start_superlink(args: argparse.Namespace) -> int:
     root = _dir(args)
     port = args.port or procs.free_port(args.bind)
     if not procs.port_free(args.bind, port):
-        raise DeployError(f"Port {port} on {args.bind} is in use; pick another with --port.")
+        raise DeployError(
+            f"Port {port} on {args.bind} is in use; pick another with --port."
+        )
     env = _env(root / "flwr-home")
     # A relative `output-dir` of a run lands under the coordinator's folder.
     env["MEDFLOWER_HOME"] = str(root)
@@ -147,14 +160,14 @@ def cmd_start_superlink(args: argparse.Namespace) -> int:
             f"SuperLink did not listen on port {port} within {args.wait:.0f}s (stopped "
             f"it); see {record.log}."
         )
-    print(f"SuperLink running (PID {record.pid}) on {args.bind}:{port} with TLS and "
-          f"SuperNode authentication; log {record.log}")
+    print(
+        f"SuperLink running (PID {record.pid}) on {args.bind}:{port} with TLS and "
+        f"SuperNode authentication; log {record.log}"
+    )
     return 0
 
 
-def write_connection(
-    flwr_home: Path, name: str, address: str, ca_cert: Path
-) -> Path:
+def write_connection(flwr_home: Path, name: str, address: str, ca_cert: Path) -> Path:
     """Add or replace ``[superlink.<name>]`` in ``$FLWR_HOME/config.toml``."""
     check_name(name, "connection name")
     if not ca_cert.is_file():
@@ -187,24 +200,35 @@ def cmd_connection(args: argparse.Namespace) -> int:
     path = write_connection(
         _flwr_home(args), args.name, args.address, Path(args.ca_cert).expanduser()
     )
-    print(f"Wrote [superlink.{args.name}] to {path}; submit with "
-          f"`flwr run . {args.name} --stream`.")
+    print(
+        f"Wrote [superlink.{args.name}] to {path}; submit with "
+        f"`flwr run . {args.name} --stream`."
+    )
     return 0
 
 
-def _flwr(argv: list[str], flwr_home: Path, timeout: float = 120.0) -> subprocess.CompletedProcess:
+def _flwr(
+    argv: list[str], flwr_home: Path, timeout: float = 120.0
+) -> subprocess.CompletedProcess:
     env = _env(flwr_home)
     try:
         return subprocess.run(
-            [_bin("flwr"), *argv], env=env, capture_output=True, text=True,
-            timeout=timeout, check=False, cwd=project_root(),
+            [_bin("flwr"), *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=project_root(),
         )
     except subprocess.TimeoutExpired as err:
-        raise DeployError(f"`flwr {' '.join(argv)}` did not answer in {timeout}s.") from err
+        raise DeployError(
+            f"`flwr {' '.join(argv)}` did not answer in {timeout}s."
+        ) from err
 
 
 def _json_tail(text: str) -> dict:
-    """The JSON object ``flwr ... --format json`` printed (after any banner)."""
+    """Return the JSON object ``flwr ... --format json`` printed (after any banner)."""
     start = text.find("{")
     while start != -1:
         try:
@@ -217,9 +241,7 @@ def _json_tail(text: str) -> dict:
     return {}
 
 
-def register(
-    flwr_home: Path, connection: str, keys: dict[str, Path]
-) -> dict[str, int]:
+def register(flwr_home: Path, connection: str, keys: dict[str, Path]) -> dict[str, int]:
     """Register hospitals' public keys (name -> key file) with the SuperLink.
 
     Each key is registered by ``flwr supernode register``, the keys concurrently;
@@ -231,10 +253,22 @@ def register(
     env = _env(flwr_home)
     running = {
         name: subprocess.Popen(
-            [_bin("flwr"), "supernode", "register", str(key), connection,
-             "--name", name, "--format", "json"],
-            env=env, cwd=project_root(), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
+            [
+                _bin("flwr"),
+                "supernode",
+                "register",
+                str(key),
+                connection,
+                "--name",
+                name,
+                "--format",
+                "json",
+            ],
+            env=env,
+            cwd=project_root(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for name, key in keys.items()
     }
@@ -266,14 +300,21 @@ def cmd_register(args: argparse.Namespace) -> int:
         key = Path(item).expanduser()
         keys[key.stem if len(args.public_key) > 1 or not args.name else args.name] = key
     for name, node_id in register(_flwr_home(args), args.connection, keys).items():
-        print(f"Registered hospital {name} ({keys[name]}, "
-              f"{public_key_fingerprint(keys[name])}) as SuperNode {node_id}.")
+        print(
+            f"Registered hospital {name} ({keys[name]}, "
+            f"{public_key_fingerprint(keys[name])}) as SuperNode {node_id}."
+        )
     return 0
 
 
 def run_deployed(
-    *, app_dir: Path, connection: str, run_config: str, flwr_home: Path,
-    timeout: float, echo: bool = True,
+    *,
+    app_dir: Path,
+    connection: str,
+    run_config: str,
+    flwr_home: Path,
+    timeout: float,
+    echo: bool = True,
 ) -> tuple[str | None, str, str]:
     """``flwr run --stream`` on a deployed SuperLink; return (run id, status, log).
 
@@ -285,8 +326,14 @@ def run_deployed(
     if run_config:
         cmd += ["--run-config", run_config]
     proc = subprocess.Popen(
-        cmd, env=env, cwd=app_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, bufsize=1, start_new_session=True,
+        cmd,
+        env=env,
+        cwd=app_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
     )
     lines: list[str] = []
     deadline = time.monotonic() + timeout
@@ -298,7 +345,11 @@ def run_deployed(
             line = proc.stdout.readline()
             if line:
                 lines.append(line)
-                if echo and "Protobuf gencode" not in line and "warnings.warn" not in line:
+                if (
+                    echo
+                    and "Protobuf gencode" not in line
+                    and "warnings.warn" not in line
+                ):
                     sys.stdout.write(line)
                     sys.stdout.flush()
                 if run_id is None and (m := RUN_ID_PATTERN.search(line)):
@@ -323,7 +374,9 @@ def run_deployed(
     return run_id, status, text
 
 
-def _final_status(run_id: str, env: dict[str, str], app_dir: Path, connection: str) -> str:
+def _final_status(
+    run_id: str, env: dict[str, str], app_dir: Path, connection: str
+) -> str:
     status = run_status(run_id, env, app_dir, connection)
     for _ in range(50):  # the stream can end a moment before the status flips
         if status.startswith("finished"):
@@ -335,8 +388,11 @@ def _final_status(run_id: str, env: dict[str, str], app_dir: Path, connection: s
 
 def cmd_run(args: argparse.Namespace) -> int:
     run_id, status, _ = run_deployed(
-        app_dir=Path(args.app).resolve(), connection=args.connection,
-        run_config=args.run_config, flwr_home=_flwr_home(args), timeout=args.timeout,
+        app_dir=Path(args.app).resolve(),
+        connection=args.connection,
+        run_config=args.run_config,
+        flwr_home=_flwr_home(args),
+        timeout=args.timeout,
     )
     print(f"medflower: run {run_id} on {args.connection}: {status}")
     return 0 if status == "finished:completed" else 1
@@ -346,20 +402,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def node_config(name: str, data_path: Path, dataset: str) -> str:
-    """The ``--node-config`` string a hospital's SuperNode passes to its ClientApp."""
+    """Build the ``--node-config`` a hospital's SuperNode passes to its ClientApp."""
     for key, value in (("data-path", str(data_path)), ("hospital-name", name)):
         if "'" in value or '"' in value:
             raise DeployError(f"{key} must not contain quotes: {value!r}")
     return f"data-path='{data_path}' dataset='{dataset}' hospital-name='{name}'"
 
 
-def check_local_data(name: str, data_path: Path, dataset: str, label_column: str) -> str:
+def check_local_data(
+    name: str, data_path: Path, dataset: str, label_column: str
+) -> str:
     """Load the hospital's data as its ClientApp will; return a one-line summary."""
     from app.config import RunConfig  # imported late: pulls in torch
     from app.hospital import load_local_hospital
     from data.spec import DataError
 
-    cfg = RunConfig(dataset=dataset, data_path=str(data_path), label_column=label_column)
+    cfg = RunConfig(
+        dataset=dataset, data_path=str(data_path), label_column=label_column
+    )
     nc = {"data-path": str(data_path), "dataset": dataset, "hospital-name": name}
     try:
         site = load_local_hospital(cfg, nc)
@@ -371,8 +431,10 @@ def check_local_data(name: str, data_path: Path, dataset: str, label_column: str
 def cmd_start_supernode(args: argparse.Namespace) -> int:
     root = _dir(args)
     name = check_name(args.name)
-    key = Path(args.private_key).expanduser() if args.private_key else (
-        HospitalKeyFiles.in_dir(root / "keys", name).private
+    key = (
+        Path(args.private_key).expanduser()
+        if args.private_key
+        else (HospitalKeyFiles.in_dir(root / "keys", name).private)
     )
     check_private_key(key)
     ca = Path(args.ca_cert).expanduser() if args.ca_cert else None
@@ -380,8 +442,10 @@ def cmd_start_supernode(args: argparse.Namespace) -> int:
         raise DeployError(f"CA certificate not found: {ca}")
     data_path = Path(args.data_path).expanduser().resolve()
     if args.check_data:
-        print(f"Hospital {name}: data OK, "
-              f"{check_local_data(name, data_path, args.dataset, args.label_column)}.")
+        print(
+            f"Hospital {name}: data OK, "
+            f"{check_local_data(name, data_path, args.dataset, args.label_column)}."
+        )
     runtime_port = args.runtime_port or procs.free_port()
     if not procs.port_free("127.0.0.1", runtime_port):
         raise DeployError(
@@ -390,10 +454,14 @@ def cmd_start_supernode(args: argparse.Namespace) -> int:
         )
     argv = [
         _bin("flower-supernode"),
-        "--superlink", args.superlink,
-        "--auth-supernode-private-key", str(key.resolve()),
-        "--port", str(runtime_port),
-        "--node-config", node_config(name, data_path, args.dataset),
+        "--superlink",
+        args.superlink,
+        "--auth-supernode-private-key",
+        str(key.resolve()),
+        "--port",
+        str(runtime_port),
+        "--node-config",
+        node_config(name, data_path, args.dataset),
     ]
     if ca is not None:
         argv += ["--root-certificates", str(ca.resolve())]
@@ -405,15 +473,19 @@ def cmd_start_supernode(args: argparse.Namespace) -> int:
     )
     try:
         connected = procs.wait_ready(
-            record, pattern=READY_SUPERNODE, failure=r"Exit Code: \d+",
+            record,
+            pattern=READY_SUPERNODE,
+            failure=r"Exit Code: \d+",
             timeout=args.wait,
         )
     except DeployError:
         procs.stop(root, record.name)  # it is giving up: leave nothing behind
         raise
     state = "connected" if connected else "started, still connecting"
-    print(f"SuperNode {name} {state} (PID {record.pid}, runtime port {runtime_port}) "
-          f"to {args.superlink}; log {record.log}")
+    print(
+        f"SuperNode {name} {state} (PID {record.pid}, runtime port {runtime_port}) "
+        f"to {args.superlink}; log {record.log}"
+    )
     return 0
 
 
@@ -429,7 +501,11 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     found = procs.running(_dir(args))
     for _, record in found:
-        state = "running" if procs.alive(record.pid) and procs.is_ours(record) else "stopped"
+        state = (
+            "running"
+            if procs.alive(record.pid) and procs.is_ours(record)
+            else "stopped"
+        )
         port = f" port {record.port}" if record.port else ""
         print(f"{record.name}: {state} (PID {record.pid}{port}) log {record.log}")
     if not found:
@@ -438,13 +514,19 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _add_dir(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument("--dir", default=default,
-                   help=f"this party's deployment folder (default ./{default})")
+    p.add_argument(
+        "--dir",
+        default=default,
+        help=f"this party's deployment folder (default ./{default})",
+    )
 
 
 def _add_flwr_home(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--flwr-home", default=None,
-                   help="Flower config folder (default $FLWR_HOME, else <repo>/.flwr)")
+    p.add_argument(
+        "--flwr-home",
+        default=None,
+        help="Flower config folder (default $FLWR_HOME, else <repo>/.flwr)",
+    )
 
 
 def _args_init_ca(p: argparse.ArgumentParser) -> None:
@@ -454,43 +536,71 @@ def _args_init_ca(p: argparse.ArgumentParser) -> None:
 
 def _args_superlink_cert(p: argparse.ArgumentParser) -> None:
     _add_dir(p, "coordinator")
-    p.add_argument("--host", action="append", help="DNS name hospitals use (repeatable)")
-    p.add_argument("--ip", action="append", help="IP address hospitals use (repeatable)")
+    p.add_argument(
+        "--host", action="append", help="DNS name hospitals use (repeatable)"
+    )
+    p.add_argument(
+        "--ip", action="append", help="IP address hospitals use (repeatable)"
+    )
     p.add_argument("--force", action="store_true", help="overwrite existing files")
 
 
 def _args_start_superlink(p: argparse.ArgumentParser) -> None:
     _add_dir(p, "coordinator")
-    p.add_argument("--bind", default="127.0.0.1",
-                   help="interface to listen on (0.0.0.0 = all; default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT,
-                   help=f"one port for Fleet, Control and Runtime APIs (default "
-                        f"{DEFAULT_PORT}; 0 = any free port)")
+    p.add_argument(
+        "--bind",
+        default="127.0.0.1",
+        help="interface to listen on (0.0.0.0 = all; default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"one port for Fleet, Control and Runtime APIs (default "
+        f"{DEFAULT_PORT}; 0 = any free port)",
+    )
     p.add_argument("--wait", type=float, default=60.0, help="seconds to wait until up")
 
 
 def _args_connection(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--name", default="medflower", help="connection name (default medflower)")
+    p.add_argument(
+        "--name", default="medflower", help="connection name (default medflower)"
+    )
     p.add_argument("--address", required=True, help="SuperLink host:port")
     p.add_argument("--ca-cert", required=True, help="the coordinator's ca.crt")
     _add_flwr_home(p)
 
 
 def _args_register(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--public-key", required=True, action="append",
-                   help="a hospital's <name>.pub (repeatable)")
-    p.add_argument("--name", default=None,
-                   help="hospital name for a single key (default: the key file's stem)")
-    p.add_argument("--connection", default="medflower", help="SuperLink connection name")
+    p.add_argument(
+        "--public-key",
+        required=True,
+        action="append",
+        help="a hospital's <name>.pub (repeatable)",
+    )
+    p.add_argument(
+        "--name",
+        default=None,
+        help="hospital name for a single key (default: the key file's stem)",
+    )
+    p.add_argument(
+        "--connection", default="medflower", help="SuperLink connection name"
+    )
     _add_flwr_home(p)
 
 
 def _args_run(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--connection", default="medflower", help="SuperLink connection name")
+    p.add_argument(
+        "--connection", default="medflower", help="SuperLink connection name"
+    )
     p.add_argument("--run-config", default="", help='e.g. "num-server-rounds=3"')
     p.add_argument("--app", default=str(project_root()), help="Flower app directory")
-    p.add_argument("--timeout", type=float, default=3600.0,
-                   help="stop the run after this many seconds")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="stop the run after this many seconds",
+    )
     _add_flwr_home(p)
 
 
@@ -504,33 +614,64 @@ def _args_start_supernode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", required=True, help="hospital name (as registered)")
     _add_dir(p, "hospital")
     p.add_argument("--superlink", required=True, help="SuperLink host:port")
-    p.add_argument("--ca-cert", default=None,
-                   help="the coordinator's ca.crt (omit only if the SuperLink's "
-                        "certificate is signed by a public CA)")
-    p.add_argument("--private-key", default=None,
-                   help="default <dir>/keys/<name>.key")
-    p.add_argument("--data-path", required=True,
-                   help="this hospital's data file, or a folder holding exactly one")
+    p.add_argument(
+        "--ca-cert",
+        default=None,
+        help="the coordinator's ca.crt (omit only if the SuperLink's "
+        "certificate is signed by a public CA)",
+    )
+    p.add_argument("--private-key", default=None, help="default <dir>/keys/<name>.key")
+    p.add_argument(
+        "--data-path",
+        required=True,
+        help="this hospital's data file, or a folder holding exactly one",
+    )
     from data.registry import local_kinds
 
-    p.add_argument("--dataset", choices=local_kinds(), default="heart-disease",
-                   help="format of the data (default heart-disease)")
-    p.add_argument("--label-column", default="target",
-                   help="csv label column, for the start-up data check")
-    p.add_argument("--no-check-data", dest="check_data", action="store_false",
-                   help="start even if the data cannot be loaded now")
-    p.add_argument("--runtime-port", type=int, default=0,
-                   help="local port for the SuperNode's runtime API (default: a free one)")
-    p.add_argument("--max-wait-time", type=float, default=None,
-                   help="give up reconnecting to the SuperLink after this many seconds")
-    p.add_argument("--wait", type=float, default=60.0,
-                   help="seconds to wait for the SuperNode to connect")
+    p.add_argument(
+        "--dataset",
+        choices=local_kinds(),
+        default="heart-disease",
+        help="format of the data (default heart-disease)",
+    )
+    p.add_argument(
+        "--label-column",
+        default="target",
+        help="csv label column, for the start-up data check",
+    )
+    p.add_argument(
+        "--no-check-data",
+        dest="check_data",
+        action="store_false",
+        help="start even if the data cannot be loaded now",
+    )
+    p.add_argument(
+        "--runtime-port",
+        type=int,
+        default=0,
+        help="local port for the SuperNode's runtime API (default: a free one)",
+    )
+    p.add_argument(
+        "--max-wait-time",
+        type=float,
+        default=None,
+        help="give up reconnecting to the SuperLink after this many seconds",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the SuperNode to connect",
+    )
 
 
 def _args_stop(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", required=True, help="the party's deployment folder")
-    p.add_argument("--name", default=None,
-                   help="only this process (superlink, supernode-<hospital>)")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="only this process (superlink, supernode-<hospital>)",
+    )
 
 
 def _args_status(p: argparse.ArgumentParser) -> None:
@@ -539,26 +680,57 @@ def _args_status(p: argparse.ArgumentParser) -> None:
 
 SUBCOMMANDS: dict[
     str,
-    tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]],
+    tuple[
+        str,
+        Callable[[argparse.ArgumentParser], None],
+        Callable[[argparse.Namespace], int],
+    ],
 ] = {
-    "init-ca": ("coordinator: create the CA (ca/ca.key secret, ca/ca.crt shared)",
-                _args_init_ca, cmd_init_ca),
-    "superlink-cert": ("coordinator: issue the SuperLink's TLS certificate",
-                       _args_superlink_cert, cmd_superlink_cert),
-    "start-superlink": ("coordinator: start the SuperLink (TLS, node auth) in the background",
-                        _args_start_superlink, cmd_start_superlink),
-    "connection": ("write [superlink.<name>] into $FLWR_HOME/config.toml",
-                   _args_connection, cmd_connection),
-    "register": ("coordinator: register a hospital's public key with the SuperLink",
-                 _args_register, cmd_register),
-    "run": ("submit a run with `flwr run --stream` and check its final status",
-            _args_run, cmd_run),
-    "hospital-keys": ("hospital: create its SuperNode key pair",
-                      _args_hospital_keys, cmd_hospital_keys),
-    "start-supernode": ("hospital: start its SuperNode in the background",
-                        _args_start_supernode, cmd_start_supernode),
-    "stop": ("stop every process started from --dir (or only --name) by PID",
-             _args_stop, cmd_stop),
+    "init-ca": (
+        "coordinator: create the CA (ca/ca.key secret, ca/ca.crt shared)",
+        _args_init_ca,
+        cmd_init_ca,
+    ),
+    "superlink-cert": (
+        "coordinator: issue the SuperLink's TLS certificate",
+        _args_superlink_cert,
+        cmd_superlink_cert,
+    ),
+    "start-superlink": (
+        "coordinator: start the SuperLink (TLS, node auth) in the background",
+        _args_start_superlink,
+        cmd_start_superlink,
+    ),
+    "connection": (
+        "write [superlink.<name>] into $FLWR_HOME/config.toml",
+        _args_connection,
+        cmd_connection,
+    ),
+    "register": (
+        "coordinator: register a hospital's public key with the SuperLink",
+        _args_register,
+        cmd_register,
+    ),
+    "run": (
+        "submit a run with `flwr run --stream` and check its final status",
+        _args_run,
+        cmd_run,
+    ),
+    "hospital-keys": (
+        "hospital: create its SuperNode key pair",
+        _args_hospital_keys,
+        cmd_hospital_keys,
+    ),
+    "start-supernode": (
+        "hospital: start its SuperNode in the background",
+        _args_start_supernode,
+        cmd_start_supernode,
+    ),
+    "stop": (
+        "stop every process started from --dir (or only --name) by PID",
+        _args_stop,
+        cmd_stop,
+    ),
     "status": ("list the processes started from --dir", _args_status, cmd_status),
 }
 

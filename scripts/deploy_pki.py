@@ -1,5 +1,7 @@
-"""Certificates and keys for a deployment: a CA, the SuperLink's TLS certificate and
-each hospital's SuperNode authentication key pair (``cryptography`` only).
+"""Certificates and keys for a deployment, made with ``cryptography`` only.
+
+A CA, the SuperLink's TLS certificate and each hospital's SuperNode
+authentication key pair.
 
 TLS: the coordinator's CA signs the SuperLink certificate; hospitals and ``flwr``
 users verify the SuperLink with the CA certificate. Node authentication: each
@@ -33,7 +35,7 @@ class DeployError(RuntimeError):
 
 
 def check_name(name: str, what: str = "hospital name") -> str:
-    """A name used in file names and Flower config: letters, digits, ``_.-``."""
+    """Check a name used in file names and Flower config: letters, digits, ``_.-``."""
     if not NAME_PATTERN.match(name):
         raise DeployError(
             f"Invalid {what} {name!r}: use 1-63 letters, digits, '_', '.' or '-', "
@@ -43,8 +45,10 @@ def check_name(name: str, what: str = "hospital name") -> str:
 
 
 def write_secret(path: Path, data: bytes, *, overwrite: bool = False) -> Path:
-    """Write ``data`` readable by its owner only (created 0600, never world-readable
-    even for a moment).
+    """Write ``data`` readable by its owner only.
+
+    The file is created with mode 0600, so it is never readable by others, not
+    even for a moment.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not overwrite:
@@ -92,7 +96,10 @@ class CAFiles:
 
 
 def create_ca(
-    directory: Path, *, common_name: str = "medflower CA", days: int = 3650,
+    directory: Path,
+    *,
+    common_name: str = "medflower CA",
+    days: int = 3650,
     overwrite: bool = False,
 ) -> CAFiles:
     """Create a self-signed CA (EC P-384) in ``directory``."""
@@ -110,10 +117,15 @@ def create_ca(
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -123,8 +135,9 @@ def create_ca(
         .sign(key, hashes.SHA384())
     )
     write_secret(files.key, _pem_key(key), overwrite=overwrite)
-    write_public(files.cert, cert.public_bytes(serialization.Encoding.PEM),
-                 overwrite=overwrite)
+    write_public(
+        files.cert, cert.public_bytes(serialization.Encoding.PEM), overwrite=overwrite
+    )
     return files
 
 
@@ -132,12 +145,16 @@ def load_ca(files: CAFiles) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificat
     """Read the CA key and certificate, naming the missing or unreadable file."""
     for path in (files.key, files.cert):
         if not path.is_file():
-            raise DeployError(f"CA file not found: {path} (run `medflower deploy init-ca`).")
+            raise DeployError(
+                f"CA file not found: {path} (run `medflower deploy init-ca`)."
+            )
     try:
         key = serialization.load_pem_private_key(files.key.read_bytes(), None)
         cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
     except ValueError as err:
-        raise DeployError(f"Unreadable CA key or certificate in {files.key.parent}: {err}") from err
+        raise DeployError(
+            f"Unreadable CA key or certificate in {files.key.parent}: {err}"
+        ) from err
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise DeployError(f"{files.key} is not an EC private key.")
     return key, cert
@@ -173,7 +190,9 @@ def create_server_cert(
     ca_key, ca_cert = load_ca(ca)
     dns = list(dict.fromkeys([*hosts, "localhost"]))
     try:
-        addresses = [ipaddress.ip_address(ip) for ip in dict.fromkeys([*ips, "127.0.0.1"])]
+        addresses = [
+            ipaddress.ip_address(ip) for ip in dict.fromkeys([*ips, "127.0.0.1"])
+        ]
     except ValueError as err:
         raise DeployError(f"Invalid --ip value: {err}") from err
     files = ServerCertFiles.in_dir(directory)
@@ -204,15 +223,17 @@ def create_server_cert(
         .sign(ca_key, hashes.SHA384())
     )
     write_secret(files.key, _pem_key(key), overwrite=overwrite)
-    write_public(files.cert, cert.public_bytes(serialization.Encoding.PEM),
-                 overwrite=overwrite)
+    write_public(
+        files.cert, cert.public_bytes(serialization.Encoding.PEM), overwrite=overwrite
+    )
     return files
 
 
 @dataclass(frozen=True)
 class HospitalKeyFiles:
-    """A hospital's SuperNode authentication keys: ``private`` stays at the hospital,
-    ``public`` goes to the coordinator for registration.
+    """A hospital's SuperNode authentication keys.
+
+    ``private`` stays at the hospital, ``public`` goes to the coordinator.
     """
 
     private: Path
@@ -256,17 +277,20 @@ def check_public_key(path: Path) -> None:
 
 
 def check_private_key(path: Path) -> None:
-    """Fail early, naming the file, unless ``path`` is an OpenSSH EC private key
-    readable only by its owner.
+    """Fail early, naming the file, unless ``path`` is a usable private key.
+
+    It must be an OpenSSH EC private key readable only by its owner.
     """
     if not path.is_file():
         raise DeployError(
-            f"Private key file not found: {path} (run `medflower deploy hospital-keys`)."
+            f"Private key file not found: {path} "
+            "(run `medflower deploy hospital-keys`)."
         )
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise DeployError(
-            f"{path} is accessible by other users (mode {mode:o}); run `chmod 600 {path}`."
+            f"{path} is accessible by other users (mode {mode:o}); "
+            f"run `chmod 600 {path}`."
         )
     try:
         key = serialization.load_ssh_private_key(path.read_bytes(), None)
@@ -277,14 +301,17 @@ def check_private_key(path: Path) -> None:
 
 
 def cert_fingerprint(path: Path) -> str:
-    """SHA-256 fingerprint of a PEM certificate (compare it over a second channel,
-    e.g. by phone, before trusting a CA certificate received by e-mail)."""
+    """Return the SHA-256 fingerprint of a PEM certificate.
+
+    Compare it over a second channel (e.g. by phone) before trusting a CA
+    certificate received by e-mail.
+    """
     cert = x509.load_pem_x509_certificate(path.read_bytes())
     return cert.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
 def public_key_fingerprint(path: Path) -> str:
-    """``SHA256:...`` fingerprint of an OpenSSH public key, as ``ssh-keygen -l``."""
+    """Return the ``SHA256:...`` fingerprint of an OpenSSH key, as ``ssh-keygen -l``."""
     blob = base64.b64decode(path.read_text().split()[1])
     digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
     return f"SHA256:{digest}"

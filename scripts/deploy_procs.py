@@ -1,5 +1,6 @@
-"""Background Flower processes for ``medflower deploy``: start with a pid file and a
-log file, wait until ready, stop by PID.
+"""Background Flower processes for ``medflower deploy``.
+
+Start with a pid file and a log file, wait until ready, stop by PID.
 
 Each process gets its own session (process group), so stopping it also stops the
 SuperExec and ``flwr-*app`` processes it spawned. A pid file records the command
@@ -52,7 +53,7 @@ def log_file(state_dir: Path, name: str) -> Path:
 
 
 def is_ours(record: ProcessRecord) -> bool:
-    """True while ``record.pid`` runs the command this module started."""
+    """Tell whether ``record.pid`` still runs the command this module started."""
     try:
         cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
@@ -63,7 +64,7 @@ def is_ours(record: ProcessRecord) -> bool:
 
 
 def alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
+    """Tell whether ``pid`` exists and is not a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -72,7 +73,7 @@ def alive(pid: int) -> bool:
 
 
 def port_free(host: str, port: int) -> bool:
-    """True if ``host:port`` can be bound right now."""
+    """Tell whether ``host:port`` can be bound right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
@@ -82,7 +83,7 @@ def port_free(host: str, port: int) -> bool:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that is free right now."""
+    """Return a TCP port on ``host`` that is free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
@@ -97,7 +98,7 @@ def start_background(
     port: int | None = None,
     cwd: Path | None = None,
 ) -> ProcessRecord:
-    """Start ``argv`` detached, output to ``logs/<name>.log``, PID in ``run/<name>.pid``.
+    """Start ``argv`` detached; output to ``logs/<name>.log``, PID to ``run/``.
 
     Refuses to start a second copy while the recorded one is still running.
     """
@@ -115,8 +116,13 @@ def start_background(
     pidf.parent.mkdir(parents=True, exist_ok=True)
     with open(logf, "ab") as out:
         proc = subprocess.Popen(  # noqa: S603 - argv built from validated options
-            list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=cwd, start_new_session=True,
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
         )
     record = ProcessRecord(name, proc.pid, list(argv), str(logf), port)
     pidf.write_text(json.dumps(asdict(record), indent=2) + "\n")
@@ -183,10 +189,13 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def clean(text: str, lines: int = 15) -> str:
-    """Return the last meaningful lines of Flower output, without colour codes or
-    Protobuf version warnings."""
+    """Return the last meaningful lines of Flower output.
+
+    Colour codes and Protobuf version warnings are dropped.
+    """
     kept = [
-        ANSI.sub("", t) for t in text.splitlines()
+        ANSI.sub("", t)
+        for t in text.splitlines()
         if t.strip() and not any(n in t for n in NOISE)
     ]
     return "\n".join(kept[-lines:])
@@ -239,8 +248,10 @@ def descendants(pid: int) -> set[int]:
 
 
 def stop_group(pgid: int, timeout: float = 15.0) -> None:
-    """Stop the session we started (group id = the leader's PID) and everything it
-    spawned: SIGTERM, then SIGKILL whatever is left after ``timeout`` seconds.
+    """Stop a session we started and everything it spawned.
+
+    The group id is the leader's PID. SIGTERM first, then SIGKILL whatever is
+    left after ``timeout`` seconds.
 
     Flower detaches a SuperLink's SuperExec into a session of its own, so the
     leader's descendants are collected first and signalled too; a SuperNode's

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from conftest import shared_data_dir
 
 HEART_SITES = ("cleveland", "hungarian", "switzerland")
@@ -20,13 +19,20 @@ def write_heart_file(path: Path, n: int, seed: int) -> Path:
         num = int(rng.integers(0, 5))
         sick = num > 0
         row = [
-            int(rng.integers(30, 78)), int(rng.integers(0, 2)),
+            int(rng.integers(30, 78)),
+            int(rng.integers(0, 2)),
             int(rng.integers(3, 5) if sick else rng.integers(1, 4)),
-            int(rng.integers(95, 190)), int(rng.integers(120, 400)),
-            int(rng.integers(0, 2)), int(rng.integers(0, 3)),
+            int(rng.integers(95, 190)),
+            int(rng.integers(120, 400)),
+            int(rng.integers(0, 2)),
+            int(rng.integers(0, 3)),
             int(rng.integers(80, 150) if sick else rng.integers(130, 200)),
-            int(sick and rng.random() < 0.7), round(float(rng.uniform(0, 4)), 1),
-            "?", "?", "?", num,
+            int(sick and rng.random() < 0.7),
+            round(float(rng.uniform(0, 4)), 1),
+            "?",
+            "?",
+            "?",
+            num,
         ]
         rows.append(",".join(str(v) for v in row))
     path.parent.mkdir(parents=True, exist_ok=True)

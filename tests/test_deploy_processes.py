@@ -45,15 +45,28 @@ class Federation:
         return path
 
     def keys(self, name: str) -> Path:
-        assert self.cli("hospital-keys", "--dir", str(self.hospital_dir(name)),
-                        "--name", name) == 0
+        assert (
+            self.cli(
+                "hospital-keys", "--dir", str(self.hospital_dir(name)), "--name", name
+            )
+            == 0
+        )
         return self.hospital_dir(name) / "keys" / f"{name}.pub"
 
     def start_supernode(self, name: str, data: Path, *extra: str) -> int:
         return self.cli(
-            "start-supernode", "--dir", str(self.hospital_dir(name)), "--name", name,
-            "--superlink", self.address, "--data-path", str(data),
-            "--dataset", "heart-disease", *extra,
+            "start-supernode",
+            "--dir",
+            str(self.hospital_dir(name)),
+            "--name",
+            name,
+            "--superlink",
+            self.address,
+            "--data-path",
+            str(data),
+            "--dataset",
+            "heart-disease",
+            *extra,
         )
 
     def stop_all(self) -> None:
@@ -67,13 +80,44 @@ def federation(tmp_path_factory):
     fed = Federation(tmp_path_factory.mktemp("deploy"))
     try:
         assert fed.cli("init-ca", "--dir", str(fed.coordinator)) == 0
-        assert fed.cli("superlink-cert", "--dir", str(fed.coordinator),
-                       "--host", "localhost", "--ip", "127.0.0.1") == 0
-        assert fed.cli("start-superlink", "--dir", str(fed.coordinator),
-                       "--port", str(fed.port), "--wait", "120") == 0
-        assert fed.cli("connection", "--name", "testfed", "--address", fed.address,
-                       "--ca-cert", str(fed.ca_cert),
-                       "--flwr-home", str(fed.flwr_home)) == 0
+        assert (
+            fed.cli(
+                "superlink-cert",
+                "--dir",
+                str(fed.coordinator),
+                "--host",
+                "localhost",
+                "--ip",
+                "127.0.0.1",
+            )
+            == 0
+        )
+        assert (
+            fed.cli(
+                "start-superlink",
+                "--dir",
+                str(fed.coordinator),
+                "--port",
+                str(fed.port),
+                "--wait",
+                "120",
+            )
+            == 0
+        )
+        assert (
+            fed.cli(
+                "connection",
+                "--name",
+                "testfed",
+                "--address",
+                fed.address,
+                "--ca-cert",
+                str(fed.ca_cert),
+                "--flwr-home",
+                str(fed.flwr_home),
+            )
+            == 0
+        )
         yield fed
     finally:
         fed.stop_all()
@@ -85,9 +129,12 @@ def test_unregistered_key_and_missing_ca_certificate_are_refused(federation, cap
     fed = federation
     data = hospital_folders(fed.root / "refused-data")["cleveland"]
     fed.keys("intruder")  # a key pair the coordinator never registered
-    assert fed.start_supernode(
-        "intruder", data, "--ca-cert", str(fed.ca_cert), "--wait", "120"
-    ) == 1
+    assert (
+        fed.start_supernode(
+            "intruder", data, "--ca-cert", str(fed.ca_cert), "--wait", "120"
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "Failed to activate SuperNode" in err
     assert "supernode-intruder.log" in err
@@ -110,7 +157,9 @@ def test_corrupt_hospital_data_is_refused_at_start(federation, capsys):
     broken.mkdir()
     (broken / "processed.broken.data").write_text("not,a,heart,file\n")
     fed.keys("broken-check")
-    assert fed.start_supernode("broken-check", broken, "--ca-cert", str(fed.ca_cert)) == 1
+    assert (
+        fed.start_supernode("broken-check", broken, "--ca-cert", str(fed.ca_cert)) == 1
+    )
     err = capsys.readouterr().err
     assert "expected 14 columns" in err and "processed.broken.data" in err
     assert not (fed.hospital_dir("broken-check") / procs.RUN_DIR).exists()
@@ -126,7 +175,13 @@ def test_three_hospitals_train_over_tls_while_a_broken_one_reports_its_error(
     (broken / "processed.broken.data").write_text("garbage\x00\x01,line\n")
     names = [*HEART_SITES, "broken"]
     keys = [str(fed.keys(name)) for name in names]
-    register = ["register", "--connection", "testfed", "--flwr-home", str(fed.flwr_home)]
+    register = [
+        "register",
+        "--connection",
+        "testfed",
+        "--flwr-home",
+        str(fed.flwr_home),
+    ]
     for key in keys:
         register += ["--public-key", key]
     assert fed.cli(*register) == 0
@@ -134,13 +189,25 @@ def test_three_hospitals_train_over_tls_while_a_broken_one_reports_its_error(
     assert all(f"Registered hospital {n} " in out for n in names)
 
     for name in HEART_SITES:
-        assert fed.start_supernode(
-            name, folders[name], "--ca-cert", str(fed.ca_cert), "--wait", "0"
-        ) == 0
+        assert (
+            fed.start_supernode(
+                name, folders[name], "--ca-cert", str(fed.ca_cert), "--wait", "0"
+            )
+            == 0
+        )
     # The broken hospital starts anyway (--no-check-data): its ClientApp must report.
-    assert fed.start_supernode(
-        "broken", broken, "--ca-cert", str(fed.ca_cert), "--no-check-data", "--wait", "0"
-    ) == 0
+    assert (
+        fed.start_supernode(
+            "broken",
+            broken,
+            "--ca-cert",
+            str(fed.ca_cert),
+            "--no-check-data",
+            "--wait",
+            "0",
+        )
+        == 0
+    )
 
     outputs = fed.root / "outputs"
     # Every message starts a fresh flwr-clientapp process (torch, sklearn imports):
@@ -151,9 +218,19 @@ def test_three_hospitals_train_over_tls_while_a_broken_one_reports_its_error(
         f"fraction-evaluate=0.0 min-hospitals=4 output-dir='{outputs}' "
         "run-name='deployed'"
     )
-    code = fed.cli("run", "--connection", "testfed", "--run-config", run_config,
-                   "--app", str(REPO), "--flwr-home", str(fed.flwr_home),
-                   "--timeout", "420")
+    code = fed.cli(
+        "run",
+        "--connection",
+        "testfed",
+        "--run-config",
+        run_config,
+        "--app",
+        str(REPO),
+        "--flwr-home",
+        str(fed.flwr_home),
+        "--timeout",
+        "420",
+    )
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     assert "finished:completed" in out  # read back with `flwr ls --run-id`
@@ -173,7 +250,9 @@ def test_three_hospitals_train_over_tls_while_a_broken_one_reports_its_error(
     model, payload = load_model(outputs / "deployed" / "final_model.pt")
     assert payload["data"]["input_shape"] == [13]
     # The hospital's own log holds the full detail (its folder), the server's does not.
-    local_log = (fed.hospital_dir("broken") / "logs" / "supernode-broken.log").read_text()
+    local_log = (
+        fed.hospital_dir("broken") / "logs" / "supernode-broken.log"
+    ).read_text()
     assert "st-broken-secret-folder" in local_log
     server_log = (fed.coordinator / "logs" / "superlink.log").read_text()
     assert "st-broken-secret-folder" not in server_log

@@ -40,7 +40,7 @@ from scripts.deploy_pki import (
     create_server_cert,
 )
 
-# --- certificates and keys ---------------------------------------------------------
+# --- certificates and keys ---
 
 
 def mode(path):
@@ -58,9 +58,13 @@ def test_ca_and_superlink_certificate_chain_and_names(tmp_path):
     cert = x509.load_pem_x509_certificate(server.cert.read_bytes())
     cert.verify_directly_issued_by(ca_cert)  # raises if not signed by the CA
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert set(san.get_values_for_type(x509.DNSName)) == {"link.example.org", "localhost"}
+    assert set(san.get_values_for_type(x509.DNSName)) == {
+        "link.example.org",
+        "localhost",
+    }
     assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {
-        "10.1.2.3", "127.0.0.1"
+        "10.1.2.3",
+        "127.0.0.1",
     }
     # A second CA must not silently replace the first (hospitals trust its cert).
     with pytest.raises(DeployError, match="ca.key exists already"):
@@ -102,7 +106,7 @@ def test_bad_hospital_names_are_refused(tmp_path, name):
         create_hospital_keys(tmp_path, name)
 
 
-# --- connection and node config --------------------------------------------------------
+# --- connection and node config ---
 
 
 def test_connection_is_added_next_to_existing_ones(tmp_path):
@@ -130,13 +134,15 @@ def test_node_config_round_trips_through_flowers_parser(tmp_path):
     data = tmp_path / "data folder" / "site"
     parsed = parse_config_args([node_config("st-mary", data, "heart-disease")])
     assert parsed == {
-        "data-path": str(data), "dataset": "heart-disease", "hospital-name": "st-mary"
+        "data-path": str(data),
+        "dataset": "heart-disease",
+        "hospital-name": "st-mary",
     }
     with pytest.raises(DeployError, match="quotes"):
         node_config("h", tmp_path / "it's", "csv")
 
 
-# --- a hospital's own data ---------------------------------------------------------------
+# --- a hospital's own data ---
 
 
 def deployed(**extra):
@@ -180,10 +186,12 @@ def test_broken_hospital_data_names_the_file_locally_only(
     elif setup == "text":
         write_heart_file(folder / "x.data", 30, seed=1)
         lines = (folder / "x.data").read_text().splitlines()
-        lines[3] = "PATIENT-4711" + lines[3][lines[3].index(","):]
+        lines[3] = "PATIENT-4711" + lines[3][lines[3].index(",") :]
         (folder / "x.data").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError) as caught:
-        load_local_hospital(deployed(), {"data-path": str(folder), "hospital-name": "h"})
+        load_local_hospital(
+            deployed(), {"data-path": str(folder), "hospital-name": "h"}
+        )
     err = caught.value
     assert log_part in str(err)
     assert public_part in err.public_reason
@@ -206,19 +214,23 @@ def test_csv_schema_orders_columns_and_names_missing_ones(tmp_path):
     (tmp_path / "ok" / "site.csv").write_text(
         "b,target,a\n" + "".join(f"{i},{i % 2},{i % 5}\n" for i in range(40))
     )
-    site = load_local_hospital(cfg, {"data-path": str(tmp_path / "ok"), "dataset": "csv"})
+    site = load_local_hospital(
+        cfg, {"data-path": str(tmp_path / "ok"), "dataset": "csv"}
+    )
     assert site.info.input_shape == (2,)
     # Column a (5 distinct values) comes first whatever the file's column order.
     assert len(set(site.train.x[:, 0].round(6))) == 5
     assert len(set(site.train.x[:, 1].round(6))) == len(site.train)
     (tmp_path / "bad.csv").write_text("b,target\n1,0\n2,1\n3,0\n4,1\n5,0\n")
     with pytest.raises(DataError) as caught:
-        load_local_hospital(cfg, {"data-path": str(tmp_path / "bad.csv"), "dataset": "csv"})
+        load_local_hospital(
+            cfg, {"data-path": str(tmp_path / "bad.csv"), "dataset": "csv"}
+        )
     assert "missing feature column(s) a" in caught.value.public_reason
     assert "bad.csv" in str(caught.value)
 
 
-# --- a coordinator without data ------------------------------------------------------
+# --- a coordinator without data ---
 
 
 def test_coordinator_without_data_needs_server_eval_off_and_a_known_shape():
@@ -239,7 +251,9 @@ def test_coordinator_without_data_needs_server_eval_off_and_a_known_shape():
         RunConfig(num_classes=1)
 
 
-def test_deployed_federation_in_process_with_one_broken_hospital(tmp_path, task_identity):
+def test_deployed_federation_in_process_with_one_broken_hospital(
+    tmp_path, task_identity
+):
     """The ServerApp without data and ClientApps reading their own folders: the
     broken hospital's error reaches history.json without its path."""
     folders = []
@@ -253,12 +267,23 @@ def test_deployed_federation_in_process_with_one_broken_hospital(tmp_path, task_
         {"data-path": str(f), "dataset": "heart-disease", "hospital-name": f"h{i}"}
         for i, f in enumerate([*folders, broken])
     ]
-    run_config = full_run_config(**{
-        "dataset": "heart-disease", "server-eval": False, "num-server-rounds": 2,
-        "min-hospitals": 4, "output-dir": str(tmp_path / "out"), "run-name": "dep",
-    })
-    run_inprocess(server_app, client_app, num_hospitals=4, run_config=run_config,
-                  node_configs=node_configs)
+    run_config = full_run_config(
+        **{
+            "dataset": "heart-disease",
+            "server-eval": False,
+            "num-server-rounds": 2,
+            "min-hospitals": 4,
+            "output-dir": str(tmp_path / "out"),
+            "run-name": "dep",
+        }
+    )
+    run_inprocess(
+        server_app,
+        client_app,
+        num_hospitals=4,
+        run_config=run_config,
+        node_configs=node_configs,
+    )
     history = json.loads((tmp_path / "out" / "dep" / "history.json").read_text())
     assert history["status"] == "completed"
     trained = [r for r in history["rounds"] if r["round"] >= 1]
@@ -274,28 +299,41 @@ def test_deployed_federation_in_process_with_one_broken_hospital(tmp_path, task_
 
 
 def test_client_error_reply_in_deployment_has_no_path(tmp_path, task_identity):
-    run_config = make_run_config(tmp_path, dataset="heart-disease", **{"server-eval": False})
+    run_config = make_run_config(
+        tmp_path, dataset="heart-disease", **{"server-eval": False}
+    )
     cfg = RunConfig.from_run_config(run_config)
     model = model_spec(cfg, get_dataset(cfg.data_spec()).info()).build()
     secret = tmp_path / "hospital-secret-folder"
     secret.mkdir()
     (secret / "processed.z.data").write_bytes(b"\x00\xff" * 100)
-    reply = client_app(make_message(model), make_context(
-        run_config, node_config={"data-path": str(secret), "hospital-name": "z"}))
+    reply = client_app(
+        make_message(model),
+        make_context(
+            run_config, node_config={"data-path": str(secret), "hospital-name": "z"}
+        ),
+    )
     assert reply.has_error()
     assert reply.error.reason.startswith("data error:")
     assert "hospital-secret-folder" not in reply.error.reason
     assert "processed.z.data" not in reply.error.reason
     write_heart_file(tmp_path / "good" / "processed.g.data", 60, seed=3)
-    reply = client_app(make_message(model), make_context(
-        run_config, node_config={"data-path": str(tmp_path / "good"), "hospital-name": "g"}))
+    reply = client_app(
+        make_message(model),
+        make_context(
+            run_config,
+            node_config={"data-path": str(tmp_path / "good"), "hospital-name": "g"},
+        ),
+    )
     assert not reply.has_error()
     assert reply.content["hospital"]["name"] == "g"
     assert set(reply.content["arrays"].to_torch_state_dict()) == set(model.state_dict())
-    assert torch.is_tensor(next(iter(reply.content["arrays"].to_torch_state_dict().values())))
+    assert torch.is_tensor(
+        next(iter(reply.content["arrays"].to_torch_state_dict().values()))
+    )
 
 
-# --- processes by PID ----------------------------------------------------------------
+# --- processes by PID ---
 
 
 def test_background_process_tree_is_stopped_by_pid(tmp_path):
@@ -320,8 +358,11 @@ def test_background_process_tree_is_stopped_by_pid(tmp_path):
         assert not any(procs.alive(p) for p in tree)
         assert not procs.pid_file(tmp_path, "worker").exists()
     finally:
-        subprocess.run(["kill", "-9", str(record.pid), *map(str, procs.descendants(
-            record.pid))], capture_output=True, check=False)
+        subprocess.run(
+            ["kill", "-9", str(record.pid), *map(str, procs.descendants(record.pid))],
+            capture_output=True,
+            check=False,
+        )
 
 
 def test_stop_never_signals_a_reused_pid(tmp_path):
@@ -330,9 +371,16 @@ def test_stop_never_signals_a_reused_pid(tmp_path):
 
     pidf = procs.pid_file(tmp_path, "superlink")
     pidf.parent.mkdir(parents=True)
-    pidf.write_text(json.dumps({
-        "name": "superlink", "pid": os.getpid(), "argv": ["/x/flower-superlink"],
-        "log": str(tmp_path / "l.log"), "port": 1,
-    }))
+    pidf.write_text(
+        json.dumps(
+            {
+                "name": "superlink",
+                "pid": os.getpid(),
+                "argv": ["/x/flower-superlink"],
+                "log": str(tmp_path / "l.log"),
+                "port": 1,
+            }
+        )
+    )
     assert procs.stop(tmp_path) == [f"superlink (PID {os.getpid()}) was not running"]
     assert procs.alive(os.getpid())
