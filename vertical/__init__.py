@@ -1,0 +1,1 @@
+"""Vertical federated learning: PSI patient alignment and split-model training."""
