@@ -16,6 +16,7 @@ from flwr.clientapp import ClientApp
 from app.config import RunConfig
 from app.hospital import hospital_name, load_hospital, model_spec
 from app.logs import route_to_flower
+from app.vertical_client import register as register_vertical
 from data.spec import DataError, HospitalData
 from models.training import TrainSettings, evaluate_split, make_loader, pick_device, train_epochs
 from strategies.fedavg import HOSPITAL_RECORD
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 DATA_ERROR_CODE = 4001
 
 app = ClientApp()
+register_vertical(app)  # query.psi_* / query.vfl_* handlers (task = "vertical")
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, HospitalData, torch.nn.Module]:

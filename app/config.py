@@ -46,7 +46,7 @@ class RunConfig:
     """
 
     num_server_rounds: int = _opt(5, "num-server-rounds", low=1, high=10_000)
-    task: str = _opt("tabular", "task", choices=("tabular",))
+    task: str = _opt("tabular", "task", choices=("tabular", "vertical"))
     dataset: str = _opt("wdbc", "dataset", choices=("wdbc", "heart-disease", "csv"))
     data_path: str = _opt("", "data-path")
     label_column: str = _opt("target", "label-column")
@@ -54,7 +54,7 @@ class RunConfig:
     dirichlet_alpha: float = _opt(0.5, "dirichlet-alpha", low=0.0, low_open=True)
     val_fraction: float = _opt(0.2, "val-fraction", low=0.05, high=0.5)
     test_fraction: float = _opt(0.2, "test-fraction", low=0.05, high=0.5)
-    model: str = _opt("logreg", "model", choices=("logreg", "mlp"))
+    model: str = _opt("logreg", "model", choices=("logreg", "mlp", "mlp-norm"))
     mlp_hidden: int = _opt(64, "mlp-hidden", low=1, high=4096)
     mlp_layers: int = _opt(2, "mlp-layers", low=1, high=8)
     strategy: str = _opt("fedavg", "strategy", choices=("fedavg", "fedprox"))
@@ -75,6 +75,14 @@ class RunConfig:
     torch_threads: int = _opt(1, "torch-threads", low=0, high=256)
     output_dir: str = _opt("outputs", "output-dir")
     run_name: str = _opt("", "run-name")
+    # Vertical FL (task = "vertical"): see docs/vertical.md.
+    id_column: str = _opt("patient_id", "id-column")
+    vertical_overlap: float = _opt(0.8, "vertical-overlap", low=0.0, high=1.0)
+    vertical_embedding: int = _opt(8, "vertical-embedding", low=1, high=4096)
+    # Transfer and personalization: see docs/vertical.md.
+    init_model: str = _opt("", "init-model")
+    personalize_epochs: int = _opt(0, "personalize-epochs", low=0, high=1000)
+    local_norm: bool = _opt(False, "local-norm")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

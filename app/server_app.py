@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from app.config import RunConfig
 from app.hospital import model_spec
 from app.logs import route_to_flower
 from app.run_outputs import RunRecorder
+from app.vertical_server import run_vertical
 from data.registry import get_dataset
 from data.spec import Split
 from models.checkpoint import save_model
@@ -85,10 +87,8 @@ def _hospitals(ledger: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@app.main()
-def main(grid: Grid, context: Context) -> None:
+def run_horizontal(grid: Grid, context: Context) -> None:
     """Run ``num-server-rounds`` of federated training and write the run's outputs."""
-    route_to_flower()
     cfg = RunConfig.from_run_config(context.run_config)
     torch.manual_seed(cfg.seed)
     if cfg.torch_threads:
@@ -135,3 +135,18 @@ def main(grid: Grid, context: Context) -> None:
     recorder.finish("completed", final_server_metrics=final)
     log.info("Run finished. Outputs: %s", recorder.dir)
     log.info("Final server-side metrics: %s", _summary(final) or "none")
+
+
+# ``task`` -> the ServerApp path that runs it; tasks not listed run horizontally.
+TASK_RUNNERS: dict[str, Callable[[Grid, Context], None]] = {
+    "tabular": run_horizontal,
+    "vertical": run_vertical,
+}
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Dispatch the run to its task's ServerApp path (``TASK_RUNNERS``)."""
+    route_to_flower()
+    task = RunConfig.from_run_config(context.run_config).task
+    TASK_RUNNERS.get(task, run_horizontal)(grid, context)
