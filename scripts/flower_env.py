@@ -33,7 +33,8 @@ def project_root() -> Path:
 def flower_env(flwr_home: Path | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for ``flwr``: offline switches, a project-local ``FLWR_HOME``,
     ``MEDFLOWER_HOME`` for outputs, and this interpreter's bin dir first on PATH
-    (the local SuperLink is started as ``flower-superlink`` from PATH)."""
+    (the local SuperLink is started as ``flower-superlink`` from PATH).
+    """
     env = dict(os.environ if base is None else base)
     env.update(OFFLINE_ENV)
     root = project_root()
@@ -55,7 +56,8 @@ def free_port() -> int:
 
 def private_local_superlink(env: dict[str, str]) -> dict[str, str]:
     """Give the local SuperLink this call starts ports of its own, so concurrent
-    runs (tests, CI, a user's own `flwr run`) never reuse each other's SuperLink."""
+    runs (tests, CI, a user's own `flwr run`) never reuse each other's SuperLink.
+    """
     env = dict(env)
     env.setdefault("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", str(free_port()))
     env.setdefault("FLWR_LOCAL_CONTROL_API_PORT", str(free_port()))
@@ -65,7 +67,8 @@ def private_local_superlink(env: dict[str, str]) -> dict[str, str]:
 def write_flower_config(flwr_home: Path, num_hospitals: int = 4, cpus: int = 1) -> Path:
     """Create ``$FLWR_HOME/config.toml`` with a local simulation connection whose
     default size is ``num_hospitals`` (used by a bare ``flwr run .``), unless the
-    file exists already."""
+    file exists already.
+    """
     path = flwr_home / "config.toml"
     if not path.exists():
         flwr_home.mkdir(parents=True, exist_ok=True)
@@ -168,7 +171,8 @@ def run_simulation(
     keep_superlink: bool = False,
 ) -> RunOutcome:
     """``flwr run --stream`` a simulation, check its final status, and stop the local
-    SuperLink if this call started it."""
+    SuperLink if this call started it.
+    """
     env = private_local_superlink(env or flower_env(flwr_home))
     home = Path(env["FLWR_HOME"])
     home.mkdir(parents=True, exist_ok=True)
