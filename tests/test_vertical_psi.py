@@ -86,8 +86,8 @@ def test_feature_party_keeps_only_the_global_intersection():
     lists = [label, p1, p2]
     from vertical.psi import run_alignment
 
-    def send(party, action, payload):
-        return handle_psi(action, payload, lists[party], states[party])
+    def send(requests):
+        return [handle_psi(a, payload, lists[p], states[p]) for p, a, payload in requests]
 
     run_alignment(send, 0, [1, 2], {0: 50, 1: 50, 2: 50})
     for ids, state in zip(lists, states):

@@ -86,8 +86,8 @@ def run_vertical_training(
     sizes = {p: int(info["count"]) for p, info in zip(parties, infos, strict=True)}
     num_classes = int(next(i for i in infos if i["role"] == "label")["num-classes"])
 
-    def psi_send(party: int, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-        return transport([(party, action, payload, {})])[0][0]
+    def psi_send(requests: list[tuple[int, str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        return [r[0] for r in transport([(p, a, payload, {}) for p, a, payload in requests])]
 
     report = run_alignment(psi_send, label, others, sizes)
     log.info("PSI alignment: %d shared patients (chain counts %s, %.1f s, %d bytes relayed)",

@@ -196,18 +196,24 @@ def aligned_rows(ids: Sequence[str], candidates: Sequence[int]) -> np.ndarray:
 
 # --- The Flower server's side: relays bytes, sees counts ---------------------------
 
-Send = Callable[[int, str, dict[str, Any]], dict[str, Any]]
+Request = tuple[int, str, dict[str, Any]]
+Send = Callable[[list[Request]], list[dict[str, Any]]]
 
 
 @dataclass
 class AlignmentReport:
-    """What the orchestrator saw: counts, bytes relayed and time taken."""
+    """What the orchestrator saw: counts, bytes relayed, rounds and time taken."""
 
     intersection_size: int = 0
     chain_counts: list[int] = field(default_factory=list)
     bytes_relayed: int = 0
     seconds: float = 0.0
     messages: int = 0
+    rounds: int = 0
+    # in-process runs only: CPU seconds per party, and the sum over rounds of the
+    # slowest party's CPU time (the wall time with one core per hospital)
+    cpu_seconds: list[float] = field(default_factory=list)
+    critical_path_cpu_seconds: float = 0.0
 
 
 def run_alignment(
@@ -215,24 +221,33 @@ def run_alignment(
 ) -> AlignmentReport:
     """Drive the chained PSI between ``label_party`` and each other party.
 
-    ``send(party, action, payload)`` delivers one PSI step to a party and returns
-    its reply; ``sizes`` are the parties' record counts (counts only).
+    ``send(requests)`` delivers PSI steps ``(party, action, payload)`` to distinct
+    parties, which may compute them in parallel, and returns their replies in
+    order; ``sizes`` are the parties' record counts (counts only). Each PSI takes
+    three rounds: setup and request (independent, in parallel), response, intersect.
     """
     report = AlignmentReport()
     start = time.perf_counter()
 
-    def relay(party: int, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-        report.bytes_relayed += sum(len(v) for v in payload.values() if isinstance(v, bytes))
-        reply = send(party, action, payload)
-        report.bytes_relayed += sum(len(v) for v in reply.values() if isinstance(v, bytes))
-        report.messages += 1
-        return reply
+    def relay(requests: list[Request]) -> list[dict[str, Any]]:
+        replies = send(requests)
+        for (_, _, payload), reply in zip(requests, replies, strict=True):
+            for record in (payload, reply):
+                report.bytes_relayed += sum(
+                    len(v) for v in record.values() if isinstance(v, bytes)
+                )
+        report.messages += len(requests)
+        report.rounds += 1
+        return replies
 
     def one_psi(server: int, client: int, client_size: int) -> int:
-        setup = relay(server, "psi_setup", {"client-size": client_size})["setup"]
-        request = relay(client, "psi_request", {})["request"]
-        response = relay(server, "psi_response", {"request": request})["response"]
-        return int(relay(client, "psi_intersect", {"setup": setup, "response": response})["count"])
+        setup, request = relay(
+            [(server, "psi_setup", {"client-size": client_size}), (client, "psi_request", {})]
+        )
+        (response,) = relay([(server, "psi_response", {"request": request["request"]})])
+        (result,) = relay([(client, "psi_intersect",
+                            {"setup": setup["setup"], "response": response["response"]})])
+        return int(result["count"])
 
     count = int(sizes[label_party])
     for party in other_parties:  # phase A: the label holder narrows its candidates
@@ -256,14 +271,28 @@ def align_in_memory(
     """Run the full protocol between in-process parties (tests, benchmarks).
 
     Returns each party's aligned rows (same patient at the same position) and the
-    orchestrator's report.
+    orchestrator's report, with each party's CPU time.
     """
     ids = [normalise_ids(v, f"party {i}") for i, v in enumerate(id_lists)]
     states = [PsiPartyState.fresh(len(v)) for v in ids]
 
-    def send(party: int, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-        return handle_psi(action, payload, ids[party], states[party])
+    def send(requests: list[Request]) -> list[dict[str, Any]]:
+        replies = []
+        for party, action, payload in requests:
+            cpu = time.process_time()
+            replies.append(handle_psi(action, payload, ids[party], states[party]))
+            cpu_seconds[party] += time.process_time() - cpu
+            round_cpu.append(time.process_time() - cpu)
+        critical_path.append(max(round_cpu))  # parties work in parallel in a round
+        round_cpu.clear()
+        return replies
+
+    cpu_seconds = [0.0] * len(ids)
+    round_cpu: list[float] = []
+    critical_path: list[float] = []
 
     others = [i for i in range(len(ids)) if i != label_party]
     report = run_alignment(send, label_party, others, {i: len(v) for i, v in enumerate(ids)})
+    report.cpu_seconds = cpu_seconds
+    report.critical_path_cpu_seconds = sum(critical_path)
     return [aligned_rows(ids[i], states[i].candidates) for i in range(len(ids))], report
