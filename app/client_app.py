@@ -25,6 +25,7 @@ from app.config import RunConfig
 from app.hospital import hospital_name, load_hospital, model_spec
 from app.logs import route_to_flower
 from app.vertical_client import register as register_vertical
+from models.personalization import LocalNorm, personalization_metrics, prefixed
 from data.spec import DataError, HospitalData
 from models.training import (
     TrainSettings,
@@ -97,6 +98,9 @@ def train(msg: Message, context: Context) -> Message:
     round_seed = cfg.seed + 1000 * int(config.get("server-round", 0))
     torch.manual_seed(round_seed)
     device = pick_device(cfg.device)
+    local_norm = LocalNorm(model, context.state) if cfg.local_norm else None
+    if local_norm is not None:
+        local_norm.use_local()  # FedBN: this hospital's own normalisation layers
     loader = make_loader(site.train, cfg.batch_size, shuffle=True, seed=round_seed)
     stats = train_epochs(model, loader, settings, device)
     metrics = {
@@ -104,6 +108,8 @@ def train(msg: Message, context: Context) -> Message:
         "num-examples": len(site.train),  # the dataset's length, never len(loader)
         **_defined(evaluate_split(model, site.val, device), "val_"),
     }
+    if local_norm is not None:
+        local_norm.keep_and_restore()  # send the received norm values back unchanged
     return _reply(msg, site, metrics, model.cpu())
 
 
@@ -116,4 +122,24 @@ def evaluate(msg: Message, context: Context) -> Message:
         return _data_error(msg, context, err)
     metrics = _defined(evaluate_split(model, site.val, pick_device(cfg.device)), "")
     metrics["num-examples"] = len(site.val)
+    metrics.update(_personalized(cfg, site, model, context))
     return _reply(msg, site, metrics)
+
+
+def _personalized(
+    cfg: RunConfig, site: HospitalData, model: torch.nn.Module, context: Context
+) -> dict[str, float]:
+    """Metrics after this hospital's own adaptation; the adapted weights stay here."""
+    device = pick_device(cfg.device)
+    metrics: dict[str, float] = {}
+    if cfg.local_norm and LocalNorm(model, context.state).use_local():
+        metrics.update(prefixed(evaluate_split(model, site.val, device), "local_norm_"))
+    if cfg.personalize_epochs > 0:
+        settings = TrainSettings(
+            epochs=cfg.personalize_epochs, batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate, momentum=cfg.momentum, seed=cfg.seed,
+        )
+        metrics.update(
+            personalization_metrics(model, site.train, site.val, settings, device)
+        )
+    return metrics

@@ -19,6 +19,7 @@ from app.vertical_server import run_vertical
 from data.registry import get_dataset
 from data.spec import Split
 from models.checkpoint import save_model
+from models.personalization import load_initial_weights
 from models.training import evaluate_split, pick_device
 from strategies import STRATEGY_OPTIONS, build_strategy
 
@@ -98,6 +99,8 @@ def run_horizontal(grid: Grid, context: Context) -> None:
     test = dataset.server_test() if cfg.server_eval else None
     spec = model_spec(cfg, info)
     model = spec.build()
+    if cfg.init_model:  # transfer: start from a model trained on a source population
+        model.load_state_dict(load_initial_weights(cfg.init_model, spec, info))
     strategy = build_strategy(
         cfg.strategy,
         fraction_train=cfg.fraction_train,

@@ -28,8 +28,12 @@ log = logging.getLogger(__name__)
 
 VERTICAL_ACTIONS = (*PSI_ACTIONS, "vfl_info", "vfl_init", "vfl_bottom", "vfl_top")
 PAYLOAD, TENSORS = "vfl", "tensors"
-STATE_KEYS = {"psi": "vertical-psi", "meta": "vertical-meta",
-              "model": "vertical-model", "optim": "vertical-optim"}
+STATE_KEYS = {
+    "psi": "vertical-psi",
+    "meta": "vertical-meta",
+    "model": "vertical-model",
+    "optim": "vertical-optim",
+}
 DATA_ERROR_CODE, PROTOCOL_ERROR_CODE = 4001, 4002
 
 
@@ -40,9 +44,12 @@ def vertical_settings(cfg: RunConfig) -> VerticalSettings:
         test_fraction=cfg.test_fraction,
         seed=cfg.seed,
         train=TrainSettings(
-            batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-            optimizer=cfg.optimizer, momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay, seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            optimizer=cfg.optimizer,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            seed=cfg.seed,
         ),
     )
 
@@ -80,25 +87,36 @@ def handle_vertical(action: str, msg: Message, context: Context) -> Message:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         party = load_party(
-            dataset=cfg.dataset, data_path=cfg.data_path, id_column=cfg.id_column,
-            label_column=cfg.label_column, overlap=cfg.vertical_overlap, seed=cfg.seed,
+            dataset=cfg.dataset,
+            data_path=cfg.data_path,
+            id_column=cfg.id_column,
+            label_column=cfg.label_column,
+            overlap=cfg.vertical_overlap,
+            seed=cfg.seed,
             node_config=context.node_config,
         )
         state = _load_state(context)
         session = PartySession(party, vertical_settings(cfg), state)
         payload: dict[str, Any] = dict(msg.content.config_records.get(PAYLOAD, {}))
-        tensors = (msg.content.array_records[TENSORS].to_torch_state_dict()
-                   if TENSORS in msg.content.array_records else {})
+        tensors = (
+            msg.content.array_records[TENSORS].to_torch_state_dict()
+            if TENSORS in msg.content.array_records
+            else {}
+        )
         reply, out = session.handle(action, payload, tensors)
         _save_state(context, session.state)
     except DataError as err:
         log.error("Hospital %s: %s", name, err)  # detail stays in the local log
-        return Message(Error(code=DATA_ERROR_CODE, reason=f"data error: {err.public_reason}"),
-                       reply_to=msg)
+        return Message(
+            Error(code=DATA_ERROR_CODE, reason=f"data error: {err.public_reason}"),
+            reply_to=msg,
+        )
     except (PsiError, KeyError, ValueError) as err:
         log.error("Hospital %s: vertical %s failed: %s", name, action, err)
-        return Message(Error(code=PROTOCOL_ERROR_CODE, reason=f"vertical {action} failed"),
-                       reply_to=msg)
+        return Message(
+            Error(code=PROTOCOL_ERROR_CODE, reason=f"vertical {action} failed"),
+            reply_to=msg,
+        )
     content = RecordDict({PAYLOAD: ConfigRecord(reply)})
     if out:
         content[TENSORS] = ArrayRecord({k: v.detach().cpu() for k, v in out.items()})
@@ -108,6 +126,7 @@ def handle_vertical(action: str, msg: Message, context: Context) -> Message:
 def register(app: ClientApp) -> None:
     """Register one ``@app.query(action)`` handler per vertical-FL action."""
     for action in VERTICAL_ACTIONS:
+
         def handler(msg: Message, context: Context, _action: str = action) -> Message:
             return handle_vertical(_action, msg, context)
 

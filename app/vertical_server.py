@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from flwr.serverapp import Grid
 
 from app.config import RunConfig
@@ -46,12 +46,18 @@ class GridTransport:
         for node, action, payload, tensors in requests:
             content = RecordDict({PAYLOAD: ConfigRecord(payload)})
             if tensors:
-                content[TENSORS] = ArrayRecord({k: v.detach().cpu() for k, v in tensors.items()})
-            messages.append(self.grid.create_message(
-                content, f"query.{action}", node, str(self.group)
-            ))
-        replies = {m.metadata.src_node_id: m
-                   for m in self.grid.send_and_receive(messages, timeout=self.timeout)}
+                content[TENSORS] = ArrayRecord(
+                    {k: v.detach().cpu() for k, v in tensors.items()}
+                )
+            messages.append(
+                self.grid.create_message(
+                    content, f"query.{action}", node, str(self.group)
+                )
+            )
+        replies = {
+            m.metadata.src_node_id: m
+            for m in self.grid.send_and_receive(messages, timeout=self.timeout)
+        }
         out = []
         for node, action, _, _ in requests:
             reply = replies.get(node)
@@ -61,8 +67,11 @@ class GridTransport:
                 raise VerticalProtocolError(
                     f"node {node} failed {action}: {reply.error.reason}"
                 )
-            tensors = (reply.content.array_records[TENSORS].to_torch_state_dict()
-                       if TENSORS in reply.content.array_records else {})
+            tensors = (
+                reply.content.array_records[TENSORS].to_torch_state_dict()
+                if TENSORS in reply.content.array_records
+                else {}
+            )
             out.append((dict(reply.content.config_records.get(PAYLOAD, {})), tensors))
         return out
 
@@ -87,30 +96,48 @@ def run_vertical(grid: Grid, context: Context) -> None:
     torch.manual_seed(cfg.seed)
     nodes = wait_for_nodes(grid, max(cfg.min_hospitals, 2), cfg.round_timeout)
     recorder = RunRecorder(cfg, context.run_id)
-    log.info("medflower vertical run %s: %d hospitals, %d epochs, writing to %s",
-             recorder.history["run_name"], len(nodes), cfg.num_server_rounds, recorder.dir)
+    log.info(
+        "medflower vertical run %s: %d hospitals, %d epochs, writing to %s",
+        recorder.history["run_name"],
+        len(nodes),
+        cfg.num_server_rounds,
+        recorder.dir,
+    )
     plan = VerticalPlan(
-        epochs=cfg.num_server_rounds, batch_size=cfg.batch_size,
-        test_fraction=cfg.test_fraction, seed=cfg.seed,
+        epochs=cfg.num_server_rounds,
+        batch_size=cfg.batch_size,
+        test_fraction=cfg.test_fraction,
+        seed=cfg.seed,
     )
 
     def on_epoch(entry: dict[str, Any]) -> None:
         recorder.record_round(entry)
         m = entry["server"]
-        log.info("[epoch %d/%d] train_loss=%.4f accuracy=%.4f auc=%.4f (%.1fs)",
-                 entry["round"], cfg.num_server_rounds, entry["train_loss"],
-                 m.get("accuracy", float("nan")), m.get("auc", float("nan")),
-                 entry["elapsed_s"])
+        log.info(
+            "[epoch %d/%d] train_loss=%.4f accuracy=%.4f auc=%.4f (%.1fs)",
+            entry["round"],
+            cfg.num_server_rounds,
+            entry["train_loss"],
+            m.get("accuracy", float("nan")),
+            m.get("auc", float("nan")),
+            entry["elapsed_s"],
+        )
 
     try:
-        result = run_vertical_training(GridTransport(grid, cfg.round_timeout), nodes, plan,
-                                       on_epoch)
+        result = run_vertical_training(
+            GridTransport(grid, cfg.round_timeout), nodes, plan, on_epoch
+        )
     except BaseException:
         recorder.finish("failed")
         raise
     report = result.alignment
-    log.info("PSI alignment: %d patients shared by all %d hospitals (%.1f s, %d bytes)",
-             report.intersection_size, len(nodes), report.seconds, report.bytes_relayed)
+    log.info(
+        "PSI alignment: %d patients shared by all %d hospitals (%.1f s, %d bytes)",
+        report.intersection_size,
+        len(nodes),
+        report.seconds,
+        report.bytes_relayed,
+    )
     final = result.history[-1]["server"] if result.history else {}
     recorder.finish(
         "completed",

@@ -39,8 +39,16 @@ LABEL_HOLDER = 0  # simulation: partition 0 holds the labels
 HEART_GROUPS: dict[int, tuple[tuple[str, ...], ...]] = {
     2: (
         ("age", "sex", "cp_2", "cp_3", "cp_4"),  # general clinic: history, symptoms
-        ("trestbps", "chol", "fbs", "restecg_1", "restecg_2", "thalach", "exang",
-         "oldpeak"),  # cardiology lab: blood tests, ECG, exercise test
+        (
+            "trestbps",
+            "chol",
+            "fbs",
+            "restecg_1",
+            "restecg_2",
+            "thalach",
+            "exang",
+            "oldpeak",
+        ),  # cardiology lab: blood tests, ECG, exercise test
     ),
     3: (
         ("age", "sex", "cp_2", "cp_3", "cp_4"),  # general clinic
@@ -143,7 +151,8 @@ def simulate_parties(
     data_path: str = "",
 ) -> list[VerticalParty]:
     """Split a dataset's columns across ``num_parties`` hospitals (party 0 has the
-    labels), with partially overlapping patients and locally shuffled rows."""
+    labels), with partially overlapping patients and locally shuffled rows.
+    """
     x, y, names = pooled_table(dataset, data_path)
     groups = feature_groups(dataset, names, num_parties)
     ids = np.asarray(patient_ids(len(y), seed))
@@ -178,7 +187,9 @@ def read_party_csv(
     try:
         frame = pd.read_csv(path, dtype={id_column: str})
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise DataError(f"{path}: not a readable CSV ({err}).", "unreadable CSV") from err
+        raise DataError(
+            f"{path}: not a readable CSV ({err}).", "unreadable CSV"
+        ) from err
     if id_column not in frame.columns:
         raise DataError(
             f"{path}: no ID column {id_column!r}; columns are "
@@ -188,18 +199,25 @@ def read_party_csv(
     features = [c for c in frame.columns if c not in (id_column, label_column)]
     if not features:
         raise DataError(f"{path}: no feature columns.", "no feature columns")
-    numeric = _numeric_frame(frame[features + ([label_column] if label_column in frame
-                                                else [])], str(path))
+    numeric = _numeric_frame(
+        frame[features + ([label_column] if label_column in frame else [])], str(path)
+    )
     complete = numeric.notna().all(axis=1) & frame[id_column].notna()
     if dropped := int((~complete).sum()):
-        log.warning("%s: dropped %d of %d rows with missing values", path, dropped, len(frame))
+        log.warning(
+            "%s: dropped %d of %d rows with missing values", path, dropped, len(frame)
+        )
     ids = frame.loc[complete, id_column].astype(str).str.strip().tolist()
     if len(set(ids)) != len(ids):
-        raise DataError(f"{path}: duplicate values in ID column {id_column!r}.",
-                        f"duplicate IDs in column {id_column!r}")
+        raise DataError(
+            f"{path}: duplicate values in ID column {id_column!r}.",
+            f"duplicate IDs in column {id_column!r}",
+        )
     y = None
     if label_column in frame.columns:
-        y = _labels(numeric.loc[complete, label_column].to_numpy(), str(path), label_column)
+        y = _labels(
+            numeric.loc[complete, label_column].to_numpy(), str(path), label_column
+        )
     return VerticalParty(
         name=name,
         ids=ids,
@@ -234,16 +252,22 @@ def load_party(
             "the SuperNode was started without a data-path",
         )
     pid, n = int(node_config["partition-id"]), int(node_config["num-partitions"])
-    party = simulate_parties(dataset, n, overlap=overlap, seed=seed, data_path=data_path)[pid]
-    return party if not name else VerticalParty(name, party.ids, party.x,
-                                                party.feature_names, party.y)
+    party = simulate_parties(
+        dataset, n, overlap=overlap, seed=seed, data_path=data_path
+    )[pid]
+    return (
+        party
+        if not name
+        else VerticalParty(name, party.ids, party.x, party.feature_names, party.y)
+    )
 
 
 def split_positions(
     num_aligned: int, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train / test positions of the aligned patients, identical at every party
-    (a function of the public count and seed only)."""
+    (a function of the public count and seed only).
+    """
     perm = np.random.default_rng(seed + 11).permutation(num_aligned)
     n_test = int(round(test_fraction * num_aligned))
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])

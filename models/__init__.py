@@ -8,19 +8,21 @@ from typing import Any
 
 from torch import nn
 
-from models.tabular import LogisticRegression, TabularMLP
+from models.tabular import LogisticRegression, NormMLP, TabularMLP
 
 ModelFactory = Callable[..., nn.Module]
 
 MODELS: dict[str, ModelFactory] = {
     "logreg": LogisticRegression,
     "mlp": TabularMLP,
+    "mlp-norm": NormMLP,
 }
 
 # Constructor argument -> run-config field, per model (beyond the data's shape).
 MODEL_OPTIONS: dict[str, dict[str, str]] = {
     "logreg": {},
     "mlp": {"hidden": "mlp_hidden", "layers": "mlp_layers"},
+    "mlp-norm": {"hidden": "mlp_hidden", "layers": "mlp_layers"},
 }
 
 

@@ -97,7 +97,10 @@ def _load_suites() -> None:
 
 
 # Modules holding suites; one line per module.
-SUITE_MODULES: list[str] = []
+SUITE_MODULES: list[str] = [
+    "vertical.benchmark",
+    "scripts.bench_personalization",
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -40,10 +40,13 @@ def _leaked(wire: list[bytes], ids: set[str]) -> set[str]:
 def _run(tmp_path, num_hospitals, node_configs=None, **overrides):
     config = make_run_config(tmp_path, task="vertical", **overrides)
     grid = WireCapture(client_app, num_hospitals, config, node_configs=node_configs)
-    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
-                      run_config=config)
+    context = Context(
+        run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config
+    )
     server_app(grid, context)
-    history = json.loads((tmp_path / "outputs" / "test-run" / "history.json").read_text())
+    history = json.loads(
+        (tmp_path / "outputs" / "test-run" / "history.json").read_text()
+    )
     return grid, history
 
 
@@ -52,14 +55,23 @@ def test_vertical_dispatch_is_registered():
 
 
 def test_leak_detector_finds_an_id_in_a_message(task_identity):
-    msg = Message(RecordDict({"c": ConfigRecord({"x": ["MRN-0000001"]})}),
-                  dst_node_id=1, message_type="query.x")
+    msg = Message(
+        RecordDict({"c": ConfigRecord({"x": ["MRN-0000001"]})}),
+        dst_node_id=1,
+        message_type="query.x",
+    )
     assert _leaked([message_to_proto(msg).SerializeToString()], {"MRN-0000001"})
 
 
 def test_three_hospitals_train_and_no_patient_id_crosses_the_wire(tmp_path):
-    overrides = {"dataset": "wdbc", "num-server-rounds": 2, "optimizer": "adam",
-                 "learning-rate": 0.01, "vertical-overlap": 0.6, "seed": 3}
+    overrides = {
+        "dataset": "wdbc",
+        "num-server-rounds": 2,
+        "optimizer": "adam",
+        "learning-rate": 0.01,
+        "vertical-overlap": 0.6,
+        "seed": 3,
+    }
     grid, history = _run(tmp_path, 3, **overrides)
 
     assert history["status"] == "completed"
@@ -70,9 +82,16 @@ def test_three_hospitals_train_and_no_patient_id_crosses_the_wire(tmp_path):
     assert history["rounds"][-1]["server"]["accuracy"] > 0.9
     # Only PSI bytes, positions, embeddings, gradients and metrics were sent.
     kinds = {m.metadata.message_type for m in grid.delivered}
-    assert kinds == {"query.vfl_info", "query.psi_setup", "query.psi_request",
-                     "query.psi_response", "query.psi_intersect", "query.vfl_init",
-                     "query.vfl_bottom", "query.vfl_top"}
+    assert kinds == {
+        "query.vfl_info",
+        "query.psi_setup",
+        "query.psi_request",
+        "query.psi_response",
+        "query.psi_intersect",
+        "query.vfl_init",
+        "query.vfl_bottom",
+        "query.vfl_top",
+    }
     assert len(grid.wire) > 50
     assert _leaked(grid.wire, every_id) == set()
 
@@ -83,7 +102,9 @@ def _write_csvs(tmp_path, with_label=(True, False)):
     x = rng.normal(size=(120, 4))
     y = (x[:, 0] + x[:, 2] > 0).astype(int)
     paths = []
-    for k, (cols, rows) in enumerate([((0, 1), range(0, 100)), ((2, 3), range(20, 120))]):
+    for k, (cols, rows) in enumerate(
+        [((0, 1), range(0, 100)), ((2, 3), range(20, 120))]
+    ):
         rows = list(rows)[::-1] if k else list(rows)
         frame = pd.DataFrame({"mrn": [ids[r] for r in rows]})
         for c in cols:
@@ -98,9 +119,17 @@ def _write_csvs(tmp_path, with_label=(True, False)):
 
 def test_hospital_csvs_with_an_id_column(tmp_path):
     nodes = _write_csvs(tmp_path)
-    _, history = _run(tmp_path, 2, node_configs=nodes, **{
-        "num-server-rounds": 3, "optimizer": "adam", "learning-rate": 0.02,
-        "batch-size": 16})
+    _, history = _run(
+        tmp_path,
+        2,
+        node_configs=nodes,
+        **{
+            "num-server-rounds": 3,
+            "optimizer": "adam",
+            "learning-rate": 0.02,
+            "batch-size": 16,
+        },
+    )
     assert history["vertical"]["aligned_patients"] == 80  # rows 20..99
     # the label needs features of both hospitals; it is learnable only jointly
     assert history["rounds"][-1]["server"]["accuracy"] > 0.8

@@ -65,7 +65,10 @@ def test_two_party_alignment(ranges, expected):
     ("ranges", "expected"),
     [
         ((range(0, 100), range(50, 150), range(80, 200)), range(80, 100)),
-        ((range(0, 30), range(0, 30), range(30, 60)), range(0)),  # pairs share, all don't
+        (
+            (range(0, 30), range(0, 30), range(30, 60)),
+            range(0),
+        ),  # pairs share, all don't
         ((range(0, 30), range(0, 30), range(0, 30)), range(0, 30)),
     ],
     ids=["partial", "empty", "full"],
@@ -87,7 +90,9 @@ def test_feature_party_keeps_only_the_global_intersection():
     from vertical.psi import run_alignment
 
     def send(requests):
-        return [handle_psi(a, payload, lists[p], states[p]) for p, a, payload in requests]
+        return [
+            handle_psi(a, payload, lists[p], states[p]) for p, a, payload in requests
+        ]
 
     run_alignment(send, 0, [1, 2], {0: 50, 1: 50, 2: 50})
     for ids, state in zip(lists, states):
@@ -106,6 +111,13 @@ def test_malformed_protocol_bytes_are_a_clear_error():
     state = PsiPartyState.fresh(3)
     handle_psi("psi_setup", {"client-size": 3}, ["a", "b", "c"], state)
     with pytest.raises(PsiError, match="malformed PSI request"):
-        handle_psi("psi_response", {"request": b"\xff\x00garbage"}, ["a", "b", "c"], state)
+        handle_psi(
+            "psi_response", {"request": b"\xff\x00garbage"}, ["a", "b", "c"], state
+        )
     with pytest.raises(PsiError, match="before psi_request"):
-        handle_psi("psi_intersect", {"setup": b"", "response": b""}, ["a"], PsiPartyState.fresh(1))
+        handle_psi(
+            "psi_intersect",
+            {"setup": b"", "response": b""},
+            ["a"],
+            PsiPartyState.fresh(1),
+        )

@@ -29,7 +29,9 @@ def test_split_gradients_equal_centralised_autograd():
     xs = [torch.randn(batch, d) for d in dims]
     y = torch.randint(0, 2, (batch,))
 
-    central = SplitNetwork([BottomModel(d, emb, 10) for d in dims], TopModel(emb * 3, 2, 10))
+    central = SplitNetwork(
+        [BottomModel(d, emb, 10) for d in dims], TopModel(emb * 3, 2, 10)
+    )
     central.load_state_dict(SplitNetwork(bottoms, top).state_dict())
     torch.nn.functional.cross_entropy(central(xs), y).backward()
 
@@ -42,14 +44,18 @@ def test_split_gradients_equal_centralised_autograd():
         r.backward(x, g)
 
     assert torch.allclose(loss, torch.nn.functional.cross_entropy(central(xs), y))
-    for split_module, central_module in zip([*bottoms, top], [*central.bottoms, central.top]):
+    for split_module, central_module in zip(
+        [*bottoms, top], [*central.bottoms, central.top]
+    ):
         for p, q in zip(split_module.parameters(), central_module.parameters()):
             assert p.grad is not None
             assert torch.allclose(p.grad, q.grad, atol=1e-6)
 
 
 def test_gradient_shape_mismatch_is_rejected():
-    step = BottomStep(BottomModel(3, 4), torch.optim.SGD(BottomModel(3, 4).parameters(), lr=0.1))
+    step = BottomStep(
+        BottomModel(3, 4), torch.optim.SGD(BottomModel(3, 4).parameters(), lr=0.1)
+    )
     with pytest.raises(ValueError, match="gradient of shape"):
         step.backward(torch.randn(5, 3), torch.randn(5, 2))
 
@@ -77,6 +83,7 @@ def _sessions(parties, settings, states):
             PartySession(parties[p], settings, states[p]).handle(a, payload, tensors)
             for p, a, payload, tensors in requests
         ]
+
     return transport
 
 
@@ -85,12 +92,17 @@ def test_pipelined_protocol_trains_like_centralised_sgd():
     pipelined backward/forward) ends at the same weights as centralised SGD."""
     parties = simulate_parties("wdbc", 3, overlap=0.7, seed=5)
     settings = VerticalSettings(
-        embedding=4, hidden=8, test_fraction=0.2, seed=5,
+        embedding=4,
+        hidden=8,
+        test_fraction=0.2,
+        seed=5,
         train=TrainSettings(learning_rate=0.05, optimizer="sgd", momentum=0.9),
     )
     states = [PartyState() for _ in parties]
     plan = VerticalPlan(epochs=1, batch_size=32, test_fraction=0.2, seed=5)
-    result = run_vertical_training(_sessions(parties, settings, states), [0, 1, 2], plan)
+    result = run_vertical_training(
+        _sessions(parties, settings, states), [0, 1, 2], plan
+    )
 
     # Centralised replica: same initial weights, same aligned data, same batches.
     views = [PartySession(p, settings, s)._aligned() for p, s in zip(parties, states)]

@@ -10,6 +10,7 @@ non-private upper bound, the label holder's the "no federation" baseline.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
@@ -27,8 +28,14 @@ from data.vertical import (
     standardized_features,
 )
 from models.metrics import classification_metrics
-from vertical.psi import align_in_memory, client_intersect, client_request
-from vertical.psi import server_response, server_setup
+from scripts.benchmark import BenchmarkResult, default_data_root, register
+from vertical.psi import (
+    align_in_memory,
+    client_intersect,
+    client_request,
+    server_response,
+    server_setup,
+)
 from vertical.split import BottomModel, SplitNetwork, TopModel
 
 PSI_IDS_PER_PARTY = 10_000
@@ -49,7 +56,12 @@ def _joined(parties: list[VerticalParty]) -> tuple[list[np.ndarray], np.ndarray]
 
 
 def train_reference(
-    xs: list[np.ndarray], y: np.ndarray, *, use: list[int], epochs: int, cfg: dict[str, Any]
+    xs: list[np.ndarray],
+    y: np.ndarray,
+    *,
+    use: list[int],
+    epochs: int,
+    cfg: dict[str, Any],
 ) -> dict[str, float]:
     """The split network trained centrally on the parties in ``use``."""
     seed, emb, hidden = cfg["seed"], cfg["vertical-embedding"], cfg["mlp-hidden"]
@@ -70,7 +82,9 @@ def train_reference(
         for i in range(0, len(order), cfg["batch-size"]):
             b = order[i : i + cfg["batch-size"]]
             opt.zero_grad()
-            torch.nn.functional.cross_entropy(net([x[b] for x in data]), labels[b]).backward()
+            torch.nn.functional.cross_entropy(
+                net([x[b] for x in data]), labels[b]
+            ).backward()
             opt.step()
     net.eval()
     with torch.no_grad():
@@ -90,8 +104,16 @@ def run_federated(cfg: dict[str, Any], num_parties: int) -> dict[str, Any]:
         run_cfg = {**cfg, "output-dir": tmp, "run-name": "vertical"}
         grid = InProcessGrid(client_app, num_parties, run_cfg)
         start = time.perf_counter()
-        server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
-                                 run_config=run_cfg))
+        server_app(
+            grid,
+            Context(
+                run_id=1,
+                node_id=0,
+                node_config={},
+                state=RecordDict(),
+                run_config=run_cfg,
+            ),
+        )
         seconds = time.perf_counter() - start
         history = json.loads((Path(tmp) / "vertical" / "history.json").read_text())
     return {
@@ -128,87 +150,128 @@ def psi_scale(n: int = PSI_IDS_PER_PARTY) -> dict[str, Any]:
         "messages": report.messages,
         "intersection": report.intersection_size,
     }
-    return {"ids_per_party": n, "single_psi": single, "alignment": full,
-            "load_average": os.getloadavg()[0], "budget_s": PSI_BUDGET_S}
+    return {
+        "ids_per_party": n,
+        "single_psi": single,
+        "alignment": full,
+        "load_average": os.getloadavg()[0],
+        "budget_s": PSI_BUDGET_S,
+    }
 
 
 def benchmark_vertical(
-    *, heart_path: str | None, epochs: int = 10, psi_ids: int = PSI_IDS_PER_PARTY,
+    *,
+    heart_path: str | None,
+    epochs: int = 10,
+    psi_ids: int = PSI_IDS_PER_PARTY,
     parties: tuple[int, ...] = (2, 3),
-) -> dict[str, Any]:
-    """Run every comparison; return the results (JSON-ready) and a Markdown table."""
+) -> BenchmarkResult:
+    """Run every comparison (WDBC, and heart disease when its folder is given)."""
     torch.set_num_threads(1)
     from app.inprocess import full_run_config
 
     datasets = [("wdbc", "")] + ([("heart-disease", heart_path)] if heart_path else [])
     rows = []
+    details = []
     for dataset, path in datasets:
         for k in parties:
-            cfg = full_run_config(**{
-                "task": "vertical", "dataset": dataset, "data-path": path or "",
-                "num-server-rounds": epochs, "optimizer": "adam", "learning-rate": 0.01,
-                "batch-size": 32, "mlp-hidden": 32, "vertical-embedding": 8,
-                "vertical-overlap": 0.8, "test-fraction": 0.25,
-            })
+            cfg = full_run_config(
+                **{
+                    "task": "vertical",
+                    "dataset": dataset,
+                    "data-path": path or "",
+                    "num-server-rounds": epochs,
+                    "optimizer": "adam",
+                    "learning-rate": 0.01,
+                    "batch-size": 32,
+                    "mlp-hidden": 32,
+                    "vertical-embedding": 8,
+                    "vertical-overlap": 0.8,
+                    "test-fraction": 0.25,
+                }
+            )
             fed = run_federated(cfg, k)
-            split = simulate_parties(dataset, k, overlap=0.8, seed=cfg["seed"],
-                                     data_path=path or "")
+            split = simulate_parties(
+                dataset, k, overlap=0.8, seed=cfg["seed"], data_path=path or ""
+            )
             xs, y = _joined(split)
             alone = train_reference(xs, y, use=[0], epochs=epochs, cfg=cfg)
             central = train_reference(xs, y, use=list(range(k)), epochs=epochs, cfg=cfg)
-            groups = " | ".join(",".join(p.feature_names) for p in split)
-            for model, m in (("vertical federated (PSI + split NN)", fed["metrics"]),
-                             ("label holder alone", alone),
-                             ("centralised, all features", central)):
-                rows.append({
-                    "dataset": dataset, "hospitals": k, "model": model,
-                    "accuracy": m["accuracy"], "auc": m["auc"],
-                    "aligned": fed["vertical"]["aligned_patients"],
-                    "test": fed["vertical"]["test_patients"],
-                })
-            rows[-3]["run"] = {key: fed[key] for key in ("seconds", "messages", "wire_bytes")}
-            rows[-3]["psi_seconds"] = fed["vertical"]["psi_seconds"]
-            rows[-3]["feature_groups"] = groups
+            for model, m in (
+                ("vertical federated (PSI + split NN)", fed["metrics"]),
+                ("label holder alone", alone),
+                ("centralised, all features", central),
+            ):
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "hospitals": k,
+                        "aligned (test)": f"{fed['vertical']['aligned_patients']} "
+                        f"({fed['vertical']['test_patients']})",
+                        "model": model,
+                        "accuracy": float(m["accuracy"]),
+                        "auc": float(m["auc"]),
+                    }
+                )
+            details.append(
+                {
+                    "dataset": dataset,
+                    "hospitals": k,
+                    "feature_groups": [list(p.feature_names) for p in split],
+                    "patients_per_hospital": [len(p) for p in split],
+                    **fed["vertical"],
+                    "run_seconds": fed["seconds"],
+                    "messages": fed["messages"],
+                    "wire_bytes": fed["wire_bytes"],
+                }
+            )
     psi = psi_scale(psi_ids)
-    return {"epochs": epochs, "rows": rows, "psi": psi, "markdown": _markdown(rows, psi)}
-
-
-def _markdown(rows: list[dict[str, Any]], psi: dict[str, Any]) -> str:
-    lines = [
-        "| dataset | hospitals | aligned (test) | model | accuracy | AUC |",
-        "|---|---|---|---|---|---|",
+    single, full = psi["single_psi"], psi["alignment"]
+    summary = {
+        "psi_ids_per_hospital": psi["ids_per_party"],
+        "psi_shared_ids": single["intersection"],
+        "one_psi_wall_s": single["wall_s"],
+        "one_psi_cpu_s": single["cpu_s"],
+        "one_psi_bytes": single["bytes"],
+        "alignment_2_hospitals_wall_s": full["wall_s"],
+        "alignment_2_hospitals_cpu_s": full["cpu_s"],
+        "alignment_2_hospitals_critical_path_cpu_s": full["critical_path_cpu_s"],
+        "alignment_2_hospitals_bytes": full["bytes"],
+        "alignment_2_hospitals_messages": full["messages"],
+        "psi_budget_s": PSI_BUDGET_S,
+        "load_average_1min": psi["load_average"],
+        "epochs": epochs,
+    }
+    notes = [
+        "vertical federated = the real ServerApp/ClientApp message path (PSI "
+        "alignment, then per-batch embeddings and gradients), run in process.",
+        "references: same network, initial weights, patients, split, batches and "
+        "optimizer, trained on plaintext data joined by ID (non-private).",
+        "one PSI = setup + request + response + intersect between two hospitals; the "
+        "full alignment runs two (the label holder learns I, then the other hospital).",
+        "critical-path CPU = per round the slowest hospital's CPU time, summed: the "
+        "wall time when each hospital has its own core (in process they run in turn).",
+        "wall times depend on the machine's load (load_average_1min).",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['dataset']} | {r['hospitals']} | {r['aligned']} ({r['test']}) | "
-            f"{r['model']} | {r['accuracy']:.3f} | {r['auc']:.3f} |"
+    for d in details:
+        notes.append(
+            f"{d['dataset']}, {d['hospitals']} hospitals: features "
+            f"{' / '.join(','.join(g) for g in d['feature_groups'])}; patients per "
+            f"hospital {d['patients_per_hospital']}, aligned {d['aligned_patients']} "
+            f"(PSI {d['psi_seconds']:.1f} s, {d['psi_bytes_relayed']:,} B); run "
+            f"{d['run_seconds']:.0f} s, {d['messages']} messages, {d['wire_bytes']:,} B."
         )
-    s, a = psi["single_psi"], psi["alignment"]
-    n = psi["ids_per_party"]
-    lines += [
-        "",
-        f"PSI, {n:,} IDs per hospital, {s['intersection']:,} shared "
-        f"(load average {psi['load_average']:.1f} on this machine):",
-        "",
-        "| protocol | wall s | CPU s | critical-path CPU s | bytes relayed | messages |",
-        "|---|---|---|---|---|---|",
-        f"| one PSI (setup + request + response + intersect) | {s['wall_s']:.2f} | "
-        f"{s['cpu_s']:.2f} | {s['cpu_s']:.2f} | {s['bytes']:,} | 3 |",
-        f"| full 2-hospital alignment (both learn I, 2 PSIs) | {a['wall_s']:.2f} | "
-        f"{a['cpu_s']:.2f} | {a['critical_path_cpu_s']:.2f} | {a['bytes']:,} | "
-        f"{a['messages']} |",
-        "",
-        "Critical-path CPU: per round the slowest hospital's CPU time, summed (the wall "
-        "time when each hospital has its own core; in process they run one after another).",
-    ]
-    return "\n".join(lines)
+    return BenchmarkResult("vertical", rows, summary, notes)
 
 
-def write_results(result: dict[str, Any], out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(
-        json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2)
-    )
-    (out_dir / "results.md").write_text(
-        "# Vertical federated learning benchmark\n\n" + result["markdown"] + "\n"
+@register(
+    "vertical", "vertical FL (PSI + split NN) vs label holder alone vs centralised"
+)
+def vertical_suite(args: argparse.Namespace) -> BenchmarkResult:
+    heart = default_data_root(args) / "heart-disease"
+    return benchmark_vertical(
+        heart_path=str(heart) if heart.is_dir() else None,
+        epochs=5 if args.quick else 10,
+        psi_ids=2_000 if args.quick else PSI_IDS_PER_PARTY,
+        parties=(2,) if args.quick else (2, 3),
     )

@@ -73,7 +73,9 @@ def run_vertical_training(
 ) -> VerticalResult:
     """Align the parties' patients by PSI, then train the split model."""
     infos = [r[0] for r in transport([(p, "vfl_info", {}, {}) for p in parties])]
-    labels = [p for p, info in zip(parties, infos, strict=True) if info["role"] == "label"]
+    labels = [
+        p for p, info in zip(parties, infos, strict=True) if info["role"] == "label"
+    ]
     if len(labels) != 1:
         raise VerticalProtocolError(
             f"vertical FL needs exactly one label holder; {len(labels)} of "
@@ -82,17 +84,27 @@ def run_vertical_training(
     label = labels[0]
     others = [p for p in parties if p != label]
     if not others:
-        raise VerticalProtocolError("vertical FL needs at least one party besides the label holder.")
+        raise VerticalProtocolError(
+            "vertical FL needs at least one party besides the label holder."
+        )
     sizes = {p: int(info["count"]) for p, info in zip(parties, infos, strict=True)}
     num_classes = int(next(i for i in infos if i["role"] == "label")["num-classes"])
 
-    def psi_send(requests: list[tuple[int, str, dict[str, Any]]]) -> list[dict[str, Any]]:
-        return [r[0] for r in transport([(p, a, payload, {}) for p, a, payload in requests])]
+    def psi_send(
+        requests: list[tuple[int, str, dict[str, Any]]],
+    ) -> list[dict[str, Any]]:
+        return [
+            r[0] for r in transport([(p, a, payload, {}) for p, a, payload in requests])
+        ]
 
     report = run_alignment(psi_send, label, others, sizes)
-    log.info("PSI alignment: %d shared patients (chain counts %s, %.1f s, %d bytes relayed)",
-             report.intersection_size, report.chain_counts, report.seconds,
-             report.bytes_relayed)
+    log.info(
+        "PSI alignment: %d shared patients (chain counts %s, %.1f s, %d bytes relayed)",
+        report.intersection_size,
+        report.chain_counts,
+        report.seconds,
+        report.bytes_relayed,
+    )
     result = VerticalResult(report, label, others)
     n = report.intersection_size
     if n < plan.min_aligned:
@@ -102,7 +114,9 @@ def run_vertical_training(
     init = {"num-remote": len(others), "num-classes": num_classes}
     counts = transport([(p, "vfl_init", dict(init), {}) for p in [label, *others]])
     if any(int(c[0]["count"]) != n for c in counts):
-        raise VerticalProtocolError("parties disagree on the number of aligned patients.")
+        raise VerticalProtocolError(
+            "parties disagree on the number of aligned patients."
+        )
 
     train_pos, test_pos = split_positions(n, plan.test_fraction, plan.seed)
     result.num_train, result.num_test = len(train_pos), len(test_pos)
@@ -110,15 +124,21 @@ def run_vertical_training(
     start = time.monotonic()
     for epoch in range(1, plan.epochs + 1):
         order = rng.permutation(train_pos)
-        batches = [order[i : i + plan.batch_size].tolist()
-                   for i in range(0, len(order), plan.batch_size)]
+        batches = [
+            order[i : i + plan.batch_size].tolist()
+            for i in range(0, len(order), plan.batch_size)
+        ]
         grads: list[torch.Tensor] = []
         previous: list[int] = []
         total, seen = 0.0, 0
         for batch in [*batches, []]:  # the last, empty step only flushes gradients
             requests = [
-                (p, "vfl_bottom", {"backward": previous, "forward": batch},
-                 {"grad": grads[i]} if previous else {})
+                (
+                    p,
+                    "vfl_bottom",
+                    {"backward": previous, "forward": batch},
+                    {"grad": grads[i]} if previous else {},
+                )
                 for i, p in enumerate(others)
             ]
             replies = transport(requests)
@@ -126,8 +146,10 @@ def run_vertical_training(
             result.bytes_relayed_training += sum(_nbytes(r[3]) for r in requests)
             if not batch:
                 break
-            embeddings = {f"embedding.{i}": r[1]["embedding"] for i, r in enumerate(replies)}
-            (metrics, tensors), = transport(
+            embeddings = {
+                f"embedding.{i}": r[1]["embedding"] for i, r in enumerate(replies)
+            }
+            ((metrics, tensors),) = transport(
                 [(label, "vfl_top", {"positions": batch, "phase": "train"}, embeddings)]
             )
             grads = [tensors[f"grad.{i}"] for i in range(len(others))]
@@ -154,7 +176,7 @@ def evaluate(
         return {}
     replies = transport([(p, "vfl_bottom", {"forward": positions}, {}) for p in others])
     embeddings = {f"embedding.{i}": r[1]["embedding"] for i, r in enumerate(replies)}
-    (metrics, _), = transport(
+    ((metrics, _),) = transport(
         [(label, "vfl_top", {"positions": positions, "phase": "eval"}, embeddings)]
     )
     return {k: float(v) for k, v in metrics.items()}

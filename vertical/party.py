@@ -64,13 +64,17 @@ class PartyState:
 class PartySession:
     """Handles one vertical-FL action for one party."""
 
-    def __init__(self, data: VerticalParty, settings: VerticalSettings, state: PartyState):
+    def __init__(
+        self, data: VerticalParty, settings: VerticalSettings, state: PartyState
+    ):
         self.data = data
         self.settings = settings
         self.state = state
         self.ids = normalise_ids(data.ids, f"{data.name} ID column")
         self.psi = (
-            PsiPartyState.from_config(state.psi) if state.psi else PsiPartyState.fresh(len(data))
+            PsiPartyState.from_config(state.psi)
+            if state.psi
+            else PsiPartyState.fresh(len(data))
         )
 
     # -- dispatch -----------------------------------------------------------------
@@ -96,9 +100,12 @@ class PartySession:
 
     def _aligned(self) -> tuple[torch.Tensor, np.ndarray | None, int]:
         """Standardised features (and labels) of the aligned patients in the shared
-        order, and their count."""
+        order, and their count.
+        """
         rows = aligned_rows(self.ids, self.psi.candidates)
-        train_pos, _ = split_positions(len(rows), self.settings.test_fraction, self.settings.seed)
+        train_pos, _ = split_positions(
+            len(rows), self.settings.test_fraction, self.settings.seed
+        )
         x = standardized_features(self.data.x[rows], train_pos)
         y = self.data.y[rows] if self.data.y is not None else None
         return torch.as_tensor(x, dtype=torch.float32), y, len(rows)
@@ -111,14 +118,22 @@ class PartySession:
 
     # -- actions ------------------------------------------------------------------
 
-    def _info(self, payload: Mapping[str, Any], tensors: Tensors) -> tuple[dict, Tensors]:
+    def _info(
+        self, payload: Mapping[str, Any], tensors: Tensors
+    ) -> tuple[dict, Tensors]:
         role = "label" if self.data.is_label_holder else "features"
-        reply = {"role": role, "count": len(self.data), "num-features": self.data.x.shape[1]}
+        reply = {
+            "role": role,
+            "count": len(self.data),
+            "num-features": self.data.x.shape[1],
+        }
         if self.data.y is not None:
             reply["num-classes"] = max(2, int(self.data.y.max(initial=0)) + 1)
         return reply, {}
 
-    def _build(self, num_remote: int, num_classes: int) -> tuple[Any, torch.optim.Optimizer]:
+    def _build(
+        self, num_remote: int, num_classes: int
+    ) -> tuple[Any, torch.optim.Optimizer]:
         s = self.settings
         torch.manual_seed(s.seed)
         bottom = BottomModel(self.data.x.shape[1], s.embedding, s.hidden)
@@ -150,7 +165,9 @@ class PartySession:
         }
         self.state.optim = optimizer_state(step.optimizer)
 
-    def _init(self, payload: Mapping[str, Any], tensors: Tensors) -> tuple[dict, Tensors]:
+    def _init(
+        self, payload: Mapping[str, Any], tensors: Tensors
+    ) -> tuple[dict, Tensors]:
         num_remote = int(payload["num-remote"])
         num_classes = int(payload.get("num-classes", 2))
         self.state.meta = {"num-remote": num_remote, "num-classes": num_classes}
@@ -159,7 +176,9 @@ class PartySession:
         _, _, n = self._aligned()
         return {"count": n}, {}
 
-    def _bottom(self, payload: Mapping[str, Any], tensors: Tensors) -> tuple[dict, Tensors]:
+    def _bottom(
+        self, payload: Mapping[str, Any], tensors: Tensors
+    ) -> tuple[dict, Tensors]:
         if self.data.is_label_holder:
             raise PsiError("vfl_bottom sent to the label holder.")
         x, _, n = self._aligned()
@@ -173,7 +192,9 @@ class PartySession:
             return {}, {}
         return {}, {"embedding": step.embed(x[forward])}
 
-    def _top(self, payload: Mapping[str, Any], tensors: Tensors) -> tuple[dict, Tensors]:
+    def _top(
+        self, payload: Mapping[str, Any], tensors: Tensors
+    ) -> tuple[dict, Tensors]:
         if not self.data.is_label_holder:
             raise PsiError("vfl_top sent to a party without labels.")
         x, y, n = self._aligned()
@@ -181,18 +202,26 @@ class PartySession:
         step: TopStep = self._restore()
         positions = self._positions(payload, "positions", n)
         num_remote = int(self.state.meta["num-remote"])
-        remote = [tensors[f"embedding.{i}"].to(torch.float32) for i in range(num_remote)]
+        remote = [
+            tensors[f"embedding.{i}"].to(torch.float32) for i in range(num_remote)
+        ]
         if any(len(e) != len(positions) for e in remote):
             raise PsiError("an embedding batch does not match the positions sent.")
         if payload.get("phase", "train") == "train":
-            loss, grads = step.train_batch(x[positions], remote, torch.as_tensor(y[positions]))
+            loss, grads = step.train_batch(
+                x[positions], remote, torch.as_tensor(y[positions])
+            )
             self._save(step)
             return (
                 {"loss": loss, "num-examples": len(positions)},
                 {f"grad.{i}": g for i, g in enumerate(grads)},
             )
         proba = step.predict_proba(x[positions], remote).numpy()
-        metrics = {k: v for k, v in classification_metrics(y[positions], proba).items() if v == v}
+        metrics = {
+            k: v
+            for k, v in classification_metrics(y[positions], proba).items()
+            if v == v
+        }
         return {**metrics, "num-examples": len(positions)}, {}
 
 

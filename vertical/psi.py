@@ -88,14 +88,18 @@ def normalise_ids(values: Sequence[Any], source: str = "patient IDs") -> list[st
 def server_setup(ids: Sequence[str], *, client_size: int) -> tuple[bytes, bytes]:
     """Blind ``ids`` as PSI server; return the setup message and the server key."""
     server = _psi.server.CreateWithNewKey(_REVEAL)
-    setup = server.CreateSetupMessage(_FPR, max(int(client_size), 1), list(ids), _STRUCTURE)
+    setup = server.CreateSetupMessage(
+        _FPR, max(int(client_size), 1), list(ids), _STRUCTURE
+    )
     return setup.SerializeToString(), bytes(server.GetPrivateKeyBytes())
 
 
 def server_response(request: bytes, key: bytes) -> bytes:
     """Blind a client's request again with the server key."""
     server = _psi.server.CreateFromKey(key, _REVEAL)
-    return server.ProcessRequest(_parse(_psi.Request, request, "request")).SerializeToString()
+    return server.ProcessRequest(
+        _parse(_psi.Request, request, "request")
+    ).SerializeToString()
 
 
 def client_request(ids: Sequence[str]) -> tuple[bytes, bytes]:
@@ -110,7 +114,8 @@ def client_intersect(setup: bytes, response: bytes, key: bytes) -> list[int]:
     """Positions (into the client's request list) of the IDs the server also holds."""
     client = _psi.client.CreateFromKey(key, _REVEAL)
     positions = client.GetIntersection(
-        _parse(_psi.ServerSetup, setup, "setup"), _parse(_psi.Response, response, "response")
+        _parse(_psi.ServerSetup, setup, "setup"),
+        _parse(_psi.Response, response, "response"),
     )
     return sorted(int(p) for p in positions)
 
@@ -168,7 +173,9 @@ def handle_psi(
     """
     mine = [ids[r] for r in state.candidates]
     if action == "psi_setup":
-        setup, state.server_key = server_setup(mine, client_size=int(payload["client-size"]))
+        setup, state.server_key = server_setup(
+            mine, client_size=int(payload["client-size"])
+        )
         return {"setup": setup, "count": len(mine)}
     if action == "psi_request":
         request, state.client_key = client_request(mine)
@@ -182,7 +189,9 @@ def handle_psi(
     if action == "psi_intersect":
         if not state.client_key:
             raise PsiError("psi_intersect before psi_request: no client key in state.")
-        positions = client_intersect(payload["setup"], payload["response"], state.client_key)
+        positions = client_intersect(
+            payload["setup"], payload["response"], state.client_key
+        )
         state.candidates = [state.candidates[p] for p in positions]
         state.client_key = b""
         return {"count": len(state.candidates)}
@@ -242,11 +251,21 @@ def run_alignment(
 
     def one_psi(server: int, client: int, client_size: int) -> int:
         setup, request = relay(
-            [(server, "psi_setup", {"client-size": client_size}), (client, "psi_request", {})]
+            [
+                (server, "psi_setup", {"client-size": client_size}),
+                (client, "psi_request", {}),
+            ]
         )
         (response,) = relay([(server, "psi_response", {"request": request["request"]})])
-        (result,) = relay([(client, "psi_intersect",
-                            {"setup": setup["setup"], "response": response["response"]})])
+        (result,) = relay(
+            [
+                (
+                    client,
+                    "psi_intersect",
+                    {"setup": setup["setup"], "response": response["response"]},
+                )
+            ]
+        )
         return int(result["count"])
 
     count = int(sizes[label_party])
@@ -292,7 +311,9 @@ def align_in_memory(
     critical_path: list[float] = []
 
     others = [i for i in range(len(ids)) if i != label_party]
-    report = run_alignment(send, label_party, others, {i: len(v) for i, v in enumerate(ids)})
+    report = run_alignment(
+        send, label_party, others, {i: len(v) for i, v in enumerate(ids)}
+    )
     report.cpu_seconds = cpu_seconds
     report.critical_path_cpu_seconds = sum(critical_path)
     return [aligned_rows(ids[i], states[i].candidates) for i in range(len(ids))], report

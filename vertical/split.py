@@ -37,10 +37,15 @@ class BottomModel(nn.Module):
 class TopModel(nn.Module):
     """The label holder's head over the concatenated embeddings of all parties."""
 
-    def __init__(self, in_features: int, num_classes: int = 2, hidden: int = 32) -> None:
+    def __init__(
+        self, in_features: int, num_classes: int = 2, hidden: int = 32
+    ) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.ReLU(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
+            nn.ReLU(),
+            nn.Linear(in_features, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -56,16 +61,21 @@ class SplitNetwork(nn.Module):
         self.top = top
 
     def forward(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.top(torch.cat([b(x) for b, x in zip(self.bottoms, xs, strict=True)], 1))
+        return self.top(
+            torch.cat([b(x) for b, x in zip(self.bottoms, xs, strict=True)], 1)
+        )
 
 
-def make_optimizer(params: list[nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
+def make_optimizer(
+    params: list[nn.Parameter], settings: TrainSettings
+) -> torch.optim.Optimizer:
     return OPTIMIZERS[settings.optimizer](params, settings)
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """Flatten an optimizer's per-parameter buffers (momentum, Adam moments) into
-    named tensors that fit an ArrayRecord in ``context.state``."""
+    named tensors that fit an ArrayRecord in ``context.state``.
+    """
     out = {}
     for index, buffers in optimizer.state_dict()["state"].items():
         for name, value in buffers.items():
@@ -127,7 +137,8 @@ class TopStep:
         self, x_own: torch.Tensor, remote: Sequence[torch.Tensor], y: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Loss of a batch; fills parameter grads and returns d loss / d embedding
-        for each remote party's embedding."""
+        for each remote party's embedding.
+        """
         self.bottom.train()
         self.top.train()
         leaves = [e.detach().clone().requires_grad_(True) for e in remote]
@@ -145,7 +156,9 @@ class TopStep:
         return float(loss), grads
 
     @torch.no_grad()
-    def predict_proba(self, x_own: torch.Tensor, remote: Sequence[torch.Tensor]) -> torch.Tensor:
+    def predict_proba(
+        self, x_own: torch.Tensor, remote: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
         self.bottom.eval()
         self.top.eval()
         logits = self.top(torch.cat([self.bottom(x_own), *remote], dim=1))
