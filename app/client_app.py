@@ -25,8 +25,8 @@ from app.config import RunConfig
 from app.hospital import hospital_name, load_hospital, model_spec
 from app.logs import route_to_flower
 from app.vertical_client import register as register_vertical
-from models.personalization import LocalNorm, personalization_metrics, prefixed
 from data.spec import DataError, HospitalData
+from models.personalization import LocalNorm, personalization_metrics, prefixed
 from models.training import (
     TrainSettings,
     evaluate_split,

@@ -85,7 +85,8 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
             return nodes
         if time.monotonic() > deadline:
             raise VerticalProtocolError(
-                f"only {len(nodes)} of the {minimum} hospitals ('min-hospitals') connected."
+                f"only {len(nodes)} of the {minimum} hospitals ('min-hospitals') "
+                "connected."
             )
         time.sleep(1.0)
 

@@ -91,7 +91,8 @@ def pooled_table(
         y = np.concatenate([p[1] for p in parts])
         return x, y, HEART_FEATURES
     raise DataError(
-        f"vertical simulation supports datasets wdbc and heart-disease, not {dataset!r}; "
+        "vertical simulation supports datasets wdbc and heart-disease, not "
+        f"{dataset!r}; "
         "a deployed hospital reads its own CSV (node config 'data-path').",
         f"dataset {dataset!r} has no vertical simulation",
     )

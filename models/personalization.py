@@ -88,7 +88,7 @@ class LocalNorm:
         if not self.keys:
             raise ValueError(
                 "'local-norm' needs a model with normalisation layers "
-                "(e.g. model = \"mlp-norm\")."
+                '(e.g. model = "mlp-norm").'
             )
         current = model.state_dict()
         self.received = {k: current[k].detach().clone() for k in self.keys}

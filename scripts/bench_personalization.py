@@ -45,8 +45,11 @@ class ReplyCapture(InProcessGrid):
         ids = list(super().push_messages(messages))
         for i in ids:
             reply: Message | None = self._replies.get(i)
-            if (reply is not None and reply.has_content()
-                    and reply.metadata.message_type.startswith("evaluate")):
+            if (
+                reply is not None
+                and reply.has_content()
+                and reply.metadata.message_type.startswith("evaluate")
+            ):
                 metrics = next(iter(reply.content.metric_records.values()))
                 self.evaluations[hospital_of(reply)] = dict(metrics)
         return ids
@@ -56,13 +59,27 @@ def federate(
     data_dir: Path, out: Path, name: str, num_hospitals: int, **overrides: Any
 ) -> tuple[dict[str, dict[str, float]], Path]:
     """One federation; each hospital's final evaluate metrics and the model file."""
-    config = full_run_config(**{
-        "dataset": "heart-disease", "data-path": str(data_dir), "output-dir": str(out),
-        "run-name": name, "batch-size": 16, **overrides,
-    })
+    config = full_run_config(
+        **{
+            "dataset": "heart-disease",
+            "data-path": str(data_dir),
+            "output-dir": str(out),
+            "run-name": name,
+            "batch-size": 16,
+            **overrides,
+        }
+    )
     grid = ReplyCapture(client_app, num_hospitals, config)
-    server_app(grid, Context(run_id=1, node_id=SERVER_NODE_ID, node_config={},
-                             state=RecordDict(), run_config=config))
+    server_app(
+        grid,
+        Context(
+            run_id=1,
+            node_id=SERVER_NODE_ID,
+            node_config={},
+            state=RecordDict(),
+            run_config=config,
+        ),
+    )
     return grid.evaluations, out / name / "final_model.pt"
 
 
@@ -80,24 +97,46 @@ def benchmark_personalization(heart: Path, *, rounds: int = 20) -> BenchmarkResu
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         common = {"num-server-rounds": rounds, "learning-rate": 0.05, "seed": 42}
-        fedavg, _ = federate(heart, out, "fedavg", 4, model="logreg",
-                             **{"personalize-epochs": 5}, **common)
-        fedbn, _ = federate(heart, out, "fedbn", 4, model="mlp-norm",
-                            **{"local-norm": True, "personalize-epochs": 5,
-                               "mlp-hidden": 16, "mlp-layers": 1}, **common)
+        fedavg, _ = federate(
+            heart,
+            out,
+            "fedavg",
+            4,
+            model="logreg",
+            **{"personalize-epochs": 5},
+            **common,
+        )
+        fedbn, _ = federate(
+            heart,
+            out,
+            "fedbn",
+            4,
+            model="mlp-norm",
+            **{
+                "local-norm": True,
+                "personalize-epochs": 5,
+                "mlp-hidden": 16,
+                "mlp-layers": 1,
+            },
+            **common,
+        )
         for site in sorted(fedavg):
             a, b = fedavg[site], fedbn.get(site, {})
-            rows.append({
-                "hospital": site,
-                "test records": int(a["num-examples"]),
-                "FedAvg logreg": a["accuracy"],
-                "+ head fine-tuned": a.get("personal_accuracy", float("nan")),
-                "FedBN mlp-norm (global norm)": b.get("accuracy", float("nan")),
-                "+ local norm": b.get("local_norm_accuracy", float("nan")),
-                "+ local norm + head": b.get("personal_accuracy", float("nan")),
-            })
-        mean = {"hospital": "mean (unweighted)", "test records": sum(
-            r["test records"] for r in rows)}
+            rows.append(
+                {
+                    "hospital": site,
+                    "test records": int(a["num-examples"]),
+                    "FedAvg logreg": a["accuracy"],
+                    "+ head fine-tuned": a.get("personal_accuracy", float("nan")),
+                    "FedBN mlp-norm (global norm)": b.get("accuracy", float("nan")),
+                    "+ local norm": b.get("local_norm_accuracy", float("nan")),
+                    "+ local norm + head": b.get("personal_accuracy", float("nan")),
+                }
+            )
+        mean = {
+            "hospital": "mean (unweighted)",
+            "test records": sum(r["test records"] for r in rows),
+        }
         for key in list(rows[0])[2:]:
             mean[key] = sum(r[key] for r in rows) / len(rows)
         rows.append(mean)
@@ -107,14 +146,25 @@ def benchmark_personalization(heart: Path, *, rounds: int = 20) -> BenchmarkResu
         _, source_model = federate(source, out, "source", 2, model="logreg", **common)
         short = {**common, "num-server-rounds": max(2, rounds // 10)}
         scratch, _ = federate(target, out, "scratch", 2, model="logreg", **short)
-        transfer, _ = federate(target, out, "transfer", 2, model="logreg",
-                               **{"init-model": str(source_model)}, **short)
-    summary: dict[str, Any] = {"rounds": rounds, "transfer_rounds": short["num-server-rounds"]}
+        transfer, _ = federate(
+            target,
+            out,
+            "transfer",
+            2,
+            model="logreg",
+            **{"init-model": str(source_model)},
+            **short,
+        )
+    summary: dict[str, Any] = {
+        "rounds": rounds,
+        "transfer_rounds": short["num-server-rounds"],
+    }
     for site in sorted(scratch):
         summary[f"target {site}: from scratch"] = scratch[site]["accuracy"]
         summary[f"target {site}: from source model"] = transfer[site]["accuracy"]
     notes = [
-        FLAMBY + "; here the mean row compares 'FedAvg logreg' with '+ head fine-tuned'.",
+        FLAMBY
+        + "; here the mean row compares 'FedAvg logreg' with '+ head fine-tuned'.",
         "personalised weights (head copies, local norm parameters) never leave a "
         "hospital; only their held-out metrics are reported.",
         "transfer: source = Cleveland + Hungary, target = Switzerland + VA, "

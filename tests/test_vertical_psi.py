@@ -26,7 +26,10 @@ def _shuffled(ids, seed):
 
 
 def _check_alignment(id_lists, rows, expected):
-    aligned = [[ids[r] for r in party_rows] for ids, party_rows in zip(id_lists, rows)]
+    aligned = [
+        [ids[r] for r in party_rows]
+        for ids, party_rows in zip(id_lists, rows, strict=True)
+    ]
     # Every party holds exactly the expected patients, in the same order.
     for party in aligned:
         assert party == aligned[0]
@@ -95,7 +98,7 @@ def test_feature_party_keeps_only_the_global_intersection():
         ]
 
     run_alignment(send, 0, [1, 2], {0: 50, 1: 50, 2: 50})
-    for ids, state in zip(lists, states):
+    for ids, state in zip(lists, states, strict=True):
         assert {ids[r] for r in state.candidates} == set(_ids(range(40, 50)))
         assert state.server_key == b"" and state.client_key == b""  # keys not kept
 

@@ -38,16 +38,20 @@ def test_split_gradients_equal_centralised_autograd():
     sgd = lambda params: torch.optim.SGD(params, lr=0.1)  # noqa: E731
     label = TopStep(bottoms[0], top, sgd([*bottoms[0].parameters(), *top.parameters()]))
     remote = [BottomStep(b, sgd(b.parameters())) for b in bottoms[1:]]
-    embeddings = [r.embed(x) for r, x in zip(remote, xs[1:])]  # what crosses the wire
+    embeddings = [
+        r.embed(x) for r, x in zip(remote, xs[1:], strict=True)
+    ]  # what crosses the wire
     loss, grads = label.loss_and_grads(xs[0], embeddings, y)
-    for r, x, g in zip(remote, xs[1:], grads):
+    for r, x, g in zip(remote, xs[1:], grads, strict=True):
         r.backward(x, g)
 
     assert torch.allclose(loss, torch.nn.functional.cross_entropy(central(xs), y))
     for split_module, central_module in zip(
-        [*bottoms, top], [*central.bottoms, central.top]
+        [*bottoms, top], [*central.bottoms, central.top], strict=True
     ):
-        for p, q in zip(split_module.parameters(), central_module.parameters()):
+        for p, q in zip(
+            split_module.parameters(), central_module.parameters(), strict=True
+        ):
             assert p.grad is not None
             assert torch.allclose(p.grad, q.grad, atol=1e-6)
 
@@ -105,7 +109,10 @@ def test_pipelined_protocol_trains_like_centralised_sgd():
     )
 
     # Centralised replica: same initial weights, same aligned data, same batches.
-    views = [PartySession(p, settings, s)._aligned() for p, s in zip(parties, states)]
+    views = [
+        PartySession(p, settings, s)._aligned()
+        for p, s in zip(parties, states, strict=True)
+    ]
     xs = [v[0] for v in views]
     y = torch.as_tensor(views[0][1])
     torch.manual_seed(5)
@@ -133,6 +140,6 @@ def test_pipelined_protocol_trains_like_centralised_sgd():
         assert torch.allclose(label_weights[f"bottom.{name}"], value, atol=1e-5)
     for name, value in top.state_dict().items():
         assert torch.allclose(label_weights[f"top.{name}"], value, atol=1e-5)
-    for state, bottom in zip(states[1:], others):
+    for state, bottom in zip(states[1:], others, strict=True):
         for name, value in bottom.state_dict().items():
             assert torch.allclose(state.model[f"bottom.{name}"], value, atol=1e-5)

@@ -126,7 +126,7 @@ def run_federated(cfg: dict[str, Any], num_parties: int) -> dict[str, Any]:
 
 
 def psi_scale(n: int = PSI_IDS_PER_PARTY) -> dict[str, Any]:
-    """One PSI and the full two-party alignment with ``n`` IDs per party (half shared)."""
+    """One PSI and the full two-party alignment, ``n`` IDs per party, half shared."""
     a = [f"MRN-{i:07d}" for i in range(n)]
     b = [f"MRN-{i:07d}" for i in range(n // 2, n + n // 2)]
     wall, cpu = time.perf_counter(), time.process_time()
@@ -259,7 +259,8 @@ def benchmark_vertical(
             f"{' / '.join(','.join(g) for g in d['feature_groups'])}; patients per "
             f"hospital {d['patients_per_hospital']}, aligned {d['aligned_patients']} "
             f"(PSI {d['psi_seconds']:.1f} s, {d['psi_bytes_relayed']:,} B); run "
-            f"{d['run_seconds']:.0f} s, {d['messages']} messages, {d['wire_bytes']:,} B."
+            f"{d['run_seconds']:.0f} s, {d['messages']} messages, "
+            f"{d['wire_bytes']:,} B."
         )
     return BenchmarkResult("vertical", rows, summary, notes)
 
