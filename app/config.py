@@ -11,6 +11,13 @@ from data.registry import DATASETS, TASKS
 from data.spec import DataSpec
 from models import DEFAULT_MODELS, MODEL_TASKS, MODELS
 
+# Kept here (not imported from ``strategies``) so the config has no torch/Flower
+# strategy import; tests check it equals ``strategies.STRATEGIES``.
+STRATEGY_NAMES = (
+    "fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg",
+    "krum", "multikrum",
+)
+
 
 class ConfigError(ValueError):
     """A run-config key is unknown, of the wrong type or out of range."""
@@ -62,8 +69,15 @@ class RunConfig:
     model: str = _opt("auto", "model", choices=("auto", *MODELS))
     mlp_hidden: int = _opt(64, "mlp-hidden", low=1, high=4096)
     mlp_layers: int = _opt(2, "mlp-layers", low=1, high=8)
-    strategy: str = _opt("fedavg", "strategy", choices=("fedavg", "fedprox"))
+    strategy: str = _opt("fedavg", "strategy", choices=STRATEGY_NAMES)
     proximal_mu: float = _opt(0.0, "proximal-mu", low=0.0, high=100.0)
+    eta: float = _opt(0.1, "eta", low=0.0, high=10.0, low_open=True)
+    beta_1: float = _opt(0.9, "beta-1", low=0.0, high=0.999)
+    beta_2: float = _opt(0.99, "beta-2", low=0.0, high=0.9999)
+    tau: float = _opt(1e-3, "tau", low=0.0, high=10.0, low_open=True)
+    trim_beta: float = _opt(0.2, "trim-beta", low=0.0, high=0.49)
+    num_malicious: int = _opt(0, "num-malicious", low=0, high=100_000)
+    num_to_keep: int = _opt(0, "num-to-keep", low=0, high=100_000)
     local_epochs: int = _opt(1, "local-epochs", low=1, high=1000)
     batch_size: int = _opt(32, "batch-size", low=1, high=65_536)
     learning_rate: float = _opt(0.05, "learning-rate", low=0.0, high=10.0, low_open=True)
@@ -74,6 +88,12 @@ class RunConfig:
     fraction_evaluate: float = _opt(1.0, "fraction-evaluate", low=0.0, high=1.0)
     min_hospitals: int = _opt(2, "min-hospitals", low=1, high=100_000)
     round_timeout: float = _opt(3600.0, "round-timeout", low=0.0, low_open=True)
+    wait_for_hospitals: float = _opt(600.0, "wait-for-hospitals", low=0.0)
+    checkpoint_keep: int = _opt(3, "checkpoint-keep", low=1, high=10_000)
+    resume_from: str = _opt("", "resume-from")
+    deterministic: bool = _opt(False, "deterministic")
+    poison_fraction: float = _opt(0.0, "poison-fraction", low=0.0, high=0.99)
+    poison_scale: float = _opt(10.0, "poison-scale", low=0.0, high=1e6, low_open=True)
     server_eval: bool = _opt(True, "server-eval")
     seed: int = _opt(42, "seed", low=0, high=2**31 - 1)
     device: str = _opt("auto", "device", choices=("auto", "cpu", "cuda"))
