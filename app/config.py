@@ -19,7 +19,7 @@ STRATEGY_NAMES = (
 )
 
 
-# Vertical runs build vertical/split.py's bottom and top networks, not a MODELS entry.
+# Vertical runs build models/split.py's bottom and top networks, not a MODELS entry.
 VERTICAL_MODEL = "split-nn"
 
 

@@ -1,6 +1,6 @@
 """ClientApp handlers for vertical FL (``query.vfl_*`` and ``query.psi_*`` messages).
 
-Each handler translates one Message into a :class:`vertical.party.PartySession`
+Each handler translates one Message into a :class:`models.split_party.PartySession`
 call. The party's PSI candidates, models and optimizer buffers live in
 ``context.state`` between messages and never leave the node. Replies carry
 counts, PSI bytes, embeddings, gradients or aggregate metrics only.
@@ -21,8 +21,8 @@ from app.logs import route_to_flower
 from data.spec import DataError
 from data.vertical import load_party
 from models.training import TrainSettings
-from vertical.party import PartySession, PartyState, VerticalSettings
-from vertical.psi import PSI_ACTIONS, PsiError
+from models.split_party import PartySession, PartyState, VerticalSettings
+from strategies.psi import PSI_ACTIONS, PsiError
 
 log = logging.getLogger(__name__)
 

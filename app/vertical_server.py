@@ -21,7 +21,7 @@ from flwr.serverapp import Grid
 from app.config import RunConfig
 from app.run_outputs import RunRecorder
 from app.vertical_client import PAYLOAD, TENSORS
-from vertical.orchestrator import (
+from strategies.vertical import (
     Tensors,
     VerticalPlan,
     VerticalProtocolError,

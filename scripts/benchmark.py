@@ -98,7 +98,7 @@ def _load_suites() -> None:
 
 # Modules holding suites; one line per module.
 SUITE_MODULES: list[str] = [
-    "vertical.benchmark",
+    "scripts.bench_vertical",
     "scripts.bench_personalization",
 ]
 

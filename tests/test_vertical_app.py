@@ -17,7 +17,7 @@ from app.server_app import TASK_RUNNERS
 from app.server_app import app as server_app
 from app.vertical_server import run_vertical
 from data.vertical import simulate_parties
-from vertical.orchestrator import VerticalProtocolError
+from strategies.vertical import VerticalProtocolError
 
 
 class WireCapture(InProcessGrid):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vertical.psi import (
+from strategies.psi import (
     PsiError,
     PsiPartyState,
     align_in_memory,
@@ -90,7 +90,7 @@ def test_feature_party_keeps_only_the_global_intersection():
     label, p1, p2 = _ids(range(0, 50)), _ids(range(20, 70)), _ids(range(40, 90))
     states = [PsiPartyState.fresh(50) for _ in range(3)]
     lists = [label, p1, p2]
-    from vertical.psi import run_alignment
+    from strategies.psi import run_alignment
 
     def send(requests):
         return [

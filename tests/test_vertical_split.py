@@ -8,9 +8,9 @@ import torch
 
 from data.vertical import simulate_parties
 from models.training import TrainSettings
-from vertical.orchestrator import VerticalPlan, run_vertical_training
-from vertical.party import PartySession, PartyState, VerticalSettings
-from vertical.split import (
+from strategies.vertical import VerticalPlan, run_vertical_training
+from models.split_party import PartySession, PartyState, VerticalSettings
+from models.split import (
     BottomModel,
     BottomStep,
     SplitNetwork,
@@ -68,7 +68,7 @@ def test_gradient_shape_mismatch_is_rejected():
 def test_optimizer_state_round_trip(optimizer):
     model = BottomModel(3, 2)
     settings = TrainSettings(optimizer=optimizer, learning_rate=0.01)
-    from vertical.split import make_optimizer
+    from models.split import make_optimizer
 
     opt = make_optimizer(list(model.parameters()), settings)
     model(torch.randn(4, 3)).sum().backward()

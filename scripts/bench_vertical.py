@@ -29,14 +29,14 @@ from data.vertical import (
 )
 from models.metrics import classification_metrics
 from scripts.benchmark import BenchmarkResult, default_data_root, register
-from vertical.psi import (
+from strategies.psi import (
     align_in_memory,
     client_intersect,
     client_request,
     server_response,
     server_setup,
 )
-from vertical.split import BottomModel, SplitNetwork, TopModel
+from models.split import BottomModel, SplitNetwork, TopModel
 
 PSI_IDS_PER_PARTY = 10_000
 PSI_BUDGET_S = 10.0

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from data.vertical import split_positions
-from vertical.psi import AlignmentReport, run_alignment
+from strategies.psi import AlignmentReport, run_alignment
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import torch
 from data.vertical import VerticalParty, split_positions, standardized_features
 from models.metrics import classification_metrics
 from models.training import TrainSettings
-from vertical.psi import (
+from strategies.psi import (
     PSI_ACTIONS,
     PsiError,
     PsiPartyState,
@@ -27,7 +27,7 @@ from vertical.psi import (
     handle_psi,
     normalise_ids,
 )
-from vertical.split import (
+from models.split import (
     BottomModel,
     BottomStep,
     TopModel,

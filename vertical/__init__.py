@@ -1,1 +1,0 @@
-"""Vertical federated learning: PSI patient alignment and split-model training."""
