@@ -211,6 +211,8 @@ class Screened:
         for msg in sorted(replies, key=lambda m: m.metadata.src_node_id):
             name = hospital_of(msg)
             if msg.has_error():
+                # An error reply carries no hospital record: use the name it gave before.
+                name = self._names.get(msg.metadata.src_node_id, name)
                 reason = msg.error.reason
                 log.warning("Round %d %s: hospital %s replied with an error: %s",
                             server_round, phase, name, reason)
