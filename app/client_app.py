@@ -57,14 +57,17 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, HospitalData, tor
     set_deterministic(cfg.deterministic)
     site = load_hospital(cfg, context.node_config)
     info = check_contract(site, msg.content.config_records.get("config", ConfigRecord()))
-    model = model_spec(cfg, info).build()
     try:
+        model = model_spec(cfg, info).build()
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    except (RuntimeError, KeyError) as err:
+    except (ValueError, RuntimeError, KeyError) as err:
+        # This hospital's data do not fit the federation's model (other channels,
+        # image size or classes): its own problem, reported without paths.
         raise DataError(
-            f"Hospital {site.name}: the global model does not fit the local model "
-            f"({err}).",
-            "the global model's arrays do not fit this hospital's model",
+            f"the global model does not fit this hospital's data "
+            f"({site.info.description}, input {site.info.input_shape}, "
+            f"{site.info.num_classes} classes): {str(err).splitlines()[0]}",
+            "the hospital's data do not fit the global model (shape, channels or classes)",
         ) from err
     return cfg, site, model
 

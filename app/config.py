@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from data.registry import DATASETS, TASKS
 from data.spec import DataSpec
+from models import DEFAULT_MODELS, MODEL_TASKS, MODELS
 
 # Kept here (not imported from ``strategies``) so the config has no torch/Flower
 # strategy import; tests check it equals ``strategies.STRATEGIES``.
@@ -53,15 +55,18 @@ class RunConfig:
     """
 
     num_server_rounds: int = _opt(5, "num-server-rounds", low=1, high=10_000)
-    task: str = _opt("tabular", "task", choices=("tabular",))
-    dataset: str = _opt("wdbc", "dataset", choices=("wdbc", "heart-disease", "csv"))
+    task: str = _opt("tabular", "task", choices=TASKS)
+    dataset: str = _opt("wdbc", "dataset", choices=tuple(DATASETS))
     data_path: str = _opt("", "data-path")
     label_column: str = _opt("target", "label-column")
     partitioner: str = _opt("iid", "partitioner", choices=("iid", "dirichlet"))
     dirichlet_alpha: float = _opt(0.5, "dirichlet-alpha", low=0.0, low_open=True)
     val_fraction: float = _opt(0.2, "val-fraction", low=0.05, high=0.5)
     test_fraction: float = _opt(0.2, "test-fraction", low=0.05, high=0.5)
-    model: str = _opt("logreg", "model", choices=("logreg", "mlp"))
+    image_size: int = _opt(0, "image-size", low=0, high=1024)
+    augment: bool = _opt(True, "augment")
+    class_names: str = _opt("", "class-names")
+    model: str = _opt("auto", "model", choices=("auto", *MODELS))
     mlp_hidden: int = _opt(64, "mlp-hidden", low=1, high=4096)
     mlp_layers: int = _opt(2, "mlp-layers", low=1, high=8)
     strategy: str = _opt("fedavg", "strategy", choices=STRATEGY_NAMES)
@@ -99,10 +104,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check_field(f, getattr(self, f.name))
-        if self.dataset in ("heart-disease", "csv") and not self.data_path:
+        self._check_task()
+        if getattr(DATASETS[self.dataset], "needs_path", False) and not self.data_path:
             raise ConfigError(
                 f"dataset='{self.dataset}' needs 'data-path' (a directory of hospital "
-                "files for heart-disease, a CSV file for csv)."
+                "files for heart-disease, a CSV file for csv, an .npz file for "
+                "medmnist, a class-per-folder directory for image-folder)."
             )
         if self.strategy == "fedprox" and self.proximal_mu <= 0.0:
             raise ConfigError(
@@ -111,6 +118,26 @@ class RunConfig:
             )
         if any(c in self.run_name for c in "/\\") or self.run_name in (".", ".."):
             raise ConfigError(f"'run-name' must be a plain name, got {self.run_name!r}.")
+
+    @property
+    def model_name(self) -> str:
+        """The network to build: ``model``, or the task's default for ``'auto'``."""
+        return DEFAULT_MODELS[self.task] if self.model == "auto" else self.model
+
+    def _check_task(self) -> None:
+        """Refuse a dataset or model meant for another task."""
+        data_task = DATASETS[self.dataset].task
+        if data_task != self.task:
+            raise ConfigError(
+                f"dataset='{self.dataset}' is {data_task} data but task='{self.task}'; "
+                f"set task='{data_task}' or pick a {self.task} dataset."
+            )
+        if MODEL_TASKS[self.model_name] != self.task:
+            fitting = [m for m, t in MODEL_TASKS.items() if t == self.task]
+            raise ConfigError(
+                f"model='{self.model}' is a {MODEL_TASKS[self.model_name]} model but "
+                f"task='{self.task}'; use one of {', '.join(fitting)} (or 'auto')."
+            )
 
     @classmethod
     def keys(cls) -> dict[str, dataclasses.Field[Any]]:
@@ -152,6 +179,9 @@ class RunConfig:
             val_fraction=self.val_fraction,
             test_fraction=self.test_fraction,
             seed=self.seed,
+            image_size=self.image_size,
+            augment=self.augment,
+            class_names=tuple(n.strip() for n in self.class_names.split(",") if n.strip()),
         )
 
 

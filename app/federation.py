@@ -37,9 +37,17 @@ from strategies.screening import Screened
 
 log = logging.getLogger(__name__)
 
-PREPROCESSING = {
-    "standardize": "per-site",
-    "note": "each site standardises features with its own training statistics",
+# What a site must do to its data before applying the saved model, per task.
+PREPROCESSING: dict[str, dict[str, Any]] = {
+    "tabular": {
+        "standardize": "per-site",
+        "note": "each site standardises features with its own training statistics",
+    },
+    "imaging": {
+        "intensity": "uint8 0..255 -> [0, 1]; other types min-max scaled per image",
+        "resize": "to the model's input size (run config image-size; 0: native)",
+        "layout": "(C, H, W) or (C, D, H, W)",
+    },
 }
 
 # Ledger keys copied into each history.json round entry (besides per-hospital metrics).
@@ -156,7 +164,7 @@ def run_federation(
         log.info("Resuming run %s from %s (round %d done).",
                  recorder.dir.name, resume.path, resume.server_round)
     log.info("medflower run %s: %s, %s on %s (%s test records), writing to %s",
-             recorder.history["run_name"], cfg.strategy, cfg.model, info.description,
+             recorder.history["run_name"], cfg.strategy, cfg.model_name, info.description,
              len(test) if test is not None else "no", recorder.dir)
 
     strategy.summary()
@@ -199,7 +207,7 @@ def run_federation(
         spec,
         info,
         run_config=cfg.to_run_config(),
-        preprocessing=PREPROCESSING,
+        preprocessing=PREPROCESSING[cfg.task],
     )
     final = recorder.history["rounds"][-1]["server"] if recorder.history["rounds"] else {}
     recorder.finish("completed", final_server_metrics=final)

@@ -65,7 +65,7 @@ class RunRecorder:
             "task": cfg.task,
             "dataset": cfg.dataset,
             "strategy": cfg.strategy,
-            "model": cfg.model,
+            "model": cfg.model_name,
             "num_rounds": cfg.num_server_rounds,
             "status": "running",
             "rounds": [],

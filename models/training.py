@@ -48,11 +48,18 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def make_loader(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
-    """A DataLoader over an in-memory split, shuffled reproducibly when asked."""
-    dataset = TensorDataset(
-        torch.as_tensor(split.x, dtype=torch.float32),
-        torch.as_tensor(split.y, dtype=torch.long),
-    )
+    """A DataLoader over an in-memory split, shuffled reproducibly when asked.
+
+    A split that brings its own ``training_dataset(seed)`` (images with seeded
+    augmentation) supplies the dataset; anything else is served as tensors.
+    """
+    if hasattr(split, "training_dataset"):
+        dataset = split.training_dataset(seed)
+    else:
+        dataset = TensorDataset(
+            torch.as_tensor(split.x, dtype=torch.float32),
+            torch.as_tensor(split.y, dtype=torch.long),
+        )
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
