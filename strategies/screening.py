@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -38,6 +39,9 @@ from strategies.validation import Reference, reference_of, reply_problem
 log = logging.getLogger(__name__)
 
 HOSPITAL_RECORD = "hospital"
+# An error reply has no content, so a hospital names itself in the reason.
+ERROR_PREFIX = "hospital {name}: "
+_ERROR_NAME = re.compile(r"^hospital (\S+): ")
 
 
 class RoundLedger:
@@ -58,6 +62,8 @@ class RoundLedger:
 
 def hospital_of(msg: Message) -> str:
     """The hospital name a reply carries, else its node id."""
+    if msg.has_error() and (match := _ERROR_NAME.match(msg.error.reason or "")):
+        return match.group(1)
     if msg.has_content() and HOSPITAL_RECORD in msg.content.config_records:
         name = msg.content.config_records[HOSPITAL_RECORD].get("name")
         if isinstance(name, str) and name:
@@ -211,8 +217,11 @@ class Screened:
         for msg in sorted(replies, key=lambda m: m.metadata.src_node_id):
             name = hospital_of(msg)
             if msg.has_error():
-                # An error reply carries no hospital record: use the name it gave before.
-                name = self._names.get(msg.metadata.src_node_id, name)
+                # Unnamed error (e.g. the ClientApp crashed): the name it gave before.
+                if name.startswith("node-"):
+                    name = self._names.get(msg.metadata.src_node_id, name)
+                else:
+                    self._names[msg.metadata.src_node_id] = name
                 reason = msg.error.reason
                 log.warning("Round %d %s: hospital %s replied with an error: %s",
                             server_round, phase, name, reason)
