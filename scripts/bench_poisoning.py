@@ -59,33 +59,44 @@ def poisoning(args: argparse.Namespace) -> BenchmarkResult:
         for seed in seeds:
             for label, fraction in (("clean", 0.0), ("poisoned", POISON_FRACTION)):
                 name = f"{strategy}-{label}-seed{seed}"
-                config = full_run_config(**{
-                    "dataset": "wdbc", "strategy": strategy, "num-server-rounds": rounds,
-                    "seed": seed, "deterministic": True,
-                    "poison-fraction": fraction, "poison-scale": POISON_SCALE,
-                    # Robust settings sized for the poisoners a run may hold.
-                    "num-malicious": poisoners, "trim-beta": POISON_FRACTION,
-                    # Only the server-side test accuracy is reported: no client eval.
-                    "fraction-evaluate": 0.0,
-                    "output-dir": str(out / "runs"), "run-name": name,
-                })
-                run_inprocess(server_app, client_app, num_hospitals=HOSPITALS,
-                              run_config=config)
+                config = full_run_config(
+                    **{
+                        "dataset": "wdbc",
+                        "strategy": strategy,
+                        "num-server-rounds": rounds,
+                        "seed": seed,
+                        "deterministic": True,
+                        "poison-fraction": fraction,
+                        "poison-scale": POISON_SCALE,
+                        # Robust settings sized for the poisoners a run may hold.
+                        "num-malicious": poisoners,
+                        "trim-beta": POISON_FRACTION,
+                        # Only server-side test accuracy is reported.
+                        "fraction-evaluate": 0.0,
+                        "output-dir": str(out / "runs"),
+                        "run-name": name,
+                    }
+                )
+                run_inprocess(
+                    server_app, client_app, num_hospitals=HOSPITALS, run_config=config
+                )
                 accuracy[label].append(_final_accuracy(out / "runs" / name))
                 if label == "poisoned":
                     flagged = _flagged(out / "runs" / name)
         clean = statistics.mean(accuracy["clean"])
         poisoned = statistics.mean(accuracy["poisoned"])
         drop = 100 * (clean - poisoned)
-        rows.append({
-            "strategy": strategy,
-            "robust": strategy != "fedavg",
-            "clean_accuracy": clean,
-            "poisoned_accuracy": poisoned,
-            "drop_points": round(drop, 2),
-            f"within_{TOLERANCE_POINTS:g}_points": drop <= TOLERANCE_POINTS,
-            "flagged_last_round": ",".join(flagged) or "-",
-        })
+        rows.append(
+            {
+                "strategy": strategy,
+                "robust": strategy != "fedavg",
+                "clean_accuracy": clean,
+                "poisoned_accuracy": poisoned,
+                "drop_points": round(drop, 2),
+                f"within_{TOLERANCE_POINTS:g}_points": drop <= TOLERANCE_POINTS,
+                "flagged_last_round": ",".join(flagged) or "-",
+            }
+        )
         print(f"  {strategy}: clean {clean:.4f}, poisoned {poisoned:.4f}", flush=True)
     robust = [r for r in rows if r["robust"]]
     return BenchmarkResult(

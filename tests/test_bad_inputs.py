@@ -35,7 +35,9 @@ from tests.conftest import make_run_config
 
 def wdbc_frame() -> pd.DataFrame:
     bunch = load_breast_cancer()
-    frame = pd.DataFrame(bunch.data, columns=[f"f{i}" for i in range(bunch.data.shape[1])])
+    frame = pd.DataFrame(
+        bunch.data, columns=[f"f{i}" for i in range(bunch.data.shape[1])]
+    )
     frame["target"] = 1 - bunch.target
     return frame
 
@@ -55,13 +57,28 @@ def write_sites(tmp_path: Path, n: int = 3) -> tuple[Path, list[Path]]:
 
 
 def run_deployed(
-    tmp_path: Path, node_configs: list[dict[str, Any]], client=client_app, **overrides: Any
+    tmp_path: Path,
+    node_configs: list[dict[str, Any]],
+    client=client_app,
+    **overrides: Any,
 ):
-    config = make_run_config(tmp_path, **{
-        "num-server-rounds": 2, "min-hospitals": 2, "fraction-evaluate": 1.0, **overrides})
+    config = make_run_config(
+        tmp_path,
+        **{
+            "num-server-rounds": 2,
+            "min-hospitals": 2,
+            "fraction-evaluate": 1.0,
+            **overrides,
+        },
+    )
     grid = InProcessGrid(client, len(node_configs), config, node_configs=node_configs)
-    context = Context(run_id=1, node_id=SERVER_NODE_ID, node_config={},
-                      state=RecordDict(), run_config=dict(config))
+    context = Context(
+        run_id=1,
+        node_id=SERVER_NODE_ID,
+        node_config={},
+        state=RecordDict(),
+        run_config=dict(config),
+    )
     outcome = run_federation(grid, context)
     return outcome, json.loads((outcome.recorder.dir / "history.json").read_text())
 
@@ -70,7 +87,9 @@ def csv_federation(tmp_path: Path, break_site) -> tuple[Any, dict[str, Any]]:
     """Three deployed CSV hospitals; ``break_site(path)`` damages site 2's file."""
     pooled, sites = write_sites(tmp_path)
     break_site(sites[2])
-    nodes = [{"data-path": str(p), "hospital-name": f"site-{i}"} for i, p in enumerate(sites)]
+    nodes = [
+        {"data-path": str(p), "hospital-name": f"site-{i}"} for i, p in enumerate(sites)
+    ]
     return run_deployed(tmp_path, nodes, dataset="csv", **{"data-path": str(pooled)})
 
 
@@ -124,8 +143,14 @@ def other_features(path: Path) -> None:
         (remove, "data file not found"),
         (other_features, "input shape (28,) does not match the model's (30,)"),
     ],
-    ids=["inf-in-csv", "missing-label-column", "label-outside-classes",
-         "empty-partition", "data-path-missing", "wrong-feature-count"],
+    ids=[
+        "inf-in-csv",
+        "missing-label-column",
+        "label-outside-classes",
+        "empty-partition",
+        "data-path-missing",
+        "wrong-feature-count",
+    ],
 )
 def test_one_hospitals_bad_csv_is_named_and_the_federation_survives(
     tmp_path: Path, damage, reason: str
@@ -137,10 +162,14 @@ def test_one_hospitals_bad_csv_is_named_and_the_federation_survives(
 def test_local_errors_name_file_column_and_row(tmp_path: Path) -> None:
     _, sites = write_sites(tmp_path, 1)
     put_inf(sites[0])
-    with pytest.raises(DataError, match=r"site0\.csv: infinite value in column 'f5', row 4"):
+    with pytest.raises(
+        DataError, match=r"site0\.csv: infinite value in column 'f5', row 4"
+    ):
         read_labelled_csv(sites[0], "target")
     drop_label(sites[0])
-    with pytest.raises(DataError, match=r"site0\.csv: no label column 'target'; columns"):
+    with pytest.raises(
+        DataError, match=r"site0\.csv: no label column 'target'; columns"
+    ):
         read_labelled_csv(sites[0], "target")
 
 
@@ -156,7 +185,9 @@ def test_nan_rows_are_dropped_and_counted(tmp_path: Path, caplog) -> None:
 
 def test_empty_simulated_partition_is_refused_with_counts() -> None:
     cfg = RunConfig(dataset="wdbc")
-    with pytest.raises(DataError, match="Cannot split 455 records across 1000 hospitals"):
+    with pytest.raises(
+        DataError, match="Cannot split 455 records across 1000 hospitals"
+    ):
         get_dataset(cfg.data_spec()).hospital(0, 1000)
 
 
@@ -191,7 +222,9 @@ def test_image_of_other_channels_is_named(tmp_path: Path) -> None:
     write_image_site(tmp_path / "rgb", channels=3, n=1)
     (tmp_path / "rgb" / "benign" / "img0.png").rename(site / "benign" / "zz_rgb.png")
     files, _, _ = list_image_folder(site)
-    with pytest.raises(DataError, match=r"zz_rgb\.png: 3 channel\(s\) but img0\.png has 1"):
+    with pytest.raises(
+        DataError, match=r"zz_rgb\.png: 3 channel\(s\) but img0\.png has 1"
+    ):
         load_images(files, 16)
 
 
@@ -212,12 +245,22 @@ def test_one_hospitals_bad_images_leave_the_federation_running(
         (bad / "malignant" / "img1.png").write_bytes(b"garbage")
     else:
         bad = write_image_site(tmp_path / "site2", channels=3)
-    nodes = [{"data-path": str(p), "hospital-name": f"site-{i}"}
-             for i, p in enumerate([*sites, bad])]
+    nodes = [
+        {"data-path": str(p), "hospital-name": f"site-{i}"}
+        for i, p in enumerate([*sites, bad])
+    ]
     _, history = run_deployed(
-        tmp_path, nodes, task="imaging", dataset="image-folder",
-        **{"data-path": str(pooled), "image-size": 16, "num-server-rounds": 1,
-           "batch-size": 8, "augment": False},
+        tmp_path,
+        nodes,
+        task="imaging",
+        dataset="image-folder",
+        **{
+            "data-path": str(pooled),
+            "image-size": 16,
+            "num-server-rounds": 1,
+            "batch-size": 8,
+            "augment": False,
+        },
     )
     assert_survived_without(history, "site-2", reason)
 
@@ -227,12 +270,20 @@ def test_one_hospitals_bad_images_leave_the_federation_running(
 
 def tampering_client(target: int, tamper):
     """The real ClientApp, whose reply from node ``target`` is altered on the way."""
+
     def call(msg: Message, context: Context) -> Message:
         reply = client_app(msg, context)
-        if context.node_id == target and reply.has_content() and "arrays" in reply.content:
+        if (
+            context.node_id == target
+            and reply.has_content()
+            and "arrays" in reply.content
+        ):
             arrays = reply.content["arrays"]
-            reply.content["arrays"] = ArrayRecord(tamper({k: a.numpy() for k, a in arrays.items()}))
+            reply.content["arrays"] = ArrayRecord(
+                tamper({k: a.numpy() for k, a in arrays.items()})
+            )
         return reply
+
     return call
 
 
@@ -252,17 +303,26 @@ def wrong_shape(arrays: dict[str, np.ndarray]) -> dict[str, Array]:
 
 @pytest.mark.parametrize(
     "tamper,reason",
-    [(with_nan, "array 'linear.weight' holds NaN or infinite values"),
-     (wrong_shape, "array 'linear.weight' has shape (2, 7), expected (2, 30)")],
+    [
+        (with_nan, "array 'linear.weight' holds NaN or infinite values"),
+        (wrong_shape, "array 'linear.weight' has shape (2, 7), expected (2, 30)"),
+    ],
     ids=["update-with-nan", "arrays-not-matching-model"],
 )
 def test_bad_update_is_rejected_and_the_rest_aggregated(
     tmp_path: Path, tamper, reason: str
 ) -> None:
-    config = make_run_config(tmp_path, **{"num-server-rounds": 2, "fraction-evaluate": 0.0})
+    config = make_run_config(
+        tmp_path, **{"num-server-rounds": 2, "fraction-evaluate": 0.0}
+    )
     grid = InProcessGrid(tampering_client(102, tamper), 4, config)
-    context = Context(run_id=1, node_id=SERVER_NODE_ID, node_config={},
-                      state=RecordDict(), run_config=dict(config))
+    context = Context(
+        run_id=1,
+        node_id=SERVER_NODE_ID,
+        node_config={},
+        state=RecordDict(),
+        run_config=dict(config),
+    )
     outcome = run_federation(grid, context)
     rounds = json.loads((outcome.recorder.dir / "history.json").read_text())["rounds"]
     assert outcome.status == "completed"
@@ -289,17 +349,27 @@ def test_hospital_raising_mid_training_replies_an_error_without_detail(
     cfg = RunConfig()
     TARGET = get_dataset(cfg.data_spec()).hospital(3, 4).train  # noqa: N806
     monkeypatch.setattr(client_module, "train_epochs", explode_at_partition_3)
-    config = make_run_config(tmp_path, **{"num-server-rounds": 2, "fraction-evaluate": 0.0})
+    config = make_run_config(
+        tmp_path, **{"num-server-rounds": 2, "fraction-evaluate": 0.0}
+    )
     grid = InProcessGrid(client_app, 4, config)
-    context = Context(run_id=1, node_id=SERVER_NODE_ID, node_config={},
-                      state=RecordDict(), run_config=dict(config))
+    context = Context(
+        run_id=1,
+        node_id=SERVER_NODE_ID,
+        node_config={},
+        state=RecordDict(),
+        run_config=dict(config),
+    )
     outcome = run_federation(grid, context)
     rounds = json.loads((outcome.recorder.dir / "history.json").read_text())["rounds"]
     assert outcome.status == "completed"
     for entry in rounds[1:]:
-        assert entry["errors"] == {"hospital-3": {
-            "phase": "train",
-            "reason": "hospital hospital-3: local train failed (RuntimeError)"}}
+        assert entry["errors"] == {
+            "hospital-3": {
+                "phase": "train",
+                "reason": "hospital hospital-3: local train failed (RuntimeError)",
+            }
+        }
         assert len(entry["hospitals"]) == 3
     assert "patient_123" not in json.dumps(rounds)
 
@@ -326,13 +396,27 @@ def test_bad_run_config_names_the_key(run_config: dict[str, Any], message: str) 
 def test_saved_model_used_for_the_wrong_task_is_refused(
     tmp_path: Path, heart_dir: Path, capsys
 ) -> None:
-    config = make_run_config(tmp_path, **{"num-server-rounds": 1, "fraction-evaluate": 0.0})
+    config = make_run_config(
+        tmp_path, **{"num-server-rounds": 1, "fraction-evaluate": 0.0}
+    )
     grid = InProcessGrid(client_app, 2, config)
-    context = Context(run_id=1, node_id=SERVER_NODE_ID, node_config={},
-                      state=RecordDict(), run_config=dict(config))
+    context = Context(
+        run_id=1,
+        node_id=SERVER_NODE_ID,
+        node_config={},
+        state=RecordDict(),
+        run_config=dict(config),
+    )
     outcome = run_federation(grid, context)  # a WDBC model: 30 features
-    code = cli(["evaluate", "--model", str(outcome.recorder.model_path),
-                "--data", str(heart_dir)])
+    code = cli(
+        [
+            "evaluate",
+            "--model",
+            str(outcome.recorder.model_path),
+            "--data",
+            str(heart_dir),
+        ]
+    )
     assert code == 2
     assert "expects 30 features" in capsys.readouterr().err
 

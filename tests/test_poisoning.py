@@ -15,8 +15,11 @@ from tests.conftest import make_run_config
 
 
 def test_lowest_partition_ids_poison_and_deployment_never_does() -> None:
-    chosen = [p for p in range(10)
-              if is_poisoned(0.2, {"partition-id": p, "num-partitions": 10})]
+    chosen = [
+        p
+        for p in range(10)
+        if is_poisoned(0.2, {"partition-id": p, "num-partitions": 10})
+    ]
     assert chosen == [0, 1]
     assert not is_poisoned(0.0, {"partition-id": 0, "num-partitions": 10})
     assert not is_poisoned(0.5, {"data-path": "/data/site.csv"})
@@ -31,11 +34,19 @@ def test_poisoned_update_is_flipped_and_scaled() -> None:
 
 
 def test_anomaly_report_flags_exactly_the_poisoners(tmp_path: Path) -> None:
-    config = make_run_config(tmp_path, **{
-        "num-server-rounds": 2, "poison-fraction": 0.2, "strategy": "fedmedian",
-        "fraction-evaluate": 0.0})
+    config = make_run_config(
+        tmp_path,
+        **{
+            "num-server-rounds": 2,
+            "poison-fraction": 0.2,
+            "strategy": "fedmedian",
+            "fraction-evaluate": 0.0,
+        },
+    )
     run_inprocess(server_app, client_app, num_hospitals=5, run_config=config)
-    history = json.loads((tmp_path / "outputs" / "test-run" / "history.json").read_text())
+    history = json.loads(
+        (tmp_path / "outputs" / "test-run" / "history.json").read_text()
+    )
     for entry in history["rounds"][1:]:
         rows = entry["anomaly"]["hospitals"]
         assert [n for n, r in rows.items() if r["flagged"]] == ["hospital-0"]

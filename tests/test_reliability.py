@@ -29,15 +29,23 @@ class CrashingGrid(InProcessGrid):
 
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
-        if messages and int(messages[0].content["config"]["server-round"]) == self.crash_at:
+        if (
+            messages
+            and int(messages[0].content["config"]["server-round"]) == self.crash_at
+        ):
             raise ServerCrash(f"killed before round {self.crash_at}")
         return super().send_and_receive(messages, timeout=timeout)
 
 
 def run(config: dict[str, Any], hospitals: int, grid_cls=InProcessGrid, **grid_kw: Any):
     grid = grid_cls(client_app, hospitals, config, **grid_kw)
-    context = Context(run_id=1, node_id=SERVER_NODE_ID, node_config={},
-                      state=RecordDict(), run_config=dict(config))
+    context = Context(
+        run_id=1,
+        node_id=SERVER_NODE_ID,
+        node_config={},
+        state=RecordDict(),
+        run_config=dict(config),
+    )
     return run_federation(grid, context), grid
 
 
@@ -49,7 +57,9 @@ def round_of(msg: Message) -> int:
     return int(msg.content["config"]["server-round"])
 
 
-def test_thirty_percent_failing_in_round_two_finishes_close_to_clean(tmp_path: Path) -> None:
+def test_thirty_percent_failing_in_round_two_finishes_close_to_clean(
+    tmp_path: Path,
+) -> None:
     base = {"num-server-rounds": 5, "fraction-evaluate": 0.0, "min-hospitals": 5}
     clean, _ = run(make_run_config(tmp_path, **base, **{"run-name": "clean"}), 10)
     failing = {101, 102, 103}  # 30% of 10 hospitals
@@ -58,8 +68,11 @@ def test_thirty_percent_failing_in_round_two_finishes_close_to_clean(tmp_path: P
         if node_id in failing and round_of(msg) == 2:
             raise RuntimeError("disk full")
 
-    faulty, _ = run(make_run_config(tmp_path, **base, **{"run-name": "faulty"}), 10,
-                    on_deliver=fail_in_round_two)
+    faulty, _ = run(
+        make_run_config(tmp_path, **base, **{"run-name": "faulty"}),
+        10,
+        on_deliver=fail_in_round_two,
+    )
     assert clean.status == faulty.status == "completed"
     h = history(faulty.recorder.dir)
     assert [r["round"] for r in h["rounds"]] == [0, 1, 2, 3, 4, 5]
@@ -73,22 +86,36 @@ def test_thirty_percent_failing_in_round_two_finishes_close_to_clean(tmp_path: P
 
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
-def test_killed_and_resumed_run_ends_bit_identical(tmp_path: Path, strategy: str) -> None:
-    base = {"num-server-rounds": 4, "strategy": strategy, "deterministic": True,
-            "fraction-train": 0.75, "checkpoint-keep": 2}
+def test_killed_and_resumed_run_ends_bit_identical(
+    tmp_path: Path, strategy: str
+) -> None:
+    base = {
+        "num-server-rounds": 4,
+        "strategy": strategy,
+        "deterministic": True,
+        "fraction-train": 0.75,
+        "checkpoint-keep": 2,
+    }
     full, _ = run(make_run_config(tmp_path, **base, **{"run-name": "full"}), 4)
     killed_config = make_run_config(tmp_path, **base, **{"run-name": "killed"})
     grid = CrashingGrid(client_app, 4, killed_config)
     grid.crash_at = 3
-    context = Context(run_id=2, node_id=SERVER_NODE_ID, node_config={},
-                      state=RecordDict(), run_config=dict(killed_config))
+    context = Context(
+        run_id=2,
+        node_id=SERVER_NODE_ID,
+        node_config={},
+        state=RecordDict(),
+        run_config=dict(killed_config),
+    )
     with pytest.raises(ServerCrash):
         run_federation(grid, context)
     killed_dir = tmp_path / "outputs" / "killed"
     assert history(killed_dir)["status"] == "failed"
     assert not (killed_dir / "final_model.pt").exists()
     assert [p.name for p in list_checkpoints(killed_dir / "checkpoints")] == [
-        "round-0001.pt", "round-0002.pt"]
+        "round-0001.pt",
+        "round-0002.pt",
+    ]
 
     resumed, _ = run({**killed_config, "resume-from": str(killed_dir)}, 4)
     assert resumed.status == "completed" and resumed.recorder.dir == killed_dir
@@ -101,7 +128,8 @@ def test_killed_and_resumed_run_ends_bit_identical(tmp_path: Path, strategy: str
     assert h["resumed"][0]["after_round"] == 2
     assert h["resumed"][0]["previous_status"] == "failed"
     assert [r["server"] for r in h["rounds"]] == [
-        r["server"] for r in history(full.recorder.dir)["rounds"]]
+        r["server"] for r in history(full.recorder.dir)["rounds"]
+    ]
     # Only the last `checkpoint-keep` rounds stay; no temp files are left behind.
     names = sorted(p.name for p in (killed_dir / "checkpoints").iterdir())
     assert names == ["round-0003.pt", "round-0004.pt"]
@@ -111,7 +139,9 @@ def test_killed_and_resumed_run_ends_bit_identical(tmp_path: Path, strategy: str
 
 
 def test_resume_refuses_a_changed_run_config(tmp_path: Path) -> None:
-    config = make_run_config(tmp_path, **{"num-server-rounds": 1, "fraction-evaluate": 0.0})
+    config = make_run_config(
+        tmp_path, **{"num-server-rounds": 1, "fraction-evaluate": 0.0}
+    )
     done, _ = run(config, 2)
     changed = {**config, "learning-rate": 0.5, "resume-from": str(done.recorder.dir)}
     with pytest.raises(CheckpointError, match="'learning-rate' is 0.5"):
@@ -127,8 +157,10 @@ def test_round_below_min_hospitals_is_skipped_and_the_run_continues(
         if node_id != 101 and round_of(msg) == 2:
             raise RuntimeError("network down")
 
-    config = make_run_config(tmp_path, **{"num-server-rounds": 3, "min-hospitals": 2,
-                                          "fraction-evaluate": 0.0})
+    config = make_run_config(
+        tmp_path,
+        **{"num-server-rounds": 3, "min-hospitals": 2, "fraction-evaluate": 0.0},
+    )
     outcome, _ = run(config, 4, on_deliver=break_three)
     assert outcome.status == "completed"
     rounds = history(outcome.recorder.dir)["rounds"]
@@ -138,7 +170,9 @@ def test_round_below_min_hospitals_is_skipped_and_the_run_continues(
 
 
 def test_hospital_that_never_answers_is_named_and_left_out(tmp_path: Path) -> None:
-    config = make_run_config(tmp_path, **{"num-server-rounds": 2, "fraction-evaluate": 0.0})
+    config = make_run_config(
+        tmp_path, **{"num-server-rounds": 2, "fraction-evaluate": 0.0}
+    )
     grid = InProcessGrid(client_app, 4, config)
     original = grid.push_messages
 
@@ -148,8 +182,13 @@ def test_hospital_that_never_answers_is_named_and_left_out(tmp_path: Path) -> No
         return ids + ["lost"] * (len(messages) - len(ids))
 
     grid.push_messages = lose_node_104
-    context = Context(run_id=1, node_id=SERVER_NODE_ID, node_config={},
-                      state=RecordDict(), run_config=dict(config))
+    context = Context(
+        run_id=1,
+        node_id=SERVER_NODE_ID,
+        node_config={},
+        state=RecordDict(),
+        run_config=dict(config),
+    )
     outcome = run_federation(grid, context)
     assert outcome.status == "completed"
     rounds = history(outcome.recorder.dir)["rounds"]
@@ -160,9 +199,15 @@ def test_hospital_that_never_answers_is_named_and_left_out(tmp_path: Path) -> No
 def test_federation_below_minimum_too_long_stops_cleanly_with_its_checkpoint(
     tmp_path: Path,
 ) -> None:
-    config = make_run_config(tmp_path, **{
-        "num-server-rounds": 4, "min-hospitals": 3, "wait-for-hospitals": 0.0,
-        "fraction-evaluate": 0.0})
+    config = make_run_config(
+        tmp_path,
+        **{
+            "num-server-rounds": 4,
+            "min-hospitals": 3,
+            "wait-for-hospitals": 0.0,
+            "fraction-evaluate": 0.0,
+        },
+    )
     grid = InProcessGrid(client_app, 3, config)
 
     def two_leave_after_round_one(node_id: int, msg: Message) -> None:
@@ -170,20 +215,32 @@ def test_federation_below_minimum_too_long_stops_cleanly_with_its_checkpoint(
             grid.offline.update({102, 103})  # they disconnect after this round
 
     grid.on_deliver = two_leave_after_round_one
-    context = Context(run_id=1, node_id=SERVER_NODE_ID, node_config={},
-                      state=RecordDict(), run_config=dict(config))
+    context = Context(
+        run_id=1,
+        node_id=SERVER_NODE_ID,
+        node_config={},
+        state=RecordDict(),
+        run_config=dict(config),
+    )
     outcome = run_federation(grid, context)  # returns: no crash trace
     assert outcome.status == "stopped" and outcome.result.last_round == 1
     h = history(outcome.recorder.dir)
     assert h["status"] == "stopped" and h["last_round"] == 1
     assert "fewer than min-hospitals=3" in h["stop_reason"]
     assert [p.name for p in list_checkpoints(outcome.recorder.dir / "checkpoints")] == [
-        "round-0001.pt"]
+        "round-0001.pt"
+    ]
     assert not outcome.recorder.model_path.exists()
     # The hospitals come back: the run resumes from its checkpoint and completes.
     resumed, _ = run({**config, "resume-from": str(outcome.recorder.dir)}, 3)
     assert resumed.status == "completed"
-    assert [r["round"] for r in history(resumed.recorder.dir)["rounds"]] == [0, 1, 2, 3, 4]
+    assert [r["round"] for r in history(resumed.recorder.dir)["rounds"]] == [
+        0,
+        1,
+        2,
+        3,
+        4,
+    ]
 
 
 def test_skipped_rounds_for_longer_than_the_wait_stop_the_run(tmp_path: Path) -> None:
@@ -191,9 +248,15 @@ def test_skipped_rounds_for_longer_than_the_wait_stop_the_run(tmp_path: Path) ->
         if round_of(msg) >= 2 and node_id != 101:
             raise RuntimeError("broken")
 
-    config = make_run_config(tmp_path, **{
-        "num-server-rounds": 5, "min-hospitals": 2, "wait-for-hospitals": 0.0,
-        "fraction-evaluate": 0.0})
+    config = make_run_config(
+        tmp_path,
+        **{
+            "num-server-rounds": 5,
+            "min-hospitals": 2,
+            "wait-for-hospitals": 0.0,
+            "fraction-evaluate": 0.0,
+        },
+    )
     outcome, _ = run(config, 3, on_deliver=always_fail)
     assert outcome.status == "stopped" and outcome.result.last_round == 2
     h = history(outcome.recorder.dir)

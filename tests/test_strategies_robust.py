@@ -17,8 +17,15 @@ from strategies.sampling import FederationStopped, NodeSampler
 from strategies.screening import HOSPITAL_RECORD
 
 OPTIONS: dict[str, Any] = {
-    "proximal_mu": 0.1, "eta": 0.1, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3,
-    "learning_rate": 0.05, "trim_beta": 0.2, "num_malicious": 1, "num_to_keep": 0,
+    "proximal_mu": 0.1,
+    "eta": 0.1,
+    "beta_1": 0.9,
+    "beta_2": 0.99,
+    "tau": 1e-3,
+    "learning_rate": 0.05,
+    "trim_beta": 0.2,
+    "num_malicious": 1,
+    "num_to_keep": 0,
 }
 
 
@@ -40,23 +47,38 @@ def make(name: str, **kw: Any):
 
 
 def global_arrays(value: float = 0.0) -> ArrayRecord:
-    return ArrayRecord({"w": Array(np.full((3,), value)), "b": Array(np.full((1,), value))})
+    return ArrayRecord(
+        {"w": Array(np.full((3,), value)), "b": Array(np.full((1,), value))}
+    )
 
 
 def reply(instruction: Message, w: list[float], b: float = 0.0, n: int = 10) -> Message:
-    content = RecordDict({
-        "arrays": ArrayRecord({"w": Array(np.asarray(w, dtype=np.float64)),
-                               "b": Array(np.asarray([b], dtype=np.float64))}),
-        "metrics": MetricRecord({"num-examples": n, "train_loss": 1.0}),
-        HOSPITAL_RECORD: ConfigRecord({"name": f"h{instruction.metadata.dst_node_id}"}),
-    })
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(
+                {
+                    "w": Array(np.asarray(w, dtype=np.float64)),
+                    "b": Array(np.asarray([b], dtype=np.float64)),
+                }
+            ),
+            "metrics": MetricRecord({"num-examples": n, "train_loss": 1.0}),
+            HOSPITAL_RECORD: ConfigRecord(
+                {"name": f"h{instruction.metadata.dst_node_id}"}
+            ),
+        }
+    )
     return Message(content=content, reply_to=instruction)
 
 
 def instructions(strategy, n: int, server_round: int = 1) -> list[Message]:
-    return list(strategy.configure_train(
-        server_round, global_arrays(), ConfigRecord(), FakeGrid(list(range(1, n + 1)))
-    ))
+    return list(
+        strategy.configure_train(
+            server_round,
+            global_arrays(),
+            ConfigRecord(),
+            FakeGrid(list(range(1, n + 1))),
+        )
+    )
 
 
 def test_registry_matches_config_choices() -> None:
@@ -86,8 +108,11 @@ def test_every_strategy_skips_a_round_below_min_hospitals(
 ) -> None:
     strategy = make(name, min_hospitals=3)
     sent = instructions(strategy, 3)
-    replies = [reply(sent[0], [1.0, 1.0, 1.0]), reply(sent[1], [2.0, 2.0, 2.0]),
-               reply(sent[2], [1.0, 2.0, 3.0], n=0)]  # weight 0: rejected
+    replies = [
+        reply(sent[0], [1.0, 1.0, 1.0]),
+        reply(sent[1], [2.0, 2.0, 2.0]),
+        reply(sent[2], [1.0, 2.0, 3.0], n=0),
+    ]  # weight 0: rejected
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert arrays is None and metrics is None
     assert strategy.round_skipped(1)
@@ -97,8 +122,11 @@ def test_every_strategy_skips_a_round_below_min_hospitals(
 def test_fedmedian_takes_the_coordinate_wise_median(task_identity: None) -> None:
     strategy = make("fedmedian")
     sent = instructions(strategy, 3)
-    replies = [reply(sent[0], [1.0, 5.0, 0.0]), reply(sent[1], [2.0, -1.0, 0.0]),
-               reply(sent[2], [100.0, 0.0, 9.0])]
+    replies = [
+        reply(sent[0], [1.0, 5.0, 0.0]),
+        reply(sent[1], [2.0, -1.0, 0.0]),
+        reply(sent[2], [100.0, 0.0, 9.0]),
+    ]
     arrays, _ = strategy.aggregate_train(1, replies)
     np.testing.assert_allclose(arrays["w"].numpy(), [2.0, 0.0, 0.0])
 
@@ -142,7 +170,9 @@ def test_fedadam_state_round_trip_continues_identically(task_identity: None) -> 
             state = strategy.state_dict()
             strategy = make("fedadam")
             strategy.load_state_dict(state if keep_state else {})
-        sent = list(strategy.configure_train(2, arrays, ConfigRecord(), FakeGrid([1, 2])))
+        sent = list(
+            strategy.configure_train(2, arrays, ConfigRecord(), FakeGrid([1, 2]))
+        )
         arrays, _ = strategy.aggregate_train(
             2, [reply(sent[0], [0.5, 0.5, 0.5]), reply(sent[1], [1.0, 2.0, -1.0])]
         )
@@ -174,8 +204,12 @@ def test_anomaly_report_flags_a_flipped_scaled_update() -> None:
 
 def test_sampler_gives_up_after_the_wait() -> None:
     now = [0.0]
-    sampler = NodeSampler(3, wait_s=5.0, clock=lambda: now[0],
-                          sleep=lambda s: now.__setitem__(0, now[0] + s))
+    sampler = NodeSampler(
+        3,
+        wait_s=5.0,
+        clock=lambda: now[0],
+        sleep=lambda s: now.__setitem__(0, now[0] + s),
+    )
     with pytest.raises(FederationStopped, match="min-hospitals=3"):
         sampler.sample(FakeGrid([1, 2]), 1.0, 1, "train")
     assert now[0] == pytest.approx(5.0)
@@ -198,9 +232,17 @@ def test_sampler_waits_for_late_hospitals_and_is_deterministic() -> None:
 
 @pytest.mark.parametrize(
     "key,value",
-    [("trim-beta", 0.5), ("num-malicious", -1), ("eta", 0.0), ("beta-1", 1.0),
-     ("tau", 0.0), ("poison-fraction", 1.0), ("wait-for-hospitals", -1.0),
-     ("checkpoint-keep", 0), ("strategy", "bulyan")],
+    [
+        ("trim-beta", 0.5),
+        ("num-malicious", -1),
+        ("eta", 0.0),
+        ("beta-1", 1.0),
+        ("tau", 0.0),
+        ("poison-fraction", 1.0),
+        ("wait-for-hospitals", -1.0),
+        ("checkpoint-keep", 0),
+        ("strategy", "bulyan"),
+    ],
 )
 def test_out_of_range_strategy_settings_name_the_key(key: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=f"'{key}'"):
