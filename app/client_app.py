@@ -43,6 +43,7 @@ from models.training import (
     train_epochs,
 )
 from strategies.fedavg import HOSPITAL_RECORD
+from strategies.screening import ERROR_PREFIX
 
 log = logging.getLogger(__name__)
 DATA_ERROR_CODE = 4001
@@ -93,14 +94,16 @@ def _error(msg: Message, context: Context, err: Exception) -> Message:
     if isinstance(err, DataError):
         log.error("Hospital %s: %s", name, err)  # full detail stays in the local log
         return Message(
-            Error(code=DATA_ERROR_CODE, reason=f"data error: {err.public_reason}"),
+            Error(code=DATA_ERROR_CODE,
+                  reason=f"{ERROR_PREFIX.format(name=name)}data error: {err.public_reason}"),
             reply_to=msg,
         )
     # Exception text may quote records or paths: only its type leaves the hospital.
     log.exception("Hospital %s: local %s failed", name, msg.metadata.message_type)
     return Message(
         Error(code=LOCAL_FAILURE_CODE,
-              reason=f"local {msg.metadata.message_type} failed ({type(err).__name__})"),
+              reason=f"{ERROR_PREFIX.format(name=name)}local "
+                     f"{msg.metadata.message_type} failed ({type(err).__name__})"),
         reply_to=msg,
     )
 

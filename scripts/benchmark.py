@@ -100,6 +100,7 @@ def _load_suites() -> None:
 SUITE_MODULES: list[str] = [
     "scripts.bench_vertical",
     "scripts.bench_personalization",
+    "scripts.bench_poisoning",
 ]
 
 

@@ -16,7 +16,13 @@ from strategies.screening import (
     weighted_metrics,
 )
 
-__all__ = ["HOSPITAL_RECORD", "MedFedAvg", "RoundLedger", "hospital_of", "weighted_metrics"]
+__all__ = [
+    "HOSPITAL_RECORD",
+    "MedFedAvg",
+    "RoundLedger",
+    "hospital_of",
+    "weighted_metrics",
+]
 
 
 class MedFedAvg(Screened, FedAvg):
