@@ -11,6 +11,17 @@ from data.registry import DATASETS, TASKS
 from data.spec import DataSpec
 from models import DEFAULT_MODELS, MODEL_TASKS, MODELS
 
+# Kept here (not imported from ``strategies``) so the config has no torch/Flower
+# strategy import; tests check it equals ``strategies.STRATEGIES``.
+STRATEGY_NAMES = (
+    "fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg",
+    "krum", "multikrum",
+)
+
+
+# Vertical runs build models/split.py's bottom and top networks, not a MODELS entry.
+VERTICAL_MODEL = "split-nn"
+
 
 class ConfigError(ValueError):
     """A run-config key is unknown, of the wrong type or out of range."""
@@ -48,7 +59,7 @@ class RunConfig:
     """
 
     num_server_rounds: int = _opt(5, "num-server-rounds", low=1, high=10_000)
-    task: str = _opt("tabular", "task", choices=TASKS)
+    task: str = _opt("tabular", "task", choices=(*TASKS, "vertical"))
     dataset: str = _opt("wdbc", "dataset", choices=tuple(DATASETS))
     data_path: str = _opt("", "data-path")
     label_column: str = _opt("target", "label-column")
@@ -64,8 +75,15 @@ class RunConfig:
     model: str = _opt("auto", "model", choices=("auto", *MODELS))
     mlp_hidden: int = _opt(64, "mlp-hidden", low=1, high=4096)
     mlp_layers: int = _opt(2, "mlp-layers", low=1, high=8)
-    strategy: str = _opt("fedavg", "strategy", choices=("fedavg", "fedprox"))
+    strategy: str = _opt("fedavg", "strategy", choices=STRATEGY_NAMES)
     proximal_mu: float = _opt(0.0, "proximal-mu", low=0.0, high=100.0)
+    eta: float = _opt(0.1, "eta", low=0.0, high=10.0, low_open=True)
+    beta_1: float = _opt(0.9, "beta-1", low=0.0, high=0.999)
+    beta_2: float = _opt(0.99, "beta-2", low=0.0, high=0.9999)
+    tau: float = _opt(1e-3, "tau", low=0.0, high=10.0, low_open=True)
+    trim_beta: float = _opt(0.2, "trim-beta", low=0.0, high=0.49)
+    num_malicious: int = _opt(0, "num-malicious", low=0, high=100_000)
+    num_to_keep: int = _opt(0, "num-to-keep", low=0, high=100_000)
     local_epochs: int = _opt(1, "local-epochs", low=1, high=1000)
     batch_size: int = _opt(32, "batch-size", low=1, high=65_536)
     learning_rate: float = _opt(0.05, "learning-rate", low=0.0, high=10.0, low_open=True)
@@ -76,12 +94,26 @@ class RunConfig:
     fraction_evaluate: float = _opt(1.0, "fraction-evaluate", low=0.0, high=1.0)
     min_hospitals: int = _opt(2, "min-hospitals", low=1, high=100_000)
     round_timeout: float = _opt(3600.0, "round-timeout", low=0.0, low_open=True)
+    wait_for_hospitals: float = _opt(600.0, "wait-for-hospitals", low=0.0)
+    checkpoint_keep: int = _opt(3, "checkpoint-keep", low=1, high=10_000)
+    resume_from: str = _opt("", "resume-from")
+    deterministic: bool = _opt(False, "deterministic")
+    poison_fraction: float = _opt(0.0, "poison-fraction", low=0.0, high=0.99)
+    poison_scale: float = _opt(10.0, "poison-scale", low=0.0, high=1e6, low_open=True)
     server_eval: bool = _opt(True, "server-eval")
     seed: int = _opt(42, "seed", low=0, high=2**31 - 1)
     device: str = _opt("auto", "device", choices=("auto", "cpu", "cuda"))
     torch_threads: int = _opt(1, "torch-threads", low=0, high=256)
     output_dir: str = _opt("outputs", "output-dir")
     run_name: str = _opt("", "run-name")
+    # Vertical FL (task = "vertical"): see docs/vertical.md.
+    id_column: str = _opt("patient_id", "id-column")
+    vertical_overlap: float = _opt(0.8, "vertical-overlap", low=0.0, high=1.0)
+    vertical_embedding: int = _opt(8, "vertical-embedding", low=1, high=4096)
+    # Transfer and personalization: see docs/vertical.md.
+    init_model: str = _opt("", "init-model")
+    personalize_epochs: int = _opt(0, "personalize-epochs", low=0, high=1000)
+    local_norm: bool = _opt(False, "local-norm")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -120,10 +152,19 @@ class RunConfig:
     @property
     def model_name(self) -> str:
         """The network to build: ``model``, or the task's default for ``'auto'``."""
+        if self.task == "vertical":
+            return VERTICAL_MODEL
         return DEFAULT_MODELS[self.task] if self.model == "auto" else self.model
 
     def _check_task(self) -> None:
         """Refuse a dataset or model meant for another task."""
+        if self.task == "vertical":  # feature groups of tabular data, split NN
+            if DATASETS[self.dataset].task != "tabular":
+                raise ConfigError(
+                    f"task='vertical' splits tabular columns; dataset='{self.dataset}' "
+                    "is not tabular (use wdbc, heart-disease or csv)."
+                )
+            return
         data_task = DATASETS[self.dataset].task
         if data_task != self.task:
             raise ConfigError(

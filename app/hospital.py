@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from app.config import RunConfig
 from data.registry import DATASETS, get_dataset, local_kinds
@@ -93,3 +97,52 @@ def model_spec(cfg: RunConfig, info: DatasetInfo) -> ModelSpec:
     for arg, field_name in MODEL_OPTIONS[name].items():
         kwargs[arg] = getattr(cfg, field_name)
     return ModelSpec(name, kwargs)
+
+
+def hospital_seed(seed: int, server_round: int, node_config: Mapping[str, Any]) -> int:
+    """A training seed fixed by the run seed, the round and the hospital.
+
+    The hospital is its ``partition-id`` in simulation, else a stable hash of its
+    name, so a re-run (or a resumed run) of round ``r`` draws the same batches.
+    """
+    if "partition-id" in node_config:
+        ident = int(node_config["partition-id"])
+    else:
+        ident = zlib.crc32(hospital_name(node_config).encode())
+    return int(np.random.SeedSequence([seed, server_round, ident]).generate_state(1)[0])
+
+
+def task_contract(info: DatasetInfo) -> dict[str, Any]:
+    """What the server's model expects, sent to hospitals with every instruction."""
+    return {"num-classes": info.num_classes, "input-shape": list(info.input_shape)}
+
+
+def check_contract(site: HospitalData, config: Mapping[str, Any]) -> DatasetInfo:
+    """Refuse local data that does not fit the federation's model, saying what differs.
+
+    Returns the site's DatasetInfo with the federation's class count, so the model a
+    hospital builds matches the server's even if its own labels miss a class.
+    """
+    if "num-classes" not in config or "input-shape" not in config:
+        return site.info
+    classes = int(config["num-classes"])
+    shape = tuple(int(d) for d in config["input-shape"])
+    local = tuple(site.info.input_shape)
+    if local != shape:
+        raise DataError(
+            f"Hospital {site.name}: its data have input shape {local} but the "
+            f"federation's model expects {shape} (features, or channels x size).",
+            f"input shape {local} does not match the model's {shape}",
+        )
+    for split_name, split in (("training", site.train), ("held-out", site.val)):
+        if not len(split):
+            continue
+        y = np.asarray(split.y)
+        outside = y[(y < 0) | (y >= classes)]
+        if outside.size:
+            raise DataError(
+                f"Hospital {site.name}: label {int(outside[0])} in its {split_name} "
+                f"split is outside the federation's classes 0..{classes - 1}.",
+                f"label {int(outside[0])} is outside the classes 0..{classes - 1}",
+            )
+    return dataclasses.replace(site.info, num_classes=classes)

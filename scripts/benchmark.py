@@ -97,7 +97,11 @@ def _load_suites() -> None:
 
 
 # Modules holding suites; one line per module.
-SUITE_MODULES: list[str] = []
+SUITE_MODULES: list[str] = [
+    "scripts.bench_vertical",
+    "scripts.bench_personalization",
+    "scripts.bench_poisoning",
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
