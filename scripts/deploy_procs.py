@@ -136,15 +136,18 @@ def wait_ready(
     port: tuple[str, int] | None = None,
     failure: str | None = None,
     timeout: float = 60.0,
+    offset: int | None = None,
 ) -> bool:
     """Wait until the log matches ``pattern`` / ``port`` accepts connections.
 
     Raises DeployError, quoting the log's tail, if the process exits or its log
-    matches ``failure`` first; returns False on timeout (still starting).
+    matches ``failure`` first; returns False on timeout (still starting). The log
+    is read from byte ``offset`` (default: its current end).
     """
     deadline = time.monotonic() + timeout
     logf = Path(record.log)
-    offset = logf.stat().st_size if logf.exists() else 0
+    if offset is None:  # only what the process writes from now on
+        offset = logf.stat().st_size if logf.exists() else 0
     while time.monotonic() < deadline:
         text = _read_from(logf, offset)
         if failure and re.search(failure, text):
