@@ -24,6 +24,8 @@ from flwr.clientapp import ClientApp
 from app.config import RunConfig
 from app.hospital import hospital_name, load_hospital, model_spec
 from app.logs import route_to_flower
+from app.secure_aggregation import register as register_secure_aggregation
+from app.secure_aggregation import secure_train_mod
 from data.spec import DataError, HospitalData
 from models.training import (
     TrainSettings,
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 DATA_ERROR_CODE = 4001
 
 app = ClientApp()
+register_secure_aggregation(app)  # query.secagg_* / query.ckks_* protocol stages
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, HospitalData, torch.nn.Module]:
@@ -74,7 +77,7 @@ def _defined(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {f"{prefix}{k}": v for k, v in metrics.items() if v == v}
 
 
-@app.train()
+@app.train(mods=[secure_train_mod])  # masks/encrypts the reply when asked to
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this hospital's training split."""
     try:

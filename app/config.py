@@ -75,6 +75,24 @@ class RunConfig:
     torch_threads: int = _opt(1, "torch-threads", low=0, high=256)
     output_dir: str = _opt("outputs", "output-dir")
     run_name: str = _opt("", "run-name")
+    # Secure aggregation (docs/secure-aggregation.md); 0 = derived from the round size.
+    secure_aggregation: bool = _opt(False, "secure-aggregation")
+    aggregation_encryption: str = _opt(
+        "masking", "aggregation-encryption", choices=("masking", "ckks")
+    )
+    secagg_num_shares: int = _opt(0, "secagg-num-shares", low=0, high=100_000)
+    secagg_reconstruction_threshold: int = _opt(
+        0, "secagg-reconstruction-threshold", low=0, high=100_000
+    )
+    secagg_clipping_range: float = _opt(
+        2.0, "secagg-clipping-range", low=0.0, high=1e6, low_open=True
+    )
+    secagg_quantization_range: int = _opt(
+        2**30, "secagg-quantization-range", low=2**8, high=2**30
+    )
+    secagg_max_weight: float = _opt(
+        100_000.0, "secagg-max-weight", low=0.0, high=1e12, low_open=True
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -88,6 +106,13 @@ class RunConfig:
             raise ConfigError(
                 "strategy='fedprox' needs 'proximal-mu' > 0 (got "
                 f"{self.proximal_mu}); use strategy='fedavg' for mu = 0."
+            )
+        if self.secure_aggregation:
+            _check_secure_aggregation(self)
+        elif self.aggregation_encryption != "masking":
+            raise ConfigError(
+                f"aggregation-encryption='{self.aggregation_encryption}' needs "
+                "'secure-aggregation' = true."
             )
         if any(c in self.run_name for c in "/\\") or self.run_name in (".", ".."):
             raise ConfigError(f"'run-name' must be a plain name, got {self.run_name!r}.")
@@ -133,6 +158,20 @@ class RunConfig:
             test_fraction=self.test_fraction,
             seed=self.seed,
         )
+
+
+def _check_secure_aggregation(cfg: RunConfig) -> None:
+    from strategies.secagg import params_from_config
+
+    if cfg.min_hospitals < 2:
+        raise ConfigError(
+            "secure-aggregation needs 'min-hospitals' >= 2: the sum of one update is "
+            f"that update (got {cfg.min_hospitals})."
+        )
+    try:
+        params_from_config(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _coerce(key: str, value: Any, expected: type) -> Any:

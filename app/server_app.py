@@ -19,6 +19,7 @@ from data.spec import Split
 from models.checkpoint import save_model
 from models.training import evaluate_split, pick_device
 from strategies import STRATEGY_OPTIONS, build_strategy
+from strategies.secagg import secure_aggregator
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def _hospitals(ledger: dict[str, Any]) -> dict[str, Any]:
         for name, metrics in ledger.get(phase, {}).items():
             hospitals.setdefault(name, {})[phase] = metrics
     out: dict[str, Any] = {"hospitals": hospitals}
-    for key in ("rejected", "errors", "failed"):
+    for key in ("rejected", "errors", "failed", "secure_aggregation"):
         if ledger.get(key):
             out[key] = ledger[key]
     return out
@@ -103,6 +104,7 @@ def main(grid: Grid, context: Context) -> None:
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
         min_hospitals=cfg.min_hospitals,
+        secure=secure_aggregator(cfg),
         **{name: getattr(cfg, name) for name in STRATEGY_OPTIONS[cfg.strategy]},
     )
     recorder = RunRecorder(cfg, context.run_id)

@@ -15,6 +15,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+from strategies.secagg.aggregator import SecureAggregator, SecureSum
 from strategies.validation import Reference, reference_of, reply_problem
 
 log = logging.getLogger(__name__)
@@ -75,19 +76,28 @@ class MedFedAvg(FedAvg):
     global model is kept unchanged.
     """
 
-    def __init__(self, *, min_hospitals: int = 2, **kwargs: Any) -> None:
+    def __init__(
+        self, *, min_hospitals: int = 2, secure: SecureAggregator | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("min_available_nodes", min_hospitals)
         kwargs.setdefault("min_train_nodes", min_hospitals)
         kwargs.setdefault("min_evaluate_nodes", min_hospitals)
         super().__init__(**kwargs)
         self.ledger = RoundLedger()
         self._reference: Reference = {}
+        # With secure aggregation the server only ever holds the sum of updates.
+        self.secure = secure
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._reference = reference_of(arrays)
-        return super().configure_train(server_round, arrays, config, grid)
+        messages = super().configure_train(server_round, arrays, config, grid)
+        if self.secure is None:
+            return messages
+        entry = self.ledger.entry(server_round)
+        return self.secure.open_round(server_round, arrays, list(messages), grid, entry)
 
     def _screen(
         self, server_round: int, replies: Iterable[Message], *, is_train: bool
@@ -104,9 +114,13 @@ class MedFedAvg(FedAvg):
                             server_round, phase, name, reason)
                 entry["errors"][name] = {"phase": phase, "reason": reason}
                 continue
+            secure = is_train and self.secure is not None
             problem = reply_problem(
-                msg.content, self._reference, self.weighted_by_key, check_arrays=is_train
+                msg.content, self._reference, self.weighted_by_key,
+                check_arrays=is_train and not secure,
             )
+            if problem is None and secure:
+                problem = self.secure.reply_problem(server_round, msg.content)
             if problem is not None:
                 log.warning("Round %d %s: dropped the reply of hospital %s: %s",
                             server_round, phase, name, problem)
@@ -120,6 +134,8 @@ class MedFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self.secure is not None:
+            return self._aggregate_secure(server_round, replies)
         sound = self._screen(server_round, replies, is_train=True)
         if not sound:
             self.ledger.entry(server_round)["failed"] = "no valid training replies"
@@ -130,6 +146,35 @@ class MedFedAvg(FedAvg):
         return (
             aggregate_arrayrecords(contents, self.weighted_by_key),
             weighted_metrics(contents, self.weighted_by_key),
+        )
+
+    def secure_sum(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[SecureSum | None, list[Message]]:
+        """Screen masked/encrypted replies and unmask only their sum.
+
+        Returns the SecureSum (None if the round could not complete) and the sound
+        replies (their metrics are plain aggregates). Central DP adds its noise to
+        ``SecureSum.weighted_sum``.
+        """
+        assert self.secure is not None
+        sound = self._screen(server_round, replies, is_train=True)
+        entry = self.ledger.entry(server_round)
+        result = self.secure.close_round(server_round, sound, entry)
+        if result is None:
+            entry.setdefault("failed", "no valid training replies")
+            log.error("Round %d: secure aggregation did not complete; the global "
+                      "model is unchanged.", server_round)
+        return result, sound
+
+    def _aggregate_secure(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        result, sound = self.secure_sum(server_round, replies)
+        if result is None:
+            return None, None
+        return result.fedavg(), weighted_metrics(
+            [msg.content for msg in sound], self.weighted_by_key
         )
 
     def aggregate_evaluate(
