@@ -56,3 +56,27 @@ SHARES = "shares"
 
 # Metric a hospital adds to its plain metrics: share of update coordinates clipped.
 CLIPPED_METRIC = "secagg_clipped_fraction"
+
+# ---------------------------------------------------------------- CKKS (TenSEAL)
+# Key distribution, once per run for hospitals that lack the key:
+#   query.ckks_hello   -> each new hospital's ephemeral EC public key
+#   query.ckks_deal    -> a key holder (or the first hospital, which creates the
+#                         CKKS context) encrypts the secret context for each of them
+#                         and returns a key-less context for the server
+#   query.ckks_install -> each new hospital decrypts and keeps the secret context
+# Every round: ``train`` with a ``ckks`` record -> CKKS ciphertexts of
+# ``[w, w * update]``; ``query.ckks_decrypt`` -> one key holder decrypts the sum.
+CKKS_HELLO = "query.ckks_hello"
+CKKS_DEAL = "query.ckks_deal"
+CKKS_INSTALL = "query.ckks_install"
+CKKS_DECRYPT = "query.ckks_decrypt"
+CKKS_RECORD = "ckks"  # ConfigRecord: parameters (down), ciphertexts (up)
+CKKS_STATE = "ckks-state"  # ConfigRecord in context.state: the secret context
+CKKS_PLAIN_SUM = "ckks-sum"  # ArrayRecord: the decrypted sum (up, from one holder)
+RECIPIENTS = "recipients"
+PUBLIC_KEYS = "public-keys"
+DEALER_KEY = "dealer-key"
+SERVER_CONTEXT = "server-context"
+FINGERPRINT = "fingerprint"
+CONTRIBUTORS = "contributors"
+CIPHERTEXT = "ciphertext"
