@@ -1,5 +1,7 @@
-"""Hospital side of CKKS aggregation: key exchange, encryption of the protected
-update, and decryption of the server's encrypted sum (once per round).
+"""Hospital side of CKKS aggregation.
+
+Key exchange, encryption of the protected update, and decryption of the server's
+encrypted sum (once per round).
 
 Needs the optional ``he`` extra (TenSEAL). The secret CKKS context lives only in
 ``context.state``; the server receives a context without keys.
@@ -13,7 +15,15 @@ from typing import Any, cast
 
 import numpy as np
 import tenseal as ts
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    RecordDict,
+)
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
     decrypt,
     encrypt,
@@ -47,17 +57,24 @@ class CKKSError(ValueError):
 
 
 def new_context() -> ts.Context:
-    """A fresh CKKS context holding a secret key."""
-    context = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=POLY_MODULUS_DEGREE,
-                         coeff_mod_bit_sizes=COEFF_MOD_BIT_SIZES)
+    """Create a CKKS context holding a secret key."""
+    context = ts.context(
+        ts.SCHEME_TYPE.CKKS,
+        poly_modulus_degree=POLY_MODULUS_DEGREE,
+        coeff_mod_bit_sizes=COEFF_MOD_BIT_SIZES,
+    )
     context.global_scale = GLOBAL_SCALE
     return context
 
 
 def server_view(context: ts.Context) -> bytes:
-    """The context without any key: enough to add ciphertexts, nothing more."""
-    return context.serialize(save_public_key=False, save_secret_key=False,
-                             save_galois_keys=False, save_relin_keys=False)
+    """Serialise ``context`` without any key: enough to add ciphertexts, no more."""
+    return context.serialize(
+        save_public_key=False,
+        save_secret_key=False,
+        save_galois_keys=False,
+        save_relin_keys=False,
+    )
 
 
 def _state(context: Context) -> ConfigRecord:
@@ -73,12 +90,18 @@ def _secret_context(context: Context) -> ts.Context:
     return ts.context_from(secret)
 
 
-def _answer(msg: Message, context: Context, values: dict[str, Any],
-            arrays: ArrayRecord | None = None) -> Message:
-    content = RecordDict({
-        P.CKKS_RECORD: ConfigRecord(values),
-        HOSPITAL_RECORD: ConfigRecord({"name": hospital_name(context.node_config)}),
-    })
+def _answer(
+    msg: Message,
+    context: Context,
+    values: dict[str, Any],
+    arrays: ArrayRecord | None = None,
+) -> Message:
+    content = RecordDict(
+        {
+            P.CKKS_RECORD: ConfigRecord(values),
+            HOSPITAL_RECORD: ConfigRecord({"name": hospital_name(context.node_config)}),
+        }
+    )
     if arrays is not None:
         content[P.CKKS_PLAIN_SUM] = arrays
     return Message(content, reply_to=msg)
@@ -89,10 +112,15 @@ def _guarded(handler: Callable[[Message, Context], Message]) -> Callable[..., Me
         try:
             return handler(msg, context)
         except (CKKSError, ValueError, KeyError, TypeError) as err:
-            log.error("Hospital %s refused a CKKS step: %s",
-                      hospital_name(context.node_config), err)
-            return Message(Error(code=CKKS_ERROR_CODE, reason=f"ckks: {err}"),
-                           reply_to=msg)
+            log.error(
+                "Hospital %s refused a CKKS step: %s",
+                hospital_name(context.node_config),
+                err,
+            )
+            return Message(
+                Error(code=CKKS_ERROR_CODE, reason=f"ckks: {err}"), reply_to=msg
+            )
+
     run.__name__, run.__doc__ = handler.__name__, handler.__doc__
     return run
 
@@ -108,24 +136,32 @@ def hello(msg: Message, context: Context) -> Message:
 
 @_guarded
 def deal(msg: Message, context: Context) -> Message:
-    """Key distribution 2: create the context if none, encrypt it for each recipient
-    (ECDH + Fernet), and hand the server a key-less copy."""
+    """Key distribution 2: encrypt the secret context for each recipient.
+
+    Creates the context if this hospital has none; encryption is ECDH + Fernet; the
+    server gets a key-less copy.
+    """
     record = msg.content[P.CKKS_RECORD]
     state = _state(context)
     if not isinstance(state.get("secret-context"), bytes):
         state["secret-context"] = new_context().serialize(
-            save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
+            save_secret_key=True, save_galois_keys=False, save_relin_keys=False
+        )
     secret = cast(bytes, state["secret-context"])
     sk, pk = generate_key_pairs()
     ciphertexts = [
         encrypt(generate_shared_key(sk, bytes_to_public_key(peer)), secret)
         for peer in cast(list[bytes], record[P.PUBLIC_KEYS])
     ]
-    return _answer(msg, context, {
-        P.DEALER_KEY: public_key_to_bytes(pk),
-        P.CIPHERTEXTS: ciphertexts,
-        P.SERVER_CONTEXT: server_view(ts.context_from(secret)),
-    })
+    return _answer(
+        msg,
+        context,
+        {
+            P.DEALER_KEY: public_key_to_bytes(pk),
+            P.CIPHERTEXTS: ciphertexts,
+            P.SERVER_CONTEXT: server_view(ts.context_from(secret)),
+        },
+    )
 
 
 @_guarded
@@ -136,8 +172,9 @@ def install(msg: Message, context: Context) -> Message:
     sk = state.get("exchange-sk")
     if not isinstance(sk, bytes):
         raise CKKSError("no key exchange in progress")
-    key = generate_shared_key(bytes_to_private_key(sk),
-                              bytes_to_public_key(cast(bytes, record[P.DEALER_KEY])))
+    key = generate_shared_key(
+        bytes_to_private_key(sk), bytes_to_public_key(cast(bytes, record[P.DEALER_KEY]))
+    )
     secret = decrypt(key, cast(bytes, record[P.CIPHERTEXT]))
     ckks = ts.context_from(secret)
     if not ckks.is_private():
@@ -168,8 +205,11 @@ def _encrypted_train(
     layout = Layout.of(global_arrays)
     local = next(iter(reply.content.array_records.values()))
     update = layout.flatten(local) - layout.flatten(global_arrays)
-    protected = protect_update(update, clipping_range=float(record[P.CLIPPING_RANGE]),
-                               l2_clip=float(record[P.L2_CLIP]))
+    protected = protect_update(
+        update,
+        clipping_range=float(record[P.CLIPPING_RANGE]),
+        l2_clip=float(record[P.L2_CLIP]),
+    )
     metrics = next(iter(reply.content.metric_records.values()))
     if record[P.WEIGHTING] == "unit":
         weight = 1.0
@@ -179,8 +219,9 @@ def _encrypted_train(
     ciphertext = ts.ckks_vector(ckks, vector.tolist()).serialize()
     metrics[P.CLIPPED_METRIC] = protected.clipped_fraction
     _state(context)["decrypt-session"] = str(record[P.SESSION])
-    content = RecordDict({"metrics": metrics,
-                          P.CKKS_RECORD: ConfigRecord({P.CIPHERTEXT: ciphertext})})
+    content = RecordDict(
+        {"metrics": metrics, P.CKKS_RECORD: ConfigRecord({P.CIPHERTEXT: ciphertext})}
+    )
     for name, config in reply.content.config_records.items():
         content[name] = config
     return Message(content, reply_to=msg)

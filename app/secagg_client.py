@@ -87,8 +87,13 @@ class HospitalState:
         if record is None:
             return cls()
         names = {f.name for f in fields(cls)}
-        return cls(**{k.replace("-", "_"): v for k, v in record.items()
-                      if k.replace("-", "_") in names})
+        return cls(
+            **{
+                k.replace("-", "_"): v
+                for k, v in record.items()
+                if k.replace("-", "_") in names
+            }
+        )
 
     def save(self, context: Context) -> None:
         context.state[P.STATE_RECORD] = ConfigRecord(
@@ -96,12 +101,14 @@ class HospitalState:
         )
 
     def expect(self, record: ConfigRecord, stage: str) -> None:
-        """The request must continue this session at the stage after ``stage``."""
+        """Check that the request continues this session right after ``stage``."""
         if record.get(P.SESSION) != self.session or not self.session:
             raise SecAggError("request for an unknown secure aggregation session")
         if self.stage != stage:
-            raise SecAggError(f"out-of-order request: at stage '{self.stage}', "
-                              f"expected the one after '{stage}'")
+            raise SecAggError(
+                f"out-of-order request: at stage '{self.stage}', "
+                f"expected the one after '{stage}'"
+            )
 
     def shared_key_with(self, sk: bytes, pk: bytes) -> bytes:
         return generate_shared_key(bytes_to_private_key(sk), bytes_to_public_key(pk))
@@ -114,16 +121,21 @@ def _clear(context: Context) -> None:
 
 def _answer(msg: Message, context: Context, values: dict[str, Any]) -> Message:
     return Message(
-        RecordDict({
-            P.RECORD: ConfigRecord(values),
-            HOSPITAL_RECORD: ConfigRecord({"name": hospital_name(context.node_config)}),
-        }),
+        RecordDict(
+            {
+                P.RECORD: ConfigRecord(values),
+                HOSPITAL_RECORD: ConfigRecord(
+                    {"name": hospital_name(context.node_config)}
+                ),
+            }
+        ),
         reply_to=msg,
     )
 
 
 def _guarded(handler: Callable[[Message, Context], Message]) -> Callable[..., Message]:
-    """A protocol violation becomes an error reply (and the round's state is wiped)."""
+    """Turn a protocol violation into an error reply (and wipe the round's state)."""
+
     def run(msg: Message, context: Context) -> Message:
         try:
             return handler(msg, context)
@@ -131,8 +143,11 @@ def _guarded(handler: Callable[[Message, Context], Message]) -> Callable[..., Me
             _clear(context)
             name = hospital_name(context.node_config)
             log.error("Hospital %s refused a secure aggregation step: %s", name, err)
-            return Message(Error(code=SECAGG_ERROR_CODE,
-                                 reason=f"secure aggregation: {err}"), reply_to=msg)
+            return Message(
+                Error(code=SECAGG_ERROR_CODE, reason=f"secure aggregation: {err}"),
+                reply_to=msg,
+            )
+
     run.__name__ = handler.__name__
     run.__doc__ = handler.__doc__
     return run
@@ -147,7 +162,9 @@ def setup(msg: Message, context: Context) -> Message:
     num_shares = int(cast(int, record[P.NUM_SHARES]))
     threshold = int(cast(int, record[P.THRESHOLD]))
     if not 2 <= threshold <= num_shares or 2 * threshold <= num_shares:
-        raise SecAggError(f"threshold {threshold} is not a majority of {num_shares} shares")
+        raise SecAggError(
+            f"threshold {threshold} is not a majority of {num_shares} shares"
+        )
     sk1, pk1 = generate_key_pairs()
     sk2, pk2 = generate_key_pairs()
     state = HospitalState(
@@ -161,8 +178,10 @@ def setup(msg: Message, context: Context) -> Message:
         max_weight=float(cast(float, record[P.MAX_WEIGHT])),
         weighting=str(record[P.WEIGHTING]),
         l2_clip=float(cast(float, record[P.L2_CLIP])),
-        sk1=private_key_to_bytes(sk1), pk1=public_key_to_bytes(pk1),
-        sk2=private_key_to_bytes(sk2), pk2=public_key_to_bytes(pk2),
+        sk1=private_key_to_bytes(sk1),
+        pk1=public_key_to_bytes(pk1),
+        sk2=private_key_to_bytes(sk2),
+        pk2=public_key_to_bytes(pk2),
     )
     state.save(context)
     return _answer(msg, context, {P.PK1: state.pk1, P.PK2: state.pk2})
@@ -170,8 +189,10 @@ def setup(msg: Message, context: Context) -> Message:
 
 @_guarded
 def share_keys(msg: Message, context: Context) -> Message:
-    """Stage 1: Shamir-share the self-mask seed and sk1; encrypt one share pair per
-    neighbour with a key only that neighbour can derive (ECDH on pk2).
+    """Stage 1: Shamir-share the self-mask seed and sk1 among the neighbours.
+
+    Each neighbour's share pair is encrypted with a key only that neighbour can
+    derive (ECDH on pk2); the server relays the ciphertexts.
     """
     record = msg.content.config_records[P.RECORD]
     state = HospitalState.load(context)
@@ -182,12 +203,17 @@ def share_keys(msg: Message, context: Context) -> Message:
     if not len(ids) == len(pk1s) == len(pk2s) or len(set(ids)) != len(ids):
         raise SecAggError("malformed neighbour list")
     if not state.threshold <= len(ids) <= state.num_shares:
-        raise SecAggError(f"{len(ids)} neighbours for {state.num_shares} shares and "
-                          f"threshold {state.threshold}")
+        raise SecAggError(
+            f"{len(ids)} neighbours for {state.num_shares} shares and "
+            f"threshold {state.threshold}"
+        )
     if len(set(pk1s) | set(pk2s)) != 2 * len(ids):
         raise SecAggError("neighbours' public keys are not all distinct")
     me = state.node_id
-    if me not in ids or (pk1s[ids.index(me)], pk2s[ids.index(me)]) != (state.pk1, state.pk2):
+    if me not in ids or (pk1s[ids.index(me)], pk2s[ids.index(me)]) != (
+        state.pk1,
+        state.pk2,
+    ):
         raise SecAggError("own public keys missing or altered in the neighbour list")
     state.seed = os.urandom(32)
     seed_shares = create_shares(state.seed, state.threshold, state.num_shares)
@@ -198,13 +224,17 @@ def share_keys(msg: Message, context: Context) -> Message:
             state.share_owners = [me]
             state.seed_shares, state.sk1_shares = [seed_shares[idx]], [sk1_shares[idx]]
             continue
-        plaintext = share_keys_plaintext_concat(me, nid, seed_shares[idx], sk1_shares[idx])
+        plaintext = share_keys_plaintext_concat(
+            me, nid, seed_shares[idx], sk1_shares[idx]
+        )
         ciphertexts.append(encrypt(state.shared_key_with(state.sk2, pk2), plaintext))
         destinations.append(nid)
     state.neighbour_ids, state.neighbour_pk1, state.neighbour_pk2 = ids, pk1s, pk2s
     state.stage = P.STAGE_SHARE_KEYS
     state.save(context)
-    return _answer(msg, context, {P.DESTINATIONS: destinations, P.CIPHERTEXTS: ciphertexts})
+    return _answer(
+        msg, context, {P.DESTINATIONS: destinations, P.CIPHERTEXTS: ciphertexts}
+    )
 
 
 def _receive_shares(state: HospitalState, record: ConfigRecord) -> list[int]:
@@ -214,8 +244,9 @@ def _receive_shares(state: HospitalState, record: ConfigRecord) -> list[int]:
     if len(sources) != len(ciphertexts) or len(set(sources)) != len(sources):
         raise SecAggError("malformed relayed shares")
     if len(sources) + 1 < state.threshold:
-        raise SecAggError(f"only {len(sources)} neighbours left; threshold is "
-                          f"{state.threshold}")
+        raise SecAggError(
+            f"only {len(sources)} neighbours left; threshold is {state.threshold}"
+        )
     for src, ct in zip(sources, ciphertexts, strict=True):
         if src == state.node_id or src not in state.neighbour_ids:
             raise SecAggError(f"shares relayed from a non-neighbour ({src})")
@@ -236,8 +267,9 @@ def _receive_shares(state: HospitalState, record: ConfigRecord) -> list[int]:
 def masked_train(
     msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
 ) -> Message:
-    """Stage 2 (a train message): train with ``call_next``, then reply with the
-    masked update ``[weight, w * update] + self mask +/- pairwise masks``.
+    """Stage 2 (a train message): train, then reply with the masked update only.
+
+    The reply carries ``[weight, w * update] + self mask +/- pairwise masks``.
     """
     guarded = _guarded(lambda m, c: _masked_train(m, c, call_next))
     return guarded(msg, context)
@@ -261,20 +293,31 @@ def _masked_train(
         update = layout.flatten(local) - layout.flatten(global_arrays)
     except ValueError as err:
         raise SecAggError(f"local model does not match the global one: {err}") from None
-    protected = protect_update(update, clipping_range=state.clipping_range,
-                               l2_clip=state.l2_clip)
+    protected = protect_update(
+        update, clipping_range=state.clipping_range, l2_clip=state.l2_clip
+    )
     metrics = next(iter(reply.content.metric_records.values()))
     if state.weighting == "unit":
         level = state.quantization_range
     else:
         weight = float(cast(float, metrics["num-examples"]))
         if weight > state.max_weight:
-            log.warning("Hospital weight %s capped at secagg-max-weight %s.", weight,
-                        state.max_weight)
-        level = weight_level(weight, max_weight=state.max_weight,
-                             quantization_range=state.quantization_range)
-    vector = encode(protected.update, level, clipping_range=state.clipping_range,
-                    quantization_range=state.quantization_range)
+            log.warning(
+                "Hospital weight %s capped at secagg-max-weight %s.",
+                weight,
+                state.max_weight,
+            )
+        level = weight_level(
+            weight,
+            max_weight=state.max_weight,
+            quantization_range=state.quantization_range,
+        )
+    vector = encode(
+        protected.update,
+        level,
+        clipping_range=state.clipping_range,
+        quantization_range=state.quantization_range,
+    )
     vector += mask(state.seed, vector.size)
     for partner in partners:
         pk1 = state.neighbour_pk1[state.neighbour_ids.index(partner)]
@@ -284,14 +327,19 @@ def _masked_train(
         else:
             vector -= pairwise
     if protected.clipped_fraction > 0:
-        log.warning("%.2f%% of the update's coordinates were clipped to +/-%s before "
-                    "masking (raise secagg-clipping-range?)",
-                    100 * protected.clipped_fraction, state.clipping_range)
+        log.warning(
+            "%.2f%% of the update's coordinates were clipped to +/-%s before "
+            "masking (raise secagg-clipping-range?)",
+            100 * protected.clipped_fraction,
+            state.clipping_range,
+        )
     metrics[P.CLIPPED_METRIC] = protected.clipped_fraction
-    content = RecordDict({
-        P.MASKED_RECORD: ArrayRecord({P.MASKED_KEY: Array(vector)}),
-        "metrics": metrics,
-    })
+    content = RecordDict(
+        {
+            P.MASKED_RECORD: ArrayRecord({P.MASKED_KEY: Array(vector)}),
+            "metrics": metrics,
+        }
+    )
     for name, config in reply.content.config_records.items():
         content[name] = config
     state.stage = P.STAGE_MASK
@@ -301,8 +349,9 @@ def _masked_train(
 
 @_guarded
 def unmask(msg: Message, context: Context) -> Message:
-    """Stage 3: self-mask shares of survivors, sk1 shares of dropped hospitals; never
-    both for one hospital, and only once per session.
+    """Stage 3: self-mask shares of survivors, sk1 shares of dropped hospitals.
+
+    Never both for one hospital, and only once per session.
     """
     record = msg.content.config_records[P.RECORD]
     state = HospitalState.load(context)
@@ -315,7 +364,9 @@ def unmask(msg: Message, context: Context) -> Message:
     if state.node_id not in active:
         raise SecAggError("this hospital's update is listed as dropped")
     if len(active) < state.threshold:
-        raise SecAggError(f"only {len(active)} survivors; threshold is {state.threshold}")
+        raise SecAggError(
+            f"only {len(active)} survivors; threshold is {state.threshold}"
+        )
     held = dict(zip(state.share_owners, range(len(state.share_owners)), strict=True))
     unknown = [i for i in active + dead if i not in held]
     if unknown:

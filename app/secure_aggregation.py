@@ -28,8 +28,9 @@ else:
 
 
 def secure_train_mod(msg: Message, context: Context, call_next: Handler) -> Message:
-    """Flower mod on ``train``: a message asking for secure aggregation gets a
-    masked/encrypted reply; any other passes through unchanged.
+    """Mask or encrypt the train reply when the message asks for it.
+
+    A Flower mod on ``train``; any other message passes through unchanged.
     """
     for record, wrapper in TRAIN_WRAPPERS.items():
         if record in msg.content.config_records:

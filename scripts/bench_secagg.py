@@ -1,5 +1,7 @@
-"""``medflower benchmark secagg``: wall time and accuracy of secure aggregation
-against plain FedAvg on the same federation (in-process, wire serialisation on)."""
+"""``medflower benchmark secagg``: secure aggregation against plain FedAvg.
+
+Wall time and accuracy on the same federation (in-process, wire serialisation on).
+"""
 
 from __future__ import annotations
 
@@ -35,17 +37,25 @@ def _federations(args: argparse.Namespace) -> list[tuple[str, int, dict[str, Any
     feds: list[tuple[str, int, dict[str, Any]]] = [("wdbc", 4, {"dataset": "wdbc"})]
     heart = default_data_root(args) / "heart-disease"
     if (heart / "processed.cleveland.data").is_file():
-        feds.append(("heart-disease", 4, {"dataset": "heart-disease",
-                                           "data-path": str(heart)}))
+        feds.append(
+            ("heart-disease", 4, {"dataset": "heart-disease", "data-path": str(heart)})
+        )
     return feds
 
 
 def _run(overrides: dict[str, Any], hospitals: int, out: Path) -> dict[str, Any]:
-    config = full_run_config(**{"output-dir": str(out), "run-name": "bench",
-                                "server-eval": True, **overrides})
+    config = full_run_config(
+        **{
+            "output-dir": str(out),
+            "run-name": "bench",
+            "server-eval": True,
+            **overrides,
+        }
+    )
     start = time.perf_counter()
-    grid = run_inprocess(server_app, client_app, num_hospitals=hospitals,
-                         run_config=config)
+    grid = run_inprocess(
+        server_app, client_app, num_hospitals=hospitals, run_config=config
+    )
     seconds = time.perf_counter() - start
     history = json.loads((out / "bench" / "history.json").read_text())
     final = history["rounds"][-1]
@@ -56,11 +66,15 @@ def _run(overrides: dict[str, Any], hospitals: int, out: Path) -> dict[str, Any]
         "auc": final["server"].get("auc", float("nan")),
         "failed_rounds": sum(1 for r in history["rounds"] if "failed" in r),
         "kb_up_per_hospital_round": sum(grid.bytes_per_node("up").values())
-        / hospitals / rounds / 1024,
+        / hospitals
+        / rounds
+        / 1024,
     }
 
 
-@register("secagg", "secure aggregation (SecAgg+, CKKS) vs plain FedAvg: time, accuracy")
+@register(
+    "secagg", "secure aggregation (SecAgg+, CKKS) vs plain FedAvg: time, accuracy"
+)
 def secagg_suite(args: argparse.Namespace) -> BenchmarkResult:
     """Median wall time over ``--seeds`` repetitions per mode; ratio secure / plain."""
     rounds = 3 if args.quick else 5
@@ -93,9 +107,13 @@ def secagg_suite(args: argparse.Namespace) -> BenchmarkResult:
                 }
                 rows.append(row)
                 if mode != "plain":
-                    summary[f"{fed}: wall-time ratio {mode} / plain"] = seconds / plain_time
+                    summary[f"{fed}: wall-time ratio {mode} / plain"] = (
+                        seconds / plain_time
+                    )
     return BenchmarkResult(
-        "secagg", rows, summary,
+        "secagg",
+        rows,
+        summary,
         notes=[
             "In-process federation: every message is serialised as on the wire, but "
             "hospitals run one after another on this machine, so per-hospital crypto "

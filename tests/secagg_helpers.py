@@ -26,8 +26,9 @@ class CaptureGrid(InProcessGrid):
     replies: list[Message] = field(default_factory=list)
     wire_up: list[bytes] = field(default_factory=list)
 
-    def _wire(self, message: Message, node_id: int, direction: str,
-              message_id: str = "") -> Message:
+    def _wire(
+        self, message: Message, node_id: int, direction: str, message_id: str = ""
+    ) -> Message:
         out = super()._wire(message, node_id, direction, message_id)
         if direction == "up":
             self.replies.append(out)
@@ -55,7 +56,9 @@ def one_round(
     grid = CaptureGrid(real_client, num_hospitals, config, **grid_kwargs)
     strategy = MedFedAvg(min_hospitals=2, secure=secure)
     result = strategy.start(
-        grid=grid, initial_arrays=initial_arrays(config), num_rounds=1,
+        grid=grid,
+        initial_arrays=initial_arrays(config),
+        num_rounds=1,
         train_config=ConfigRecord({"proximal-mu": 0.0}),
     )
     return result.arrays, grid, strategy
@@ -67,25 +70,34 @@ def plain_updates(grid: CaptureGrid) -> dict[int, dict[str, np.ndarray]]:
     for msg in grid.replies:
         if msg.metadata.message_type == "train" and not msg.has_error():
             out[msg.metadata.src_node_id] = {
-                k: v.numpy() for k, v in msg.content["arrays"].items()}
+                k: v.numpy() for k, v in msg.content["arrays"].items()
+            }
     return out
 
 
 def weights_of(grid: CaptureGrid) -> dict[int, float]:
     return {
         m.metadata.src_node_id: float(m.content["metrics"]["num-examples"])
-        for m in grid.replies if m.metadata.message_type == "train" and not m.has_error()
+        for m in grid.replies
+        if m.metadata.message_type == "train" and not m.has_error()
     }
 
 
-def fedavg(updates: dict[int, dict[str, np.ndarray]], weights: dict[int, float],
-           nodes: list[int]) -> dict[str, np.ndarray]:
+def fedavg(
+    updates: dict[int, dict[str, np.ndarray]],
+    weights: dict[int, float],
+    nodes: list[int],
+) -> dict[str, np.ndarray]:
     total = sum(weights[n] for n in nodes)
     keys = updates[nodes[0]].keys()
-    return {k: sum(weights[n] * updates[n][k].astype(np.float64) for n in nodes) / total
-            for k in keys}
+    return {
+        k: sum(weights[n] * updates[n][k].astype(np.float64) for n in nodes) / total
+        for k in keys
+    }
 
 
 def max_diff(arrays: ArrayRecord, expected: dict[str, np.ndarray]) -> float:
-    return max(float(np.max(np.abs(arrays[k].numpy().astype(np.float64) - v)))
-               for k, v in expected.items())
+    return max(
+        float(np.max(np.abs(arrays[k].numpy().astype(np.float64) - v)))
+        for k, v in expected.items()
+    )

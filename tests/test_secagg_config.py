@@ -28,18 +28,36 @@ def test_off_by_default_and_one_switch_turns_it_on():
     [
         ({"secure-aggregation": True, "min-hospitals": 1}, "min-hospitals"),
         ({"secure-aggregation": True, "secagg-num-shares": 1}, "secagg-num-shares"),
-        ({"secure-aggregation": True, "secagg-num-shares": 5,
-          "secagg-reconstruction-threshold": 2}, "strict majority"),
-        ({"secure-aggregation": True, "secagg-num-shares": 3,
-          "secagg-reconstruction-threshold": 4}, "strict majority"),
-        ({"secure-aggregation": True, "secagg-clipping-range": 0.0},
-         "secagg-clipping-range"),
-        ({"secure-aggregation": True, "secagg-quantization-range": 2**31},
-         "secagg-quantization-range"),
+        (
+            {
+                "secure-aggregation": True,
+                "secagg-num-shares": 5,
+                "secagg-reconstruction-threshold": 2,
+            },
+            "strict majority",
+        ),
+        (
+            {
+                "secure-aggregation": True,
+                "secagg-num-shares": 3,
+                "secagg-reconstruction-threshold": 4,
+            },
+            "strict majority",
+        ),
+        (
+            {"secure-aggregation": True, "secagg-clipping-range": 0.0},
+            "secagg-clipping-range",
+        ),
+        (
+            {"secure-aggregation": True, "secagg-quantization-range": 2**31},
+            "secagg-quantization-range",
+        ),
         ({"secure-aggregation": True, "secagg-max-weight": -1.0}, "secagg-max-weight"),
         ({"aggregation-encryption": "ckks"}, "secure-aggregation"),
-        ({"secure-aggregation": True, "aggregation-encryption": "paillier"},
-         "aggregation-encryption"),
+        (
+            {"secure-aggregation": True, "aggregation-encryption": "paillier"},
+            "aggregation-encryption",
+        ),
     ],
 )
 def test_bad_values_name_the_key(overrides, match):
@@ -65,9 +83,17 @@ def test_pyproject_defaults_match_runconfig():
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    table = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    table = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
+        "config"
+    ]
     cfg = RunConfig()
-    for key in ("secure-aggregation", "aggregation-encryption", "secagg-num-shares",
-                "secagg-reconstruction-threshold", "secagg-clipping-range",
-                "secagg-quantization-range", "secagg-max-weight"):
+    for key in (
+        "secure-aggregation",
+        "aggregation-encryption",
+        "secagg-num-shares",
+        "secagg-reconstruction-threshold",
+        "secagg-clipping-range",
+        "secagg-quantization-range",
+        "secagg-max-weight",
+    ):
         assert table[key] == cfg.to_run_config()[key], key

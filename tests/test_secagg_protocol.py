@@ -7,16 +7,31 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
-from secagg_helpers import fedavg, max_diff, one_round, plain_updates, run_config, weights_of
+from secagg_helpers import (
+    fedavg,
+    max_diff,
+    one_round,
+    plain_updates,
+    run_config,
+    weights_of,
+)
 
 from app import secagg_client
 from strategies.secagg import protocol as P
 from strategies.secagg.params import SecAggParams
 from strategies.secagg.secaggplus import SecAggPlusAggregator, ring_neighbours
-from strategies.secagg.vectors import decode_sum, encode, mask, protect_update, weight_level
+from strategies.secagg.vectors import (
+    decode_sum,
+    encode,
+    mask,
+    protect_update,
+    weight_level,
+)
 
 
-def tolerance(params: SecAggParams, weights: list[float], updates: list[np.ndarray]) -> float:
+def tolerance(
+    params: SecAggParams, weights: list[float], updates: list[np.ndarray]
+) -> float:
     """Worst-case error of the secure mean against exact FedAvg: stochastic rounding
     (one step per hospital) over the summed weight ratios, plus the weights'
     fixed-point rounding, plus float32 storage of the model."""
@@ -42,7 +57,9 @@ def test_encoded_sum_decodes_to_weighted_sum_within_one_step_per_hospital():
     rng = np.random.default_rng(0)
     T, c = 2**20, 1.0
     updates = [rng.uniform(-0.9, 0.9, size=500) for _ in range(3)]
-    levels = [weight_level(w, max_weight=1000, quantization_range=T) for w in (100, 250, 40)]
+    levels = [
+        weight_level(w, max_weight=1000, quantization_range=T) for w in (100, 250, 40)
+    ]
     total = np.zeros(501, dtype=np.uint64)
     for u, lv in zip(updates, levels, strict=True):
         total += encode(u, lv, clipping_range=c, quantization_range=T)
@@ -73,7 +90,9 @@ def test_ring_neighbours_are_symmetric_and_sized():
 
 
 # ---------------------------------------------------------------- one real round
-@pytest.mark.parametrize("quantization_range,max_weight", [(2**30, 100_000.0), (2**16, 1_000.0)])
+@pytest.mark.parametrize(
+    "quantization_range,max_weight", [(2**30, 100_000.0), (2**16, 1_000.0)]
+)
 def test_secure_round_equals_plain_fedavg_within_quantization_error(
     tmp_path, task_identity, quantization_range, max_weight
 ):
@@ -88,9 +107,14 @@ def test_secure_round_equals_plain_fedavg_within_quantization_error(
     expected = fedavg(locals_, weights, nodes)
     # same data, seeds and global model: the plain FedAvg of the same hospitals
     assert max_diff(plain, expected) < 1e-6
-    base = {k: v.numpy().astype(np.float64) for k, v in plain_grid.delivered[0].content["arrays"].items()}
-    deltas = [np.concatenate([locals_[n][k].ravel() - base[k].ravel() for k in sorted(base)])
-              for n in nodes]
+    base = {
+        k: v.numpy().astype(np.float64)
+        for k, v in plain_grid.delivered[0].content["arrays"].items()
+    }
+    deltas = [
+        np.concatenate([locals_[n][k].ravel() - base[k].ravel() for k in sorted(base)])
+        for n in nodes
+    ]
     tol = tolerance(params, [weights[n] for n in nodes], deltas)
     diff = max_diff(secure, expected)
     assert diff <= tol, (diff, tol)
@@ -126,6 +150,7 @@ def _drop(node_id: int, message_type: str):
     def on_deliver(nid: int, msg: Message) -> None:
         if nid == node_id and msg.metadata.message_type == message_type:
             raise ConnectionError("hospital went offline")
+
     return on_deliver
 
 
@@ -135,7 +160,8 @@ def test_dropout_after_key_sharing_completes_the_round(tmp_path, task_identity):
     dropped = 103  # hospital-2 vanishes when asked to train (stage 2)
     params = SecAggParams()
     secure, grid, strategy = one_round(
-        config, 5, SecAggPlusAggregator(params), on_deliver=_drop(dropped, "train"))
+        config, 5, SecAggPlusAggregator(params), on_deliver=_drop(dropped, "train")
+    )
     entry = strategy.ledger.rounds[1]
     assert "failed" not in entry
     assert entry["secure_aggregation"]["dropped_after_keys"] == 1
@@ -143,11 +169,18 @@ def test_dropout_after_key_sharing_completes_the_round(tmp_path, task_identity):
     locals_, weights = plain_updates(plain_grid), weights_of(plain_grid)
     survivors = sorted(n for n in locals_ if n != dropped)
     expected = fedavg(locals_, weights, survivors)
-    base = {k: v.numpy().astype(np.float64) for k, v in plain_grid.delivered[0].content["arrays"].items()}
-    deltas = [np.concatenate([locals_[n][k].ravel() - base[k].ravel() for k in sorted(base)])
-              for n in survivors]
-    assert max_diff(secure, expected) <= tolerance(params, [weights[n] for n in survivors], deltas)
-    # the dropped hospital's key was rebuilt, never its self-mask: asked of survivors only
+    base = {
+        k: v.numpy().astype(np.float64)
+        for k, v in plain_grid.delivered[0].content["arrays"].items()
+    }
+    deltas = [
+        np.concatenate([locals_[n][k].ravel() - base[k].ravel() for k in sorted(base)])
+        for n in survivors
+    ]
+    assert max_diff(secure, expected) <= tolerance(
+        params, [weights[n] for n in survivors], deltas
+    )
+    # the dropped hospital's key was rebuilt, never its self-mask; survivors only
     unmask = [m for m in grid.delivered if m.metadata.message_type == P.UNMASK]
     assert {m.metadata.dst_node_id for m in unmask} == set(survivors)
     assert all(dropped in m.content[P.RECORD][P.DEAD] for m in unmask)
@@ -164,7 +197,8 @@ def test_dropouts_in_stage_two_and_during_unmasking(tmp_path, task_identity):
             raise ConnectionError("gone")
 
     secure, grid, strategy = one_round(
-        config, 5, SecAggPlusAggregator(SecAggParams()), on_deliver=on_deliver)
+        config, 5, SecAggPlusAggregator(SecAggParams()), on_deliver=on_deliver
+    )
     entry = strategy.ledger.rounds[1]
     assert "failed" not in entry, entry
     report = entry["secure_aggregation"]
@@ -181,7 +215,8 @@ def test_too_many_dropouts_abort_without_unmasking(tmp_path, task_identity):
             raise ConnectionError("gone")
 
     arrays, grid, strategy = one_round(
-        config, 3, SecAggPlusAggregator(SecAggParams()), on_deliver=on_deliver)
+        config, 3, SecAggPlusAggregator(SecAggParams()), on_deliver=on_deliver
+    )
     entry = strategy.ledger.rounds[1]
     assert "secure aggregation" in entry["failed"]
     assert not [m for m in grid.delivered if m.metadata.message_type == P.UNMASK]
@@ -199,7 +234,9 @@ class LyingServer(SecAggPlusAggregator):
         return super()._ask(state, message_type, records)
 
 
-def test_hospitals_refuse_to_reveal_both_secrets_of_one_hospital(tmp_path, task_identity):
+def test_hospitals_refuse_to_reveal_both_secrets_of_one_hospital(
+    tmp_path, task_identity
+):
     config = run_config(tmp_path)
     arrays, grid, strategy = one_round(config, 3, LyingServer(SecAggParams()))
     entry = strategy.ledger.rounds[1]
@@ -210,18 +247,50 @@ def test_hospitals_refuse_to_reveal_both_secrets_of_one_hospital(tmp_path, task_
 
 
 def test_out_of_order_and_replayed_requests_are_refused(task_identity):
-    context = Context(run_id=1, node_id=101, node_config={"partition-id": 0},
-                      state=RecordDict(), run_config={})
-    request = Message(RecordDict({P.RECORD: ConfigRecord({
-        P.SESSION: "abc", P.ACTIVE: [101, 102], P.DEAD: []})}),
-        message_type=P.UNMASK, dst_node_id=101)
+    context = Context(
+        run_id=1,
+        node_id=101,
+        node_config={"partition-id": 0},
+        state=RecordDict(),
+        run_config={},
+    )
+    request = Message(
+        RecordDict(
+            {
+                P.RECORD: ConfigRecord(
+                    {P.SESSION: "abc", P.ACTIVE: [101, 102], P.DEAD: []}
+                )
+            }
+        ),
+        message_type=P.UNMASK,
+        dst_node_id=101,
+    )
     reply = secagg_client.unmask(request, context)
-    assert reply.has_error() and "unknown secure aggregation session" in reply.error.reason
-    setup = Message(RecordDict({P.RECORD: ConfigRecord({
-        P.SESSION: "abc", P.ROUND: 1, P.SAMPLE_SIZE: 3, P.NUM_SHARES: 3, P.THRESHOLD: 1,
-        P.CLIPPING_RANGE: 1.0, P.QUANTIZATION_RANGE: 2**20, P.MAX_WEIGHT: 10.0,
-        P.WEIGHTING: "examples", P.L2_CLIP: 0.0})}),
-        message_type=P.SETUP, dst_node_id=101)
+    assert (
+        reply.has_error() and "unknown secure aggregation session" in reply.error.reason
+    )
+    setup = Message(
+        RecordDict(
+            {
+                P.RECORD: ConfigRecord(
+                    {
+                        P.SESSION: "abc",
+                        P.ROUND: 1,
+                        P.SAMPLE_SIZE: 3,
+                        P.NUM_SHARES: 3,
+                        P.THRESHOLD: 1,
+                        P.CLIPPING_RANGE: 1.0,
+                        P.QUANTIZATION_RANGE: 2**20,
+                        P.MAX_WEIGHT: 10.0,
+                        P.WEIGHTING: "examples",
+                        P.L2_CLIP: 0.0,
+                    }
+                )
+            }
+        ),
+        message_type=P.SETUP,
+        dst_node_id=101,
+    )
     reply = secagg_client.setup(setup, context)
     assert reply.has_error() and "not a majority" in reply.error.reason
     assert MessageType.TRAIN == "train"

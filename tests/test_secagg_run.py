@@ -23,8 +23,10 @@ def final_accuracy(outputs, run_name="test-run") -> dict:
 def test_secure_run_matches_plain_accuracy(tmp_path):
     results = {}
     for secure in (False, True):
-        config = make_run_config(tmp_path / str(secure), **{
-            "num-server-rounds": 3, "secure-aggregation": secure})
+        config = make_run_config(
+            tmp_path / str(secure),
+            **{"num-server-rounds": 3, "secure-aggregation": secure},
+        )
         run_inprocess(server_app, client_app, num_hospitals=4, run_config=config)
         history = final_accuracy(tmp_path / str(secure) / "outputs")
         results[secure] = history
@@ -49,9 +51,14 @@ def test_flwr_run_with_secure_aggregation(tmp_path):
     env = flower_env(tmp_path / "flwr-home")
     outputs = tmp_path / "outputs"
     outcome = run_simulation(
-        app_dir=REPO, num_hospitals=3, env=env, echo=False,
-        run_config=(f"num-server-rounds={rounds} secure-aggregation=true "
-                    f"output-dir='{outputs}' run-name='secagg'"),
+        app_dir=REPO,
+        num_hospitals=3,
+        env=env,
+        echo=False,
+        run_config=(
+            f"num-server-rounds={rounds} secure-aggregation=true "
+            f"output-dir='{outputs}' run-name='secagg'"
+        ),
     )
     assert outcome.ok, outcome.log[-3000:]
     history = final_accuracy(outputs, "secagg")

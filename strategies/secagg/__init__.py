@@ -1,5 +1,6 @@
-"""Secure aggregation for the Message-API strategies (run config
-``secure-aggregation = true``): the server learns only the sum of the updates.
+"""Secure aggregation for the Message-API strategies.
+
+With ``secure-aggregation = true`` the server learns only the sum of the updates.
 
 ``aggregation-encryption`` picks the mechanism: ``masking`` (SecAgg+, default) or
 ``ckks`` (TenSEAL homomorphic encryption). Adding one = one module + one line here.
@@ -46,7 +47,7 @@ def params_from_config(cfg: Any, **overrides: Any) -> SecAggParams:
 
 
 def secure_aggregator(cfg: Any, **overrides: Any) -> SecureAggregator | None:
-    """The aggregator a RunConfig asks for, or None when secure aggregation is off."""
+    """Build the aggregator a RunConfig asks for (None when it is off)."""
     if not cfg.secure_aggregation:
         return None
     factory = AGGREGATORS[cfg.aggregation_encryption]

@@ -35,7 +35,7 @@ class SecureSum:
         return self.weighted_sum / self.total_weight
 
     def fedavg(self) -> ArrayRecord:
-        """The new global model ``w_global + sum_i r_i u_i / sum_i r_i``."""
+        """Return the new global model ``w_global + sum_i r_i u_i / sum_i r_i``."""
         return self.layout.unflatten(self.base + self.mean_update())
 
 

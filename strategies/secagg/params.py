@@ -10,8 +10,10 @@ MAX_QUANTIZATION_RANGE = 2**30  # Flower's quantize() rounds into int32
 
 
 def default_num_shares(sample_size: int) -> int:
-    """Shares per secret: everyone (plain SecAgg) for small federations, else an odd
-    ``2 * ceil(log2 n) + 1`` neighbours on a ring (SecAgg+, Bell et al. 2020).
+    """Shares per secret for a round of ``sample_size`` hospitals.
+
+    Everyone (plain SecAgg) for small federations, else an odd ``2 * ceil(log2 n)
+    + 1`` neighbours on a ring (SecAgg+, Bell et al. 2020).
     """
     if sample_size <= 10:
         return sample_size
@@ -19,7 +21,7 @@ def default_num_shares(sample_size: int) -> int:
 
 
 def default_threshold(num_shares: int) -> int:
-    """A strict majority of the shares (and at least 2)."""
+    """Return a strict majority of the shares (and at least 2)."""
     return max(2, num_shares // 2 + 1)
 
 
@@ -82,7 +84,9 @@ class SecAggParams:
         if not (math.isfinite(self.max_weight) and self.max_weight > 0):
             raise ValueError(f"secagg-max-weight must be > 0, got {self.max_weight}.")
         if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}.")
+            raise ValueError(
+                f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}."
+            )
         if not (math.isfinite(self.l2_clip) and self.l2_clip >= 0):
             raise ValueError(f"l2-clip must be >= 0, got {self.l2_clip}.")
 

@@ -1,5 +1,7 @@
-"""Server side of SecAgg+ on the Message API: the server relays keys and ciphertexts,
-sums masked vectors and removes the masks, and learns only the sum of the updates.
+"""Server side of SecAgg+ on the Message API.
+
+The server relays keys and ciphertexts, sums masked vectors and removes the masks,
+and learns only the sum of the updates.
 
 Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine
 Learning", CCS 2017, https://eprint.iacr.org/2017/281; Bell et al., "Secure
@@ -65,8 +67,9 @@ class _RoundState:
 
 
 def ring_neighbours(node_ids: list[int], num_shares: int) -> dict[int, set[int]]:
-    """Each node's share holders (itself included) on a randomly ordered ring:
-    everyone when ``num_shares`` covers the round, else ``num_shares // 2`` on each
+    """Map each node to its share holders (itself included) on a random ring.
+
+    Everyone when ``num_shares`` covers the round, else ``num_shares // 2`` on each
     side (SecAgg+).
     """
     order = list(node_ids)
@@ -82,8 +85,9 @@ def ring_neighbours(node_ids: list[int], num_shares: int) -> dict[int, set[int]]
 
 
 class SecAggPlusAggregator:
-    """SecAgg+ over the Message API, used by ``MedFedAvg`` when
-    ``secure-aggregation = true``.
+    """SecAgg+ over the Message API, used by ``MedFedAvg``.
+
+    Selected by ``secure-aggregation = true`` (the default mechanism).
 
     Parameters
     ----------
@@ -110,12 +114,15 @@ class SecAggPlusAggregator:
         grid: Grid,
         ledger_entry: dict,
     ) -> list[Message]:
-        """Set-up and key sharing; return the stage-2 train messages."""
+        """Run set-up and key sharing; return the stage-2 train messages."""
         self._rounds.pop(server_round, None)
         sampled = [m.metadata.dst_node_id for m in messages]
         if len(sampled) < 2:
-            self._fail(ledger_entry, server_round,
-                       f"{len(sampled)} hospital(s) sampled; secure aggregation needs 2")
+            self._fail(
+                ledger_entry,
+                server_round,
+                f"{len(sampled)} hospital(s) sampled; secure aggregation needs 2",
+            )
             return []
         try:
             num_shares, threshold = self.params.for_round(len(sampled))
@@ -132,8 +139,10 @@ class SecAggPlusAggregator:
             sampled=sampled,
         )
         state.report = {
-            "protocol": self.name, "sampled": len(sampled),
-            "num_shares": num_shares, "threshold": threshold,
+            "protocol": self.name,
+            "sampled": len(sampled),
+            "num_shares": num_shares,
+            "threshold": threshold,
         }
         self._grid = grid
         try:
@@ -151,33 +160,52 @@ class SecAggPlusAggregator:
                 continue
             srcs = sorted(state.holds[nid] - {nid})
             content = RecordDict(dict(message.content.items()))
-            content[P.RECORD] = ConfigRecord({
-                P.SESSION: state.session,
-                P.ROUND: server_round,
-                P.SOURCES: srcs,
-                P.CIPHERTEXTS: [state.ciphertexts[(s, nid)] for s in srcs],
-            })
-            out.append(Message(content=content, message_type=message.metadata.message_type,
-                               dst_node_id=nid))
+            content[P.RECORD] = ConfigRecord(
+                {
+                    P.SESSION: state.session,
+                    P.ROUND: server_round,
+                    P.SOURCES: srcs,
+                    P.CIPHERTEXTS: [state.ciphertexts[(s, nid)] for s in srcs],
+                }
+            )
+            out.append(
+                Message(
+                    content=content,
+                    message_type=message.metadata.message_type,
+                    dst_node_id=nid,
+                )
+            )
         state.ciphertexts = {}
-        log.info("Round %d secure aggregation: %d hospitals share keys (%d shares, "
-                 "threshold %d)", server_round, len(out), num_shares, threshold)
+        log.info(
+            "Round %d secure aggregation: %d hospitals share keys (%d shares, "
+            "threshold %d)",
+            server_round,
+            len(out),
+            num_shares,
+            threshold,
+        )
         return out
 
-    def _ask(self, state: _RoundState, message_type: str,
-             records: dict[int, ConfigRecord]) -> list[Message]:
+    def _ask(
+        self, state: _RoundState, message_type: str, records: dict[int, ConfigRecord]
+    ) -> list[Message]:
         assert self._grid is not None
         messages = []
         for nid, record in records.items():
             record[P.SESSION] = state.session
-            messages.append(Message(content=RecordDict({P.RECORD: record}),
-                                    message_type=message_type, dst_node_id=nid))
+            messages.append(
+                Message(
+                    content=RecordDict({P.RECORD: record}),
+                    message_type=message_type,
+                    dst_node_id=nid,
+                )
+            )
         return list(self._grid.send_and_receive(messages, timeout=self.timeout))
 
     def _answers(
         self, state: _RoundState, replies: list[Message], stage: str, ledger_entry: dict
     ) -> dict[int, ConfigRecord]:
-        """Replies that carry the ``secagg`` record; errors go to the ledger."""
+        """Return the replies carrying a ``secagg`` record; errors go to the ledger."""
         answers: dict[int, ConfigRecord] = {}
         for msg in replies:
             nid = msg.metadata.src_node_id
@@ -185,13 +213,19 @@ class SecAggPlusAggregator:
             state.names[nid] = name
             if msg.has_error():
                 reason = msg.error.reason
-                log.warning("Secure aggregation %s: hospital %s failed: %s", stage, name,
-                            reason)
-                ledger_entry["errors"][name] = {"phase": f"secagg-{stage}", "reason": reason}
+                log.warning(
+                    "Secure aggregation %s: hospital %s failed: %s", stage, name, reason
+                )
+                ledger_entry["errors"][name] = {
+                    "phase": f"secagg-{stage}",
+                    "reason": reason,
+                }
                 continue
             if P.RECORD not in msg.content.config_records:
                 ledger_entry["rejected"][name] = {
-                    "phase": f"secagg-{stage}", "reason": "no secagg record"}
+                    "phase": f"secagg-{stage}",
+                    "reason": "no secagg record",
+                }
                 continue
             answers[nid] = msg.content.config_records[P.RECORD]
         return answers
@@ -208,36 +242,48 @@ class SecAggPlusAggregator:
             P.WEIGHTING: self.params.weighting,
             P.L2_CLIP: float(self.params.l2_clip),
         }
-        replies = self._ask(state, P.SETUP, {n: ConfigRecord(dict(config))
-                                             for n in state.sampled})
+        replies = self._ask(
+            state, P.SETUP, {n: ConfigRecord(dict(config)) for n in state.sampled}
+        )
         answers = self._answers(state, replies, "setup", ledger_entry)
         seen: set[bytes] = set()
         for nid, record in answers.items():
             pk1, pk2 = record.get(P.PK1), record.get(P.PK2)
-            if not isinstance(pk1, bytes) or not isinstance(pk2, bytes) or {pk1, pk2} & seen:
+            if (
+                not isinstance(pk1, bytes)
+                or not isinstance(pk2, bytes)
+                or {pk1, pk2} & seen
+            ):
                 ledger_entry["rejected"][state.name(nid)] = {
-                    "phase": "secagg-setup", "reason": "missing or reused public keys"}
+                    "phase": "secagg-setup",
+                    "reason": "missing or reused public keys",
+                }
                 continue
             seen |= {pk1, pk2}
             state.public_keys[nid] = (pk1, pk2)
         state.neighbours = ring_neighbours(state.sampled, state.num_shares)
         active = set(state.public_keys)
-        self._check(state, active, {n: state.neighbours[n] & active for n in active},
-                    "set-up")
+        self._check(
+            state, active, {n: state.neighbours[n] & active for n in active}, "set-up"
+        )
         return active
 
-    def _share_keys(self, state: _RoundState, active: set[int],
-                    ledger_entry: dict) -> set[int]:
+    def _share_keys(
+        self, state: _RoundState, active: set[int], ledger_entry: dict
+    ) -> set[int]:
         records = {}
         for nid in active:
             ids = sorted(state.neighbours[nid] & active)
-            records[nid] = ConfigRecord({
-                P.NEIGHBOURS: ids,
-                P.PK1: [state.public_keys[i][0] for i in ids],
-                P.PK2: [state.public_keys[i][1] for i in ids],
-            })
-        answers = self._answers(state, self._ask(state, P.SHARE_KEYS, records),
-                                "share-keys", ledger_entry)
+            records[nid] = ConfigRecord(
+                {
+                    P.NEIGHBOURS: ids,
+                    P.PK1: [state.public_keys[i][0] for i in ids],
+                    P.PK2: [state.public_keys[i][1] for i in ids],
+                }
+            )
+        answers = self._answers(
+            state, self._ask(state, P.SHARE_KEYS, records), "share-keys", ledger_entry
+        )
         ciphertexts: dict[tuple[int, int], bytes] = {}
         sound: set[int] = set()
         for src, record in answers.items():
@@ -246,22 +292,30 @@ class SecAggPlusAggregator:
             allowed = state.neighbours[src] & active - {src}
             if len(dsts) != len(cts) or set(dsts) != allowed:
                 ledger_entry["rejected"][state.name(src)] = {
-                    "phase": "secagg-share-keys", "reason": "shares not sent to exactly its neighbours"}
+                    "phase": "secagg-share-keys",
+                    "reason": "shares not sent to exactly its neighbours",
+                }
                 continue
             sound.add(src)
             for dst, ct in zip(dsts, cts, strict=True):
                 ciphertexts[(src, dst)] = ct
         active = sound
         state.holds = {
-            nid: {nid} | {src for (src, dst) in ciphertexts if dst == nid and src in active}
+            nid: {nid}
+            | {src for (src, dst) in ciphertexts if dst == nid and src in active}
             for nid in active
         }
         state.ciphertexts = ciphertexts
         self._check(state, active, state.holds, "key sharing")
         return active
 
-    def _check(self, state: _RoundState, active: set[int],
-               holders: dict[int, set[int]], stage: str) -> None:
+    def _check(
+        self,
+        state: _RoundState,
+        active: set[int],
+        holders: dict[int, set[int]],
+        stage: str,
+    ) -> None:
         if len(active) < 2:
             raise ProtocolAbort(f"only {len(active)} hospital(s) left after {stage}")
         short = sorted(n for n in active if len(holders[n] & active) < state.threshold)
@@ -284,8 +338,10 @@ class SecAggPlusAggregator:
             return "masked update record has unexpected keys"
         vector = record[P.MASKED_KEY].numpy()
         if vector.dtype != np.uint64 or vector.shape != (state.layout.size + 1,):
-            return (f"masked update has dtype {vector.dtype} and shape {vector.shape}, "
-                    f"expected uint64 ({state.layout.size + 1},)")
+            return (
+                f"masked update has dtype {vector.dtype} and shape {vector.shape}, "
+                f"expected uint64 ({state.layout.size + 1},)"
+            )
         return None
 
     # ----------------------------------------------------------------- stage 3
@@ -297,7 +353,9 @@ class SecAggPlusAggregator:
         if state is None:
             return None
         masked = {
-            m.metadata.src_node_id: m.content.array_records[P.MASKED_RECORD][P.MASKED_KEY].numpy()
+            m.metadata.src_node_id: m.content.array_records[P.MASKED_RECORD][
+                P.MASKED_KEY
+            ].numpy()
             for m in replies
             if m.metadata.src_node_id in state.holds
         }
@@ -307,8 +365,13 @@ class SecAggPlusAggregator:
             self._fail(ledger_entry, server_round, str(err), state)
             return None
 
-    def _unmask(self, server_round: int, state: _RoundState,
-                masked: dict[int, np.ndarray], ledger_entry: dict) -> SecureSum:
+    def _unmask(
+        self,
+        server_round: int,
+        state: _RoundState,
+        masked: dict[int, np.ndarray],
+        ledger_entry: dict,
+    ) -> SecureSum:
         survivors = set(masked)
         dropped = set(state.holds) - survivors
         state.report.update(masked=len(survivors), dropped_after_keys=len(dropped))
@@ -324,18 +387,22 @@ class SecAggPlusAggregator:
         for nid in survivors | needed_dead:
             if len(holders_of[nid] & survivors) < state.threshold:
                 raise ProtocolAbort(
-                    f"a {'dropped' if nid in dropped else 'surviving'} hospital's secret "
+                    f"a {'dropped' if nid in dropped else 'surviving'} hospital's "
+                    "secret "
                     f"has fewer than {state.threshold} surviving share holders"
                 )
         records = {
-            j: ConfigRecord({
-                P.ACTIVE: sorted(state.holds[j] & survivors),
-                P.DEAD: sorted(state.holds[j] & dropped),
-            })
+            j: ConfigRecord(
+                {
+                    P.ACTIVE: sorted(state.holds[j] & survivors),
+                    P.DEAD: sorted(state.holds[j] & dropped),
+                }
+            )
             for j in survivors
         }
-        answers = self._answers(state, self._ask(state, P.UNMASK, records), "unmask",
-                                ledger_entry)
+        answers = self._answers(
+            state, self._ask(state, P.UNMASK, records), "unmask", ledger_entry
+        )
         state.report["unmask_answers"] = len(answers)
         shares: dict[int, list[bytes]] = {n: [] for n in survivors | needed_dead}
         for holder, record in answers.items():
@@ -368,24 +435,40 @@ class SecAggPlusAggregator:
             for j in survivors:
                 if nid not in state.holds[j]:
                     continue
-                pairwise = mask(generate_shared_key(
-                    sk1, bytes_to_public_key(state.public_keys[j][0])), length)
+                pairwise = mask(
+                    generate_shared_key(
+                        sk1, bytes_to_public_key(state.public_keys[j][0])
+                    ),
+                    length,
+                )
                 if j > nid:
                     total -= pairwise  # j added it
                 else:
                     total += pairwise  # j subtracted it
         weighted, total_weight = decode_sum(
-            total, len(survivors),
+            total,
+            len(survivors),
             clipping_range=self.params.clipping_range,
             quantization_range=self.params.quantization_range,
         )
-        log.info("Round %d secure aggregation: unmasked the sum of %d updates "
-                 "(%d hospital(s) dropped after key sharing)",
-                 server_round, len(survivors), len(dropped))
-        return SecureSum(state.layout, state.base, weighted, total_weight, len(survivors))
+        log.info(
+            "Round %d secure aggregation: unmasked the sum of %d updates "
+            "(%d hospital(s) dropped after key sharing)",
+            server_round,
+            len(survivors),
+            len(dropped),
+        )
+        return SecureSum(
+            state.layout, state.base, weighted, total_weight, len(survivors)
+        )
 
-    def _fail(self, ledger_entry: dict, server_round: int, reason: str,
-              state: _RoundState | None = None) -> None:
+    def _fail(
+        self,
+        ledger_entry: dict,
+        server_round: int,
+        reason: str,
+        state: _RoundState | None = None,
+    ) -> None:
         log.error("Round %d secure aggregation aborted: %s", server_round, reason)
         ledger_entry["failed"] = f"secure aggregation: {reason}"
         if state is not None:

@@ -1,5 +1,7 @@
-"""Model updates as one flat vector: layout, hospital-side checks, fixed-point
-encoding and the pseudo-random masks (all arithmetic modulo 2**64).
+"""Model updates as one flat vector.
+
+Layout, hospital-side checks, fixed-point encoding and the pseudo-random masks (all
+arithmetic modulo 2**64).
 
 Why our own mask generator: Flower's ``pseudo_rand_gen`` folds the 32-byte seed into
 a 32-bit NumPy ``RandomState`` seed, so a curious server could search all 2**32
@@ -26,8 +28,9 @@ _MASK_DOMAIN = b"medflower/secagg/mask/v1"
 
 @dataclass(frozen=True)
 class Layout:
-    """Key order, shapes and dtypes of a model's arrays (keys sorted, so both sides
-    agree whatever order a record travels in).
+    """Key order, shapes and dtypes of a model's arrays.
+
+    Keys are sorted, so both sides agree whatever order a record travels in.
     """
 
     keys: tuple[str, ...]
@@ -60,7 +63,8 @@ class Layout:
         for key, shape in zip(self.keys, self.shapes, strict=True):
             if tuple(numpy[key].shape) != shape:
                 raise ValueError(
-                    f"array '{key}' has shape {tuple(numpy[key].shape)}, expected {shape}"
+                    f"array '{key}' has shape {tuple(numpy[key].shape)}, "
+                    f"expected {shape}"
                 )
             parts.append(np.asarray(numpy[key], dtype=np.float64).ravel())
         return np.concatenate(parts) if parts else np.zeros(0)
@@ -124,7 +128,7 @@ def protect_update(
 
 
 def weight_level(weight: float, *, max_weight: float, quantization_range: int) -> int:
-    """The hospital's weight in fixed point: ``round(min(w, W) / W * T)``, >= 1."""
+    """Return the weight in fixed point: ``round(min(w, W) / W * T)``, >= 1."""
     ratio = min(max(weight, 0.0), max_weight) / max_weight
     return max(1, round(ratio * quantization_range))
 
@@ -152,8 +156,10 @@ def encode(
 def decode_sum(
     total: np.ndarray, count: int, *, clipping_range: float, quantization_range: int
 ) -> tuple[np.ndarray, float]:
-    """From the unmasked sum of ``count`` encodings to ``(sum_i r_i * u_i, sum_i r_i)``
-    where ``r_i = level_i / T`` is hospital i's weight ratio.
+    """Decode the unmasked sum of ``count`` encodings.
+
+    Returns ``(sum_i r_i * u_i, sum_i r_i)`` where ``r_i = level_i / T`` is
+    hospital i's weight ratio.
     """
     step = 2.0 * clipping_range / quantization_range
     weighted = total[1:].astype(np.float64) * step - count * clipping_range
