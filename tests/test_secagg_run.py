@@ -34,7 +34,7 @@ def test_secure_run_matches_plain_accuracy(tmp_path):
     secure = results[True]["rounds"][-1]["server"]["accuracy"]
     assert abs(secure - plain) <= 0.005
     for entry in results[True]["rounds"][1:]:
-        assert "failed" not in entry
+        assert "skipped" not in entry
         assert entry["secure_aggregation"]["masked"] == 4
         assert len(entry["hospitals"]) == 4
         for hospital in entry["hospitals"].values():

@@ -170,11 +170,11 @@ class CKKSAggregator:
         nodes = [m.metadata.dst_node_id for m in messages]
         members = self._distribute_keys(nodes, ledger_entry)
         if len(members) < 2:
-            ledger_entry["failed"] = (
+            ledger_entry["skipped"] = (
                 f"CKKS: only {len(members)} hospital(s) hold the "
                 "key; secure aggregation needs 2"
             )
-            log.error("Round %d: %s", server_round, ledger_entry["failed"])
+            log.error("Round %d: %s", server_round, ledger_entry["skipped"])
             return []
         layout = Layout.of(arrays)
         state = _Round(secrets.token_hex(8), layout, layout.flatten(arrays), members)
@@ -286,7 +286,7 @@ class CKKSAggregator:
         report = ledger_entry.setdefault("secure_aggregation", {})
         report["encrypted"] = len(contributors)
         if len(contributors) < 2:
-            ledger_entry["failed"] = f"CKKS: {len(contributors)} encrypted update(s)"
+            ledger_entry["skipped"] = f"CKKS: {len(contributors)} encrypted update(s)"
             return None
         ciphertext = total.serialize()
         for holder in sorted(set(contributors) & self.holders):
@@ -299,5 +299,5 @@ class CKKSAggregator:
             return SecureSum(
                 state.layout, state.base, plain[1:], float(plain[0]), len(contributors)
             )
-        ledger_entry["failed"] = "CKKS: no key holder decrypted the sum"
+        ledger_entry["skipped"] = "CKKS: no key holder decrypted the sum"
         return None

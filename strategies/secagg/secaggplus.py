@@ -470,6 +470,6 @@ class SecAggPlusAggregator:
         state: _RoundState | None = None,
     ) -> None:
         log.error("Round %d secure aggregation aborted: %s", server_round, reason)
-        ledger_entry["failed"] = f"secure aggregation: {reason}"
+        ledger_entry["skipped"] = f"secure aggregation: {reason}"
         if state is not None:
             ledger_entry["secure_aggregation"] = state.report
