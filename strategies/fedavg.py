@@ -43,7 +43,9 @@ class MedFedAvg(Screened, FedAvg):
     move to the hospitals.
     """
 
-    def __init__(self, *, secure: SecureAggregator | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, secure: SecureAggregator | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.secure = secure
 
