@@ -294,3 +294,32 @@ def test_out_of_order_and_replayed_requests_are_refused(task_identity):
     reply = secagg_client.setup(setup, context)
     assert reply.has_error() and "not a majority" in reply.error.reason
     assert MessageType.TRAIN == "train"
+
+
+# ---------------------------------------------------------------- central DP hook
+class Recording(SecAggPlusAggregator):
+    def close_round(self, server_round, replies, ledger_entry):
+        self.revealed = super().close_round(server_round, replies, ledger_entry)
+        return self.revealed
+
+
+def test_unit_weights_and_hospital_side_l2_clip_for_central_dp(tmp_path, task_identity):
+    """What central DP needs: the unmasked sum of updates each clipped to norm C."""
+    config = run_config(tmp_path)
+    _, plain_grid, _ = one_round(config, 3)
+    clip = 0.05
+    aggregator = Recording(SecAggParams(weighting="unit", l2_clip=clip))
+    one_round(config, 3, aggregator)
+    locals_ = plain_updates(plain_grid)
+    base = {
+        k: v.numpy().astype(np.float64)
+        for k, v in plain_grid.delivered[0].content["arrays"].items()
+    }
+    expected = 0.0
+    for arrays in locals_.values():
+        u = np.concatenate([arrays[k].ravel() - base[k].ravel() for k in sorted(base)])
+        assert np.linalg.norm(u) > clip  # the clip really bites
+        expected = expected + u * min(1.0, clip / np.linalg.norm(u))
+    got = aggregator.revealed
+    assert got.total_weight == pytest.approx(3.0)
+    assert np.max(np.abs(got.weighted_sum - expected)) < 1e-6
