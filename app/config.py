@@ -19,6 +19,10 @@ STRATEGY_NAMES = (
 )
 
 
+# Vertical runs build models/split.py's bottom and top networks, not a MODELS entry.
+VERTICAL_MODEL = "split-nn"
+
+
 class ConfigError(ValueError):
     """A run-config key is unknown, of the wrong type or out of range."""
 
@@ -55,7 +59,7 @@ class RunConfig:
     """
 
     num_server_rounds: int = _opt(5, "num-server-rounds", low=1, high=10_000)
-    task: str = _opt("tabular", "task", choices=TASKS)
+    task: str = _opt("tabular", "task", choices=(*TASKS, "vertical"))
     dataset: str = _opt("wdbc", "dataset", choices=tuple(DATASETS))
     data_path: str = _opt("", "data-path")
     label_column: str = _opt("target", "label-column")
@@ -100,6 +104,14 @@ class RunConfig:
     torch_threads: int = _opt(1, "torch-threads", low=0, high=256)
     output_dir: str = _opt("outputs", "output-dir")
     run_name: str = _opt("", "run-name")
+    # Vertical FL (task = "vertical"): see docs/vertical.md.
+    id_column: str = _opt("patient_id", "id-column")
+    vertical_overlap: float = _opt(0.8, "vertical-overlap", low=0.0, high=1.0)
+    vertical_embedding: int = _opt(8, "vertical-embedding", low=1, high=4096)
+    # Transfer and personalization: see docs/vertical.md.
+    init_model: str = _opt("", "init-model")
+    personalize_epochs: int = _opt(0, "personalize-epochs", low=0, high=1000)
+    local_norm: bool = _opt(False, "local-norm")
     # Secure aggregation (docs/secure-aggregation.md); 0 = derived from the round size.
     secure_aggregation: bool = _opt(False, "secure-aggregation")
     aggregation_encryption: str = _opt(
@@ -147,10 +159,19 @@ class RunConfig:
     @property
     def model_name(self) -> str:
         """The network to build: ``model``, or the task's default for ``'auto'``."""
+        if self.task == "vertical":
+            return VERTICAL_MODEL
         return DEFAULT_MODELS[self.task] if self.model == "auto" else self.model
 
     def _check_task(self) -> None:
         """Refuse a dataset or model meant for another task."""
+        if self.task == "vertical":  # feature groups of tabular data, split NN
+            if DATASETS[self.dataset].task != "tabular":
+                raise ConfigError(
+                    f"task='vertical' splits tabular columns; dataset='{self.dataset}' "
+                    "is not tabular (use wdbc, heart-disease or csv)."
+                )
+            return
         data_task = DATASETS[self.dataset].task
         if data_task != self.task:
             raise ConfigError(
@@ -213,6 +234,11 @@ class RunConfig:
 def _check_secure_aggregation(cfg: RunConfig) -> None:
     from strategies.secagg import SECURE_STRATEGIES, params_from_config
 
+    if cfg.task == "vertical":
+        raise ConfigError(
+            "secure-aggregation applies to horizontal FedAvg/FedProx rounds; "
+            "task='vertical' exchanges embeddings, not model updates."
+        )
     if cfg.strategy not in SECURE_STRATEGIES:
         raise ConfigError(
             f"secure-aggregation works with strategy = {' or '.join(SECURE_STRATEGIES)}"

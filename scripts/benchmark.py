@@ -98,6 +98,9 @@ def _load_suites() -> None:
 
 # Modules holding suites; one line per module.
 SUITE_MODULES: list[str] = [
+    "scripts.bench_vertical",
+    "scripts.bench_personalization",
+    "scripts.bench_poisoning",
     "scripts.bench_secagg",
 ]
 

@@ -24,7 +24,13 @@ from strategies.screening import (
 from strategies.secagg.aggregator import SecureAggregator, SecureSum
 from strategies.validation import reply_problem
 
-__all__ = ["HOSPITAL_RECORD", "MedFedAvg", "RoundLedger", "hospital_of", "weighted_metrics"]
+__all__ = [
+    "HOSPITAL_RECORD",
+    "MedFedAvg",
+    "RoundLedger",
+    "hospital_of",
+    "weighted_metrics",
+]
 
 log = logging.getLogger(__name__)
 

@@ -55,6 +55,7 @@ def test_off_by_default_and_one_switch_turns_it_on():
         ({"secure-aggregation": True, "secagg-max-weight": -1.0}, "secagg-max-weight"),
         ({"aggregation-encryption": "ckks"}, "secure-aggregation"),
         ({"secure-aggregation": True, "strategy": "krum"}, "needs each update"),
+        ({"secure-aggregation": True, "task": "vertical"}, "exchanges embeddings"),
         (
             {"secure-aggregation": True, "aggregation-encryption": "paillier"},
             "aggregation-encryption",
