@@ -32,6 +32,8 @@ from app.hospital import (
 from app.logs import route_to_flower
 from app.poisoning import is_poisoned, poison_update
 from app.vertical_client import register as register_vertical
+from app.secure_aggregation import register as register_secure_aggregation
+from app.secure_aggregation import secure_train_mod
 from data.spec import DataError, HospitalData
 from models.personalization import LocalNorm, personalization_metrics, prefixed
 from models.training import (
@@ -51,6 +53,7 @@ LOCAL_FAILURE_CODE = 4002
 
 app = ClientApp()
 register_vertical(app)  # query.psi_* / query.vfl_* handlers (task = "vertical")
+register_secure_aggregation(app)  # query.secagg_* / query.ckks_* protocol stages
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, HospitalData, torch.nn.Module]:
@@ -175,7 +178,7 @@ def _personalized(
     return metrics
 
 
-@app.train()
+@app.train(mods=[secure_train_mod])  # masks/encrypts the reply when asked to
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this hospital's training split."""
     try:

@@ -114,6 +114,24 @@ class RunConfig:
     init_model: str = _opt("", "init-model")
     personalize_epochs: int = _opt(0, "personalize-epochs", low=0, high=1000)
     local_norm: bool = _opt(False, "local-norm")
+    # Secure aggregation (docs/secure-aggregation.md); 0 = derived from the round size.
+    secure_aggregation: bool = _opt(False, "secure-aggregation")
+    aggregation_encryption: str = _opt(
+        "masking", "aggregation-encryption", choices=("masking", "ckks")
+    )
+    secagg_num_shares: int = _opt(0, "secagg-num-shares", low=0, high=100_000)
+    secagg_reconstruction_threshold: int = _opt(
+        0, "secagg-reconstruction-threshold", low=0, high=100_000
+    )
+    secagg_clipping_range: float = _opt(
+        2.0, "secagg-clipping-range", low=0.0, high=1e6, low_open=True
+    )
+    secagg_quantization_range: int = _opt(
+        2**30, "secagg-quantization-range", low=2**8, high=2**30
+    )
+    secagg_max_weight: float = _opt(
+        100_000.0, "secagg-max-weight", low=0.0, high=1e12, low_open=True
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -145,6 +163,13 @@ class RunConfig:
             raise ConfigError(
                 "strategy='fedprox' needs 'proximal-mu' > 0 (got "
                 f"{self.proximal_mu}); use strategy='fedavg' for mu = 0."
+            )
+        if self.secure_aggregation:
+            _check_secure_aggregation(self)
+        elif self.aggregation_encryption != "masking":
+            raise ConfigError(
+                f"aggregation-encryption='{self.aggregation_encryption}' needs "
+                "'secure-aggregation' = true."
             )
         if any(c in self.run_name for c in "/\\") or self.run_name in (".", ".."):
             raise ConfigError(f"'run-name' must be a plain name, got {self.run_name!r}.")
@@ -226,6 +251,30 @@ class RunConfig:
             augment=self.augment,
             class_names=tuple(n.strip() for n in self.class_names.split(",") if n.strip()),
         )
+
+
+def _check_secure_aggregation(cfg: RunConfig) -> None:
+    from strategies.secagg import SECURE_STRATEGIES, params_from_config
+
+    if cfg.task == "vertical":
+        raise ConfigError(
+            "secure-aggregation applies to horizontal FedAvg/FedProx rounds; "
+            "task='vertical' exchanges embeddings, not model updates."
+        )
+    if cfg.strategy not in SECURE_STRATEGIES:
+        raise ConfigError(
+            f"secure-aggregation works with strategy = {' or '.join(SECURE_STRATEGIES)}"
+            f" (a sum of updates); '{cfg.strategy}' needs each update in the clear."
+        )
+    if cfg.min_hospitals < 2:
+        raise ConfigError(
+            "secure-aggregation needs 'min-hospitals' >= 2: the sum of one update is "
+            f"that update (got {cfg.min_hospitals})."
+        )
+    try:
+        params_from_config(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _coerce(key: str, value: Any, expected: type) -> Any:

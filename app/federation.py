@@ -36,6 +36,7 @@ from models.training import evaluate_split, pick_device, set_deterministic
 from strategies import STRATEGY_OPTIONS, build_strategy
 from strategies.runner import RoundHook, RoundRunner, RunResult
 from strategies.screening import Screened
+from strategies.secagg import secure_aggregator
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,9 @@ PREPROCESSING: dict[str, dict[str, Any]] = {
 }
 
 # Ledger keys copied into each history.json round entry (besides per-hospital metrics).
-LEDGER_KEYS = ("rejected", "errors", "no_reply", "skipped", "anomaly")
+LEDGER_KEYS = (
+    "rejected", "errors", "no_reply", "skipped", "anomaly", "secure_aggregation",
+)
 
 
 def _summary(metrics: dict[str, float]) -> str:
@@ -164,6 +167,7 @@ def run_federation(
         wait_for_hospitals=cfg.wait_for_hospitals,
         seed=cfg.seed,
         **{name: getattr(cfg, name) for name in STRATEGY_OPTIONS[cfg.strategy]},
+        **({"secure": secure} if (secure := secure_aggregator(cfg)) else {}),
     )
     arrays = ArrayRecord(model.state_dict())
     start_round = 1

@@ -101,6 +101,7 @@ SUITE_MODULES: list[str] = [
     "scripts.bench_vertical",
     "scripts.bench_personalization",
     "scripts.bench_poisoning",
+    "scripts.bench_secagg",
 ]
 
 

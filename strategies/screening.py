@@ -255,12 +255,7 @@ class Screened:
                 entry["errors"][name] = {"phase": phase, "reason": reason}
                 continue
             self._names[msg.metadata.src_node_id] = name
-            problem = reply_problem(
-                msg.content,
-                self._reference,
-                self.weighted_by_key,
-                check_arrays=is_train,
-            )
+            problem = self._reply_problem(server_round, msg.content, is_train=is_train)
             if problem is not None:
                 log.warning(
                     "Round %d %s: dropped the reply of hospital %s: %s",
@@ -275,6 +270,16 @@ class Screened:
             entry[phase][name] = dict(metrics)
             sound.append(msg)
         return sound
+
+    def _reply_problem(
+        self, server_round: int, content: RecordDict, *, is_train: bool
+    ) -> str | None:
+        """Why one reply must not be aggregated (None when sound); a hook for
+        strategies whose replies carry masked or encrypted updates."""
+        del server_round
+        return reply_problem(
+            content, self._reference, self.weighted_by_key, check_arrays=is_train
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
