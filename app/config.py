@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from data.registry import DATASETS, TASKS
+from data.registry import DATASET_TASKS, DATASETS, TASKS
 from data.spec import DataSpec
 from models import DEFAULT_MODELS, MODEL_TASKS, MODELS
 
@@ -184,13 +184,13 @@ class RunConfig:
     def _check_task(self) -> None:
         """Refuse a dataset or model meant for another task."""
         if self.task == "vertical":  # feature groups of tabular data, split NN
-            if DATASETS[self.dataset].task != "tabular":
+            if DATASET_TASKS[self.dataset] != "tabular":
                 raise ConfigError(
                     f"task='vertical' splits tabular columns; dataset='{self.dataset}' "
                     "is not tabular (use wdbc, heart-disease or csv)."
                 )
             return
-        data_task = DATASETS[self.dataset].task
+        data_task = DATASET_TASKS[self.dataset]
         if data_task != self.task:
             raise ConfigError(
                 f"dataset='{self.dataset}' is {data_task} data but task='{self.task}'; "

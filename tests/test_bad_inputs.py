@@ -140,7 +140,7 @@ def other_features(path: Path) -> None:
         (drop_label, "missing label column 'target'"),
         (label_outside, "label 5 is outside the classes 0..1"),
         (empty, "no complete rows"),
-        (remove, "data file not found"),
+        (remove, "data path not found"),
         (other_features, "input shape (28,) does not match the model's (30,)"),
     ],
     ids=[
