@@ -15,13 +15,16 @@ from flwr.clientapp import ClientApp
 
 from app.config import RunConfig
 from app.hospital import hospital_name, load_hospital, model_spec
+from app.local_dp import local_dp_round
 from app.logs import route_to_flower
 from data.spec import DataError, HospitalData
+from models.privacy import PrivacyBudgetExhausted
 from models.training import TrainSettings, evaluate_split, make_loader, pick_device, train_epochs
 from strategies.fedavg import HOSPITAL_RECORD
 
 log = logging.getLogger(__name__)
 DATA_ERROR_CODE = 4001
+PRIVACY_BUDGET_CODE = 4002
 
 app = ClientApp()
 
@@ -81,10 +84,22 @@ def train(msg: Message, context: Context) -> Message:
     round_seed = cfg.seed + 1000 * int(config.get("server-round", 0))
     torch.manual_seed(round_seed)
     device = pick_device(cfg.device)
-    loader = make_loader(site.train, cfg.batch_size, shuffle=True, seed=round_seed)
-    stats = train_epochs(model, loader, settings, device)
+    if cfg.dp == "local":
+        try:
+            outcome = local_dp_round(
+                model, site.train, settings, cfg, context.state, device, seed=round_seed
+            )
+        except PrivacyBudgetExhausted as err:
+            log.warning("Hospital %s: %s", site.name, err)
+            return Message(Error(code=PRIVACY_BUDGET_CODE, reason=str(err)), reply_to=msg)
+        # No training-data statistic (such as the training loss) leaves under DP.
+        train_metrics = outcome.metrics()
+    else:
+        loader = make_loader(site.train, cfg.batch_size, shuffle=True, seed=round_seed)
+        train_metrics = {"train_loss": train_epochs(model, loader, settings, device)[
+            "train_loss"]}
     metrics = {
-        "train_loss": stats["train_loss"],
+        **train_metrics,
         "num-examples": len(site.train),  # the dataset's length, never len(loader)
         **_defined(evaluate_split(model, site.val, device), "val_"),
     }

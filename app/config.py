@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,16 @@ class RunConfig:
     torch_threads: int = _opt(1, "torch-threads", low=0, high=256)
     output_dir: str = _opt("outputs", "output-dir")
     run_name: str = _opt("", "run-name")
+    # Differential privacy (docs/privacy.md).
+    dp: str = _opt("none", "dp", choices=("none", "local", "central"))
+    dp_noise_multiplier: float = _opt(0.0, "dp-noise-multiplier", low=0.0, high=1000.0)
+    dp_target_epsilon: float = _opt(0.0, "dp-target-epsilon", low=0.0, high=1000.0)
+    dp_epsilon_budget: float = _opt(0.0, "dp-epsilon-budget", low=0.0, high=1000.0)
+    dp_delta: float = _opt(1e-5, "dp-delta", low=0.0, high=0.1, low_open=True)
+    dp_max_grad_norm: float = _opt(1.0, "dp-max-grad-norm", low=0.0, low_open=True)
+    dp_update_clip_norm: float = _opt(1.0, "dp-update-clip-norm", low=0.0, low_open=True)
+    dp_accountant: str = _opt("prv", "dp-accountant", choices=("prv", "rdp"))
+    dp_secure_rng: bool = _opt(False, "dp-secure-rng")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -91,6 +102,59 @@ class RunConfig:
             )
         if any(c in self.run_name for c in "/\\") or self.run_name in (".", ".."):
             raise ConfigError(f"'run-name' must be a plain name, got {self.run_name!r}.")
+        self._check_privacy()
+
+    def _check_privacy(self) -> None:
+        """Reject DP settings that would silently not mean what they say."""
+        if self.dp == "none":
+            for key, value in (
+                ("dp-noise-multiplier", self.dp_noise_multiplier),
+                ("dp-target-epsilon", self.dp_target_epsilon),
+                ("dp-epsilon-budget", self.dp_epsilon_budget),
+                ("dp-secure-rng", self.dp_secure_rng),
+            ):
+                if value:
+                    raise ConfigError(
+                        f"'{key}' = {value!r} has no effect with dp='none'; set "
+                        "dp='local' or dp='central', or leave it unset."
+                    )
+            return
+        if (self.dp_noise_multiplier > 0) == (self.dp_target_epsilon > 0):
+            raise ConfigError(
+                f"dp='{self.dp}' needs exactly one of 'dp-noise-multiplier' > 0 or "
+                "'dp-target-epsilon' > 0 (got "
+                f"{self.dp_noise_multiplier} and {self.dp_target_epsilon})."
+            )
+        if self.dp_epsilon_budget and self.dp_target_epsilon > self.dp_epsilon_budget:
+            raise ConfigError(
+                f"'dp-target-epsilon' = {self.dp_target_epsilon} exceeds "
+                f"'dp-epsilon-budget' = {self.dp_epsilon_budget}: the planned run "
+                "would be refused before its last round."
+            )
+        if self.dp == "local" and self.proximal_mu > 0:
+            raise ConfigError(
+                f"'proximal-mu' = {self.proximal_mu} is not supported with dp='local': "
+                "Opacus clips per-sample gradients of the data loss only, so the "
+                "proximal term would be silently dropped. Use strategy='fedavg'."
+            )
+        if (
+            self.dp == "local" and self.dp_secure_rng
+            and importlib.util.find_spec("torchcsprng") is None
+        ):
+            raise ConfigError(
+                "'dp-secure-rng' = true with dp='local' needs the torchcsprng package "
+                "(Opacus' secure mode), which is not installed."
+            )
+        if self.dp == "central" and self.dp_epsilon_budget:
+            raise ConfigError(
+                "'dp-epsilon-budget' applies to dp='local' (each hospital refuses "
+                "rounds past it); for dp='central' set 'dp-target-epsilon'."
+            )
+
+    @property
+    def dp_budget(self) -> float:
+        """The epsilon a hospital may not exceed (inf when none is set)."""
+        return self.dp_epsilon_budget or self.dp_target_epsilon or float("inf")
 
     @classmethod
     def keys(cls) -> dict[str, dataclasses.Field[Any]]:

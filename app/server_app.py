@@ -13,12 +13,14 @@ from flwr.serverapp import Grid, ServerApp
 from app.config import RunConfig
 from app.hospital import model_spec
 from app.logs import route_to_flower
+from app.privacy_report import PrivacyReport
 from app.run_outputs import RunRecorder
 from data.registry import get_dataset
 from data.spec import Split
 from models.checkpoint import save_model
 from models.training import evaluate_split, pick_device
 from strategies import STRATEGY_OPTIONS, build_strategy
+from strategies.central_dp import CentralDP, GaussianNoise
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class RoundReporter:
         self.model, self.test = model, test
         self.device = pick_device(cfg.device)
         self.start = time.monotonic()
+        self.privacy = PrivacyReport(cfg)
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         metrics: dict[str, float] = {}
@@ -54,6 +57,8 @@ class RoundReporter:
             metrics = evaluate_split(self.model, self.test, self.device)
         ledger = self.strategy.ledger.rounds.get(server_round, {})
         entry = {"round": server_round, "server": metrics, **_hospitals(ledger)}
+        if (privacy := self.privacy.round_entry(server_round, ledger, self.strategy)):
+            entry["privacy"] = privacy
         self.recorder.record_round(entry)
         total = self.cfg.num_server_rounds
         elapsed = time.monotonic() - self.start
@@ -66,6 +71,9 @@ class RoundReporter:
             len(entry.get("rejected", {})) + len(entry.get("errors", {})),
             _summary(metrics) or "no server-side test set",
         )
+        if "privacy" in entry:
+            log.info("[round %d/%d] privacy: %s", server_round, total,
+                     self.privacy.short(entry["privacy"]))
         clean = {k: v for k, v in metrics.items() if v == v}
         return MetricRecord(clean) if clean else None
 
@@ -105,6 +113,18 @@ def main(grid: Grid, context: Context) -> None:
         min_hospitals=cfg.min_hospitals,
         **{name: getattr(cfg, name) for name in STRATEGY_OPTIONS[cfg.strategy]},
     )
+    if cfg.dp == "central":
+        strategy = CentralDP(
+            strategy,
+            clip_norm=cfg.dp_update_clip_norm,
+            delta=cfg.dp_delta,
+            noise_multiplier=cfg.dp_noise_multiplier,
+            target_epsilon=cfg.dp_target_epsilon,
+            num_rounds=cfg.num_server_rounds,
+            expected_sample_rate=cfg.fraction_train,
+            accountant=cfg.dp_accountant,
+            noise=GaussianNoise(secure=cfg.dp_secure_rng),
+        )
     recorder = RunRecorder(cfg, context.run_id)
     log.info("medflower run %s: %s, %s on %s (%s test records), writing to %s",
              recorder.history["run_name"], cfg.strategy, cfg.model, info.description,
@@ -132,6 +152,10 @@ def main(grid: Grid, context: Context) -> None:
         preprocessing=PREPROCESSING,
     )
     final = recorder.history["rounds"][-1]["server"] if recorder.history["rounds"] else {}
-    recorder.finish("completed", final_server_metrics=final)
+    recorder.finish(
+        "completed", final_server_metrics=final, privacy=reporter.privacy.final()
+    )
     log.info("Run finished. Outputs: %s", recorder.dir)
     log.info("Final server-side metrics: %s", _summary(final) or "none")
+    for line in reporter.privacy.lines():
+        log.info(line)

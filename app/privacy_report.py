@@ -1,0 +1,96 @@
+"""Per-round privacy entries for history.json and the run's final privacy log lines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.config import RunConfig
+
+BUDGET_REASON = "privacy budget exhausted"
+
+
+class PrivacyReport:
+    """Tracks the privacy spent per round: each hospital's cumulative (epsilon, delta)
+    under local DP-SGD, the federation's hospital-level epsilon under central DP."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.latest: dict[str, float] = {}  # hospital -> cumulative epsilon so far
+        self.refused: set[str] = set()
+        self.central: dict[str, Any] | None = None
+
+    def round_entry(
+        self, server_round: int, ledger: dict[str, Any], strategy: Any
+    ) -> dict[str, Any] | None:
+        """The ``privacy`` field of one round's history entry (None without DP)."""
+        if self.cfg.dp == "none":
+            return None
+        if self.cfg.dp == "central":
+            report = getattr(strategy, "privacy_report", lambda _: None)(server_round)
+            if report is not None:
+                self.central = report
+            return report
+        trained = {}
+        for name, metrics in ledger.get("train", {}).items():
+            if "dp-epsilon" in metrics:
+                trained[name] = float(metrics["dp-epsilon"])
+        self.latest.update(trained)
+        refused = sorted(
+            name for name, err in ledger.get("errors", {}).items()
+            if BUDGET_REASON in str(err.get("reason", ""))
+        )
+        self.refused.update(refused)
+        return {
+            "mode": "local",
+            "unit": "record",
+            "delta": self.cfg.dp_delta,
+            "accountant": self.cfg.dp_accountant,
+            "budget": self.cfg.dp_budget,
+            "epsilon": dict(sorted(self.latest.items())),
+            "trained": sorted(trained),
+            "refused_budget": refused,
+        }
+
+    @staticmethod
+    def short(entry: dict[str, Any]) -> str:
+        """One log line's worth of a round's privacy entry."""
+        if entry["mode"] == "central":
+            return f"central epsilon={entry['epsilon']:.4f} (delta={entry['delta']:g})"
+        eps = " ".join(f"{n}={e:.3f}" for n, e in entry["epsilon"].items())
+        refused = entry["refused_budget"]
+        return (f"local epsilon (delta={entry['delta']:g}) {eps or '-'}"
+                + (f"; refused: {', '.join(refused)}" if refused else ""))
+
+    def final(self) -> dict[str, Any] | None:
+        """The run's privacy summary for history.json."""
+        if self.cfg.dp == "none":
+            return None
+        if self.cfg.dp == "central":
+            return self.central
+        return {
+            "mode": "local", "unit": "record", "delta": self.cfg.dp_delta,
+            "accountant": self.cfg.dp_accountant, "budget": self.cfg.dp_budget,
+            "epsilon": dict(sorted(self.latest.items())),
+            "refused_budget": sorted(self.refused),
+        }
+
+    def lines(self) -> list[str]:
+        """Human-readable lines for the final log."""
+        final = self.final()
+        if final is None:
+            return ["Privacy: no differential privacy (dp='none')."]
+        if final["mode"] == "central":
+            return [
+                f"Privacy (central DP, hospital-level): epsilon={final['epsilon']:.4f} "
+                f"at delta={final['delta']:g} ({final['accountant']} accountant, noise "
+                f"multiplier {final['noise_multiplier']:.4g}, clip "
+                f"{final['clip_norm']:.4g})"
+            ]
+        out = [
+            f"Privacy (local DP-SGD, record-level, per hospital) at delta="
+            f"{final['delta']:g}, {final['accountant']} accountant:"
+        ]
+        out += [f"  {name}: epsilon={eps:.4f}" for name, eps in final["epsilon"].items()]
+        if final["refused_budget"]:
+            out.append(f"  refused rounds (budget exhausted): {', '.join(final['refused_budget'])}")
+        return out
