@@ -23,7 +23,7 @@ class PrivacyReport:
         self, server_round: int, ledger: dict[str, Any], strategy: Any
     ) -> dict[str, Any] | None:
         """The ``privacy`` field of one round's history entry (None without DP)."""
-        if self.cfg.dp == "none":
+        if self.cfg.dp == "none" or server_round == 0:  # round 0: initial model only
             return None
         if self.cfg.dp == "central":
             report = getattr(strategy, "privacy_report", lambda _: None)(server_round)
