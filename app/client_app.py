@@ -87,7 +87,8 @@ def train(msg: Message, context: Context) -> Message:
     if cfg.dp == "local":
         try:
             outcome = local_dp_round(
-                model, site.train, settings, cfg, context.state, device, seed=round_seed
+                model, site.train, settings, cfg, context.state, device,
+                seed=round_seed, node_config=context.node_config,
             )
         except PrivacyBudgetExhausted as err:
             log.warning("Hospital %s: %s", site.name, err)

@@ -8,7 +8,9 @@ ConfigRecord of the node's ``context.state``, which never leaves the hospital.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from flwr.app import ConfigRecord, RecordDict
@@ -51,7 +53,21 @@ class LocalDPOutcome:
         }
 
 
-def dp_settings(cfg: RunConfig, num_records: int, state: RecordDict) -> DPSettings:
+def hospital_budget(cfg: RunConfig, node_config: Mapping[str, Any]) -> float:
+    """The run's budget, tightened by the hospital's own ``dp-epsilon-budget`` node
+    config (a SuperNode's ``--node-config``): a hospital can lower, never raise it."""
+    own = node_config.get("dp-epsilon-budget")
+    if own is None:
+        return cfg.dp_budget
+    if isinstance(own, bool) or not isinstance(own, (int, float)) or not own > 0:
+        raise ValueError(f"node config 'dp-epsilon-budget' must be a number > 0, got {own!r}.")
+    return min(cfg.dp_budget, float(own))
+
+
+def dp_settings(
+    cfg: RunConfig, num_records: int, state: RecordDict,
+    node_config: Mapping[str, Any] | None = None,
+) -> DPSettings:
     """This hospital's DP settings; a target epsilon is turned into a noise multiplier
     once (planned over all rounds and local epochs) and remembered in ``state``."""
     sigma = cfg.dp_noise_multiplier
@@ -81,7 +97,7 @@ def dp_settings(cfg: RunConfig, num_records: int, state: RecordDict) -> DPSettin
         delta=cfg.dp_delta,
         accountant=cfg.dp_accountant,
         secure_rng=cfg.dp_secure_rng,
-        budget=cfg.dp_budget,
+        budget=hospital_budget(cfg, node_config or {}),
     )
 
 
@@ -108,6 +124,7 @@ def local_dp_round(
     device: torch.device,
     *,
     seed: int,
+    node_config: Mapping[str, Any] | None = None,
 ) -> LocalDPOutcome:
     """Check the budget, train with DP-SGD and persist the new history in ``state``.
 
@@ -116,7 +133,7 @@ def local_dp_round(
     PrivacyBudgetExhausted
         Before any training when this round would take the hospital past its budget.
     """
-    dp = dp_settings(cfg, len(train), state)
+    dp = dp_settings(cfg, len(train), state, node_config)
     history = load_history(state, dp.accountant)
     if not history:  # remember the planned sigma even if the first round is refused
         state[STATE_KEY] = ConfigRecord(
