@@ -55,21 +55,27 @@ class LocalDPOutcome:
 
 def hospital_budget(cfg: RunConfig, node_config: Mapping[str, Any]) -> float:
     """The run's budget, tightened by the hospital's own ``dp-epsilon-budget`` node
-    config (a SuperNode's ``--node-config``): a hospital can lower, never raise it."""
+    config (a SuperNode's ``--node-config``): a hospital can lower, never raise it.
+    """
     own = node_config.get("dp-epsilon-budget")
     if own is None:
         return cfg.dp_budget
     if isinstance(own, bool) or not isinstance(own, (int, float)) or not own > 0:
-        raise ValueError(f"node config 'dp-epsilon-budget' must be a number > 0, got {own!r}.")
+        raise ValueError(
+            f"node config 'dp-epsilon-budget' must be a number > 0, got {own!r}."
+        )
     return min(cfg.dp_budget, float(own))
 
 
 def dp_settings(
-    cfg: RunConfig, num_records: int, state: RecordDict,
+    cfg: RunConfig,
+    num_records: int,
+    state: RecordDict,
     node_config: Mapping[str, Any] | None = None,
 ) -> DPSettings:
     """This hospital's DP settings; a target epsilon is turned into a noise multiplier
-    once (planned over all rounds and local epochs) and remembered in ``state``."""
+    once (planned over all rounds and local epochs) and remembered in ``state``.
+    """
     sigma = cfg.dp_noise_multiplier
     record = state.config_records.get(STATE_KEY)
     if sigma == 0:
@@ -89,7 +95,8 @@ def dp_settings(
         log.warning(
             "dp-delta=%g is not small against this hospital's %d training records "
             "(delta >= 1/n allows releasing a record outright); use a smaller delta.",
-            cfg.dp_delta, num_records,
+            cfg.dp_delta,
+            num_records,
         )
     return DPSettings(
         noise_multiplier=sigma,
@@ -137,21 +144,34 @@ def local_dp_round(
     history = load_history(state, dp.accountant)
     if not history:  # remember the planned sigma even if the first round is refused
         state[STATE_KEY] = ConfigRecord(
-            {**history_to_record([], dp.accountant), "planned-noise-multiplier":
-             dp.noise_multiplier}
+            {
+                **history_to_record([], dp.accountant),
+                "planned-noise-multiplier": dp.noise_multiplier,
+            }
         )
     future, eps_next = check_budget(
-        history, dp, num_records=len(train), batch_size=settings.batch_size,
+        history,
+        dp,
+        num_records=len(train),
+        batch_size=settings.batch_size,
         epochs=settings.epochs,
     )
     result = train_dp(
-        model, train, settings, dp, device, history=history, seed=seed,
+        model,
+        train,
+        settings,
+        dp,
+        device,
+        history=history,
+        seed=seed,
         report_epsilon=False,
     )
     save_history(state, result.history, dp)
     # The steps taken are data-independent, so the history is the one just checked.
-    epsilon = eps_next if result.history == future else epsilon_of(
-        result.history, delta=dp.delta, mechanism=dp.accountant
+    epsilon = (
+        eps_next
+        if result.history == future
+        else epsilon_of(result.history, delta=dp.delta, mechanism=dp.accountant)
     )
     return LocalDPOutcome(
         epsilon=epsilon,

@@ -11,7 +11,8 @@ BUDGET_REASON = "privacy budget exhausted"
 
 class PrivacyReport:
     """Tracks the privacy spent per round: each hospital's cumulative (epsilon, delta)
-    under local DP-SGD, the federation's hospital-level epsilon under central DP."""
+    under local DP-SGD, the federation's hospital-level epsilon under central DP.
+    """
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
@@ -36,7 +37,8 @@ class PrivacyReport:
                 trained[name] = float(metrics["dp-epsilon"])
         self.latest.update(trained)
         refused = sorted(
-            name for name, err in ledger.get("errors", {}).items()
+            name
+            for name, err in ledger.get("errors", {}).items()
             if BUDGET_REASON in str(err.get("reason", ""))
         )
         self.refused.update(refused)
@@ -58,8 +60,9 @@ class PrivacyReport:
             return f"central epsilon={entry['epsilon']:.4f} (delta={entry['delta']:g})"
         eps = " ".join(f"{n}={e:.3f}" for n, e in entry["epsilon"].items())
         refused = entry["refused_budget"]
-        return (f"local epsilon (delta={entry['delta']:g}) {eps or '-'}"
-                + (f"; refused: {', '.join(refused)}" if refused else ""))
+        return f"local epsilon (delta={entry['delta']:g}) {eps or '-'}" + (
+            f"; refused: {', '.join(refused)}" if refused else ""
+        )
 
     def final(self) -> dict[str, Any] | None:
         """The run's privacy summary for history.json."""
@@ -68,8 +71,11 @@ class PrivacyReport:
         if self.cfg.dp == "central":
             return self.central
         return {
-            "mode": "local", "unit": "record", "delta": self.cfg.dp_delta,
-            "accountant": self.cfg.dp_accountant, "budget": self.cfg.dp_budget,
+            "mode": "local",
+            "unit": "record",
+            "delta": self.cfg.dp_delta,
+            "accountant": self.cfg.dp_accountant,
+            "budget": self.cfg.dp_budget,
             "epsilon": dict(sorted(self.latest.items())),
             "refused_budget": sorted(self.refused),
         }
@@ -90,7 +96,11 @@ class PrivacyReport:
             f"Privacy (local DP-SGD, record-level, per hospital) at delta="
             f"{final['delta']:g}, {final['accountant']} accountant:"
         ]
-        out += [f"  {name}: epsilon={eps:.4f}" for name, eps in final["epsilon"].items()]
+        out += [
+            f"  {name}: epsilon={eps:.4f}" for name, eps in final["epsilon"].items()
+        ]
         if final["refused_budget"]:
-            out.append(f"  refused rounds (budget exhausted): {', '.join(final['refused_budget'])}")
+            out.append(
+                f"  refused rounds (budget exhausted): {', '.join(final['refused_budget'])}"
+            )
         return out

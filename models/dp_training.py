@@ -74,11 +74,18 @@ def sample_rate(num_records: int, batch_size: int) -> float:
 
 
 def planned_noise_multiplier(
-    *, target_epsilon: float, delta: float, num_records: int, batch_size: int,
-    epochs_per_round: int, rounds: int, accountant: str,
+    *,
+    target_epsilon: float,
+    delta: float,
+    num_records: int,
+    batch_size: int,
+    epochs_per_round: int,
+    rounds: int,
+    accountant: str,
 ) -> float:
     """Noise multiplier that spends ``target_epsilon`` over the whole run (every round,
-    every local epoch) at this hospital's own sample rate."""
+    every local epoch) at this hospital's own sample rate.
+    """
     steps = rounds * epochs_per_round * batches_per_epoch(num_records, batch_size)
     return plan_noise_multiplier(
         target_epsilon=target_epsilon,
@@ -102,7 +109,11 @@ def check_dp_compatible(model: nn.Module) -> None:
 
 
 def epsilon_after_round(
-    history: list[HistoryEntry], dp: DPSettings, *, num_records: int, batch_size: int,
+    history: list[HistoryEntry],
+    dp: DPSettings,
+    *,
+    num_records: int,
+    batch_size: int,
     epochs: int,
 ) -> tuple[list[HistoryEntry], float]:
     """The history and epsilon this hospital would have after one more round."""
@@ -117,11 +128,16 @@ def epsilon_after_round(
 
 
 def check_budget(
-    history: list[HistoryEntry], dp: DPSettings, *, num_records: int, batch_size: int,
+    history: list[HistoryEntry],
+    dp: DPSettings,
+    *,
+    num_records: int,
+    batch_size: int,
     epochs: int,
 ) -> tuple[list[HistoryEntry], float]:
     """History and epsilon after the next round; raise PrivacyBudgetExhausted when
-    that epsilon would exceed ``dp.budget``."""
+    that epsilon would exceed ``dp.budget``.
+    """
     future, eps_next = epsilon_after_round(
         history, dp, num_records=num_records, batch_size=batch_size, epochs=epochs
     )
@@ -193,7 +209,9 @@ def train_dp(
         hooks.cleanup()
         for p in model.parameters():
             p.grad_sample = None
-    new_history = [(float(s), float(q), int(n)) for s, q, n in engine.accountant.history]
+    new_history = [
+        (float(s), float(q), int(n)) for s, q, n in engine.accountant.history
+    ]
     return DPRoundResult(
         train_loss=total / count if count else math.nan,
         steps=steps,
@@ -201,6 +219,7 @@ def train_dp(
         history=new_history,
         epsilon=(
             epsilon_of(new_history, delta=dp.delta, mechanism=dp.accountant)
-            if report_epsilon else math.nan
+            if report_epsilon
+            else math.nan
         ),
     )

@@ -40,11 +40,15 @@ def new_accountant(mechanism: str, history: Sequence[HistoryEntry] = ()) -> IAcc
 
 
 def compose(
-    history: Sequence[HistoryEntry], *, noise_multiplier: float, sample_rate: float,
+    history: Sequence[HistoryEntry],
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
     steps: int,
 ) -> list[HistoryEntry]:
     """``history`` followed by ``steps`` more steps at ``(noise_multiplier, sample_rate)``,
-    merged into the last entry when it has the same parameters (as Opacus does)."""
+    merged into the last entry when it has the same parameters (as Opacus does).
+    """
     out = [(float(s), float(q), int(n)) for s, q, n in history]
     if steps <= 0:
         return out
@@ -56,7 +60,9 @@ def compose(
     return out
 
 
-def epsilon_of(history: Sequence[HistoryEntry], *, delta: float, mechanism: str) -> float:
+def epsilon_of(
+    history: Sequence[HistoryEntry], *, delta: float, mechanism: str
+) -> float:
     """Epsilon at ``delta`` of a history; 0 for an empty one, inf without noise."""
     if not history or all(n == 0 for _, _, n in history):
         return 0.0
@@ -69,10 +75,16 @@ def epsilon_of(history: Sequence[HistoryEntry], *, delta: float, mechanism: str)
 
 
 def plan_noise_multiplier(
-    *, target_epsilon: float, delta: float, sample_rate: float, steps: int, mechanism: str
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    mechanism: str,
 ) -> float:
     """The smallest noise multiplier (to 1% of epsilon) whose ``steps`` steps at
-    ``sample_rate`` stay within ``target_epsilon`` at ``delta``."""
+    ``sample_rate`` stay within ``target_epsilon`` at ``delta``.
+    """
     if target_epsilon <= 0 or steps <= 0:
         raise ValueError("target_epsilon and steps must be > 0.")
     with warnings.catch_warnings():
@@ -103,7 +115,8 @@ def history_to_record(history: Sequence[HistoryEntry], mechanism: str) -> Config
 
 def history_from_record(record: ConfigRecord, mechanism: str) -> list[HistoryEntry]:
     """Inverse of :func:`history_to_record`; refuses a history of another accountant,
-    whose epsilon would not be comparable."""
+    whose epsilon would not be comparable.
+    """
     stored = record.get("mechanism")
     if stored != mechanism:
         raise ValueError(
@@ -115,4 +128,7 @@ def history_from_record(record: ConfigRecord, mechanism: str) -> list[HistoryEnt
     steps = list(record.get("steps", []))
     if not len(sigmas) == len(rates) == len(steps):
         raise ValueError("Corrupt privacy history: list lengths differ.")
-    return [(float(s), float(q), int(n)) for s, q, n in zip(sigmas, rates, steps, strict=True)]
+    return [
+        (float(s), float(q), int(n))
+        for s, q, n in zip(sigmas, rates, steps, strict=True)
+    ]

@@ -36,7 +36,8 @@ def clip_update(
     update: list[np.ndarray], clip_norm: float
 ) -> tuple[list[np.ndarray], float]:
     """Scale ``update`` (a list of arrays) to L2 norm <= ``clip_norm``; return it and
-    its norm before clipping."""
+    its norm before clipping.
+    """
     norm = math.sqrt(sum(float(np.sum(np.square(u, dtype=np.float64))) for u in update))
     scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     return [u * scale for u in update], norm
@@ -44,7 +45,8 @@ def clip_update(
 
 class GaussianNoise:
     """Gaussian noise source: numpy's PCG64 (seeded from the OS unless given a seed),
-    or OpenDP's exact Gaussian sampler when ``secure`` (slow for large models)."""
+    or OpenDP's exact Gaussian sampler when ``secure`` (slow for large models).
+    """
 
     def __init__(self, *, secure: bool = False, seed: int | None = None) -> None:
         if secure and seed is not None:
@@ -112,8 +114,11 @@ class CentralDP(Strategy):
             if num_rounds < 1:
                 raise ValueError("Planning from target_epsilon needs num_rounds >= 1.")
             noise_multiplier = plan_noise_multiplier(
-                target_epsilon=target_epsilon, delta=delta,
-                sample_rate=expected_sample_rate, steps=num_rounds, mechanism=accountant,
+                target_epsilon=target_epsilon,
+                delta=delta,
+                sample_rate=expected_sample_rate,
+                steps=num_rounds,
+                mechanism=accountant,
             )
         self.strategy = strategy
         self.noise_multiplier = float(noise_multiplier)
@@ -138,7 +143,10 @@ class CentralDP(Strategy):
     def summary(self) -> None:
         log.info(
             "Central DP (hospital-level): clip %.4g, noise multiplier %.4g, delta %g, "
-            "%s accountant", self.clip_norm, self.noise_multiplier, self.delta,
+            "%s accountant",
+            self.clip_norm,
+            self.noise_multiplier,
+            self.delta,
             self.accountant,
         )
         self.strategy.summary()
@@ -147,7 +155,9 @@ class CentralDP(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._current = arrays
-        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        messages = list(
+            self.strategy.configure_train(server_round, arrays, config, grid)
+        )
         self._sampled[server_round] = (len(messages), len(list(grid.get_node_ids())))
         return messages
 
@@ -157,9 +167,13 @@ class CentralDP(Strategy):
         sound = self.strategy._screen(server_round, replies, is_train=True)
         sampled, population = self._sampled.pop(server_round, (0, 0))
         if not sound or self._current is None or sampled == 0:
-            self.strategy.ledger.entry(server_round)["failed"] = "no valid training replies"
-            log.error("Round %d: no valid training reply; the global model is unchanged.",
-                      server_round)
+            self.strategy.ledger.entry(server_round)["failed"] = (
+                "no valid training replies"
+            )
+            log.error(
+                "Round %d: no valid training reply; the global model is unchanged.",
+                server_round,
+            )
             return None, None
         keys = list(self._current.keys())
         current = [self._current[k].numpy().astype(np.float64) for k in keys]
@@ -167,8 +181,10 @@ class CentralDP(Strategy):
         norms = []
         for msg in sound:
             arrays = next(iter(msg.content.array_records.values()))
-            update = [arrays[k].numpy().astype(np.float64) - c
-                      for k, c in zip(keys, current, strict=True)]
+            update = [
+                arrays[k].numpy().astype(np.float64) - c
+                for k, c in zip(keys, current, strict=True)
+            ]
             clipped, norm = clip_update(update, self.clip_norm)
             norms.append(norm)
             total = [t + u for t, u in zip(total, clipped, strict=True)]
@@ -180,7 +196,10 @@ class CentralDP(Strategy):
             new[k] = Array(np.asarray(value, dtype=dtype))
         rate = sampled / population if population else 1.0
         self.history = compose(
-            self.history, noise_multiplier=self.noise_multiplier, sample_rate=rate, steps=1
+            self.history,
+            noise_multiplier=self.noise_multiplier,
+            sample_rate=rate,
+            steps=1,
         )
         self.reports[server_round] = {
             "mode": "central",
@@ -194,11 +213,19 @@ class CentralDP(Strategy):
             "hospitals_clipped": int(sum(n > self.clip_norm for n in norms)),
             "median_update_norm": float(np.median(norms)),
         }
-        log.info("Round %d central DP: noise std %.4g, %d/%d updates clipped, "
-                 "epsilon %.4f at delta %g", server_round, std,
-                 self.reports[server_round]["hospitals_clipped"], len(norms),
-                 self.reports[server_round]["epsilon"], self.delta)
-        metrics = weighted_metrics([m.content for m in sound], self.strategy.weighted_by_key)
+        log.info(
+            "Round %d central DP: noise std %.4g, %d/%d updates clipped, "
+            "epsilon %.4f at delta %g",
+            server_round,
+            std,
+            self.reports[server_round]["hospitals_clipped"],
+            len(norms),
+            self.reports[server_round]["epsilon"],
+            self.delta,
+        )
+        metrics = weighted_metrics(
+            [m.content for m in sound], self.strategy.weighted_by_key
+        )
         return ArrayRecord(new), metrics
 
     def configure_evaluate(

@@ -24,7 +24,9 @@ def test_rdp_reference_value_from_opacus_tests():
     assert eps == pytest.approx(7.32911117143, rel=1e-6)
 
 
-@pytest.mark.parametrize("mechanism,cls", [("rdp", RDPAccountant), ("prv", PRVAccountant)])
+@pytest.mark.parametrize(
+    "mechanism,cls", [("rdp", RDPAccountant), ("prv", PRVAccountant)]
+)
 def test_epsilon_matches_an_accountant_stepped_one_step_at_a_time(mechanism, cls):
     history = compose([], noise_multiplier=1.1, sample_rate=0.1, steps=30)
     history = compose(history, noise_multiplier=1.1, sample_rate=0.1, steps=30)

@@ -27,17 +27,23 @@ def _model(run_config):
 
 
 def _train(run_config, context, server_round):
-    msg = make_message(_model(run_config), MessageType.TRAIN,
-                       {"server-round": server_round, "proximal-mu": 0.0})
+    msg = make_message(
+        _model(run_config),
+        MessageType.TRAIN,
+        {"server-round": server_round, "proximal-mu": 0.0},
+    )
     return client_app.app(msg, context)
 
 
-@pytest.mark.parametrize("accountant,cls", [("rdp", RDPAccountant), ("prv", PRVAccountant)])
+@pytest.mark.parametrize(
+    "accountant,cls", [("rdp", RDPAccountant), ("prv", PRVAccountant)]
+)
 def test_epsilon_is_cumulative_and_matches_an_independent_accountant(
     tmp_path, task_identity, accountant, cls
 ):
-    run_config = make_run_config(tmp_path, **DP, **{"dp-noise-multiplier": 1.2,
-                                                    "dp-accountant": accountant})
+    run_config = make_run_config(
+        tmp_path, **DP, **{"dp-noise-multiplier": 1.2, "dp-accountant": accountant}
+    )
     context = make_context(run_config, 0, 2)
     epsilons, steps = [], 0
     for rnd in (1, 2, 3):
@@ -64,7 +70,8 @@ def test_epsilon_is_cumulative_and_matches_an_independent_accountant(
 
 def test_target_epsilon_is_spent_over_the_run_then_refused(tmp_path, task_identity):
     run_config = make_run_config(
-        tmp_path, **{**DP, "num-server-rounds": 2},
+        tmp_path,
+        **{**DP, "num-server-rounds": 2},
         **{"dp-target-epsilon": 2.0, "dp-accountant": "rdp"},
     )
     context = make_context(run_config, 1, 2)
@@ -83,25 +90,35 @@ def test_target_epsilon_is_spent_over_the_run_then_refused(tmp_path, task_identi
 
 def test_hospital_with_exhausted_budget_is_left_out_and_the_run_goes_on(tmp_path):
     run_config = make_run_config(
-        tmp_path, **{**DP, "num-server-rounds": 2},
+        tmp_path,
+        **{**DP, "num-server-rounds": 2},
         **{"dp-noise-multiplier": 1.0, "dp-accountant": "rdp", "min-hospitals": 1},
     )
     node_configs = [
         {"partition-id": 0, "num-partitions": 2},
         {"partition-id": 1, "num-partitions": 2, "dp-epsilon-budget": 0.01},
     ]
-    run_inprocess(server_app.app, client_app.app, num_hospitals=2,
-                  run_config=run_config, node_configs=node_configs)
-    history = json.loads((tmp_path / "outputs" / "test-run" / "history.json").read_text())
+    run_inprocess(
+        server_app.app,
+        client_app.app,
+        num_hospitals=2,
+        run_config=run_config,
+        node_configs=node_configs,
+    )
+    history = json.loads(
+        (tmp_path / "outputs" / "test-run" / "history.json").read_text()
+    )
     assert history["status"] == "completed"
     eps = []
     for entry in history["rounds"][1:]:
         # An error reply carries no content, so the ledger names it by node id.
-        (refused, error), = entry["errors"].items()
+        ((refused, error),) = entry["errors"].items()
         assert refused == "node-102"
         assert "privacy budget exhausted" in error["reason"]
         assert entry["privacy"]["refused_budget"] == [refused]
-        assert [h for h, v in entry["hospitals"].items() if "train" in v] == ["hospital-0"]
+        assert [h for h, v in entry["hospitals"].items() if "train" in v] == [
+            "hospital-0"
+        ]
         eps.append(entry["privacy"]["epsilon"]["hospital-0"])
         assert entry["hospitals"]["hospital-0"]["train"]["dp-epsilon"] == eps[-1]
     assert eps[0] < eps[1]
