@@ -24,6 +24,7 @@ class FederatedDataset(ABC):
 
     name: ClassVar[str]
     task: ClassVar[str]
+    needs_path: ClassVar[bool] = False  # whether the run config must give data-path
 
     def __init__(self, spec: DataSpec) -> None:
         self.spec = spec
@@ -70,7 +71,8 @@ def make_local_splits(
     info: DatasetInfo,
 ) -> HospitalData:
     """Split one hospital's records into train / held-out and standardise both
-    with statistics of the hospital's own training split."""
+    with statistics of the hospital's own training split.
+    """
     if len(y) == 0:
         raise DataError(f"Hospital {name} has no records.", "empty partition")
     keep, out = stratified_split(y, held_out_fraction, seed)

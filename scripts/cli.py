@@ -6,12 +6,14 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from scripts import evaluate, simulate
+from scripts import audit, benchmark, evaluate, simulate
 
 # Subcommand name -> (registers its arguments, runs it). Other modules add theirs.
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "simulate": (simulate.add_arguments, simulate.run),
     "evaluate": (evaluate.add_arguments, evaluate.run),
+    "benchmark": (benchmark.add_arguments, benchmark.run),
+    "audit": (audit.add_arguments, audit.run),
 }
 
 

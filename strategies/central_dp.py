@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from models.privacy import HistoryEntry, compose, epsilon_of, plan_noise_multiplier
-from strategies.fedavg import MedFedAvg, weighted_metrics
+from strategies.screening import Screened, weighted_metrics
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +72,14 @@ class GaussianNoise:
 
 
 class CentralDP(Strategy):
-    """Wraps a :class:`MedFedAvg` (or subclass) with DP-FedAvg aggregation.
+    """Wraps a medflower strategy (FedAvg/FedProx) with DP-FedAvg aggregation.
 
     Parameters
     ----------
     strategy
-        The wrapped strategy: it samples hospitals, screens replies (its ledger)
-        and handles evaluation; its weighted averaging is replaced.
+        The wrapped strategy: it samples hospitals, screens replies (its ledger),
+        skips rounds below ``min-hospitals`` and handles evaluation; its weighted
+        averaging is replaced. Attributes not defined here are delegated to it.
     noise_multiplier
         Noise std relative to ``clip_norm``. Give this or ``target_epsilon``.
     clip_norm
@@ -90,11 +91,13 @@ class CentralDP(Strategy):
     target_epsilon, num_rounds, expected_sample_rate
         Plan the noise multiplier so ``num_rounds`` rounds at
         ``expected_sample_rate`` spend ``target_epsilon``.
+    noise
+        Noise source (seedable for tests).
     """
 
     def __init__(
         self,
-        strategy: MedFedAvg,
+        strategy: Screened,
         *,
         clip_norm: float,
         delta: float,
@@ -114,11 +117,8 @@ class CentralDP(Strategy):
             if num_rounds < 1:
                 raise ValueError("Planning from target_epsilon needs num_rounds >= 1.")
             noise_multiplier = plan_noise_multiplier(
-                target_epsilon=target_epsilon,
-                delta=delta,
-                sample_rate=expected_sample_rate,
-                steps=num_rounds,
-                mechanism=accountant,
+                target_epsilon=target_epsilon, delta=delta,
+                sample_rate=expected_sample_rate, steps=num_rounds, mechanism=accountant,
             )
         self.strategy = strategy
         self.noise_multiplier = float(noise_multiplier)
@@ -131,9 +131,12 @@ class CentralDP(Strategy):
         self._current: ArrayRecord | None = None
         self._sampled: dict[int, tuple[int, int]] = {}
 
-    @property
-    def ledger(self) -> Any:
-        return self.strategy.ledger
+    def __getattr__(self, name: str) -> Any:
+        # Only called for attributes not found here: ledger, record_delivery,
+        # round_skipped, min_hospitals, weighted_by_key, ... of the wrapped strategy.
+        if name == "strategy":
+            raise AttributeError(name)
+        return getattr(self.strategy, name)
 
     @property
     def epsilon(self) -> float:
@@ -143,10 +146,7 @@ class CentralDP(Strategy):
     def summary(self) -> None:
         log.info(
             "Central DP (hospital-level): clip %.4g, noise multiplier %.4g, delta %g, "
-            "%s accountant",
-            self.clip_norm,
-            self.noise_multiplier,
-            self.delta,
+            "%s accountant", self.clip_norm, self.noise_multiplier, self.delta,
             self.accountant,
         )
         self.strategy.summary()
@@ -155,36 +155,33 @@ class CentralDP(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._current = arrays
-        messages = list(
-            self.strategy.configure_train(server_round, arrays, config, grid)
-        )
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self._sampled[server_round] = (len(messages), len(list(grid.get_node_ids())))
         return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        sound = self.strategy._screen(server_round, replies, is_train=True)
+        inner = self.strategy
+        sound = inner._screen(server_round, replies, is_train=True)
         sampled, population = self._sampled.pop(server_round, (0, 0))
-        if not sound or self._current is None or sampled == 0:
-            self.strategy.ledger.entry(server_round)["failed"] = (
-                "no valid training replies"
+        entry = inner.ledger.entry(server_round)
+        if len(sound) < inner.min_hospitals or self._current is None or sampled == 0:
+            entry["skipped"] = (
+                f"{len(sound)} sound training replies, fewer than "
+                f"min-hospitals={inner.min_hospitals}"
             )
-            log.error(
-                "Round %d: no valid training reply; the global model is unchanged.",
-                server_round,
-            )
+            log.error("Round %d skipped: %s; the global model is unchanged.",
+                      server_round, entry["skipped"])
             return None, None
         keys = list(self._current.keys())
         current = [self._current[k].numpy().astype(np.float64) for k in keys]
         total = [np.zeros_like(c) for c in current]
         norms = []
         for msg in sound:
-            arrays = next(iter(msg.content.array_records.values()))
-            update = [
-                arrays[k].numpy().astype(np.float64) - c
-                for k, c in zip(keys, current, strict=True)
-            ]
+            arrays = msg.content[inner.arrayrecord_key]
+            update = [arrays[k].numpy().astype(np.float64) - c
+                      for k, c in zip(keys, current, strict=True)]
             clipped, norm = clip_update(update, self.clip_norm)
             norms.append(norm)
             total = [t + u for t, u in zip(total, clipped, strict=True)]
@@ -196,12 +193,9 @@ class CentralDP(Strategy):
             new[k] = Array(np.asarray(value, dtype=dtype))
         rate = sampled / population if population else 1.0
         self.history = compose(
-            self.history,
-            noise_multiplier=self.noise_multiplier,
-            sample_rate=rate,
-            steps=1,
+            self.history, noise_multiplier=self.noise_multiplier, sample_rate=rate, steps=1
         )
-        self.reports[server_round] = {
+        report = {
             "mode": "central",
             "unit": "hospital",
             "epsilon": self.epsilon,
@@ -213,19 +207,11 @@ class CentralDP(Strategy):
             "hospitals_clipped": int(sum(n > self.clip_norm for n in norms)),
             "median_update_norm": float(np.median(norms)),
         }
-        log.info(
-            "Round %d central DP: noise std %.4g, %d/%d updates clipped, "
-            "epsilon %.4f at delta %g",
-            server_round,
-            std,
-            self.reports[server_round]["hospitals_clipped"],
-            len(norms),
-            self.reports[server_round]["epsilon"],
-            self.delta,
-        )
-        metrics = weighted_metrics(
-            [m.content for m in sound], self.strategy.weighted_by_key
-        )
+        self.reports[server_round] = report
+        log.info("Round %d central DP: noise std %.4g, %d/%d updates clipped, "
+                 "epsilon %.4f at delta %g", server_round, std,
+                 report["hospitals_clipped"], len(norms), report["epsilon"], self.delta)
+        metrics = weighted_metrics([m.content for m in sound], inner.weighted_by_key)
         return ArrayRecord(new), metrics
 
     def configure_evaluate(
@@ -239,5 +225,29 @@ class CentralDP(Strategy):
         return self.strategy.aggregate_evaluate(server_round, replies)
 
     def privacy_report(self, server_round: int) -> dict[str, Any] | None:
-        """The round's privacy entry for history.json (None if nothing was released)."""
+        """Return the round's privacy entry for history.json (None: nothing released)."""
         return self.reports.get(server_round)
+
+    # -- checkpoint state: the accountant history must survive a resume ------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy.state_dict(),
+            "central_dp": {
+                "mechanism": self.accountant,
+                "noise_multiplier": self.noise_multiplier,
+                "history": [list(h) for h in self.history],
+            },
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.strategy.load_state_dict(state.get("strategy", {}))
+        dp_state = state.get("central_dp")
+        if dp_state is None:
+            raise ValueError("The checkpoint has no central-DP accountant state.")
+        if dp_state["mechanism"] != self.accountant:
+            raise ValueError(
+                f"The checkpoint's accountant is {dp_state['mechanism']!r}, not "
+                f"{self.accountant!r}; 'dp-accountant' must not change on resume."
+            )
+        self.history = [(float(s), float(q), int(n)) for s, q, n in dp_state["history"]]

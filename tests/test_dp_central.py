@@ -137,3 +137,20 @@ def test_central_dp_run_writes_epsilon_per_round(tmp_path):
     assert history["privacy"]["epsilon"] == eps[-1]
     # Hospital-level accounting still records every hospital's own metrics.
     assert set(history["rounds"][1]["hospitals"]) == {"hospital-0", "hospital-1"}
+
+
+def test_accountant_history_survives_a_checkpoint_round_trip():
+    strategy = _strategy(sigma=1.5)
+    for rnd in (1, 2):
+        _round(strategy, [np.array([0.1]), np.array([0.2])], [0.0], server_round=rnd)
+    state = json.loads(json.dumps(strategy.state_dict()))  # as a checkpoint stores it
+    resumed = _strategy(sigma=1.5)
+    resumed.load_state_dict(state)
+    assert resumed.history == strategy.history
+    assert resumed.epsilon == pytest.approx(strategy.epsilon)
+    _round(resumed, [np.array([0.1]), np.array([0.2])], [0.0], server_round=3)
+    assert resumed.privacy_report(3)["epsilon"] > strategy.epsilon
+    other = CentralDP(MedFedAvg(min_hospitals=2), clip_norm=1.0, delta=1e-5,
+                      noise_multiplier=1.5, accountant="prv")
+    with pytest.raises(ValueError, match="dp-accountant"):
+        other.load_state_dict(state)

@@ -46,6 +46,10 @@ from app.config import ConfigError, RunConfig
             "dp-accountant",
         ),
         ({"dp": "laplace"}, "dp"),
+        ({"dp": "local", "dp-noise-multiplier": 1.0, "resume-from": "outputs/run"},
+         "resume-from"),
+        ({"dp": "central", "dp-noise-multiplier": 1.0, "strategy": "fedmedian"},
+         "strategy"),
     ],
 )
 def test_invalid_dp_settings_name_the_key(overrides, key):

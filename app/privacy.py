@@ -1,12 +1,31 @@
-"""Per-round privacy entries for history.json and the run's final privacy log lines."""
+"""Server side of differential privacy: the central-DP wrapper built from the run
+config, per-round privacy entries for history.json and the final privacy log lines."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from app.config import RunConfig
+from strategies.central_dp import CentralDP, GaussianNoise
 
 BUDGET_REASON = "privacy budget exhausted"
+
+
+def with_privacy(cfg: RunConfig, strategy: Any) -> Any:
+    """Wrap ``strategy`` in central DP when ``dp='central'``; else return it as is."""
+    if cfg.dp != "central":
+        return strategy
+    return CentralDP(
+        strategy,
+        clip_norm=cfg.dp_update_clip_norm,
+        delta=cfg.dp_delta,
+        noise_multiplier=cfg.dp_noise_multiplier,
+        target_epsilon=cfg.dp_target_epsilon,
+        num_rounds=cfg.num_server_rounds,
+        expected_sample_rate=cfg.fraction_train,
+        accountant=cfg.dp_accountant,
+        noise=GaussianNoise(secure=cfg.dp_secure_rng),
+    )
 
 
 class PrivacyReport:
