@@ -54,8 +54,10 @@ class LocalDPOutcome:
 
 
 def hospital_budget(cfg: RunConfig, node_config: Mapping[str, Any]) -> float:
-    """The run's budget, tightened by the hospital's own ``dp-epsilon-budget`` node
-    config (a SuperNode's ``--node-config``): a hospital can lower, never raise it.
+    """Return the run's budget, tightened by the hospital's own node config.
+
+    A SuperNode's ``--node-config "dp-epsilon-budget=..."`` can lower the budget,
+    never raise it.
     """
     own = node_config.get("dp-epsilon-budget")
     if own is None:
@@ -73,8 +75,10 @@ def dp_settings(
     state: RecordDict,
     node_config: Mapping[str, Any] | None = None,
 ) -> DPSettings:
-    """This hospital's DP settings; a target epsilon is turned into a noise multiplier
-    once (planned over all rounds and local epochs) and remembered in ``state``.
+    """Return this hospital's DP settings.
+
+    A target epsilon is turned into a noise multiplier once (planned over all rounds
+    and local epochs) and remembered in ``state``.
     """
     sigma = cfg.dp_noise_multiplier
     record = state.config_records.get(STATE_KEY)
@@ -109,7 +113,7 @@ def dp_settings(
 
 
 def load_history(state: RecordDict, mechanism: str) -> list[tuple[float, float, int]]:
-    """The accountant history kept in ``state`` (empty before the first round)."""
+    """Return the accountant history kept in ``state`` (empty before round 1)."""
     record = state.config_records.get(STATE_KEY)
     return [] if record is None else history_from_record(record, mechanism)
 

@@ -1,5 +1,8 @@
-"""Server side of differential privacy: the central-DP wrapper built from the run
-config, per-round privacy entries for history.json and the final privacy log lines."""
+"""Server side of differential privacy.
+
+The central-DP wrapper built from the run config, per-round privacy entries for
+history.json and the final privacy log lines.
+"""
 
 from __future__ import annotations
 
@@ -29,8 +32,10 @@ def with_privacy(cfg: RunConfig, strategy: Any) -> Any:
 
 
 class PrivacyReport:
-    """Tracks the privacy spent per round: each hospital's cumulative (epsilon, delta)
-    under local DP-SGD, the federation's hospital-level epsilon under central DP.
+    """Privacy spent per round.
+
+    Each hospital's cumulative (epsilon, delta) under local DP-SGD, the federation's
+    hospital-level epsilon under central DP.
     """
 
     def __init__(self, cfg: RunConfig) -> None:
@@ -42,11 +47,12 @@ class PrivacyReport:
     def round_entry(
         self, server_round: int, ledger: dict[str, Any], strategy: Any
     ) -> dict[str, Any] | None:
-        """The ``privacy`` field of one round's history entry (None without DP)."""
+        """Return the ``privacy`` field of a round's history entry (None without DP)."""
         if self.cfg.dp == "none" or server_round == 0:  # round 0: initial model only
             return None
         if self.cfg.dp == "central":
-            report = getattr(strategy, "privacy_report", lambda _: None)(server_round)
+            report_fn = getattr(strategy, "privacy_report", lambda _: None)
+            report = report_fn(server_round)
             if report is not None:
                 self.central = report
             return report
@@ -84,7 +90,7 @@ class PrivacyReport:
         )
 
     def final(self) -> dict[str, Any] | None:
-        """The run's privacy summary for history.json."""
+        """Return the run's privacy summary for history.json."""
         if self.cfg.dp == "none":
             return None
         if self.cfg.dp == "central":
@@ -120,6 +126,7 @@ class PrivacyReport:
         ]
         if final["refused_budget"]:
             out.append(
-                f"  refused rounds (budget exhausted): {', '.join(final['refused_budget'])}"
+                "  refused rounds (budget exhausted): "
+                + ", ".join(final["refused_budget"])
             )
         return out

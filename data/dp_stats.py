@@ -52,8 +52,9 @@ def laplace_scale(*, sensitivity: float, epsilon: float) -> float:
 
 
 def gaussian_scale(*, sensitivity: float, epsilon: float, delta: float) -> float:
-    """Smallest Gaussian std that OpenDP proves (epsilon, delta)-DP for an L2
-    sensitivity (via zero-concentrated DP, searched numerically).
+    """Return the smallest Gaussian std that OpenDP proves (epsilon, delta)-DP.
+
+    For an L2 ``sensitivity``, via zero-concentrated DP, searched numerically.
 
     The discrete Gaussian OpenDP uses for integers has the same zCDP map, so the
     scale applies to integer counts as well.
@@ -86,11 +87,17 @@ def gaussian_scale(*, sensitivity: float, epsilon: float, delta: float) -> float
 
 
 def laplace_vector(
-    values: Sequence[float] | np.ndarray, *, sensitivity: float, epsilon: float,
+    values: Sequence[float] | np.ndarray,
+    *,
+    sensitivity: float,
+    epsilon: float,
     integer: bool = False,
 ) -> np.ndarray:
-    """``values`` plus Laplace noise (discrete Laplace for integers) calibrated so the
-    release is epsilon-DP when one record moves ``values`` by <= ``sensitivity`` in L1."""
+    """Add Laplace noise (discrete Laplace for integers) to ``values``.
+
+    Calibrated so the release is epsilon-DP when one record moves ``values`` by at
+    most ``sensitivity`` in L1.
+    """
     dp = _dp()
     values = np.asarray(values)
     scale = laplace_scale(sensitivity=sensitivity, epsilon=epsilon)
@@ -104,11 +111,17 @@ def laplace_vector(
 
 
 def gaussian_vector(
-    values: Sequence[float] | np.ndarray, *, sensitivity: float, epsilon: float,
-    delta: float, integer: bool = False,
+    values: Sequence[float] | np.ndarray,
+    *,
+    sensitivity: float,
+    epsilon: float,
+    delta: float,
+    integer: bool = False,
 ) -> np.ndarray:
-    """``values`` plus Gaussian noise (discrete for integers) making the release
-    (epsilon, delta)-DP for an L2 ``sensitivity``."""
+    """Add Gaussian noise (discrete for integers) to ``values``.
+
+    The release is (epsilon, delta)-DP for an L2 ``sensitivity``.
+    """
     dp = _dp()
     values = np.asarray(values)
     scale = gaussian_scale(sensitivity=sensitivity, epsilon=epsilon, delta=delta)
@@ -200,27 +213,48 @@ def release_cohort_stats(
     queries = (
         (counts, 1.0, 1.0, True),
         (centred.sum(axis=0), float(r.sum()), float(np.sqrt((r**2).sum())), False),
-        ((centred**2).sum(axis=0), float((r**2).sum()), float(np.sqrt((r**4).sum())),
-         False),
+        (
+            (centred**2).sum(axis=0),
+            float((r**2).sum()),
+            float(np.sqrt((r**4).sum())),
+            False,
+        ),
     )
     eps_q, delta_q = epsilon / 3, delta / 3
     noisy = []
     for values, l1, l2, integer in queries:
         if mechanism == "laplace":
-            noisy.append(laplace_vector(values, sensitivity=l1, epsilon=eps_q,
-                                        integer=integer))
+            noisy.append(
+                laplace_vector(values, sensitivity=l1, epsilon=eps_q, integer=integer)
+            )
         else:
-            noisy.append(gaussian_vector(values, sensitivity=l2, epsilon=eps_q,
-                                         delta=delta_q, integer=integer))
+            noisy.append(
+                gaussian_vector(
+                    values,
+                    sensitivity=l2,
+                    epsilon=eps_q,
+                    delta=delta_q,
+                    integer=integer,
+                )
+            )
     return CohortRelease(
-        label_counts=noisy[0], centred_sums=noisy[1], centred_sq_sums=noisy[2],
-        midpoint=bounds.midpoint, epsilon=epsilon, delta=delta, mechanism=mechanism,
+        label_counts=noisy[0],
+        centred_sums=noisy[1],
+        centred_sq_sums=noisy[2],
+        midpoint=bounds.midpoint,
+        epsilon=epsilon,
+        delta=delta,
+        mechanism=mechanism,
     )
 
 
-def combine_releases(releases: Sequence[CohortRelease]) -> tuple[np.ndarray, np.ndarray]:
-    """Global feature means and standard deviations from several hospitals' releases
-    (post-processing: no further privacy cost)."""
+def combine_releases(
+    releases: Sequence[CohortRelease],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Combine hospitals' releases into global feature means and standard deviations.
+
+    Post-processing: no further privacy cost.
+    """
     if not releases:
         raise ValueError("No releases to combine.")
     mid = releases[0].midpoint

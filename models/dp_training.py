@@ -1,5 +1,6 @@
-"""Local DP-SGD with Opacus (Poisson sampling, per-sample clipping, Gaussian noise)
-whose accountant history is carried across rounds by the caller.
+"""Local DP-SGD with Opacus: Poisson sampling, per-sample clipping, Gaussian noise.
+
+The caller carries the accountant history across rounds.
 
 Model-agnostic: any module Opacus' ModuleValidator accepts (no BatchNorm, no
 in-place ops on hooked activations) trains here, tabular or imaging. State-dict keys
@@ -83,8 +84,9 @@ def planned_noise_multiplier(
     rounds: int,
     accountant: str,
 ) -> float:
-    """Noise multiplier that spends ``target_epsilon`` over the whole run (every round,
-    every local epoch) at this hospital's own sample rate.
+    """Return the noise multiplier that spends ``target_epsilon`` over the run.
+
+    Planned over every round and local epoch at this hospital's own sample rate.
     """
     steps = rounds * epochs_per_round * batches_per_epoch(num_records, batch_size)
     return plan_noise_multiplier(
@@ -116,7 +118,7 @@ def epsilon_after_round(
     batch_size: int,
     epochs: int,
 ) -> tuple[list[HistoryEntry], float]:
-    """The history and epsilon this hospital would have after one more round."""
+    """Return the history and epsilon this hospital would have after one more round."""
     steps = epochs * batches_per_epoch(num_records, batch_size)
     future = compose(
         history,
@@ -135,8 +137,9 @@ def check_budget(
     batch_size: int,
     epochs: int,
 ) -> tuple[list[HistoryEntry], float]:
-    """History and epsilon after the next round; raise PrivacyBudgetExhausted when
-    that epsilon would exceed ``dp.budget``.
+    """Return history and epsilon after the next round, refusing past the budget.
+
+    Raises PrivacyBudgetExhausted when that epsilon would exceed ``dp.budget``.
     """
     future, eps_next = epsilon_after_round(
         history, dp, num_records=num_records, batch_size=batch_size, epochs=epochs

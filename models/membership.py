@@ -1,5 +1,4 @@
-"""Membership-inference attacks that audit how much a trained model reveals about
-whether a record was in its training set.
+"""Membership-inference attacks: does a model reveal who was in its training set.
 
 Loss-threshold attack (Yeom et al., CSF 2018, https://arxiv.org/abs/1709.01604):
 training records tend to have lower loss, so ``-loss`` is the membership score.
@@ -45,7 +44,9 @@ def record_scores(
     return {"loss": np.log(true), "confidence": true}
 
 
-def score_attack(name: str, members: np.ndarray, non_members: np.ndarray) -> AttackResult:
+def score_attack(
+    name: str, members: np.ndarray, non_members: np.ndarray
+) -> AttackResult:
     """ROC AUC, TPR at 1% FPR and advantage of a score separating the two sets."""
     if len(members) == 0 or len(non_members) == 0:
         raise ValueError("The audit needs both member and non-member records.")

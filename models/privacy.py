@@ -1,5 +1,7 @@
-"""Privacy accounting shared by local DP-SGD and central DP: Opacus accountants whose
-history survives serialisation, so epsilon is cumulative over a whole run.
+"""Privacy accounting shared by local DP-SGD and central DP.
+
+Opacus accountants whose history survives serialisation, so epsilon is cumulative
+over a whole run.
 
 Why a history and not a fresh accountant each round: the privacy loss of a run is
 the composition of every noisy step that touched a record. An accountant built anew
@@ -29,7 +31,7 @@ class PrivacyBudgetExhausted(RuntimeError):
 
 
 def new_accountant(mechanism: str, history: Sequence[HistoryEntry] = ()) -> IAccountant:
-    """An Opacus accountant (``prv`` or ``rdp``) preloaded with ``history``."""
+    """Build an Opacus accountant (``prv`` or ``rdp``) preloaded with ``history``."""
     if mechanism not in ACCOUNTANTS:
         raise ValueError(
             f"Unknown accountant {mechanism!r}; known: {', '.join(ACCOUNTANTS)}."
@@ -46,8 +48,9 @@ def compose(
     sample_rate: float,
     steps: int,
 ) -> list[HistoryEntry]:
-    """``history`` followed by ``steps`` more steps at ``(noise_multiplier, sample_rate)``,
-    merged into the last entry when it has the same parameters (as Opacus does).
+    """Append ``steps`` steps at ``(noise_multiplier, sample_rate)`` to ``history``.
+
+    Merged into the last entry when it has the same parameters (as Opacus does).
     """
     out = [(float(s), float(q), int(n)) for s, q, n in history]
     if steps <= 0:
@@ -82,8 +85,9 @@ def plan_noise_multiplier(
     steps: int,
     mechanism: str,
 ) -> float:
-    """The smallest noise multiplier (to 1% of epsilon) whose ``steps`` steps at
-    ``sample_rate`` stay within ``target_epsilon`` at ``delta``.
+    """Return the smallest noise multiplier (to 1% of epsilon) within the target.
+
+    ``steps`` steps at ``sample_rate`` stay within ``target_epsilon`` at ``delta``.
     """
     if target_epsilon <= 0 or steps <= 0:
         raise ValueError("target_epsilon and steps must be > 0.")
@@ -114,8 +118,9 @@ def history_to_record(history: Sequence[HistoryEntry], mechanism: str) -> Config
 
 
 def history_from_record(record: ConfigRecord, mechanism: str) -> list[HistoryEntry]:
-    """Inverse of :func:`history_to_record`; refuses a history of another accountant,
-    whose epsilon would not be comparable.
+    """Invert :func:`history_to_record`.
+
+    Refuses a history of another accountant, whose epsilon would not be comparable.
     """
     stored = record.get("mechanism")
     if stored != mechanism:

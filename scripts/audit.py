@@ -24,15 +24,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "Membership-inference audit of a saved final_model.pt."
     parser.add_argument("--model", required=True, type=Path, help="a final_model.pt")
     parser.add_argument(
-        "--data", default=None,
+        "--data",
+        default=None,
         help="dataset of the run: 'wdbc' or a heart-disease directory "
         "(default: the one recorded in the model file)",
     )
-    parser.add_argument("--hospitals", type=int, default=None,
-                        help="hospitals in the federation (default: number of "
-                        "heart-disease files, else 4)")
-    parser.add_argument("--hospital", default="all",
-                        help="audit one hospital (index or name) or 'all' (default)")
+    parser.add_argument(
+        "--hospitals",
+        type=int,
+        default=None,
+        help="hospitals in the federation (default: number of "
+        "heart-disease files, else 4)",
+    )
+    parser.add_argument(
+        "--hospital",
+        default="all",
+        help="audit one hospital (index or name) or 'all' (default)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON only")
     parser.add_argument("--device", default="auto")
 
@@ -41,7 +49,9 @@ def audit_sites(
     cfg: RunConfig, model: Any, sites: list[HospitalData], device: Any
 ) -> dict[str, list[AttackResult]]:
     """Attack results per hospital (members: its train split; others: its held-out)."""
-    return {site.name: audit_model(model, site.train, site.val, device) for site in sites}
+    return {
+        site.name: audit_model(model, site.train, site.val, device) for site in sites
+    }
 
 
 def load_sites(cfg: RunConfig, hospitals: int | None, which: str) -> list[HospitalData]:
@@ -79,11 +89,15 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"Membership-inference audit of {args.model} (dp={cfg.dp})")
-    print(f"{'hospital':<14}{'attack':<12}{'AUC':>7}{'TPR@1%FPR':>11}{'members':>9}"
-          f"{'non-mem.':>9}")
+    print(
+        f"{'hospital':<14}{'attack':<12}{'AUC':>7}{'TPR@1%FPR':>11}{'members':>9}"
+        f"{'non-mem.':>9}"
+    )
     for name, res in results.items():
         for r in res:
-            print(f"{name:<14}{r.attack:<12}{r.auc:>7.3f}{r.tpr_at_1pct_fpr:>11.3f}"
-                  f"{r.members:>9}{r.non_members:>9}")
+            print(
+                f"{name:<14}{r.attack:<12}{r.auc:>7.3f}{r.tpr_at_1pct_fpr:>11.3f}"
+                f"{r.members:>9}{r.non_members:>9}"
+            )
     print("AUC 0.5 means the attack cannot tell members from non-members.")
     return 0

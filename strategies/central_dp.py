@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 def clip_update(
     update: list[np.ndarray], clip_norm: float
 ) -> tuple[list[np.ndarray], float]:
-    """Scale ``update`` (a list of arrays) to L2 norm <= ``clip_norm``; return it and
-    its norm before clipping.
+    """Scale ``update`` (a list of arrays) to L2 norm <= ``clip_norm``.
+
+    Returns the clipped update and its norm before clipping.
     """
     norm = math.sqrt(sum(float(np.sum(np.square(u, dtype=np.float64))) for u in update))
     scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
@@ -44,8 +45,10 @@ def clip_update(
 
 
 class GaussianNoise:
-    """Gaussian noise source: numpy's PCG64 (seeded from the OS unless given a seed),
-    or OpenDP's exact Gaussian sampler when ``secure`` (slow for large models).
+    """Gaussian noise source for the aggregate.
+
+    numpy's PCG64 (seeded from the OS unless given a seed), or OpenDP's exact
+    Gaussian sampler when ``secure`` (slow for large models).
     """
 
     def __init__(self, *, secure: bool = False, seed: int | None = None) -> None:
@@ -117,8 +120,11 @@ class CentralDP(Strategy):
             if num_rounds < 1:
                 raise ValueError("Planning from target_epsilon needs num_rounds >= 1.")
             noise_multiplier = plan_noise_multiplier(
-                target_epsilon=target_epsilon, delta=delta,
-                sample_rate=expected_sample_rate, steps=num_rounds, mechanism=accountant,
+                target_epsilon=target_epsilon,
+                delta=delta,
+                sample_rate=expected_sample_rate,
+                steps=num_rounds,
+                mechanism=accountant,
             )
         self.strategy = strategy
         self.noise_multiplier = float(noise_multiplier)
@@ -146,7 +152,10 @@ class CentralDP(Strategy):
     def summary(self) -> None:
         log.info(
             "Central DP (hospital-level): clip %.4g, noise multiplier %.4g, delta %g, "
-            "%s accountant", self.clip_norm, self.noise_multiplier, self.delta,
+            "%s accountant",
+            self.clip_norm,
+            self.noise_multiplier,
+            self.delta,
             self.accountant,
         )
         self.strategy.summary()
@@ -155,7 +164,9 @@ class CentralDP(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._current = arrays
-        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        messages = list(
+            self.strategy.configure_train(server_round, arrays, config, grid)
+        )
         self._sampled[server_round] = (len(messages), len(list(grid.get_node_ids())))
         return messages
 
@@ -171,8 +182,11 @@ class CentralDP(Strategy):
                 f"{len(sound)} sound training replies, fewer than "
                 f"min-hospitals={inner.min_hospitals}"
             )
-            log.error("Round %d skipped: %s; the global model is unchanged.",
-                      server_round, entry["skipped"])
+            log.error(
+                "Round %d skipped: %s; the global model is unchanged.",
+                server_round,
+                entry["skipped"],
+            )
             return None, None
         keys = list(self._current.keys())
         current = [self._current[k].numpy().astype(np.float64) for k in keys]
@@ -180,8 +194,10 @@ class CentralDP(Strategy):
         norms = []
         for msg in sound:
             arrays = msg.content[inner.arrayrecord_key]
-            update = [arrays[k].numpy().astype(np.float64) - c
-                      for k, c in zip(keys, current, strict=True)]
+            update = [
+                arrays[k].numpy().astype(np.float64) - c
+                for k, c in zip(keys, current, strict=True)
+            ]
             clipped, norm = clip_update(update, self.clip_norm)
             norms.append(norm)
             total = [t + u for t, u in zip(total, clipped, strict=True)]
@@ -193,7 +209,10 @@ class CentralDP(Strategy):
             new[k] = Array(np.asarray(value, dtype=dtype))
         rate = sampled / population if population else 1.0
         self.history = compose(
-            self.history, noise_multiplier=self.noise_multiplier, sample_rate=rate, steps=1
+            self.history,
+            noise_multiplier=self.noise_multiplier,
+            sample_rate=rate,
+            steps=1,
         )
         report = {
             "mode": "central",
@@ -208,9 +227,16 @@ class CentralDP(Strategy):
             "median_update_norm": float(np.median(norms)),
         }
         self.reports[server_round] = report
-        log.info("Round %d central DP: noise std %.4g, %d/%d updates clipped, "
-                 "epsilon %.4f at delta %g", server_round, std,
-                 report["hospitals_clipped"], len(norms), report["epsilon"], self.delta)
+        log.info(
+            "Round %d central DP: noise std %.4g, %d/%d updates clipped, "
+            "epsilon %.4f at delta %g",
+            server_round,
+            std,
+            report["hospitals_clipped"],
+            len(norms),
+            report["epsilon"],
+            self.delta,
+        )
         metrics = weighted_metrics([m.content for m in sound], inner.weighted_by_key)
         return ArrayRecord(new), metrics
 
@@ -225,7 +251,7 @@ class CentralDP(Strategy):
         return self.strategy.aggregate_evaluate(server_round, replies)
 
     def privacy_report(self, server_round: int) -> dict[str, Any] | None:
-        """Return the round's privacy entry for history.json (None: nothing released)."""
+        """Return the round's privacy entry for history.json (None: no release)."""
         return self.reports.get(server_round)
 
     # -- checkpoint state: the accountant history must survive a resume ------------

@@ -22,8 +22,9 @@ CPU = torch.device("cpu")
 
 
 def _overfit(model, split, epochs=150):
-    settings = TrainSettings(epochs=epochs, batch_size=16, learning_rate=0.01,
-                             optimizer="adam")
+    settings = TrainSettings(
+        epochs=epochs, batch_size=16, learning_rate=0.01, optimizer="adam"
+    )
     train_epochs(model, make_loader(split, 16, shuffle=True, seed=0), settings, CPU)
     return model
 
@@ -60,16 +61,23 @@ def test_overfit_model_leaks_membership():
 def test_audit_command_tells_the_trained_hospital_from_the_other(
     tmp_path, capsys, heart_dir
 ):
-    cfg = RunConfig(dataset="heart-disease", data_path=str(heart_dir), model="mlp",
-                    mlp_hidden=128)
+    cfg = RunConfig(
+        dataset="heart-disease", data_path=str(heart_dir), model="mlp", mlp_hidden=128
+    )
     dataset = get_dataset(cfg.data_spec())
     info = dataset.info()
     spec = model_spec(cfg, info)
     torch.manual_seed(0)
     model = _overfit(spec.build(), dataset.hospital(0, 4).train, epochs=200)
     path = tmp_path / "final_model.pt"
-    save_model(path, model.state_dict(), spec, info, run_config=cfg.to_run_config(),
-               preprocessing={})
+    save_model(
+        path,
+        model.state_dict(),
+        spec,
+        info,
+        run_config=cfg.to_run_config(),
+        preprocessing={},
+    )
     assert cli.main(["audit", "--model", str(path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["hospitals"]) == {"cleveland", "hungarian", "switzerland", "va"}

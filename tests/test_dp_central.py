@@ -1,4 +1,4 @@
-"""Central DP: clipped uniform average of hospital updates + Gaussian noise, accounted."""
+"""Central DP: clipped uniform mean of hospital updates + Gaussian noise, accounted."""
 
 from __future__ import annotations
 
@@ -150,7 +150,12 @@ def test_accountant_history_survives_a_checkpoint_round_trip():
     assert resumed.epsilon == pytest.approx(strategy.epsilon)
     _round(resumed, [np.array([0.1]), np.array([0.2])], [0.0], server_round=3)
     assert resumed.privacy_report(3)["epsilon"] > strategy.epsilon
-    other = CentralDP(MedFedAvg(min_hospitals=2), clip_norm=1.0, delta=1e-5,
-                      noise_multiplier=1.5, accountant="prv")
+    other = CentralDP(
+        MedFedAvg(min_hospitals=2),
+        clip_norm=1.0,
+        delta=1e-5,
+        noise_multiplier=1.5,
+        accountant="prv",
+    )
     with pytest.raises(ValueError, match="dp-accountant"):
         other.load_state_dict(state)

@@ -1,4 +1,4 @@
-"""Local DP-SGD through the ClientApp: cumulative epsilon, state, budgets, federation."""
+"""Local DP-SGD via the ClientApp: cumulative epsilon, state, budgets, federation."""
 
 from __future__ import annotations
 

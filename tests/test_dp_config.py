@@ -1,4 +1,4 @@
-"""DP settings that would not mean what they say fail before training, naming the key."""
+"""DP settings that would not mean what they say fail early, naming the key."""
 
 from __future__ import annotations
 
@@ -46,10 +46,14 @@ from app.config import ConfigError, RunConfig
             "dp-accountant",
         ),
         ({"dp": "laplace"}, "dp"),
-        ({"dp": "local", "dp-noise-multiplier": 1.0, "resume-from": "outputs/run"},
-         "resume-from"),
-        ({"dp": "central", "dp-noise-multiplier": 1.0, "strategy": "fedmedian"},
-         "strategy"),
+        (
+            {"dp": "local", "dp-noise-multiplier": 1.0, "resume-from": "outputs/run"},
+            "resume-from",
+        ),
+        (
+            {"dp": "central", "dp-noise-multiplier": 1.0, "strategy": "fedmedian"},
+            "strategy",
+        ),
     ],
 )
 def test_invalid_dp_settings_name_the_key(overrides, key):
