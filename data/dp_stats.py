@@ -13,8 +13,12 @@ bounds' midpoint before summing, halving the sensitivity. Neighbouring cohorts
 differ by adding or removing one patient (as in Opacus' accounting), so:
 
 * label histogram: L1 and L2 sensitivity 1;
-* centred sums: L1 = sum_j r_j, L2 = sqrt(sum_j r_j^2), with r_j = (hi_j - lo_j) / 2;
-* centred sums of squares: L1 = sum_j r_j^2, L2 = sqrt(sum_j r_j^4).
+* each feature is centred and scaled to [-1, 1] by its bounds (``(x - mid) / r``
+  with ``r = (hi - lo) / 2``) before summing, so with ``d`` features the sums and
+  the sums of squares each have L1 sensitivity ``d`` and L2 sensitivity
+  ``sqrt(d)``. Scaling first spreads the budget so that every feature gets the
+  same noise *relative to its range* (a wide-range feature cannot drown the
+  binary ones); the released sums are scaled back afterwards.
 
 The budget is split equally across the three queries (basic composition), so the
 whole release is (epsilon, delta)-DP for one hospital's records.
@@ -207,18 +211,14 @@ def release_cohort_stats(
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != len(bounds.lower):
         raise ValueError(f"x must be (n, {len(bounds.lower)}), got {x.shape}.")
-    centred = np.clip(x, bounds.lower, bounds.upper) - bounds.midpoint
-    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=num_classes)
     r = bounds.radius
+    unit = (np.clip(x, bounds.lower, bounds.upper) - bounds.midpoint) / r  # in [-1, 1]
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=num_classes)
+    d = float(x.shape[1])
     queries = (
         (counts, 1.0, 1.0, True),
-        (centred.sum(axis=0), float(r.sum()), float(np.sqrt((r**2).sum())), False),
-        (
-            (centred**2).sum(axis=0),
-            float((r**2).sum()),
-            float(np.sqrt((r**4).sum())),
-            False,
-        ),
+        (unit.sum(axis=0), d, float(np.sqrt(d)), False),
+        ((unit**2).sum(axis=0), d, float(np.sqrt(d)), False),
     )
     eps_q, delta_q = epsilon / 3, delta / 3
     noisy = []
@@ -239,8 +239,8 @@ def release_cohort_stats(
             )
     return CohortRelease(
         label_counts=noisy[0],
-        centred_sums=noisy[1],
-        centred_sq_sums=noisy[2],
+        centred_sums=noisy[1] * r,
+        centred_sq_sums=noisy[2] * r**2,
         midpoint=bounds.midpoint,
         epsilon=epsilon,
         delta=delta,

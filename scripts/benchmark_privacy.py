@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from opacus import PrivacyEngine
 from torch import nn
 
 from app import client_app, server_app
@@ -33,11 +34,11 @@ from data.registry import get_dataset
 from data.spec import Split
 from data.tabular import HEART_FEATURES, read_heart_file
 from models.checkpoint import load_model
-from models.dp_training import DPSettings, train_dp
+from models.dp_training import check_dp_compatible
 from models.imaging import SmallCNN
 from models.membership import audit_model
 from models.tabular import LogisticRegression
-from models.training import TrainSettings, make_loader, pick_device
+from models.training import make_loader, pick_device
 from scripts.benchmark import BenchmarkResult, default_data_root, register
 from scripts.flower_env import project_root
 
@@ -152,9 +153,6 @@ def step_time_ratio(
     x = torch.randn((records, *input_shape), generator=gen).numpy()
     y = (torch.rand(records, generator=gen) < 0.5).long().numpy()
     split = Split(x, y)
-    settings = TrainSettings(
-        epochs=1, batch_size=batch_size, learning_rate=0.01, momentum=0.0
-    )
     plain_model = build().to(device)
     loader = make_loader(split, batch_size, shuffle=True, seed=0)
     batches = iter(())
@@ -175,20 +173,39 @@ def step_time_ratio(
             torch.cuda.synchronize()
 
     plain = _time_steps(plain_step, steps)
-    # DP-SGD: whole train_dp calls over `steps` Poisson batches, timed per step.
+    # DP-SGD exactly as train_dp sets it up (hooks, Poisson sampling, wrap_model=False),
+    # timed per step after setup, like the plain loop.
     dp_model = build().to(device)
-    dp = DPSettings(
-        noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5, accountant="rdp"
+    check_dp_compatible(dp_model)
+    engine = PrivacyEngine(accountant="rdp")
+    dp_opt = torch.optim.SGD(dp_model.parameters(), lr=0.01)
+    hooks, dp_opt, dp_loader = engine.make_private(
+        module=dp_model,
+        optimizer=dp_opt,
+        data_loader=make_loader(split, batch_size, shuffle=True, seed=1),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        poisson_sampling=True,
+        noise_generator=torch.Generator(device=device).manual_seed(2),
+        wrap_model=False,
     )
-    subset = Split(x[: steps * batch_size], y[: steps * batch_size])
-    train_dp(dp_model, subset, settings, dp, device, seed=1, report_epsilon=False)
-    start = time.perf_counter()
-    result = train_dp(
-        dp_model, subset, settings, dp, device, seed=2, report_epsilon=False
-    )
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    dp_time = (time.perf_counter() - start) / result.steps
+    dp_batches = iter(())
+
+    def dp_step() -> None:
+        nonlocal dp_batches
+        try:
+            xb, yb = next(dp_batches)
+        except StopIteration:
+            dp_batches = iter(dp_loader)
+            xb, yb = next(dp_batches)
+        dp_opt.zero_grad()
+        criterion(dp_model(xb.to(device)), yb.to(device)).backward()
+        dp_opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    dp_time = _time_steps(dp_step, steps)
+    hooks.cleanup()
     return {"plain_step_s": plain, "dp_step_s": dp_time, "ratio": dp_time / plain}
 
 
