@@ -58,6 +58,7 @@ def test_overfit_model_leaks_membership():
     assert abs(fresh.auc - 0.5) < 0.15
 
 
+@pytest.mark.slow
 def test_audit_command_tells_the_trained_hospital_from_the_other(
     tmp_path, capsys, heart_dir
 ):
