@@ -135,12 +135,14 @@ def _train(msg: Message, context: Context) -> Message:
             )
         except PrivacyBudgetExhausted as err:  # refused before any training
             log.warning("Hospital %s: %s", site.name, err)
-            return Message(Error(code=PRIVACY_BUDGET_CODE, reason=str(err)), reply_to=msg)
+            error = Error(code=PRIVACY_BUDGET_CODE, reason=str(err))
+            return Message(error, reply_to=msg)
         # No training-data statistic (such as the training loss) leaves under DP.
         train_metrics = outcome.metrics()
     else:
         loader = make_loader(site.train, cfg.batch_size, shuffle=True, seed=seed)
-        train_metrics = {"train_loss": train_epochs(model, loader, settings, device)["train_loss"]}
+        stats = train_epochs(model, loader, settings, device)
+        train_metrics = {"train_loss": stats["train_loss"]}
     metrics = {
         **train_metrics,
         "num-examples": len(site.train),  # the dataset's length, never len(loader)

@@ -108,7 +108,9 @@ class RunConfig:
     dp_epsilon_budget: float = _opt(0.0, "dp-epsilon-budget", low=0.0, high=1000.0)
     dp_delta: float = _opt(1e-5, "dp-delta", low=0.0, high=0.1, low_open=True)
     dp_max_grad_norm: float = _opt(1.0, "dp-max-grad-norm", low=0.0, low_open=True)
-    dp_update_clip_norm: float = _opt(1.0, "dp-update-clip-norm", low=0.0, low_open=True)
+    dp_update_clip_norm: float = _opt(
+        1.0, "dp-update-clip-norm", low=0.0, low_open=True
+    )
     dp_accountant: str = _opt("prv", "dp-accountant", choices=("prv", "rdp"))
     dp_secure_rng: bool = _opt(False, "dp-secure-rng")
 
@@ -174,8 +176,8 @@ class RunConfig:
             )
         if self.dp == "local" and self.resume_from:
             raise ConfigError(
-                "'resume-from' is not supported with dp='local': a resumed run is a new "
-                "Flower run whose hospitals start with an empty context.state, so "
+                "'resume-from' is not supported with dp='local': a resumed run is a "
+                "new Flower run whose hospitals start with an empty context.state, so "
                 "their privacy accountants would restart and under-report epsilon."
             )
         if self.dp == "central" and self.strategy not in ("fedavg", "fedprox"):
