@@ -32,7 +32,11 @@ from app.hospital import (
 from app.local_dp import local_dp_round
 from app.logs import route_to_flower
 from app.poisoning import is_poisoned, poison_update
+from app.vertical_client import register as register_vertical
+from app.secure_aggregation import register as register_secure_aggregation
+from app.secure_aggregation import secure_train_mod
 from data.spec import DataError, HospitalData
+from models.personalization import LocalNorm, personalization_metrics, prefixed
 from models.privacy import PrivacyBudgetExhausted
 from models.training import (
     TrainSettings,
@@ -43,6 +47,7 @@ from models.training import (
     train_epochs,
 )
 from strategies.fedavg import HOSPITAL_RECORD
+from strategies.screening import ERROR_PREFIX
 
 log = logging.getLogger(__name__)
 DATA_ERROR_CODE = 4001
@@ -50,6 +55,8 @@ LOCAL_FAILURE_CODE = 4002
 PRIVACY_BUDGET_CODE = 4003
 
 app = ClientApp()
+register_vertical(app)  # query.psi_* / query.vfl_* handlers (task = "vertical")
+register_secure_aggregation(app)  # query.secagg_* / query.ckks_* protocol stages
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, HospitalData, torch.nn.Module]:
@@ -93,14 +100,16 @@ def _error(msg: Message, context: Context, err: Exception) -> Message:
     if isinstance(err, DataError):
         log.error("Hospital %s: %s", name, err)  # full detail stays in the local log
         return Message(
-            Error(code=DATA_ERROR_CODE, reason=f"data error: {err.public_reason}"),
+            Error(code=DATA_ERROR_CODE,
+                  reason=f"{ERROR_PREFIX.format(name=name)}data error: {err.public_reason}"),
             reply_to=msg,
         )
     # Exception text may quote records or paths: only its type leaves the hospital.
     log.exception("Hospital %s: local %s failed", name, msg.metadata.message_type)
     return Message(
         Error(code=LOCAL_FAILURE_CODE,
-              reason=f"local {msg.metadata.message_type} failed ({type(err).__name__})"),
+              reason=f"{ERROR_PREFIX.format(name=name)}local "
+                     f"{msg.metadata.message_type} failed ({type(err).__name__})"),
         reply_to=msg,
     )
 
@@ -127,6 +136,9 @@ def _train(msg: Message, context: Context) -> Message:
     torch.manual_seed(seed)
     device = pick_device(cfg.device)
     global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    local_norm = LocalNorm(model, context.state) if cfg.local_norm else None
+    if local_norm is not None:
+        local_norm.use_local()  # FedBN: this hospital's own normalisation layers
     if cfg.dp == "local":
         try:
             outcome = local_dp_round(
@@ -135,7 +147,8 @@ def _train(msg: Message, context: Context) -> Message:
             )
         except PrivacyBudgetExhausted as err:  # refused before any training
             log.warning("Hospital %s: %s", site.name, err)
-            error = Error(code=PRIVACY_BUDGET_CODE, reason=str(err))
+            reason = ERROR_PREFIX.format(name=site.name) + str(err)
+            error = Error(code=PRIVACY_BUDGET_CODE, reason=reason)
             return Message(error, reply_to=msg)
         # No training-data statistic (such as the training loss) leaves under DP.
         train_metrics = outcome.metrics()
@@ -148,6 +161,8 @@ def _train(msg: Message, context: Context) -> Message:
         "num-examples": len(site.train),  # the dataset's length, never len(loader)
         **_defined(evaluate_split(model, site.val, device), "val_"),
     }
+    if local_norm is not None:
+        local_norm.keep_and_restore()  # send the received norm values back unchanged
     model = model.cpu()
     if is_poisoned(cfg.poison_fraction, context.node_config):
         model.load_state_dict(poison_update(global_state, model.state_dict(), cfg.poison_scale))
@@ -158,10 +173,30 @@ def _evaluate(msg: Message, context: Context) -> Message:
     cfg, site, model = _setup(msg, context)
     metrics = _defined(evaluate_split(model, site.val, pick_device(cfg.device)), "")
     metrics["num-examples"] = len(site.val)
+    metrics.update(_personalized(cfg, site, model, context))
     return _reply(msg, site, metrics)
 
 
-@app.train()
+def _personalized(
+    cfg: RunConfig, site: HospitalData, model: torch.nn.Module, context: Context
+) -> dict[str, float]:
+    """Metrics after this hospital's own adaptation; the adapted weights stay here."""
+    device = pick_device(cfg.device)
+    metrics: dict[str, float] = {}
+    if cfg.local_norm and LocalNorm(model, context.state).use_local():
+        metrics.update(prefixed(evaluate_split(model, site.val, device), "local_norm_"))
+    if cfg.personalize_epochs > 0:
+        settings = TrainSettings(
+            epochs=cfg.personalize_epochs, batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate, momentum=cfg.momentum, seed=cfg.seed,
+        )
+        metrics.update(
+            personalization_metrics(model, site.train, site.val, settings, device)
+        )
+    return metrics
+
+
+@app.train(mods=[secure_train_mod])  # masks/encrypts the reply when asked to
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this hospital's training split."""
     try:

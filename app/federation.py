@@ -1,5 +1,6 @@
-"""One federated run on the server: build it from the config, resume it, drive the
-rounds, report and checkpoint each, and write the final model.
+"""One federated run on the server, from its config to its final model.
+
+Build the run, resume it, drive the rounds, report and checkpoint each.
 
 The ServerApp's ``main`` only calls :func:`run_federation`; tests and benchmarks
 call it with an in-process Grid and their own hooks.
@@ -31,10 +32,12 @@ from app.run_outputs import RunRecorder
 from data.registry import get_dataset
 from data.spec import Split
 from models.checkpoint import save_model
+from models.personalization import load_initial_weights
 from models.training import evaluate_split, pick_device, set_deterministic
 from strategies import STRATEGY_OPTIONS, build_strategy
 from strategies.runner import RoundHook, RoundRunner, RunResult
 from strategies.screening import Screened
+from strategies.secagg import secure_aggregator
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,9 @@ PREPROCESSING: dict[str, dict[str, Any]] = {
 }
 
 # Ledger keys copied into each history.json round entry (besides per-hospital metrics).
-LEDGER_KEYS = ("rejected", "errors", "no_reply", "skipped", "anomaly")
+LEDGER_KEYS = (
+    "rejected", "errors", "no_reply", "skipped", "anomaly", "secure_aggregation",
+)
 
 
 def _summary(metrics: dict[str, float]) -> str:
@@ -64,8 +69,13 @@ class RoundReporter:
     """Server-side evaluation after each round, history.json and progress lines."""
 
     def __init__(
-        self, cfg: RunConfig, recorder: RunRecorder, strategy: Screened,
-        model: torch.nn.Module, test: Split | None, first_round: int = 1,
+        self,
+        cfg: RunConfig,
+        recorder: RunRecorder,
+        strategy: Screened,
+        model: torch.nn.Module,
+        test: Split | None,
+        first_round: int = 1,
     ) -> None:
         self.cfg, self.recorder, self.strategy = cfg, recorder, strategy
         self.model, self.test = model, test
@@ -89,12 +99,16 @@ class RoundReporter:
         done = server_round - self.first_round + 1
         eta = elapsed / done * (total - server_round) if done > 0 else float("nan")
         dropped = {
-            *entry.get("rejected", {}), *entry.get("errors", {}),
+            *entry.get("rejected", {}),
+            *entry.get("errors", {}),
             *(n for names in entry.get("no_reply", {}).values() for n in names),
         }
         log.info(
-            "[round %d/%d] elapsed %.1fs eta %s | hospitals trained %d, dropped %d%s | %s",
-            server_round, total, elapsed,
+            "[round %d/%d] elapsed %.1fs eta %s | hospitals trained %d, "
+            "dropped %d%s | %s",
+            server_round,
+            total,
+            elapsed,
             f"{eta:.1f}s" if eta == eta else "-",
             len(ledger.get("train", {})) if "skipped" not in entry else 0,
             len(dropped),
@@ -150,6 +164,8 @@ def run_federation(
     test = dataset.server_test() if cfg.server_eval else None
     spec = model_spec(cfg, info)
     model = spec.build()
+    if cfg.init_model:  # transfer: start from a model trained on a source population
+        model.load_state_dict(load_initial_weights(cfg.init_model, spec, info))
     strategy = build_strategy(
         cfg.strategy,
         fraction_train=cfg.fraction_train,
@@ -158,6 +174,7 @@ def run_federation(
         wait_for_hospitals=cfg.wait_for_hospitals,
         seed=cfg.seed,
         **{name: getattr(cfg, name) for name in STRATEGY_OPTIONS[cfg.strategy]},
+        **({"secure": secure} if (secure := secure_aggregator(cfg)) else {}),
     )
     strategy = with_privacy(cfg, strategy)
     arrays = ArrayRecord(model.state_dict())
@@ -165,37 +182,55 @@ def run_federation(
     if resume is None:
         recorder = RunRecorder(cfg, context.run_id)
     else:
-        recorder = RunRecorder.resume(cfg, context.run_id, resume.run_dir, resume.server_round)
+        recorder = RunRecorder.resume(
+            cfg, context.run_id, resume.run_dir, resume.server_round
+        )
         strategy.load_state_dict(resume.strategy_state)
         arrays = resume.arrays
         start_round = resume.server_round + 1
-        log.info("Resuming run %s from %s (round %d done).",
-                 recorder.dir.name, resume.path, resume.server_round)
-    log.info("medflower run %s: %s, %s on %s (%s test records), writing to %s",
-             recorder.history["run_name"], cfg.strategy, cfg.model_name, info.description,
-             len(test) if test is not None else "no", recorder.dir)
+        log.info(
+            "Resuming run %s from %s (round %d done).",
+            recorder.dir.name,
+            resume.path,
+            resume.server_round,
+        )
+    log.info(
+        "medflower run %s: %s, %s on %s (%s test records), writing to %s",
+        recorder.history["run_name"],
+        cfg.strategy,
+        cfg.model_name,
+        info.description,
+        len(test) if test is not None else "no",
+        recorder.dir,
+    )
 
     strategy.summary()
 
     def checkpoint(server_round: int, round_arrays: ArrayRecord) -> None:
         save_checkpoint(
-            recorder.dir, server_round=server_round, arrays=round_arrays,
-            strategy_state=strategy.state_dict(), run_config=cfg.to_run_config(),
+            recorder.dir,
+            server_round=server_round,
+            arrays=round_arrays,
+            strategy_state=strategy.state_dict(),
+            run_config=cfg.to_run_config(),
             keep=cfg.checkpoint_keep,
         )
 
     contract = task_contract(info)
     reporter = RoundReporter(cfg, recorder, strategy, model, test, start_round)
     runner = RoundRunner(
-        strategy=strategy, grid=grid, num_rounds=cfg.num_server_rounds,
-        round_timeout=cfg.round_timeout, wait_for_hospitals=cfg.wait_for_hospitals,
+        strategy=strategy,
+        grid=grid,
+        num_rounds=cfg.num_server_rounds,
+        round_timeout=cfg.round_timeout,
+        wait_for_hospitals=cfg.wait_for_hospitals,
         train_config=ConfigRecord({"proximal-mu": 0.0, **contract}),
         evaluate_config=ConfigRecord(dict(contract)),
         evaluate_fn=reporter,
         after_round=[checkpoint, *after_round],
     )
     if resume is not None:
-        # Last, so nothing above (model init, data shuffles) consumes the restored state.
+        # Last, so nothing above (model init, data) consumes the restored state.
         set_rng_state(resume.rng)
     try:
         result = runner.run(arrays, start_round)
@@ -203,11 +238,16 @@ def run_federation(
         recorder.finish("failed")
         raise
     if result.stopped is not None:
-        recorder.finish("stopped", stop_reason=result.stopped, last_round=result.last_round)
+        recorder.finish(
+            "stopped", stop_reason=result.stopped, last_round=result.last_round
+        )
         log.error(
             "Run stopped: %s The last checkpoint (round %d) is in %s; continue with "
-            "resume-from='%s'.", result.stopped, result.last_round,
-            recorder.dir / "checkpoints", recorder.dir,
+            "resume-from='%s'.",
+            result.stopped,
+            result.last_round,
+            recorder.dir / "checkpoints",
+            recorder.dir,
         )
         return FederationOutcome("stopped", recorder, result)
     save_model(
@@ -218,7 +258,9 @@ def run_federation(
         run_config=cfg.to_run_config(),
         preprocessing=PREPROCESSING[cfg.task],
     )
-    final = recorder.history["rounds"][-1]["server"] if recorder.history["rounds"] else {}
+    final = (
+        recorder.history["rounds"][-1]["server"] if recorder.history["rounds"] else {}
+    )
     recorder.finish(
         "completed", final_server_metrics=final, privacy=reporter.privacy.final()
     )

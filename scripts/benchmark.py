@@ -97,7 +97,13 @@ def _load_suites() -> None:
 
 
 # Modules holding suites; one line per module.
-SUITE_MODULES: list[str] = ["scripts.benchmark_privacy"]
+SUITE_MODULES: list[str] = [
+    "scripts.bench_vertical",
+    "scripts.bench_personalization",
+    "scripts.bench_poisoning",
+    "scripts.bench_secagg",
+    "scripts.benchmark_privacy",
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

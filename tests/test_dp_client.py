@@ -111,9 +111,8 @@ def test_hospital_with_exhausted_budget_is_left_out_and_the_run_goes_on(tmp_path
     assert history["status"] == "completed"
     eps = []
     for entry in history["rounds"][1:]:
-        # An error reply carries no content, so the ledger names it by node id.
         ((refused, error),) = entry["errors"].items()
-        assert refused == "node-102"
+        assert refused == "hospital-1"
         assert "privacy budget exhausted" in error["reason"]
         assert entry["privacy"]["refused_budget"] == [refused]
         assert [h for h, v in entry["hospitals"].items() if "train" in v] == [
