@@ -236,7 +236,9 @@ class RunConfig:
              "cover"),
         ):
             if active:
-                raise ConfigError(f"'{key}' cannot be combined with dp='{self.dp}': {why}.")
+                raise ConfigError(
+                    f"'{key}' cannot be combined with dp='{self.dp}': {why}."
+                )
         if self.dp == "central" and self.dp_epsilon_budget:
             raise ConfigError(
                 "'dp-epsilon-budget' applies to dp='local' (each hospital refuses "
