@@ -51,6 +51,10 @@ from app.config import ConfigError, RunConfig
             "resume-from",
         ),
         (
+            {"dp": "local", "dp-noise-multiplier": 1.0, "personalize-epochs": 2},
+            "personalize-epochs",
+        ),
+        (
             {"dp": "central", "dp-noise-multiplier": 1.0, "strategy": "fedmedian"},
             "strategy",
         ),
