@@ -29,6 +29,7 @@ from app.hospital import (
     load_hospital,
     model_spec,
 )
+from app.local_dp import local_dp_round
 from app.logs import route_to_flower
 from app.poisoning import is_poisoned, poison_update
 from app.vertical_client import register as register_vertical
@@ -36,6 +37,7 @@ from app.secure_aggregation import register as register_secure_aggregation
 from app.secure_aggregation import secure_train_mod
 from data.spec import DataError, HospitalData
 from models.personalization import LocalNorm, personalization_metrics, prefixed
+from models.privacy import PrivacyBudgetExhausted
 from models.training import (
     TrainSettings,
     evaluate_split,
@@ -50,6 +52,7 @@ from strategies.screening import ERROR_PREFIX
 log = logging.getLogger(__name__)
 DATA_ERROR_CODE = 4001
 LOCAL_FAILURE_CODE = 4002
+PRIVACY_BUDGET_CODE = 4003
 
 app = ClientApp()
 register_vertical(app)  # query.psi_* / query.vfl_* handlers (task = "vertical")
@@ -136,10 +139,25 @@ def _train(msg: Message, context: Context) -> Message:
     local_norm = LocalNorm(model, context.state) if cfg.local_norm else None
     if local_norm is not None:
         local_norm.use_local()  # FedBN: this hospital's own normalisation layers
-    loader = make_loader(site.train, cfg.batch_size, shuffle=True, seed=seed)
-    stats = train_epochs(model, loader, settings, device)
+    if cfg.dp == "local":
+        try:
+            outcome = local_dp_round(
+                model, site.train, settings, cfg, context.state, device,
+                seed=seed, node_config=context.node_config,
+            )
+        except PrivacyBudgetExhausted as err:  # refused before any training
+            log.warning("Hospital %s: %s", site.name, err)
+            reason = ERROR_PREFIX.format(name=site.name) + str(err)
+            error = Error(code=PRIVACY_BUDGET_CODE, reason=reason)
+            return Message(error, reply_to=msg)
+        # No training-data statistic (such as the training loss) leaves under DP.
+        train_metrics = outcome.metrics()
+    else:
+        loader = make_loader(site.train, cfg.batch_size, shuffle=True, seed=seed)
+        stats = train_epochs(model, loader, settings, device)
+        train_metrics = {"train_loss": stats["train_loss"]}
     metrics = {
-        "train_loss": stats["train_loss"],
+        **train_metrics,
         "num-examples": len(site.train),  # the dataset's length, never len(loader)
         **_defined(evaluate_split(model, site.val, device), "val_"),
     }

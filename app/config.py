@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,6 +133,18 @@ class RunConfig:
     secagg_max_weight: float = _opt(
         100_000.0, "secagg-max-weight", low=0.0, high=1e12, low_open=True
     )
+    # Differential privacy (docs/privacy.md).
+    dp: str = _opt("none", "dp", choices=("none", "local", "central"))
+    dp_noise_multiplier: float = _opt(0.0, "dp-noise-multiplier", low=0.0, high=1000.0)
+    dp_target_epsilon: float = _opt(0.0, "dp-target-epsilon", low=0.0, high=1000.0)
+    dp_epsilon_budget: float = _opt(0.0, "dp-epsilon-budget", low=0.0, high=1000.0)
+    dp_delta: float = _opt(1e-5, "dp-delta", low=0.0, high=0.1, low_open=True)
+    dp_max_grad_norm: float = _opt(1.0, "dp-max-grad-norm", low=0.0, low_open=True)
+    dp_update_clip_norm: float = _opt(
+        1.0, "dp-update-clip-norm", low=0.0, low_open=True
+    )
+    dp_accountant: str = _opt("prv", "dp-accountant", choices=("prv", "rdp"))
+    dp_secure_rng: bool = _opt(False, "dp-secure-rng")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -173,6 +186,87 @@ class RunConfig:
             )
         if any(c in self.run_name for c in "/\\") or self.run_name in (".", ".."):
             raise ConfigError(f"'run-name' must be a plain name, got {self.run_name!r}.")
+        self._check_privacy()
+
+    def _check_privacy(self) -> None:
+        """Reject DP settings that would silently not mean what they say."""
+        if self.dp == "none":
+            for key, value in (
+                ("dp-noise-multiplier", self.dp_noise_multiplier),
+                ("dp-target-epsilon", self.dp_target_epsilon),
+                ("dp-epsilon-budget", self.dp_epsilon_budget),
+                ("dp-secure-rng", self.dp_secure_rng),
+            ):
+                if value:
+                    raise ConfigError(
+                        f"'{key}' = {value!r} has no effect with dp='none'; set "
+                        "dp='local' or dp='central', or leave it unset."
+                    )
+            return
+        if (self.dp_noise_multiplier > 0) == (self.dp_target_epsilon > 0):
+            raise ConfigError(
+                f"dp='{self.dp}' needs exactly one of 'dp-noise-multiplier' > 0 or "
+                "'dp-target-epsilon' > 0 (got "
+                f"{self.dp_noise_multiplier} and {self.dp_target_epsilon})."
+            )
+        if self.dp_epsilon_budget and self.dp_target_epsilon > self.dp_epsilon_budget:
+            raise ConfigError(
+                f"'dp-target-epsilon' = {self.dp_target_epsilon} exceeds "
+                f"'dp-epsilon-budget' = {self.dp_epsilon_budget}: the planned run "
+                "would be refused before its last round."
+            )
+        if self.dp == "local" and self.proximal_mu > 0:
+            raise ConfigError(
+                f"'proximal-mu' = {self.proximal_mu} is not supported with dp='local': "
+                "Opacus clips per-sample gradients of the data loss only, so the "
+                "proximal term would be silently dropped. Use strategy='fedavg'."
+            )
+        if (
+            self.dp == "local" and self.dp_secure_rng
+            and importlib.util.find_spec("torchcsprng") is None
+        ):
+            raise ConfigError(
+                "'dp-secure-rng' = true with dp='local' needs the torchcsprng package "
+                "(Opacus' secure mode), which is not installed."
+            )
+        if self.dp == "local" and self.resume_from:
+            raise ConfigError(
+                "'resume-from' is not supported with dp='local': a resumed run is a "
+                "new Flower run whose hospitals start with an empty context.state, so "
+                "their privacy accountants would restart and under-report epsilon."
+            )
+        if self.dp == "central" and self.strategy not in ("fedavg", "fedprox"):
+            raise ConfigError(
+                f"dp='central' replaces the aggregation by a clipped, noised mean; "
+                f"'strategy' = {self.strategy!r} would silently lose its own rule. "
+                "Use strategy='fedavg' or 'fedprox'."
+            )
+        for key, active, why in (
+            ("secure-aggregation", self.secure_aggregation,
+             "DP accounting with secure aggregation is not implemented yet (central "
+             "DP needs each hospital's update; local DP's per-hospital epsilon "
+             "reporting is untested under SecAgg+)"),
+            ("personalize-epochs", self.personalize_epochs > 0,
+             "fine-tuning on training records at evaluation is not DP-SGD, so the "
+             "metrics it releases would fall outside the guarantee"),
+            ("task", self.task == "vertical",
+             "vertical FL exchanges embeddings and gradients that DP-SGD does not "
+             "cover"),
+        ):
+            if active:
+                raise ConfigError(
+                    f"'{key}' cannot be combined with dp='{self.dp}': {why}."
+                )
+        if self.dp == "central" and self.dp_epsilon_budget:
+            raise ConfigError(
+                "'dp-epsilon-budget' applies to dp='local' (each hospital refuses "
+                "rounds past it); for dp='central' set 'dp-target-epsilon'."
+            )
+
+    @property
+    def dp_budget(self) -> float:
+        """The epsilon a hospital may not exceed (inf when none is set)."""
+        return self.dp_epsilon_budget or self.dp_target_epsilon or float("inf")
 
     @property
     def model_name(self) -> str:

@@ -27,6 +27,7 @@ from app.checkpoints import (
 )
 from app.config import RunConfig
 from app.hospital import model_spec, task_contract
+from app.privacy import PrivacyReport, with_privacy
 from app.run_outputs import RunRecorder
 from data.registry import get_dataset
 from data.spec import Split
@@ -81,6 +82,7 @@ class RoundReporter:
         self.device = pick_device(cfg.device)
         self.start = time.monotonic()
         self.first_round = first_round
+        self.privacy = PrivacyReport(cfg)
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         metrics: dict[str, float] = {}
@@ -89,6 +91,8 @@ class RoundReporter:
             metrics = evaluate_split(self.model, self.test, self.device)
         ledger = self.strategy.ledger.rounds.get(server_round, {})
         entry = {"round": server_round, "server": metrics, **_hospitals(ledger)}
+        if privacy := self.privacy.round_entry(server_round, ledger, self.strategy):
+            entry["privacy"] = privacy
         self.recorder.record_round(entry)
         total = self.cfg.num_server_rounds
         elapsed = time.monotonic() - self.start
@@ -111,6 +115,9 @@ class RoundReporter:
             " | SKIPPED: " + entry["skipped"] if "skipped" in entry else "",
             _summary(metrics) or "no server-side test set",
         )
+        if "privacy" in entry:
+            log.info("[round %d/%d] privacy: %s", server_round, total,
+                     self.privacy.short(entry["privacy"]))
         clean = {k: v for k, v in metrics.items() if v == v}
         return MetricRecord(clean) if clean else None
 
@@ -169,6 +176,7 @@ def run_federation(
         **{name: getattr(cfg, name) for name in STRATEGY_OPTIONS[cfg.strategy]},
         **({"secure": secure} if (secure := secure_aggregator(cfg)) else {}),
     )
+    strategy = with_privacy(cfg, strategy)
     arrays = ArrayRecord(model.state_dict())
     start_round = 1
     if resume is None:
@@ -209,6 +217,7 @@ def run_federation(
         )
 
     contract = task_contract(info)
+    reporter = RoundReporter(cfg, recorder, strategy, model, test, start_round)
     runner = RoundRunner(
         strategy=strategy,
         grid=grid,
@@ -217,7 +226,7 @@ def run_federation(
         wait_for_hospitals=cfg.wait_for_hospitals,
         train_config=ConfigRecord({"proximal-mu": 0.0, **contract}),
         evaluate_config=ConfigRecord(dict(contract)),
-        evaluate_fn=RoundReporter(cfg, recorder, strategy, model, test, start_round),
+        evaluate_fn=reporter,
         after_round=[checkpoint, *after_round],
     )
     if resume is not None:
@@ -252,7 +261,11 @@ def run_federation(
     final = (
         recorder.history["rounds"][-1]["server"] if recorder.history["rounds"] else {}
     )
-    recorder.finish("completed", final_server_metrics=final)
+    recorder.finish(
+        "completed", final_server_metrics=final, privacy=reporter.privacy.final()
+    )
     log.info("Run finished. Outputs: %s", recorder.dir)
     log.info("Final server-side metrics: %s", _summary(final) or "none")
+    for line in reporter.privacy.lines():
+        log.info(line)
     return FederationOutcome("completed", recorder, result)

@@ -102,6 +102,7 @@ SUITE_MODULES: list[str] = [
     "scripts.bench_personalization",
     "scripts.bench_poisoning",
     "scripts.bench_secagg",
+    "scripts.benchmark_privacy",
 ]
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from scripts import benchmark, deploy, evaluate, simulate
+from scripts import audit, benchmark, deploy, evaluate, simulate
 
 # Subcommand name -> (registers its arguments, runs it). Other modules add theirs.
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "evaluate": (evaluate.add_arguments, evaluate.run),
     "deploy": (deploy.add_arguments, deploy.run),
     "benchmark": (benchmark.add_arguments, benchmark.run),
+    "audit": (audit.add_arguments, audit.run),
 }
 
 
