@@ -57,8 +57,12 @@ class RunConfig:
     model: str = _opt("logreg", "model", choices=("logreg", "mlp"))
     mlp_hidden: int = _opt(64, "mlp-hidden", low=1, high=4096)
     mlp_layers: int = _opt(2, "mlp-layers", low=1, high=8)
-    strategy: str = _opt("fedavg", "strategy", choices=("fedavg", "fedprox"))
+    strategy: str = _opt("fedavg", "strategy", choices=("fedavg", "fedprox", "fedyogi"))
     proximal_mu: float = _opt(0.0, "proximal-mu", low=0.0, high=100.0)
+    eta: float = _opt(0.1, "eta", low=0.0, high=10.0, low_open=True)
+    beta_1: float = _opt(0.9, "beta-1", low=0.0, high=0.999)
+    beta_2: float = _opt(0.99, "beta-2", low=0.0, high=0.9999)
+    tau: float = _opt(1e-3, "tau", low=0.0, high=10.0, low_open=True)
     local_epochs: int = _opt(1, "local-epochs", low=1, high=1000)
     batch_size: int = _opt(32, "batch-size", low=1, high=65_536)
     learning_rate: float = _opt(0.05, "learning-rate", low=0.0, high=10.0, low_open=True)
@@ -75,6 +79,8 @@ class RunConfig:
     torch_threads: int = _opt(1, "torch-threads", low=0, high=256)
     output_dir: str = _opt("outputs", "output-dir")
     run_name: str = _opt("", "run-name")
+    report: bool = _opt(True, "report")
+    tensorboard: bool = _opt(False, "tensorboard")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

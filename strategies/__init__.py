@@ -7,16 +7,19 @@ from typing import Any
 
 from strategies.fedavg import MedFedAvg
 from strategies.fedprox import MedFedProx
+from strategies.fedyogi import MedFedYogi
 
 STRATEGIES: dict[str, Callable[..., MedFedAvg]] = {
     "fedavg": MedFedAvg,
     "fedprox": MedFedProx,
+    "fedyogi": MedFedYogi,
 }
 
 # Strategy-specific keyword arguments, taken from the run config by name.
 STRATEGY_OPTIONS: dict[str, tuple[str, ...]] = {
     "fedavg": (),
     "fedprox": ("proximal_mu",),
+    "fedyogi": ("eta", "beta_1", "beta_2", "tau", "learning_rate"),
 }
 
 

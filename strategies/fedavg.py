@@ -15,7 +15,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from strategies.validation import Reference, reference_of, reply_problem
+from strategies.validation import (
+    Reference,
+    dtypes_of,
+    match_dtypes,
+    reference_of,
+    reply_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +88,13 @@ class MedFedAvg(FedAvg):
         super().__init__(**kwargs)
         self.ledger = RoundLedger()
         self._reference: Reference = {}
+        self._dtypes: dict[str, Any] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._reference = reference_of(arrays)
+        self._dtypes = dtypes_of(arrays)
         return super().configure_train(server_round, arrays, config, grid)
 
     def _screen(
@@ -127,8 +135,9 @@ class MedFedAvg(FedAvg):
                       server_round)
             return None, None
         contents = [msg.content for msg in sound]
+        mean = aggregate_arrayrecords(contents, self.weighted_by_key)
         return (
-            aggregate_arrayrecords(contents, self.weighted_by_key),
+            match_dtypes(mean, self._dtypes),
             weighted_metrics(contents, self.weighted_by_key),
         )
 
