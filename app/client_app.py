@@ -32,7 +32,7 @@ from models.training import (
     pick_device,
     train_epochs,
 )
-from strategies.fedavg import HOSPITAL_RECORD
+from strategies.fedavg import HOSPITAL_RECORD, label_count_metrics
 
 log = logging.getLogger(__name__)
 DATA_ERROR_CODE = 4001
@@ -101,6 +101,7 @@ def train(msg: Message, context: Context) -> Message:
         "train_loss": stats["train_loss"],
         "num-examples": len(site.train),  # the dataset's length, never len(loader)
         **_defined(evaluate_split(model, site.val, device), "val_"),
+        **label_count_metrics(site.label_counts()),
     }
     return _reply(msg, site, metrics, model.cpu())
 

@@ -13,11 +13,13 @@ from flwr.serverapp import Grid, ServerApp
 from app.config import RunConfig
 from app.hospital import model_spec
 from app.logs import route_to_flower
+from app.report import roc_curves, write_report
 from app.run_outputs import RunRecorder
+from app.tensorboard_log import TensorBoardLogger
 from data.registry import get_dataset
 from data.spec import Split
 from models.checkpoint import save_model
-from models.training import evaluate_split, pick_device
+from models.training import evaluate_split, pick_device, predict_proba
 from strategies import STRATEGY_OPTIONS, build_strategy
 
 log = logging.getLogger(__name__)
@@ -41,9 +43,11 @@ class RoundReporter:
     def __init__(
         self, cfg: RunConfig, recorder: RunRecorder, strategy: Any,
         model: torch.nn.Module, test: Split | None,
+        tensorboard: TensorBoardLogger | None = None,
     ) -> None:
         self.cfg, self.recorder, self.strategy = cfg, recorder, strategy
         self.model, self.test = model, test
+        self.tensorboard = tensorboard
         self.device = pick_device(cfg.device)
         self.start = time.monotonic()
 
@@ -53,10 +57,13 @@ class RoundReporter:
             self.model.load_state_dict(arrays.to_torch_state_dict())
             metrics = evaluate_split(self.model, self.test, self.device)
         ledger = self.strategy.ledger.rounds.get(server_round, {})
-        entry = {"round": server_round, "server": metrics, **_hospitals(ledger)}
-        self.recorder.record_round(entry)
-        total = self.cfg.num_server_rounds
         elapsed = time.monotonic() - self.start
+        entry = {"round": server_round, "server": metrics, **_hospitals(ledger),
+                 "elapsed_s": round(elapsed, 3)}
+        self.recorder.record_round(entry)
+        if self.tensorboard is not None:
+            self.tensorboard.log_round(entry)
+        total = self.cfg.num_server_rounds
         eta = elapsed / server_round * (total - server_round) if server_round else float("nan")
         log.info(
             "[round %d/%d] elapsed %.1fs eta %s | hospitals trained %d, dropped %d | %s",
@@ -106,10 +113,13 @@ def main(grid: Grid, context: Context) -> None:
         **{name: getattr(cfg, name) for name in STRATEGY_OPTIONS[cfg.strategy]},
     )
     recorder = RunRecorder(cfg, context.run_id)
+    recorder.history["class_names"] = list(info.class_names)
+    # Fails before training (clear message) when the package is missing.
+    tensorboard = TensorBoardLogger(recorder.dir) if cfg.tensorboard else None
     log.info("medflower run %s: %s, %s on %s (%s test records), writing to %s",
              recorder.history["run_name"], cfg.strategy, cfg.model, info.description,
              len(test) if test is not None else "no", recorder.dir)
-    reporter = RoundReporter(cfg, recorder, strategy, model, test)
+    reporter = RoundReporter(cfg, recorder, strategy, model, test, tensorboard)
     try:
         result = strategy.start(
             grid=grid,
@@ -121,7 +131,11 @@ def main(grid: Grid, context: Context) -> None:
         )
     except BaseException:
         recorder.finish("failed")
+        _write_report(cfg, recorder)
         raise
+    finally:
+        if tensorboard is not None:
+            tensorboard.close()
     final_arrays = result.arrays if len(result.arrays) else ArrayRecord(model.state_dict())
     save_model(
         recorder.model_path,
@@ -132,6 +146,24 @@ def main(grid: Grid, context: Context) -> None:
         preprocessing=PREPROCESSING,
     )
     final = recorder.history["rounds"][-1]["server"] if recorder.history["rounds"] else {}
-    recorder.finish("completed", final_server_metrics=final)
+    roc: list[dict[str, Any]] = []
+    if test is not None:
+        model.load_state_dict(final_arrays.to_torch_state_dict())
+        probs = predict_proba(model, test.x, reporter.device)
+        roc = roc_curves(test.y, probs, info.class_names)
+    recorder.finish("completed", final_server_metrics=final, roc=roc)
     log.info("Run finished. Outputs: %s", recorder.dir)
     log.info("Final server-side metrics: %s", _summary(final) or "none")
+    _write_report(cfg, recorder)
+
+
+def _write_report(cfg: RunConfig, recorder: RunRecorder) -> None:
+    """Write report.html from the final history; a plotting problem never fails a run."""
+    if not cfg.report:
+        return
+    try:
+        path = write_report(recorder.history, recorder.dir, run_config=cfg.to_run_config())
+    except Exception:  # the model and history are already saved
+        log.exception("Could not write the run report.")
+        return
+    log.info("Report: %s", path)

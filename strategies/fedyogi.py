@@ -27,8 +27,15 @@ class MedFedYogi(FedYogi, MedFedAvg):
     """
 
     def __init__(
-        self, *, eta: float, beta_1: float, beta_2: float, tau: float,
-        learning_rate: float = 0.05, min_hospitals: int = 2, **kwargs: Any,
+        self,
+        *,
+        eta: float,
+        beta_1: float,
+        beta_2: float,
+        tau: float,
+        learning_rate: float = 0.05,
+        min_hospitals: int = 2,
+        **kwargs: Any,
     ) -> None:
         if not eta > 0:
             raise ValueError(f"eta (server learning rate) must be > 0, got {eta}.")
@@ -41,7 +48,11 @@ class MedFedYogi(FedYogi, MedFedAvg):
         for key in ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes"):
             kwargs.setdefault(key, min_hospitals)
         super().__init__(
-            eta=eta, eta_l=learning_rate, beta_1=beta_1, beta_2=beta_2, tau=tau,
+            eta=eta,
+            eta_l=learning_rate,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            tau=tau,
             **kwargs,
         )
 
