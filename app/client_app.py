@@ -82,16 +82,7 @@ def train(msg: Message, context: Context) -> Message:
     except DataError as err:
         return _data_error(msg, context, err)
     config = msg.content["config"]
-    settings = TrainSettings(
-        epochs=cfg.local_epochs,
-        batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        optimizer=cfg.optimizer,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
-        seed=cfg.seed,
-    )
+    settings = _settings(cfg, cfg.local_epochs, float(config.get("proximal-mu", 0.0)))
     round_seed = cfg.seed + 1000 * int(config.get("server-round", 0))
     torch.manual_seed(round_seed)
     device = pick_device(cfg.device)
@@ -113,6 +104,27 @@ def evaluate(msg: Message, context: Context) -> Message:
         cfg, site, model = _setup(msg, context)
     except DataError as err:
         return _data_error(msg, context, err)
-    metrics = _defined(evaluate_split(model, site.val, pick_device(cfg.device)), "")
+    device = pick_device(cfg.device)
+    if cfg.finetune_epochs:
+        # Personalised evaluation: adapt a local copy to this hospital first. The
+        # fine-tuned weights stay here; only the metrics leave.
+        round_seed = cfg.seed + 1000 * int(msg.content["config"].get("server-round", 0)) + 1
+        torch.manual_seed(round_seed)
+        loader = make_loader(site.train, cfg.batch_size, shuffle=True, seed=round_seed)
+        train_epochs(model, loader, _settings(cfg, cfg.finetune_epochs, 0.0), device)
+    metrics = _defined(evaluate_split(model, site.val, device), "")
     metrics["num-examples"] = len(site.val)
     return _reply(msg, site, metrics)
+
+
+def _settings(cfg: RunConfig, epochs: int, proximal_mu: float) -> TrainSettings:
+    return TrainSettings(
+        epochs=epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        optimizer=cfg.optimizer,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        proximal_mu=proximal_mu,
+        seed=cfg.seed,
+    )

@@ -64,6 +64,7 @@ class RunConfig:
     beta_2: float = _opt(0.99, "beta-2", low=0.0, high=0.9999)
     tau: float = _opt(1e-3, "tau", low=0.0, high=10.0, low_open=True)
     local_epochs: int = _opt(1, "local-epochs", low=1, high=1000)
+    finetune_epochs: int = _opt(0, "finetune-epochs", low=0, high=1000)
     batch_size: int = _opt(32, "batch-size", low=1, high=65_536)
     learning_rate: float = _opt(0.05, "learning-rate", low=0.0, high=10.0, low_open=True)
     optimizer: str = _opt("sgd", "optimizer", choices=("sgd", "adam"))
