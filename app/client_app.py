@@ -2,12 +2,13 @@
 
 Only model arrays and aggregate metrics leave this process: no record, path or
 identifier. A data problem is logged here in full and answered with a generic
-error the server can act on.
+error the server can act on; so is any other failure during local work.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import torch
 from flwr.app import (
@@ -22,20 +23,30 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from app.config import RunConfig
-from app.hospital import hospital_name, load_hospital, model_spec
+from app.hospital import (
+    check_contract,
+    hospital_name,
+    hospital_seed,
+    load_hospital,
+    model_spec,
+)
 from app.logs import route_to_flower
+from app.poisoning import is_poisoned, poison_update
 from data.spec import DataError, HospitalData
 from models.training import (
     TrainSettings,
     evaluate_split,
     make_loader,
     pick_device,
+    set_deterministic,
     train_epochs,
 )
-from strategies.fedavg import HOSPITAL_RECORD, label_count_metrics
+from strategies.fedavg import HOSPITAL_RECORD
+from strategies.screening import label_count_metrics
 
 log = logging.getLogger(__name__)
 DATA_ERROR_CODE = 4001
+LOCAL_FAILURE_CODE = 4002
 
 app = ClientApp()
 
@@ -45,9 +56,21 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, HospitalData, tor
     cfg = RunConfig.from_run_config(context.run_config)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
+    set_deterministic(cfg.deterministic)
     site = load_hospital(cfg, context.node_config)
-    model = model_spec(cfg, site.info).build()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    info = check_contract(site, msg.content.config_records.get("config", ConfigRecord()))
+    try:
+        model = model_spec(cfg, info).build()
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    except (ValueError, RuntimeError, KeyError) as err:
+        # This hospital's data do not fit the federation's model (other channels,
+        # image size or classes): its own problem, reported without paths.
+        raise DataError(
+            f"Hospital {site.name}: the global model does not fit this hospital's "
+            f"data ({site.info.description}, input {site.info.input_shape}, "
+            f"{site.info.num_classes} classes): {str(err).splitlines()[0]}",
+            "the hospital's data do not fit the global model (shape, channels or classes)",
+        ) from err
     return cfg, site, model
 
 
@@ -63,10 +86,22 @@ def _reply(msg: Message, site: HospitalData, metrics: dict[str, float], model=No
     return Message(content=content, reply_to=msg)
 
 
-def _data_error(msg: Message, context: Context, err: DataError) -> Message:
+def _error(msg: Message, context: Context, err: Exception) -> Message:
+    """An error reply that says what failed without leaking local detail."""
     name = hospital_name(context.node_config)
-    log.error("Hospital %s: %s", name, err)  # full detail stays in the local log
-    return Message(Error(code=DATA_ERROR_CODE, reason=f"data error: {err.public_reason}"), reply_to=msg)
+    if isinstance(err, DataError):
+        log.error("Hospital %s: %s", name, err)  # full detail stays in the local log
+        return Message(
+            Error(code=DATA_ERROR_CODE, reason=f"data error: {err.public_reason}"),
+            reply_to=msg,
+        )
+    # Exception text may quote records or paths: only its type leaves the hospital.
+    log.exception("Hospital %s: local %s failed", name, msg.metadata.message_type)
+    return Message(
+        Error(code=LOCAL_FAILURE_CODE,
+              reason=f"local {msg.metadata.message_type} failed ({type(err).__name__})"),
+        reply_to=msg,
+    )
 
 
 def _defined(metrics: dict[str, float], prefix: str) -> dict[str, float]:
@@ -74,52 +109,9 @@ def _defined(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {f"{prefix}{k}": v for k, v in metrics.items() if v == v}
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Train the received global model on this hospital's training split."""
-    try:
-        cfg, site, model = _setup(msg, context)
-    except DataError as err:
-        return _data_error(msg, context, err)
-    config = msg.content["config"]
-    settings = _settings(cfg, cfg.local_epochs, float(config.get("proximal-mu", 0.0)))
-    round_seed = cfg.seed + 1000 * int(config.get("server-round", 0))
-    torch.manual_seed(round_seed)
-    device = pick_device(cfg.device)
-    loader = make_loader(site.train, cfg.batch_size, shuffle=True, seed=round_seed)
-    stats = train_epochs(model, loader, settings, device)
-    metrics = {
-        "train_loss": stats["train_loss"],
-        "num-examples": len(site.train),  # the dataset's length, never len(loader)
-        **_defined(evaluate_split(model, site.val, device), "val_"),
-        **label_count_metrics(site.label_counts()),
-    }
-    return _reply(msg, site, metrics, model.cpu())
-
-
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
-    """Evaluate the received global model on this hospital's held-out split."""
-    try:
-        cfg, site, model = _setup(msg, context)
-    except DataError as err:
-        return _data_error(msg, context, err)
-    device = pick_device(cfg.device)
-    if cfg.finetune_epochs:
-        # Personalised evaluation: adapt a local copy to this hospital first. The
-        # fine-tuned weights stay here; only the metrics leave.
-        round_seed = cfg.seed + 1000 * int(msg.content["config"].get("server-round", 0)) + 1
-        torch.manual_seed(round_seed)
-        loader = make_loader(site.train, cfg.batch_size, shuffle=True, seed=round_seed)
-        train_epochs(model, loader, _settings(cfg, cfg.finetune_epochs, 0.0), device)
-    metrics = _defined(evaluate_split(model, site.val, device), "")
-    metrics["num-examples"] = len(site.val)
-    return _reply(msg, site, metrics)
-
-
-def _settings(cfg: RunConfig, epochs: int, proximal_mu: float) -> TrainSettings:
+def _train_settings(cfg: RunConfig, proximal_mu: float) -> TrainSettings:
     return TrainSettings(
-        epochs=epochs,
+        epochs=cfg.local_epochs,
         batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
         optimizer=cfg.optimizer,
@@ -128,3 +120,60 @@ def _settings(cfg: RunConfig, epochs: int, proximal_mu: float) -> TrainSettings:
         proximal_mu=proximal_mu,
         seed=cfg.seed,
     )
+
+
+def _train(msg: Message, context: Context) -> Message:
+    cfg, site, model = _setup(msg, context)
+    config = msg.content["config"]
+    settings = _train_settings(cfg, float(config.get("proximal-mu", 0.0)))
+    seed = hospital_seed(cfg.seed, int(config.get("server-round", 0)), context.node_config)
+    torch.manual_seed(seed)
+    device = pick_device(cfg.device)
+    global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    loader = make_loader(site.train, cfg.batch_size, shuffle=True, seed=seed)
+    stats = train_epochs(model, loader, settings, device)
+    metrics = {
+        "train_loss": stats["train_loss"],
+        "num-examples": len(site.train),  # the dataset's length, never len(loader)
+        **_defined(evaluate_split(model, site.val, device), "val_"),
+        **label_count_metrics(site.label_counts()),
+    }
+    model = model.cpu()
+    if is_poisoned(cfg.poison_fraction, context.node_config):
+        model.load_state_dict(poison_update(global_state, model.state_dict(), cfg.poison_scale))
+    return _reply(msg, site, metrics, model)
+
+
+def _evaluate(msg: Message, context: Context) -> Message:
+    cfg, site, model = _setup(msg, context)
+    device = pick_device(cfg.device)
+    if cfg.finetune_epochs:
+        # Personalised evaluation: adapt the received model to this hospital first.
+        # The fine-tuned weights stay here; only the metrics leave.
+        config = msg.content["config"]
+        seed = 1 + hospital_seed(cfg.seed, int(config.get("server-round", 0)), context.node_config)
+        torch.manual_seed(seed)
+        settings = replace(_train_settings(cfg, 0.0), epochs=cfg.finetune_epochs)
+        loader = make_loader(site.train, cfg.batch_size, shuffle=True, seed=seed)
+        train_epochs(model, loader, settings, device)
+    metrics = _defined(evaluate_split(model, site.val, device), "")
+    metrics["num-examples"] = len(site.val)
+    return _reply(msg, site, metrics)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received global model on this hospital's training split."""
+    try:
+        return _train(msg, context)
+    except Exception as err:  # one hospital's failure must not end the federation
+        return _error(msg, context, err)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on this hospital's held-out split."""
+    try:
+        return _evaluate(msg, context)
+    except Exception as err:
+        return _error(msg, context, err)

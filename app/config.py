@@ -7,7 +7,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from data.registry import DATASETS, TASKS
 from data.spec import DataSpec
+from models import DEFAULT_MODELS, MODEL_TASKS, MODELS
+
+# Kept here (not imported from ``strategies``) so the config has no torch/Flower
+# strategy import; tests check it equals ``strategies.STRATEGIES``.
+STRATEGY_NAMES = (
+    "fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg",
+    "krum", "multikrum",
+)
 
 
 class ConfigError(ValueError):
@@ -46,23 +55,29 @@ class RunConfig:
     """
 
     num_server_rounds: int = _opt(5, "num-server-rounds", low=1, high=10_000)
-    task: str = _opt("tabular", "task", choices=("tabular",))
-    dataset: str = _opt("wdbc", "dataset", choices=("wdbc", "heart-disease", "csv"))
+    task: str = _opt("tabular", "task", choices=TASKS)
+    dataset: str = _opt("wdbc", "dataset", choices=tuple(DATASETS))
     data_path: str = _opt("", "data-path")
     label_column: str = _opt("target", "label-column")
     partitioner: str = _opt("iid", "partitioner", choices=("iid", "dirichlet"))
     dirichlet_alpha: float = _opt(0.5, "dirichlet-alpha", low=0.0, low_open=True)
     val_fraction: float = _opt(0.2, "val-fraction", low=0.05, high=0.5)
     test_fraction: float = _opt(0.2, "test-fraction", low=0.05, high=0.5)
-    model: str = _opt("logreg", "model", choices=("logreg", "mlp"))
+    image_size: int = _opt(0, "image-size", low=0, high=1024)
+    augment: bool = _opt(True, "augment")
+    class_names: str = _opt("", "class-names")
+    model: str = _opt("auto", "model", choices=("auto", *MODELS))
     mlp_hidden: int = _opt(64, "mlp-hidden", low=1, high=4096)
     mlp_layers: int = _opt(2, "mlp-layers", low=1, high=8)
-    strategy: str = _opt("fedavg", "strategy", choices=("fedavg", "fedprox", "fedyogi"))
+    strategy: str = _opt("fedavg", "strategy", choices=STRATEGY_NAMES)
     proximal_mu: float = _opt(0.0, "proximal-mu", low=0.0, high=100.0)
     eta: float = _opt(0.1, "eta", low=0.0, high=10.0, low_open=True)
     beta_1: float = _opt(0.9, "beta-1", low=0.0, high=0.999)
     beta_2: float = _opt(0.99, "beta-2", low=0.0, high=0.9999)
     tau: float = _opt(1e-3, "tau", low=0.0, high=10.0, low_open=True)
+    trim_beta: float = _opt(0.2, "trim-beta", low=0.0, high=0.49)
+    num_malicious: int = _opt(0, "num-malicious", low=0, high=100_000)
+    num_to_keep: int = _opt(0, "num-to-keep", low=0, high=100_000)
     local_epochs: int = _opt(1, "local-epochs", low=1, high=1000)
     finetune_epochs: int = _opt(0, "finetune-epochs", low=0, high=1000)
     batch_size: int = _opt(32, "batch-size", low=1, high=65_536)
@@ -74,6 +89,12 @@ class RunConfig:
     fraction_evaluate: float = _opt(1.0, "fraction-evaluate", low=0.0, high=1.0)
     min_hospitals: int = _opt(2, "min-hospitals", low=1, high=100_000)
     round_timeout: float = _opt(3600.0, "round-timeout", low=0.0, low_open=True)
+    wait_for_hospitals: float = _opt(600.0, "wait-for-hospitals", low=0.0)
+    checkpoint_keep: int = _opt(3, "checkpoint-keep", low=1, high=10_000)
+    resume_from: str = _opt("", "resume-from")
+    deterministic: bool = _opt(False, "deterministic")
+    poison_fraction: float = _opt(0.0, "poison-fraction", low=0.0, high=0.99)
+    poison_scale: float = _opt(10.0, "poison-scale", low=0.0, high=1e6, low_open=True)
     server_eval: bool = _opt(True, "server-eval")
     seed: int = _opt(42, "seed", low=0, high=2**31 - 1)
     device: str = _opt("auto", "device", choices=("auto", "cpu", "cuda"))
@@ -86,10 +107,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check_field(f, getattr(self, f.name))
-        if self.dataset in ("heart-disease", "csv") and not self.data_path:
+        self._check_task()
+        if getattr(DATASETS[self.dataset], "needs_path", False) and not self.data_path:
             raise ConfigError(
                 f"dataset='{self.dataset}' needs 'data-path' (a directory of hospital "
-                "files for heart-disease, a CSV file for csv)."
+                "files for heart-disease, a CSV file for csv, an .npz file for "
+                "medmnist, a class-per-folder directory for image-folder)."
             )
         if self.strategy == "fedprox" and self.proximal_mu <= 0.0:
             raise ConfigError(
@@ -98,6 +121,26 @@ class RunConfig:
             )
         if any(c in self.run_name for c in "/\\") or self.run_name in (".", ".."):
             raise ConfigError(f"'run-name' must be a plain name, got {self.run_name!r}.")
+
+    @property
+    def model_name(self) -> str:
+        """The network to build: ``model``, or the task's default for ``'auto'``."""
+        return DEFAULT_MODELS[self.task] if self.model == "auto" else self.model
+
+    def _check_task(self) -> None:
+        """Refuse a dataset or model meant for another task."""
+        data_task = DATASETS[self.dataset].task
+        if data_task != self.task:
+            raise ConfigError(
+                f"dataset='{self.dataset}' is {data_task} data but task='{self.task}'; "
+                f"set task='{data_task}' or pick a {self.task} dataset."
+            )
+        if MODEL_TASKS[self.model_name] != self.task:
+            fitting = [m for m, t in MODEL_TASKS.items() if t == self.task]
+            raise ConfigError(
+                f"model='{self.model}' is a {MODEL_TASKS[self.model_name]} model but "
+                f"task='{self.task}'; use one of {', '.join(fitting)} (or 'auto')."
+            )
 
     @classmethod
     def keys(cls) -> dict[str, dataclasses.Field[Any]]:
@@ -139,6 +182,9 @@ class RunConfig:
             val_fraction=self.val_fraction,
             test_fraction=self.test_fraction,
             seed=self.seed,
+            image_size=self.image_size,
+            augment=self.augment,
+            class_names=tuple(n.strip() for n in self.class_names.split(",") if n.strip()),
         )
 
 

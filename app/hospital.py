@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 from app.config import RunConfig
 from data.registry import get_dataset
 from data.spec import DataError, DatasetInfo, HospitalData
-from models import MODEL_OPTIONS, ModelSpec
+from models import MODEL_OPTIONS, ModelSpec, input_kwargs
 
 
 def hospital_name(node_config: Mapping[str, Any]) -> str:
@@ -46,10 +49,57 @@ def load_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> HospitalDat
 
 def model_spec(cfg: RunConfig, info: DatasetInfo) -> ModelSpec:
     """The network for this run's model name and the data's shape."""
-    kwargs: dict[str, Any] = {
-        "in_features": info.input_shape[0],
-        "num_classes": info.num_classes,
-    }
-    for arg, field_name in MODEL_OPTIONS[cfg.model].items():
+    name = cfg.model_name
+    kwargs = input_kwargs(name, info)
+    for arg, field_name in MODEL_OPTIONS[name].items():
         kwargs[arg] = getattr(cfg, field_name)
-    return ModelSpec(cfg.model, kwargs)
+    return ModelSpec(name, kwargs)
+
+
+def hospital_seed(seed: int, server_round: int, node_config: Mapping[str, Any]) -> int:
+    """A training seed fixed by the run seed, the round and the hospital.
+
+    The hospital is its ``partition-id`` in simulation, else a stable hash of its
+    name, so a re-run (or a resumed run) of round ``r`` draws the same batches.
+    """
+    if "partition-id" in node_config:
+        ident = int(node_config["partition-id"])
+    else:
+        ident = zlib.crc32(hospital_name(node_config).encode())
+    return int(np.random.SeedSequence([seed, server_round, ident]).generate_state(1)[0])
+
+
+def task_contract(info: DatasetInfo) -> dict[str, Any]:
+    """What the server's model expects, sent to hospitals with every instruction."""
+    return {"num-classes": info.num_classes, "input-shape": list(info.input_shape)}
+
+
+def check_contract(site: HospitalData, config: Mapping[str, Any]) -> DatasetInfo:
+    """Refuse local data that does not fit the federation's model.
+
+    Returns the federation's DatasetInfo (the model a hospital builds must match the
+    server's, whatever its own data happens to contain).
+    """
+    if "num-classes" not in config:
+        return site.info
+    classes = int(config["num-classes"])
+    shape = tuple(int(d) for d in config["input-shape"])
+    if tuple(site.info.input_shape) != shape:
+        raise DataError(
+            f"Hospital {site.name}: its data has input shape {tuple(site.info.input_shape)} "
+            f"but the federation's model expects {shape}.",
+            f"input shape {tuple(site.info.input_shape)} does not match the model's {shape}",
+        )
+    for split_name, split in (("training", site.train), ("held-out", site.val)):
+        if len(split) and (int(split.y.max()) >= classes or int(split.y.min()) < 0):
+            bad = int(split.y.max()) if int(split.y.max()) >= classes else int(split.y.min())
+            raise DataError(
+                f"Hospital {site.name}: label {bad} in its {split_name} split is outside "
+                f"the federation's classes 0..{classes - 1}.",
+                f"label {bad} is outside the classes 0..{classes - 1}",
+            )
+    return DatasetInfo(
+        task=site.info.task, input_shape=shape, num_classes=classes,
+        feature_names=site.info.feature_names, class_names=site.info.class_names,
+        description=site.info.description,
+    )

@@ -24,6 +24,7 @@ class FederatedDataset(ABC):
 
     name: ClassVar[str]
     task: ClassVar[str]
+    needs_path: ClassVar[bool] = False  # whether the run config must give data-path
 
     def __init__(self, spec: DataSpec) -> None:
         self.spec = spec

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from data.base import FederatedDataset
+from data.imaging import ImageFolderDataset, MedMNISTDataset, SyntheticLesionsDataset
 from data.spec import DataSpec
 from data.tabular import CSVDataset, HeartDiseaseDataset, WDBCDataset
 
@@ -10,7 +11,13 @@ DATASETS: dict[str, type[FederatedDataset]] = {
     WDBCDataset.name: WDBCDataset,
     HeartDiseaseDataset.name: HeartDiseaseDataset,
     CSVDataset.name: CSVDataset,
+    MedMNISTDataset.name: MedMNISTDataset,
+    ImageFolderDataset.name: ImageFolderDataset,
+    SyntheticLesionsDataset.name: SyntheticLesionsDataset,
 }
+
+# The kinds of data a run can train on (the run-config key ``task``).
+TASKS: tuple[str, ...] = tuple(dict.fromkeys(cls.task for cls in DATASETS.values()))
 
 
 def get_dataset(spec: DataSpec) -> FederatedDataset:

@@ -31,6 +31,9 @@ class DataSpec:
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     seed: int = 42
+    image_size: int = 0  # imaging: resize to this side length; 0 keeps the data's size
+    augment: bool = True  # imaging: random flips/affine/intensity on training images
+    class_names: tuple[str, ...] = ()  # image folders: fixed class order (else sorted)
 
 
 @dataclass(frozen=True)

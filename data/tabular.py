@@ -109,6 +109,7 @@ class CSVDataset(PooledTabularDataset):
     """
 
     name = "csv"
+    needs_path = True
 
     def load_table(self) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
         return read_labelled_csv(Path(self.spec.data_path), self.spec.label_column)
@@ -189,6 +190,7 @@ class HeartDiseaseDataset(FederatedDataset):
     """
 
     name = "heart-disease"
+    needs_path = True
     task = "tabular"
 
     @cached_property

@@ -1,4 +1,4 @@
-"""Model registry: tabular nets (and imaging nets) built from a serialisable spec."""
+"""Model registry: tabular and imaging nets built from a serialisable spec."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import nn
 
+from data.spec import DatasetInfo
+from models.imaging import IMAGING_MODELS, check_input_size
 from models.tabular import LogisticRegression, TabularMLP
 
 ModelFactory = Callable[..., nn.Module]
@@ -15,13 +17,55 @@ ModelFactory = Callable[..., nn.Module]
 MODELS: dict[str, ModelFactory] = {
     "logreg": LogisticRegression,
     "mlp": TabularMLP,
+    **{name: entry.factory for name, entry in IMAGING_MODELS.items()},
 }
 
 # Constructor argument -> run-config field, per model (beyond the data's shape).
 MODEL_OPTIONS: dict[str, dict[str, str]] = {
     "logreg": {},
     "mlp": {"hidden": "mlp_hidden", "layers": "mlp_layers"},
+    **{name: {} for name in IMAGING_MODELS},
 }
+
+# Which task (kind of data) each model takes, and each task's default model.
+MODEL_TASKS: dict[str, str] = {
+    "logreg": "tabular",
+    "mlp": "tabular",
+    **{name: "imaging" for name in IMAGING_MODELS},
+}
+DEFAULT_MODELS: dict[str, str] = {"tabular": "logreg", "imaging": "smallcnn"}
+
+
+def _tabular_inputs(name: str, info: DatasetInfo) -> dict[str, Any]:
+    return {"in_features": info.input_shape[0], "num_classes": info.num_classes}
+
+
+def _imaging_inputs(name: str, info: DatasetInfo) -> dict[str, Any]:
+    check_input_size(name, info.input_shape)
+    return {
+        "spatial_dims": len(info.input_shape) - 1,
+        "in_channels": info.input_shape[0],
+        "num_classes": info.num_classes,
+    }
+
+
+# Task -> constructor arguments taken from the data's shape (no data, only shape).
+INPUT_ARGS: dict[str, Callable[[str, DatasetInfo], dict[str, Any]]] = {
+    "tabular": _tabular_inputs,
+    "imaging": _imaging_inputs,
+}
+
+
+def input_kwargs(name: str, info: DatasetInfo) -> dict[str, Any]:
+    """Return the constructor arguments of ``name`` for data shaped as ``info``.
+
+    Raises ``ValueError`` naming the mismatch when the model does not take this
+    kind of data or the images are smaller than the network accepts.
+    """
+    task = MODEL_TASKS[name]
+    if info.task != task:
+        raise ValueError(f"model '{name}' is a {task} model; the data are {info.task}.")
+    return INPUT_ARGS[task](name, info)
 
 
 @dataclass(frozen=True)

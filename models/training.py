@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,11 +48,18 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def make_loader(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
-    """A DataLoader over an in-memory split, shuffled reproducibly when asked."""
-    dataset = TensorDataset(
-        torch.as_tensor(split.x, dtype=torch.float32),
-        torch.as_tensor(split.y, dtype=torch.long),
-    )
+    """A DataLoader over an in-memory split, shuffled reproducibly when asked.
+
+    A split that brings its own ``training_dataset(seed)`` (images with seeded
+    augmentation) supplies the dataset; anything else is served as tensors.
+    """
+    if hasattr(split, "training_dataset"):
+        dataset = split.training_dataset(seed)
+    else:
+        dataset = TensorDataset(
+            torch.as_tensor(split.x, dtype=torch.float32),
+            torch.as_tensor(split.y, dtype=torch.long),
+        )
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
@@ -125,3 +133,17 @@ def evaluate_split(model: nn.Module, split: Split, device: torch.device) -> dict
     if len(split) == 0:
         raise ValueError("Cannot evaluate on an empty split.")
     return classification_metrics(split.y, predict_proba(model, split.x, device))
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Make torch pick deterministic kernels (and fail loudly where none exists).
+
+    Called by the ServerApp and every ClientApp when ``deterministic = true``; seeds
+    are derived per round and hospital elsewhere (``app.hospital.hospital_seed``).
+    """
+    if not enabled:
+        return
+    # cuBLAS needs a fixed workspace for deterministic GEMMs on CUDA >= 10.2.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
