@@ -32,7 +32,12 @@ from app.tensorboard_log import TensorBoardLogger
 from data.registry import get_dataset
 from data.spec import Split
 from models.checkpoint import save_model
-from models.training import evaluate_split, pick_device, predict_proba, set_deterministic
+from models.training import (
+    evaluate_split,
+    pick_device,
+    predict_proba,
+    set_deterministic,
+)
 from strategies import STRATEGY_OPTIONS, build_strategy
 from strategies.runner import RoundHook, RoundRunner, RunResult
 from strategies.screening import Screened
