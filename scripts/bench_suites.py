@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +132,7 @@ def federated_run(
 
 
 def train_settings(cfg: RunConfig, epochs: int) -> TrainSettings:
-    """The hospitals' training settings of ``cfg``, for ``epochs`` epochs."""
+    """Return the hospitals' training settings of ``cfg``, for ``epochs`` epochs."""
     return TrainSettings(
         epochs=epochs,
         batch_size=cfg.batch_size,
@@ -154,7 +154,7 @@ def pool(splits: Sequence[Split]) -> Split:
 def train_centrally(
     cfg: RunConfig, sites: Sequence[HospitalData], train: Split, epochs: int
 ) -> torch.nn.Module:
-    """Train a fresh model of ``cfg`` on ``train`` for ``epochs`` epochs (one process)."""
+    """Train a fresh model of ``cfg`` on ``train`` for ``epochs`` epochs."""
     torch.manual_seed(cfg.seed)
     model = model_spec(cfg, sites[0].info).build()
     loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
@@ -192,7 +192,7 @@ HEART_CONFIG: dict[str, Any] = {
     "momentum": 0.9,
     "weight-decay": 0.0,
     "proximal-mu": 0.01,
-    "eta": 0.05,
+    "eta": 0.01,
     "tau": 0.001,
     "fraction-evaluate": 0.0,  # final models are scored by the benchmark itself
 }
@@ -212,8 +212,10 @@ def heart_seed(
     overrides: Mapping[str, Any] | None = None,
     methods: Sequence[str] = HEART_METHODS,
 ) -> dict[str, dict[str, Any]]:
-    """Every heart method for one seed: method -> {"pooled": acc, "pooled_auc": auc,
-    <hospital>: acc of that hospital's held-out split}.
+    """Run every heart method for one seed.
+
+    Returns method -> {"pooled": accuracy on the pooled test set, "pooled_auc",
+    <hospital>: accuracy on that hospital's held-out split}.
     """
     config = {
         **HEART_CONFIG,
@@ -280,7 +282,7 @@ def heart_seed(
 
 
 def personalised_scores(history: Mapping[str, Any]) -> dict[str, Any]:
-    """Last round's per-hospital evaluation (after fine-tuning) and its pooled accuracy."""
+    """Score the last round's per-hospital evaluation (after fine-tuning), pooled."""
     last = history["rounds"][-1]["hospitals"]
     out: dict[str, Any] = {}
     correct = total = 0.0
@@ -385,7 +387,7 @@ def heart(args: argparse.Namespace) -> BenchmarkResult:
     per_seed = []
     for seed in range(n_seeds):
         start = time.perf_counter()
-        # Metric inputs come from our own code; sklearn's argument checks only cost time.
+        # Metric inputs come from our own code; sklearn's checks only cost time.
         with sklearn.config_context(skip_parameter_validation=True):
             per_seed.append(heart_seed(data_dir, seed, overrides))
         print(
@@ -440,10 +442,12 @@ def heart(args: argparse.Namespace) -> BenchmarkResult:
     }
     out_dir = suite_dir(args, "heart")
     notes = [
-        "Accuracy of the final model (threshold 0.5). 'pooled test acc' is on the union "
-        "of the four hospitals' held-out 34% (FLamby's pooled test); hospital columns on "
+        "Accuracy of the final model (threshold 0.5). 'pooled test acc' is on the "
+        "union of the four hospitals' held-out 34% (FLamby's pooled test); hospital "
+        "columns on "
         "each hospital's own held-out rows.",
-        "local-only: each hospital trains alone; its column is its own model on its own "
+        "local-only: each hospital trains alone; its column is its own model on its "
+        "own "
         "test rows, 'pooled' scores every test record with its hospital's model.",
         "Same model (logistic regression, 13 features), per-site standardisation, SGD "
         f"settings and {summary['total_epochs']} total epochs for every method "
@@ -483,7 +487,7 @@ COST_HOSPITALS = 10
 
 
 def cost_workload(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    """The imaging workload when BreastMNIST is present, else the tabular one."""
+    """Pick the imaging workload when BreastMNIST is present, else the tabular one."""
     npz = default_data_root(args) / "medmnist" / "breastmnist.npz"
     if npz.is_file():
         return "imaging", {**COST_WORKLOADS["imaging"], "data-path": str(npz)}
@@ -493,9 +497,11 @@ def cost_workload(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 def centralized_timing(
     cfg: RunConfig, num_hospitals: int
 ) -> tuple[float, torch.nn.Module]:
-    """Seconds to train ``rounds x local-epochs`` epochs on the pooled training data
-    of the same hospitals, evaluating on the server's test set every ``local-epochs``
-    epochs (as the ServerApp does after each round). Data loading is not timed.
+    """Time centralized training of ``rounds x local-epochs`` epochs.
+
+    Trains on the pooled training data of the same hospitals, evaluating on the
+    server's test set every ``local-epochs`` epochs (as the ServerApp does after
+    each round). Data loading is not timed.
     """
     dataset = get_dataset(cfg.data_spec())
     sites = [dataset.hospital(i, num_hospitals) for i in range(num_hospitals)]
@@ -544,8 +550,10 @@ def dp_step_ratio(
     y: torch.Tensor,
     steps: int = 20,
 ) -> dict[str, float]:
-    """Seconds per optimiser step: plain SGD vs Opacus DP-SGD (per-sample clipping
-    with hooks) on the same model and batches. Warm-up steps are not timed.
+    """Time one optimiser step: plain SGD vs Opacus DP-SGD.
+
+    Per-sample clipping with hooks, on the same model and batches. Warm-up steps
+    are not timed.
     """
     from opacus import PrivacyEngine
     from opacus.validators import ModuleValidator
@@ -615,7 +623,8 @@ def cost(args: argparse.Namespace) -> BenchmarkResult:
             "measure": "federated (in-process) / centralized wall time",
             "value": run.seconds / central_s,
             "goal": "<= 1.25",
-            "detail": f"{run.seconds:.1f}s / {central_s:.1f}s; {COST_HOSPITALS} hospitals, "
+            "detail": f"{run.seconds:.1f}s / {central_s:.1f}s; {COST_HOSPITALS} "
+            "hospitals, "
             f"{rounds} rounds x {epochs} local epochs vs {rounds * epochs} epochs",
         },
         {
@@ -686,8 +695,9 @@ def cost(args: argparse.Namespace) -> BenchmarkResult:
         )
     ]
     notes = [
-        f"Workload '{workload}'. Centralized trains the pooled training data of the same "
-        f"{COST_HOSPITALS} hospitals for the same epochs with the same training loop, and "
+        f"Workload '{workload}'. Centralized trains the pooled training data of the "
+        f"same {COST_HOSPITALS} hospitals for the same epochs with the same training "
+        "loop, and "
         "evaluates on the server's test set once per round, as the ServerApp does.",
         "Bytes are Flower protobuf messages as serialised on the wire (InProcessGrid); "
         "the upload carries the model in float32 plus the metric record and site name.",
@@ -790,8 +800,9 @@ SCALE_CONFIG: dict[str, Any] = {
 
 
 class TreeMemory:
-    """Peak memory of this process's descendants (``flwr run``, the SuperLink it
-    runs, Ray and its workers), polled in a background thread.
+    """Peak memory of this process's descendants, polled in a background thread.
+
+    The descendants are ``flwr run``, the SuperLink, Ray and its workers.
 
     Reports the peak sum of RSS (double-counts shared pages, an upper bound) and
     of PSS (shared pages split between the processes sharing them).
@@ -853,7 +864,8 @@ def scale_run(num_hospitals: int) -> dict[str, Any]:
         total = time.perf_counter() - start
         if not outcome.ok:
             raise RuntimeError(
-                f"flwr run with {num_hospitals} hospitals ended with {outcome.status}:\n"
+                f"flwr run with {num_hospitals} hospitals ended with "
+                f"{outcome.status}:\n"
                 f"{outcome.log[-3000:]}"
             )
         history = _history_of(Path(tmp), outcome.run_id)

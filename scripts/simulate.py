@@ -49,6 +49,8 @@ def find_run_dir(output_dir: Path, run_id: str | None) -> Path | None:
     if run_id is None or not output_dir.is_dir():
         return None
     for history in output_dir.glob("*/history.json"):
+        if history.parent.is_symlink():  # outputs/latest
+            continue
         try:
             if str(json.loads(history.read_text()).get("flower_run_id")) == str(run_id):
                 return history.parent
