@@ -66,7 +66,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 def pm(values: Sequence[float]) -> str:
     """``mean ± std`` with three decimals, as the tables show it."""
     mean, std = mean_std(values)
-    return "nan" if mean != mean else f"{mean:.3f} ± {std:.3f}"
+    return "n/a" if mean != mean else f"{mean:.3f} ± {std:.3f}"
 
 
 @contextlib.contextmanager
@@ -307,7 +307,7 @@ def _heart_plots(
         [m for m, _ in means],
         yerr=[s for _, s in means],
         capsize=4,
-        color=["#777", "#aaa", "#1f77b4", "#2ca02c", "#d62728"],
+        color=["#777", "#aaa", "#1f77b4", "#2ca02c", "#d62728", "#9467bd"],
     )
     for method, anchor in FLAMBY_ANCHORS.items():
         x = methods.index(method)
@@ -710,8 +710,8 @@ def cost(args: argparse.Namespace) -> BenchmarkResult:
 
 
 def dp_batch(cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """128 training records of the workload's first hospital (4 batches of 32)."""
-    site = get_dataset(cfg.data_spec()).hospital(0, COST_HOSPITALS)
+    """128 training records of the workload (4 batches of 32)."""
+    site = get_dataset(cfg.data_spec()).hospital(0, 1)  # the whole training set
     n = min(128, len(site.train))
     x = torch.as_tensor(np.asarray(site.train.x[:n]), dtype=torch.float32)
     y = torch.as_tensor(np.asarray(site.train.y[:n]), dtype=torch.long)
