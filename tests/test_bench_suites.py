@@ -43,8 +43,9 @@ def test_markdown_table_and_results_files(tmp_path):
     table = markdown_table(rows)
     assert table.splitlines()[0] == "| method | acc | x |"
     assert "| pooled | 0.8000 | 1 |" in table
-    result = BenchmarkResult("unit", rows, summary={"best": 0.8},
-                             details={"per_seed": [[0.1, 0.2]]})
+    result = BenchmarkResult(
+        "unit", rows, summary={"best": 0.8}, details={"per_seed": [[0.1, 0.2]]}
+    )
     text = write_result(result, tmp_path, 1.0)
     assert "| fedavg | 0.7500 |  |" in text
     payload = json.loads((tmp_path / "results.json").read_text())
@@ -53,14 +54,22 @@ def test_markdown_table_and_results_files(tmp_path):
 
 
 def test_run_config_string_quotes_strings():
-    text = _run_config_string({"dataset": "wdbc", "num-server-rounds": 3, "report": False,
-                               "learning-rate": 0.05})
+    text = _run_config_string(
+        {
+            "dataset": "wdbc",
+            "num-server-rounds": 3,
+            "report": False,
+            "learning-rate": 0.05,
+        }
+    )
     assert text == "dataset='wdbc' num-server-rounds=3 report=false learning-rate=0.05"
 
 
 def test_tree_memory_sees_a_child_process():
-    code = "import time; x = bytearray(300_000_000); x[::4096] = b'1' * len(x[::4096]); " \
-           "time.sleep(2.5)"
+    code = (
+        "import time; x = bytearray(300_000_000); x[::4096] = b'1' * len(x[::4096]); "
+        "time.sleep(2.5)"
+    )
     with TreeMemory(interval=0.2) as memory:
         subprocess.run([sys.executable, "-c", code], check=True)
     assert memory.peak_rss >= 280_000_000
@@ -89,6 +98,10 @@ def test_heart_quick_has_every_method(tmp_path):
         assert 0.4 < figures["pooled_accuracy"]["mean"] <= 1.0, method
         assert set(figures["hospitals"]) == hospitals
     assert result.summary["best_federated_method"] in (
-        "fedavg", "fedprox", "fedyogi", "fedavg+finetune")
+        "fedavg",
+        "fedprox",
+        "fedyogi",
+        "fedavg+finetune",
+    )
     for name in result.plots:
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
