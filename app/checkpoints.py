@@ -28,10 +28,19 @@ _NDARRAY = "__ndarray__"
 
 # Keys a resumed run may change; every other key must equal the checkpoint's,
 # because hospitals read their settings from the run config, not the checkpoint.
-RESUMABLE_KEYS = frozenset({
-    "num-server-rounds", "round-timeout", "wait-for-hospitals", "checkpoint-keep",
-    "resume-from", "torch-threads", "device", "run-name", "output-dir",
-})
+RESUMABLE_KEYS = frozenset(
+    {
+        "num-server-rounds",
+        "round-timeout",
+        "wait-for-hospitals",
+        "checkpoint-keep",
+        "resume-from",
+        "torch-threads",
+        "device",
+        "run-name",
+        "output-dir",
+    }
+)
 
 
 class CheckpointError(ValueError):
@@ -39,7 +48,7 @@ class CheckpointError(ValueError):
 
 
 def _to_storable(value: Any) -> Any:
-    """Numpy arrays -> tagged tensors, recursively, so ``weights_only`` loading works."""
+    """Tag numpy arrays as tensors, so ``weights_only`` loading works."""
     if isinstance(value, np.ndarray):
         return {_NDARRAY: torch.from_numpy(np.ascontiguousarray(value).copy())}
     if isinstance(value, Mapping):
@@ -109,7 +118,7 @@ def save_checkpoint(
     run_config: Mapping[str, Any],
     keep: int,
 ) -> Path:
-    """Write ``<run_dir>/checkpoints/round-NNNN.pt`` atomically; keep the last ``keep``."""
+    """Write ``<run_dir>/checkpoints/round-NNNN.pt`` atomically; keep the last N."""
     directory = run_dir / DIRNAME
     directory.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -136,7 +145,9 @@ def list_checkpoints(directory: Path) -> list[Path]:
     """Checkpoint files in ``directory``, oldest round first."""
     if not directory.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    found = [
+        (int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -162,7 +173,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except Exception as err:  # torch raises several unrelated types here
         raise CheckpointError(f"resume-from: {file} is not readable ({err}).") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"resume-from: {file} is not a medflower checkpoint ({FORMAT}).")
+        raise CheckpointError(
+            f"resume-from: {file} is not a medflower checkpoint ({FORMAT})."
+        )
     arrays = ArrayRecord({k: Array(t.numpy()) for k, t in payload["arrays"].items()})
     return Checkpoint(
         path=file,
@@ -177,13 +190,16 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 def check_resumable(run_config: Mapping[str, Any], checkpoint: Checkpoint) -> None:
     """Refuse to resume with settings other than the checkpoint's (bar a few)."""
     differ = sorted(
-        key for key in set(run_config) | set(checkpoint.run_config)
-        if key not in RESUMABLE_KEYS and run_config.get(key) != checkpoint.run_config.get(key)
+        key
+        for key in set(run_config) | set(checkpoint.run_config)
+        if key not in RESUMABLE_KEYS
+        and run_config.get(key) != checkpoint.run_config.get(key)
     )
     if differ:
         detail = "; ".join(
             f"'{k}' is {run_config.get(k)!r}, the checkpoint has "
-            f"{checkpoint.run_config.get(k)!r}" for k in differ
+            f"{checkpoint.run_config.get(k)!r}"
+            for k in differ
         )
         raise CheckpointError(
             f"resume-from {checkpoint.path}: the run config differs from the stopped "

@@ -8,7 +8,6 @@ error the server can act on; so is any other failure during local work.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 import torch
 from flwr.app import (
@@ -32,7 +31,11 @@ from app.hospital import (
 )
 from app.logs import route_to_flower
 from app.poisoning import is_poisoned, poison_update
+from app.vertical_client import register as register_vertical
+from app.secure_aggregation import register as register_secure_aggregation
+from app.secure_aggregation import secure_train_mod
 from data.spec import DataError, HospitalData
+from models.personalization import LocalNorm, personalization_metrics, prefixed
 from models.training import (
     TrainSettings,
     evaluate_split,
@@ -42,13 +45,15 @@ from models.training import (
     train_epochs,
 )
 from strategies.fedavg import HOSPITAL_RECORD
-from strategies.screening import label_count_metrics
+from strategies.screening import ERROR_PREFIX, label_count_metrics
 
 log = logging.getLogger(__name__)
 DATA_ERROR_CODE = 4001
 LOCAL_FAILURE_CODE = 4002
 
 app = ClientApp()
+register_vertical(app)  # query.psi_* / query.vfl_* handlers (task = "vertical")
+register_secure_aggregation(app)  # query.secagg_* / query.ckks_* protocol stages
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, HospitalData, torch.nn.Module]:
@@ -92,14 +97,16 @@ def _error(msg: Message, context: Context, err: Exception) -> Message:
     if isinstance(err, DataError):
         log.error("Hospital %s: %s", name, err)  # full detail stays in the local log
         return Message(
-            Error(code=DATA_ERROR_CODE, reason=f"data error: {err.public_reason}"),
+            Error(code=DATA_ERROR_CODE,
+                  reason=f"{ERROR_PREFIX.format(name=name)}data error: {err.public_reason}"),
             reply_to=msg,
         )
     # Exception text may quote records or paths: only its type leaves the hospital.
     log.exception("Hospital %s: local %s failed", name, msg.metadata.message_type)
     return Message(
         Error(code=LOCAL_FAILURE_CODE,
-              reason=f"local {msg.metadata.message_type} failed ({type(err).__name__})"),
+              reason=f"{ERROR_PREFIX.format(name=name)}local "
+                     f"{msg.metadata.message_type} failed ({type(err).__name__})"),
         reply_to=msg,
     )
 
@@ -109,27 +116,26 @@ def _defined(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {f"{prefix}{k}": v for k, v in metrics.items() if v == v}
 
 
-def _train_settings(cfg: RunConfig, proximal_mu: float) -> TrainSettings:
-    return TrainSettings(
+def _train(msg: Message, context: Context) -> Message:
+    cfg, site, model = _setup(msg, context)
+    config = msg.content["config"]
+    settings = TrainSettings(
         epochs=cfg.local_epochs,
         batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
         optimizer=cfg.optimizer,
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
-        proximal_mu=proximal_mu,
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
         seed=cfg.seed,
     )
-
-
-def _train(msg: Message, context: Context) -> Message:
-    cfg, site, model = _setup(msg, context)
-    config = msg.content["config"]
-    settings = _train_settings(cfg, float(config.get("proximal-mu", 0.0)))
     seed = hospital_seed(cfg.seed, int(config.get("server-round", 0)), context.node_config)
     torch.manual_seed(seed)
     device = pick_device(cfg.device)
     global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    local_norm = LocalNorm(model, context.state) if cfg.local_norm else None
+    if local_norm is not None:
+        local_norm.use_local()  # FedBN: this hospital's own normalisation layers
     loader = make_loader(site.train, cfg.batch_size, shuffle=True, seed=seed)
     stats = train_epochs(model, loader, settings, device)
     metrics = {
@@ -138,6 +144,8 @@ def _train(msg: Message, context: Context) -> Message:
         **_defined(evaluate_split(model, site.val, device), "val_"),
         **label_count_metrics(site.label_counts()),
     }
+    if local_norm is not None:
+        local_norm.keep_and_restore()  # send the received norm values back unchanged
     model = model.cpu()
     if is_poisoned(cfg.poison_fraction, context.node_config):
         model.load_state_dict(poison_update(global_state, model.state_dict(), cfg.poison_scale))
@@ -146,22 +154,32 @@ def _train(msg: Message, context: Context) -> Message:
 
 def _evaluate(msg: Message, context: Context) -> Message:
     cfg, site, model = _setup(msg, context)
-    device = pick_device(cfg.device)
-    if cfg.finetune_epochs:
-        # Personalised evaluation: adapt the received model to this hospital first.
-        # The fine-tuned weights stay here; only the metrics leave.
-        config = msg.content["config"]
-        seed = 1 + hospital_seed(cfg.seed, int(config.get("server-round", 0)), context.node_config)
-        torch.manual_seed(seed)
-        settings = replace(_train_settings(cfg, 0.0), epochs=cfg.finetune_epochs)
-        loader = make_loader(site.train, cfg.batch_size, shuffle=True, seed=seed)
-        train_epochs(model, loader, settings, device)
-    metrics = _defined(evaluate_split(model, site.val, device), "")
+    metrics = _defined(evaluate_split(model, site.val, pick_device(cfg.device)), "")
     metrics["num-examples"] = len(site.val)
+    metrics.update(_personalized(cfg, site, model, context))
     return _reply(msg, site, metrics)
 
 
-@app.train()
+def _personalized(
+    cfg: RunConfig, site: HospitalData, model: torch.nn.Module, context: Context
+) -> dict[str, float]:
+    """Metrics after this hospital's own adaptation; the adapted weights stay here."""
+    device = pick_device(cfg.device)
+    metrics: dict[str, float] = {}
+    if cfg.local_norm and LocalNorm(model, context.state).use_local():
+        metrics.update(prefixed(evaluate_split(model, site.val, device), "local_norm_"))
+    if cfg.personalize_epochs > 0:
+        settings = TrainSettings(
+            epochs=cfg.personalize_epochs, batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate, momentum=cfg.momentum, seed=cfg.seed,
+        )
+        metrics.update(
+            personalization_metrics(model, site.train, site.val, settings, device)
+        )
+    return metrics
+
+
+@app.train(mods=[secure_train_mod])  # masks/encrypts the reply when asked to
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this hospital's training split."""
     try:

@@ -19,6 +19,10 @@ STRATEGY_NAMES = (
 )
 
 
+# Vertical runs build models/split.py's bottom and top networks, not a MODELS entry.
+VERTICAL_MODEL = "split-nn"
+
+
 class ConfigError(ValueError):
     """A run-config key is unknown, of the wrong type or out of range."""
 
@@ -55,7 +59,7 @@ class RunConfig:
     """
 
     num_server_rounds: int = _opt(5, "num-server-rounds", low=1, high=10_000)
-    task: str = _opt("tabular", "task", choices=TASKS)
+    task: str = _opt("tabular", "task", choices=(*TASKS, "vertical"))
     dataset: str = _opt("wdbc", "dataset", choices=tuple(DATASETS))
     data_path: str = _opt("", "data-path")
     label_column: str = _opt("target", "label-column")
@@ -79,7 +83,6 @@ class RunConfig:
     num_malicious: int = _opt(0, "num-malicious", low=0, high=100_000)
     num_to_keep: int = _opt(0, "num-to-keep", low=0, high=100_000)
     local_epochs: int = _opt(1, "local-epochs", low=1, high=1000)
-    finetune_epochs: int = _opt(0, "finetune-epochs", low=0, high=1000)
     batch_size: int = _opt(32, "batch-size", low=1, high=65_536)
     learning_rate: float = _opt(0.05, "learning-rate", low=0.0, high=10.0, low_open=True)
     optimizer: str = _opt("sgd", "optimizer", choices=("sgd", "adam"))
@@ -101,6 +104,32 @@ class RunConfig:
     torch_threads: int = _opt(1, "torch-threads", low=0, high=256)
     output_dir: str = _opt("outputs", "output-dir")
     run_name: str = _opt("", "run-name")
+    # Vertical FL (task = "vertical"): see docs/vertical.md.
+    id_column: str = _opt("patient_id", "id-column")
+    vertical_overlap: float = _opt(0.8, "vertical-overlap", low=0.0, high=1.0)
+    vertical_embedding: int = _opt(8, "vertical-embedding", low=1, high=4096)
+    # Transfer and personalization: see docs/vertical.md.
+    init_model: str = _opt("", "init-model")
+    personalize_epochs: int = _opt(0, "personalize-epochs", low=0, high=1000)
+    local_norm: bool = _opt(False, "local-norm")
+    # Secure aggregation (docs/secure-aggregation.md); 0 = derived from the round size.
+    secure_aggregation: bool = _opt(False, "secure-aggregation")
+    aggregation_encryption: str = _opt(
+        "masking", "aggregation-encryption", choices=("masking", "ckks")
+    )
+    secagg_num_shares: int = _opt(0, "secagg-num-shares", low=0, high=100_000)
+    secagg_reconstruction_threshold: int = _opt(
+        0, "secagg-reconstruction-threshold", low=0, high=100_000
+    )
+    secagg_clipping_range: float = _opt(
+        2.0, "secagg-clipping-range", low=0.0, high=1e6, low_open=True
+    )
+    secagg_quantization_range: int = _opt(
+        2**30, "secagg-quantization-range", low=2**8, high=2**30
+    )
+    secagg_max_weight: float = _opt(
+        100_000.0, "secagg-max-weight", low=0.0, high=1e12, low_open=True
+    )
     report: bool = _opt(True, "report")
     tensorboard: bool = _opt(False, "tensorboard")
 
@@ -119,16 +148,32 @@ class RunConfig:
                 "strategy='fedprox' needs 'proximal-mu' > 0 (got "
                 f"{self.proximal_mu}); use strategy='fedavg' for mu = 0."
             )
+        if self.secure_aggregation:
+            _check_secure_aggregation(self)
+        elif self.aggregation_encryption != "masking":
+            raise ConfigError(
+                f"aggregation-encryption='{self.aggregation_encryption}' needs "
+                "'secure-aggregation' = true."
+            )
         if any(c in self.run_name for c in "/\\") or self.run_name in (".", ".."):
             raise ConfigError(f"'run-name' must be a plain name, got {self.run_name!r}.")
 
     @property
     def model_name(self) -> str:
         """The network to build: ``model``, or the task's default for ``'auto'``."""
+        if self.task == "vertical":
+            return VERTICAL_MODEL
         return DEFAULT_MODELS[self.task] if self.model == "auto" else self.model
 
     def _check_task(self) -> None:
         """Refuse a dataset or model meant for another task."""
+        if self.task == "vertical":  # feature groups of tabular data, split NN
+            if DATASETS[self.dataset].task != "tabular":
+                raise ConfigError(
+                    f"task='vertical' splits tabular columns; dataset='{self.dataset}' "
+                    "is not tabular (use wdbc, heart-disease or csv)."
+                )
+            return
         data_task = DATASETS[self.dataset].task
         if data_task != self.task:
             raise ConfigError(
@@ -186,6 +231,30 @@ class RunConfig:
             augment=self.augment,
             class_names=tuple(n.strip() for n in self.class_names.split(",") if n.strip()),
         )
+
+
+def _check_secure_aggregation(cfg: RunConfig) -> None:
+    from strategies.secagg import SECURE_STRATEGIES, params_from_config
+
+    if cfg.task == "vertical":
+        raise ConfigError(
+            "secure-aggregation applies to horizontal FedAvg/FedProx rounds; "
+            "task='vertical' exchanges embeddings, not model updates."
+        )
+    if cfg.strategy not in SECURE_STRATEGIES:
+        raise ConfigError(
+            f"secure-aggregation works with strategy = {' or '.join(SECURE_STRATEGIES)}"
+            f" (a sum of updates); '{cfg.strategy}' needs each update in the clear."
+        )
+    if cfg.min_hospitals < 2:
+        raise ConfigError(
+            "secure-aggregation needs 'min-hospitals' >= 2: the sum of one update is "
+            f"that update (got {cfg.min_hospitals})."
+        )
+    try:
+        params_from_config(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _coerce(key: str, value: Any, expected: type) -> Any:

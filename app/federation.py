@@ -1,5 +1,6 @@
-"""One federated run on the server: build it from the config, resume it, drive the
-rounds, report and checkpoint each, and write the final model.
+"""One federated run on the server, from its config to its final model.
+
+Build the run, resume it, drive the rounds, report and checkpoint each.
 
 The ServerApp's ``main`` only calls :func:`run_federation`; tests and benchmarks
 call it with an in-process Grid and their own hooks.
@@ -32,6 +33,7 @@ from app.tensorboard_log import TensorBoardLogger
 from data.registry import get_dataset
 from data.spec import Split
 from models.checkpoint import save_model
+from models.personalization import load_initial_weights
 from models.training import (
     evaluate_split,
     pick_device,
@@ -41,6 +43,7 @@ from models.training import (
 from strategies import STRATEGY_OPTIONS, build_strategy
 from strategies.runner import RoundHook, RoundRunner, RunResult
 from strategies.screening import Screened
+from strategies.secagg import secure_aggregator
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,9 @@ PREPROCESSING: dict[str, dict[str, Any]] = {
 }
 
 # Ledger keys copied into each history.json round entry (besides per-hospital metrics).
-LEDGER_KEYS = ("rejected", "errors", "no_reply", "skipped", "anomaly")
+LEDGER_KEYS = (
+    "rejected", "errors", "no_reply", "skipped", "anomaly", "secure_aggregation",
+)
 
 
 def _summary(metrics: dict[str, float]) -> str:
@@ -70,8 +75,13 @@ class RoundReporter:
     """Server-side evaluation after each round, history.json and progress lines."""
 
     def __init__(
-        self, cfg: RunConfig, recorder: RunRecorder, strategy: Screened,
-        model: torch.nn.Module, test: Split | None, first_round: int = 1,
+        self,
+        cfg: RunConfig,
+        recorder: RunRecorder,
+        strategy: Screened,
+        model: torch.nn.Module,
+        test: Split | None,
+        first_round: int = 1,
         tensorboard: TensorBoardLogger | None = None,
     ) -> None:
         self.cfg, self.recorder, self.strategy = cfg, recorder, strategy
@@ -88,8 +98,12 @@ class RoundReporter:
             metrics = evaluate_split(self.model, self.test, self.device)
         ledger = self.strategy.ledger.rounds.get(server_round, {})
         elapsed = time.monotonic() - self.start
-        entry = {"round": server_round, "server": metrics, **_hospitals(ledger),
-                 "elapsed_s": round(elapsed, 3)}
+        entry = {
+            "round": server_round,
+            "server": metrics,
+            **_hospitals(ledger),
+            "elapsed_s": round(elapsed, 3),
+        }
         self.recorder.record_round(entry)
         if self.tensorboard is not None:
             self.tensorboard.log_round(entry)
@@ -97,12 +111,16 @@ class RoundReporter:
         done = server_round - self.first_round + 1
         eta = elapsed / done * (total - server_round) if done > 0 else float("nan")
         dropped = {
-            *entry.get("rejected", {}), *entry.get("errors", {}),
+            *entry.get("rejected", {}),
+            *entry.get("errors", {}),
             *(n for names in entry.get("no_reply", {}).values() for n in names),
         }
         log.info(
-            "[round %d/%d] elapsed %.1fs eta %s | hospitals trained %d, dropped %d%s | %s",
-            server_round, total, elapsed,
+            "[round %d/%d] elapsed %.1fs eta %s | hospitals trained %d, "
+            "dropped %d%s | %s",
+            server_round,
+            total,
+            elapsed,
             f"{eta:.1f}s" if eta == eta else "-",
             len(ledger.get("train", {})) if "skipped" not in entry else 0,
             len(dropped),
@@ -155,6 +173,8 @@ def run_federation(
     test = dataset.server_test() if cfg.server_eval else None
     spec = model_spec(cfg, info)
     model = spec.build()
+    if cfg.init_model:  # transfer: start from a model trained on a source population
+        model.load_state_dict(load_initial_weights(cfg.init_model, spec, info))
     strategy = build_strategy(
         cfg.strategy,
         fraction_train=cfg.fraction_train,
@@ -163,38 +183,57 @@ def run_federation(
         wait_for_hospitals=cfg.wait_for_hospitals,
         seed=cfg.seed,
         **{name: getattr(cfg, name) for name in STRATEGY_OPTIONS[cfg.strategy]},
+        **({"secure": secure} if (secure := secure_aggregator(cfg)) else {}),
     )
     arrays = ArrayRecord(model.state_dict())
     start_round = 1
     if resume is None:
         recorder = RunRecorder(cfg, context.run_id)
     else:
-        recorder = RunRecorder.resume(cfg, context.run_id, resume.run_dir, resume.server_round)
+        recorder = RunRecorder.resume(
+            cfg, context.run_id, resume.run_dir, resume.server_round
+        )
         strategy.load_state_dict(resume.strategy_state)
         arrays = resume.arrays
         start_round = resume.server_round + 1
-        log.info("Resuming run %s from %s (round %d done).",
-                 recorder.dir.name, resume.path, resume.server_round)
+        log.info(
+            "Resuming run %s from %s (round %d done).",
+            recorder.dir.name,
+            resume.path,
+            resume.server_round,
+        )
     recorder.history["class_names"] = list(info.class_names)
     # Fails here, before any training, when the tensorboard package is missing.
     tensorboard = TensorBoardLogger(recorder.dir) if cfg.tensorboard else None
-    log.info("medflower run %s: %s, %s on %s (%s test records), writing to %s",
-             recorder.history["run_name"], cfg.strategy, cfg.model_name, info.description,
-             len(test) if test is not None else "no", recorder.dir)
+    log.info(
+        "medflower run %s: %s, %s on %s (%s test records), writing to %s",
+        recorder.history["run_name"],
+        cfg.strategy,
+        cfg.model_name,
+        info.description,
+        len(test) if test is not None else "no",
+        recorder.dir,
+    )
 
     strategy.summary()
 
     def checkpoint(server_round: int, round_arrays: ArrayRecord) -> None:
         save_checkpoint(
-            recorder.dir, server_round=server_round, arrays=round_arrays,
-            strategy_state=strategy.state_dict(), run_config=cfg.to_run_config(),
+            recorder.dir,
+            server_round=server_round,
+            arrays=round_arrays,
+            strategy_state=strategy.state_dict(),
+            run_config=cfg.to_run_config(),
             keep=cfg.checkpoint_keep,
         )
 
     contract = task_contract(info)
     runner = RoundRunner(
-        strategy=strategy, grid=grid, num_rounds=cfg.num_server_rounds,
-        round_timeout=cfg.round_timeout, wait_for_hospitals=cfg.wait_for_hospitals,
+        strategy=strategy,
+        grid=grid,
+        num_rounds=cfg.num_server_rounds,
+        round_timeout=cfg.round_timeout,
+        wait_for_hospitals=cfg.wait_for_hospitals,
         train_config=ConfigRecord({"proximal-mu": 0.0, **contract}),
         evaluate_config=ConfigRecord(dict(contract)),
         evaluate_fn=RoundReporter(
@@ -203,7 +242,7 @@ def run_federation(
         after_round=[checkpoint, *after_round],
     )
     if resume is not None:
-        # Last, so nothing above (model init, data shuffles) consumes the restored state.
+        # Last, so nothing above (model init, data) consumes the restored state.
         set_rng_state(resume.rng)
     try:
         result = runner.run(arrays, start_round)
@@ -215,12 +254,17 @@ def run_federation(
         if tensorboard is not None:
             tensorboard.close()
     if result.stopped is not None:
-        recorder.finish("stopped", stop_reason=result.stopped, last_round=result.last_round)
+        recorder.finish(
+            "stopped", stop_reason=result.stopped, last_round=result.last_round
+        )
         write_run_report(cfg, recorder)
         log.error(
             "Run stopped: %s The last checkpoint (round %d) is in %s; continue with "
-            "resume-from='%s'.", result.stopped, result.last_round,
-            recorder.dir / "checkpoints", recorder.dir,
+            "resume-from='%s'.",
+            result.stopped,
+            result.last_round,
+            recorder.dir / "checkpoints",
+            recorder.dir,
         )
         return FederationOutcome("stopped", recorder, result)
     save_model(
@@ -231,7 +275,9 @@ def run_federation(
         run_config=cfg.to_run_config(),
         preprocessing=PREPROCESSING[cfg.task],
     )
-    final = recorder.history["rounds"][-1]["server"] if recorder.history["rounds"] else {}
+    final = (
+        recorder.history["rounds"][-1]["server"] if recorder.history["rounds"] else {}
+    )
     roc: list[dict[str, Any]] = []
     if test is not None:  # the final model's ROC curve on the server's test set
         model.load_state_dict(result.arrays.to_torch_state_dict())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -75,31 +76,31 @@ def task_contract(info: DatasetInfo) -> dict[str, Any]:
 
 
 def check_contract(site: HospitalData, config: Mapping[str, Any]) -> DatasetInfo:
-    """Refuse local data that does not fit the federation's model.
+    """Refuse local data that does not fit the federation's model, saying what differs.
 
-    Returns the federation's DatasetInfo (the model a hospital builds must match the
-    server's, whatever its own data happens to contain).
+    Returns the site's DatasetInfo with the federation's class count, so the model a
+    hospital builds matches the server's even if its own labels miss a class.
     """
-    if "num-classes" not in config:
+    if "num-classes" not in config or "input-shape" not in config:
         return site.info
     classes = int(config["num-classes"])
     shape = tuple(int(d) for d in config["input-shape"])
-    if tuple(site.info.input_shape) != shape:
+    local = tuple(site.info.input_shape)
+    if local != shape:
         raise DataError(
-            f"Hospital {site.name}: its data has input shape {tuple(site.info.input_shape)} "
-            f"but the federation's model expects {shape}.",
-            f"input shape {tuple(site.info.input_shape)} does not match the model's {shape}",
+            f"Hospital {site.name}: its data have input shape {local} but the "
+            f"federation's model expects {shape} (features, or channels x size).",
+            f"input shape {local} does not match the model's {shape}",
         )
     for split_name, split in (("training", site.train), ("held-out", site.val)):
-        if len(split) and (int(split.y.max()) >= classes or int(split.y.min()) < 0):
-            bad = int(split.y.max()) if int(split.y.max()) >= classes else int(split.y.min())
+        if not len(split):
+            continue
+        y = np.asarray(split.y)
+        outside = y[(y < 0) | (y >= classes)]
+        if outside.size:
             raise DataError(
-                f"Hospital {site.name}: label {bad} in its {split_name} split is outside "
-                f"the federation's classes 0..{classes - 1}.",
-                f"label {bad} is outside the classes 0..{classes - 1}",
+                f"Hospital {site.name}: label {int(outside[0])} in its {split_name} "
+                f"split is outside the federation's classes 0..{classes - 1}.",
+                f"label {int(outside[0])} is outside the classes 0..{classes - 1}",
             )
-    return DatasetInfo(
-        task=site.info.task, input_shape=shape, num_classes=classes,
-        feature_names=site.info.feature_names, class_names=site.info.class_names,
-        description=site.info.description,
-    )
+    return dataclasses.replace(site.info, num_classes=classes)

@@ -25,7 +25,9 @@ def is_poisoned(poison_fraction: float, node_config: Mapping[str, Any]) -> bool:
     if poison_fraction <= 0:
         return False
     if "partition-id" not in node_config or "num-partitions" not in node_config:
-        log.warning("poison-fraction is set but ignored: this is not a simulated hospital.")
+        log.warning(
+            "poison-fraction is set but ignored: this is not a simulated hospital."
+        )
         return False
     count = int(round(poison_fraction * int(node_config["num-partitions"])))
     return int(node_config["partition-id"]) < count

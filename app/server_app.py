@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from app.config import RunConfig
 from app.federation import PREPROCESSING, RoundReporter, run_federation
 from app.logs import route_to_flower
+from app.vertical_server import run_vertical
 
-__all__ = ["PREPROCESSING", "RoundReporter", "app", "main"]
+__all__ = ["PREPROCESSING", "TASK_RUNNERS", "RoundReporter", "app", "main"]
 
 app = ServerApp()
+
+# ``task`` -> the ServerApp path that runs it (unlisted tasks run horizontally).
+TASK_RUNNERS: dict[str, Callable[[Grid, Context], object]] = {
+    "tabular": run_federation,
+    "imaging": run_federation,
+    "vertical": run_vertical,
+}
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run (or resume) ``num-server-rounds`` of federated training."""
+    """Run (or resume) the run's task; see ``TASK_RUNNERS``."""
     route_to_flower()
-    run_federation(grid, context)
+    task = RunConfig.from_run_config(context.run_config).task
+    TASK_RUNNERS.get(task, run_federation)(grid, context)

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from data.partition import partition_indices, stratified_split
+from data.partition import partition_indices, partition_of, stratified_split
 from data.preprocessing import Standardizer
 from data.spec import DataError, DatasetInfo, DataSpec, HospitalData, Split
 
@@ -129,7 +129,13 @@ class PooledTabularDataset(FederatedDataset):
     def hospital(self, partition_id: int, num_partitions: int) -> HospitalData:
         check_partition(partition_id, num_partitions)
         x, y, _ = self._table
-        idx = self.partitions(num_partitions)[partition_id]
+        pool, _ = self._pool_and_test
+        idx = pool[
+            partition_of(
+                y[pool], partition_id, num_partitions, method=self.spec.partitioner,
+                alpha=self.spec.dirichlet_alpha, seed=self.spec.seed,
+            )
+        ]
         return make_local_splits(
             f"hospital-{partition_id}",
             x[idx],

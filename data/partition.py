@@ -39,19 +39,15 @@ def _dirichlet(num_partitions: int, alpha: float, seed: int, n: int) -> Partitio
 PARTITIONERS: dict[str, PartitionerFactory] = {"iid": _iid, "dirichlet": _dirichlet}
 
 
-def partition_indices(
+def _load_partitions(
     labels: np.ndarray,
     num_partitions: int,
+    wanted: list[int],
     *,
     method: str,
     alpha: float,
     seed: int,
 ) -> list[np.ndarray]:
-    """Return, for each hospital, the indices of its records.
-
-    Every index appears in exactly one partition; the result depends only on the
-    arguments, so every simulated hospital computes the same split independently.
-    """
     if method not in PARTITIONERS:
         raise ValueError(f"Unknown partitioner {method!r}; known: {sorted(PARTITIONERS)}")
     n = len(labels)
@@ -72,7 +68,7 @@ def partition_indices(
             warnings.simplefilter("ignore", UserWarning)
             parts = [
                 np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64)
-                for i in range(num_partitions)
+                for i in wanted
             ]
     except ValueError as err:
         raise DataError(
@@ -81,6 +77,42 @@ def partition_indices(
             "the dataset could not be partitioned",
         ) from err
     return parts
+
+
+def partition_indices(
+    labels: np.ndarray,
+    num_partitions: int,
+    *,
+    method: str,
+    alpha: float,
+    seed: int,
+) -> list[np.ndarray]:
+    """Return, for each hospital, the indices of its records.
+
+    Every index appears in exactly one partition; the result depends only on the
+    arguments, so every simulated hospital computes the same split independently.
+    """
+    return _load_partitions(
+        labels, num_partitions, list(range(num_partitions)),
+        method=method, alpha=alpha, seed=seed,
+    )
+
+
+def partition_of(
+    labels: np.ndarray,
+    partition_id: int,
+    num_partitions: int,
+    *,
+    method: str,
+    alpha: float,
+    seed: int,
+) -> np.ndarray:
+    """The indices of one hospital's records: ``partition_indices(...)[partition_id]``,
+    without materialising the other partitions (each simulated hospital needs only
+    its own, on every message)."""
+    return _load_partitions(
+        labels, num_partitions, [partition_id], method=method, alpha=alpha, seed=seed
+    )[0]
 
 
 def stratified_split(

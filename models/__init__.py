@@ -10,13 +10,14 @@ from torch import nn
 
 from data.spec import DatasetInfo
 from models.imaging import IMAGING_MODELS, check_input_size
-from models.tabular import LogisticRegression, TabularMLP
+from models.tabular import LogisticRegression, NormMLP, TabularMLP
 
 ModelFactory = Callable[..., nn.Module]
 
 MODELS: dict[str, ModelFactory] = {
     "logreg": LogisticRegression,
     "mlp": TabularMLP,
+    "mlp-norm": NormMLP,
     **{name: entry.factory for name, entry in IMAGING_MODELS.items()},
 }
 
@@ -24,6 +25,7 @@ MODELS: dict[str, ModelFactory] = {
 MODEL_OPTIONS: dict[str, dict[str, str]] = {
     "logreg": {},
     "mlp": {"hidden": "mlp_hidden", "layers": "mlp_layers"},
+    "mlp-norm": {"hidden": "mlp_hidden", "layers": "mlp_layers"},
     **{name: {} for name in IMAGING_MODELS},
 }
 
@@ -31,6 +33,7 @@ MODEL_OPTIONS: dict[str, dict[str, str]] = {
 MODEL_TASKS: dict[str, str] = {
     "logreg": "tabular",
     "mlp": "tabular",
+    "mlp-norm": "tabular",
     **{name: "imaging" for name in IMAGING_MODELS},
 }
 DEFAULT_MODELS: dict[str, str] = {"tabular": "logreg", "imaging": "smallcnn"}

@@ -269,7 +269,7 @@ def heart_seed(
         personal = method == "fedavg" and "fedavg+finetune" in methods
         if personal:  # the hospitals' own evaluation, after local fine-tuning
             run_config.update(
-                {"finetune-epochs": FINETUNE_EPOCHS, "fraction-evaluate": 1.0}
+                {"personalize-epochs": FINETUNE_EPOCHS, "fraction-evaluate": 1.0}
             )
         run = federated_run(run_config, len(sites))
         results[method] = scores(run.model)
@@ -282,14 +282,19 @@ def heart_seed(
 
 
 def personalised_scores(history: Mapping[str, Any]) -> dict[str, Any]:
-    """Score the last round's per-hospital evaluation (after fine-tuning), pooled."""
+    """Score the last round's per-hospital evaluation after fine-tuning, pooled.
+
+    Each hospital reports ``personal_accuracy`` (``personalize-epochs``: a local
+    copy of the global model fine-tuned on its own training split) on its
+    held-out rows; pooled = weighted by those rows.
+    """
     last = history["rounds"][-1]["hospitals"]
     out: dict[str, Any] = {}
     correct = total = 0.0
     for name, phases in last.items():
         ev = phases["evaluate"]
-        out[name] = ev["accuracy"]
-        correct += ev["accuracy"] * ev["num-examples"]
+        out[name] = ev["personal_accuracy"]
+        correct += ev["personal_accuracy"] * ev["num-examples"]
         total += ev["num-examples"]
     out["pooled"] = correct / total
     return out

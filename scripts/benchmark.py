@@ -99,7 +99,13 @@ def _load_suites() -> None:
 
 
 # Modules holding suites; one line per module.
-SUITE_MODULES: list[str] = ["scripts.bench_suites"]
+SUITE_MODULES: list[str] = [
+    "scripts.bench_vertical",
+    "scripts.bench_personalization",
+    "scripts.bench_poisoning",
+    "scripts.bench_secagg",
+    "scripts.bench_suites",
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

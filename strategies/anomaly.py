@@ -42,7 +42,9 @@ def anomaly_report(
         if base.dtype.kind != "f":
             continue
         g = base.astype(np.float64).ravel()
-        deltas = np.stack([rec[key].numpy().astype(np.float64).ravel() - g for _, rec in updates])
+        deltas = np.stack(
+            [rec[key].numpy().astype(np.float64).ravel() - g for _, rec in updates]
+        )
         median = np.median(deltas, axis=0)
         sq_norm += np.einsum("ij,ij->i", deltas, deltas)
         dot += deltas @ median

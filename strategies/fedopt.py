@@ -37,13 +37,24 @@ class ServerOptimizer(Screened):
     v_t: dict[str, np.ndarray] | None
 
     def __init__(
-        self, *, eta: float, beta_1: float, beta_2: float, tau: float,
-        learning_rate: float = 0.1, **kwargs: Any,
+        self,
+        *,
+        eta: float,
+        beta_1: float,
+        beta_2: float,
+        tau: float,
+        learning_rate: float = 0.1,
+        **kwargs: Any,
     ) -> None:
         _check_fedopt(eta, beta_1, beta_2, tau)
         # eta_l is the hospitals' learning rate; Flower only logs it.
         super().__init__(
-            eta=eta, eta_l=learning_rate, beta_1=beta_1, beta_2=beta_2, tau=tau, **kwargs
+            eta=eta,
+            eta_l=learning_rate,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            tau=tau,
+            **kwargs,
         )
 
     def _before_train(self, arrays: ArrayRecord) -> None:

@@ -1,4 +1,4 @@
-"""FedTrimmedAvg: per coordinate, drop the largest and smallest values, average the rest.
+"""FedTrimmedAvg: per coordinate, drop the extreme values and average the rest.
 
 Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal Statistical
 Rates", ICML 2018, https://arxiv.org/abs/1803.01498

@@ -19,7 +19,9 @@ def check_malicious(num_malicious: int) -> None:
 
 
 class MedKrum(Screened, Krum):
-    """Selects the reply with the smallest sum of squared distances to its
+    """Krum over screened replies.
+
+    Selects the reply with the smallest sum of squared distances to its
     ``n - f - 2`` nearest replies, ``f`` = ``num-malicious``.
 
     Blanchard et al.'s guarantee needs ``n > 2f + 2`` sound replies.

@@ -28,7 +28,8 @@ class MedMultiKrum(Screened, MultiKrum):
         if num_to_keep < 0:
             raise ValueError(f"num-to-keep must be >= 0, got {num_to_keep}.")
         super().__init__(
-            num_malicious_nodes=num_malicious, num_nodes_to_select=max(num_to_keep, 1),
+            num_malicious_nodes=num_malicious,
+            num_nodes_to_select=max(num_to_keep, 1),
             **kwargs,
         )
         self.num_to_keep = num_to_keep

@@ -77,21 +77,28 @@ class RoundRunner:
             return []
         replies = list(self.grid.send_and_receive(messages, timeout=self.round_timeout))
         self.strategy.record_delivery(
-            server_round, phase, [m.metadata.dst_node_id for m in messages], replies,
+            server_round,
+            phase,
+            [m.metadata.dst_node_id for m in messages],
+            replies,
             self.round_timeout,
         )
         return replies
 
     def _train(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
         config = ConfigRecord(dict(self.train_config))
-        messages = self.strategy.configure_train(server_round, arrays, config, self.grid)
+        messages = self.strategy.configure_train(
+            server_round, arrays, config, self.grid
+        )
         replies = self._exchange("train", server_round, messages)
         new_arrays, _ = self.strategy.aggregate_train(server_round, replies)
         return arrays if new_arrays is None else new_arrays
 
     def _evaluate(self, server_round: int, arrays: ArrayRecord) -> None:
         config = ConfigRecord(dict(self.evaluate_config))
-        messages = self.strategy.configure_evaluate(server_round, arrays, config, self.grid)
+        messages = self.strategy.configure_evaluate(
+            server_round, arrays, config, self.grid
+        )
         replies = self._exchange("evaluate", server_round, messages)
         self.strategy.aggregate_evaluate(server_round, replies)
 
@@ -113,7 +120,9 @@ class RoundRunner:
             except FederationStopped as stop:
                 stop_reason = str(stop)
             if self.strategy.round_skipped(server_round):
-                below_min_since = started if below_min_since is None else below_min_since
+                below_min_since = (
+                    started if below_min_since is None else below_min_since
+                )
                 below_for = self.clock() - below_min_since
                 if stop_reason is None and below_for > self.wait_for_hospitals:
                     stop_reason = (

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 class FederationStopped(RuntimeError):
-    """Too few hospitals for longer than ``wait-for-hospitals``: the run stops cleanly."""
+    """Too few hospitals for longer than ``wait-for-hospitals``: a clean stop."""
 
 
 @dataclass
@@ -33,7 +33,7 @@ class NodeSampler:
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
 
     def connected(self, grid: Grid) -> list[int]:
-        """Connected node ids, waiting up to ``wait_s`` for ``min_hospitals``."""
+        """Return connected node ids, waiting up to ``wait_s`` for enough of them."""
         deadline = self.clock() + self.wait_s
         next_note = self.clock()
         while True:
@@ -43,18 +43,24 @@ class NodeSampler:
             now = self.clock()
             if now >= deadline:
                 raise FederationStopped(
-                    f"only {len(nodes)} hospital(s) connected, fewer than min-hospitals="
-                    f"{self.min_hospitals}, for {self.wait_s:.0f}s (wait-for-hospitals)."
+                    f"only {len(nodes)} hospital(s) connected, fewer than "
+                    f"min-hospitals={self.min_hospitals}, for {self.wait_s:.0f}s "
+                    "(wait-for-hospitals)."
                 )
             if now >= next_note:  # a line every 30 s, not one per poll
                 log.warning(
                     "Waiting for hospitals: %d connected, min-hospitals=%d; giving up "
-                    "in %.0fs.", len(nodes), self.min_hospitals, deadline - now,
+                    "in %.0fs.",
+                    len(nodes),
+                    self.min_hospitals,
+                    deadline - now,
                 )
                 next_note = now + 30.0
             self.sleep(min(self.poll_s, max(deadline - now, 0.0)))
 
-    def sample(self, grid: Grid, fraction: float, server_round: int, phase: str) -> list[int]:
+    def sample(
+        self, grid: Grid, fraction: float, server_round: int, phase: str
+    ) -> list[int]:
         """``max(fraction * connected, min_hospitals)`` node ids, sorted."""
         nodes = self.connected(grid)
         size = min(len(nodes), max(int(len(nodes) * fraction), self.min_hospitals))

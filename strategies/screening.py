@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -38,6 +39,9 @@ from strategies.validation import Reference, match_dtypes, reference_of, reply_p
 log = logging.getLogger(__name__)
 
 HOSPITAL_RECORD = "hospital"
+# An error reply has no content, so a hospital names itself in the reason.
+ERROR_PREFIX = "hospital {name}: "
+_ERROR_NAME = re.compile(r"^hospital (\S+): ")
 
 
 class RoundLedger:
@@ -57,7 +61,9 @@ class RoundLedger:
 
 
 def hospital_of(msg: Message) -> str:
-    """The hospital name a reply carries, else its node id."""
+    """Return the hospital name a reply carries, else its node id."""
+    if msg.has_error() and (match := _ERROR_NAME.match(msg.error.reason or "")):
+        return match.group(1)
     if msg.has_content() and HOSPITAL_RECORD in msg.content.config_records:
         name = msg.content.config_records[HOSPITAL_RECORD].get("name")
         if isinstance(name, str) and name:
@@ -135,7 +141,9 @@ class Screened:
         if min_hospitals < 1:
             raise ValueError(f"min-hospitals must be >= 1, got {min_hospitals}.")
         if wait_for_hospitals < 0:
-            raise ValueError(f"wait-for-hospitals must be >= 0, got {wait_for_hospitals}.")
+            raise ValueError(
+                f"wait-for-hospitals must be >= 0, got {wait_for_hospitals}."
+            )
         kwargs.setdefault("min_available_nodes", min_hospitals)
         kwargs.setdefault("min_train_nodes", min_hospitals)
         kwargs.setdefault("min_evaluate_nodes", min_hospitals)
@@ -154,20 +162,31 @@ class Screened:
     # -- sampling ------------------------------------------------------------------
 
     def _before_train(self, arrays: ArrayRecord) -> None:
-        """Hook for strategies that keep the round's global arrays (FedOpt)."""
+        """Keep the round's global arrays where a strategy needs them (FedOpt)."""
 
     def _configure(
-        self, phase: str, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+        self,
+        phase: str,
+        server_round: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
         grid: Grid,
     ) -> list[Message]:
         fraction = self.fraction_train if phase == "train" else self.fraction_evaluate
         if fraction == 0.0:
             return []
         node_ids = self.sampler.sample(grid, fraction, server_round, phase)
-        log.info("Round %d %s: sampled %d of %d connected hospitals", server_round,
-                 phase, len(node_ids), len(list(grid.get_node_ids())))
+        log.info(
+            "Round %d %s: sampled %d of %d connected hospitals",
+            server_round,
+            phase,
+            len(node_ids),
+            len(list(grid.get_node_ids())),
+        )
         config["server-round"] = server_round
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        record = RecordDict(
+            {self.arrayrecord_key: arrays, self.configrecord_key: config}
+        )
         kind = MessageType.TRAIN if phase == "train" else MessageType.EVALUATE
         return list(self._construct_messages(record, node_ids, kind))  # type: ignore[attr-defined]
 
@@ -185,8 +204,12 @@ class Screened:
         return self._configure("evaluate", server_round, arrays, config, grid)
 
     def record_delivery(
-        self, server_round: int, phase: str, requested: Iterable[int],
-        replies: Iterable[Message], timeout: float,
+        self,
+        server_round: int,
+        phase: str,
+        requested: Iterable[int],
+        replies: Iterable[Message],
+        timeout: float,
     ) -> None:
         """Note the hospitals that were asked but did not answer within ``timeout``."""
         answered = {msg.metadata.src_node_id for msg in replies}
@@ -198,8 +221,13 @@ class Screened:
         entry.setdefault("no_reply", {})[phase] = names
         log.warning(
             "Round %d %s: %d of %d hospitals did not reply within %.0fs (%s); "
-            "continuing with those that did.", server_round, phase, len(missing),
-            len(missing) + len(answered), timeout, ", ".join(names),
+            "continuing with those that did.",
+            server_round,
+            phase,
+            len(missing),
+            len(missing) + len(answered),
+            timeout,
+            ", ".join(names),
         )
 
     # -- screening -----------------------------------------------------------------
@@ -227,24 +255,47 @@ class Screened:
         for msg in sorted(replies, key=lambda m: m.metadata.src_node_id):
             name = hospital_of(msg)
             if msg.has_error():
+                # Unnamed error (e.g. the ClientApp crashed): the name it gave before.
+                if name.startswith("node-"):
+                    name = self._names.get(msg.metadata.src_node_id, name)
+                else:
+                    self._names[msg.metadata.src_node_id] = name
                 reason = msg.error.reason
-                log.warning("Round %d %s: hospital %s replied with an error: %s",
-                            server_round, phase, name, reason)
+                log.warning(
+                    "Round %d %s: hospital %s replied with an error: %s",
+                    server_round,
+                    phase,
+                    name,
+                    reason,
+                )
                 entry["errors"][name] = {"phase": phase, "reason": reason}
                 continue
             self._names[msg.metadata.src_node_id] = name
-            problem = reply_problem(
-                msg.content, self._reference, self.weighted_by_key, check_arrays=is_train
-            )
+            problem = self._reply_problem(server_round, msg.content, is_train=is_train)
             if problem is not None:
-                log.warning("Round %d %s: dropped the reply of hospital %s: %s",
-                            server_round, phase, name, problem)
+                log.warning(
+                    "Round %d %s: dropped the reply of hospital %s: %s",
+                    server_round,
+                    phase,
+                    name,
+                    problem,
+                )
                 entry["rejected"][name] = {"phase": phase, "reason": problem}
                 continue
             metrics = next(iter(msg.content.metric_records.values()))
             entry[phase][name] = dict(metrics)
             sound.append(msg)
         return sound
+
+    def _reply_problem(
+        self, server_round: int, content: RecordDict, *, is_train: bool
+    ) -> str | None:
+        """Why one reply must not be aggregated (None when sound); a hook for
+        strategies whose replies carry masked or encrypted updates."""
+        del server_round
+        return reply_problem(
+            content, self._reference, self.weighted_by_key, check_arrays=is_train
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -256,8 +307,11 @@ class Screened:
                 f"{len(sound)} sound training repl{'y' if len(sound) == 1 else 'ies'}, "
                 f"fewer than min-hospitals={self.min_hospitals}"
             )
-            log.error("Round %d skipped: %s; the global model is unchanged.",
-                      server_round, entry["skipped"])
+            log.error(
+                "Round %d skipped: %s; the global model is unchanged.",
+                server_round,
+                entry["skipped"],
+            )
             return None, None
         entry["anomaly"] = anomaly_report(
             self._global,
@@ -267,8 +321,11 @@ class Screened:
             if row["flagged"]:
                 log.warning(
                     "Round %d: hospital %s's update looks anomalous (norm %.3g, median "
-                    "%.3g; cosine to the median update %.2f).", server_round, name,
-                    row["update_norm"], entry["anomaly"]["median_update_norm"],
+                    "%.3g; cosine to the median update %.2f).",
+                    server_round,
+                    name,
+                    row["update_norm"],
+                    entry["anomaly"]["median_update_norm"],
                     row["cosine_to_median"],
                 )
         try:
@@ -300,4 +357,6 @@ class Screened:
         return {"hospital_names": {str(k): v for k, v in self._names.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._names = {int(k): str(v) for k, v in state.get("hospital_names", {}).items()}
+        self._names = {
+            int(k): str(v) for k, v in state.get("hospital_names", {}).items()
+        }

@@ -1,4 +1,4 @@
-"""The state protocol checkpoints use: anything server-side that must survive a restart."""
+"""The state protocol checkpoints use: server-side state that survives a restart."""
 
 from __future__ import annotations
 

@@ -205,23 +205,6 @@ def test_report_can_be_turned_off(tmp_path):
     assert not (tmp_path / "outputs" / "test-run" / REPORT_NAME).exists()
 
 
-def test_personalised_evaluation_fine_tunes_before_scoring(tmp_path, task_identity):
-    """finetune-epochs adapts a local copy first: an untrained model scores better."""
-    losses = {}
-    for epochs in (0, 5):
-        run_config = make_run_config(tmp_path, **{"finetune-epochs": epochs})
-        cfg = RunConfig.from_run_config(run_config)
-        site = load_hospital(cfg, {"partition-id": 0, "num-partitions": 2})
-        torch.manual_seed(0)
-        model = model_spec(cfg, site.info).build()
-        reply = real_client(
-            make_message(model, MessageType.EVALUATE), make_context(run_config)
-        )
-        losses[epochs] = reply.content["metrics"]["loss"]
-        assert "arrays" not in reply.content  # fine-tuned weights never leave
-    assert losses[5] < 0.5 * losses[0]
-
-
 def test_match_dtypes_restores_integer_buffers():
     mean = ArrayRecord(
         {
