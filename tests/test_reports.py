@@ -6,13 +6,12 @@ import re
 
 import numpy as np
 import pytest
-import torch
-from conftest import make_context, make_message, make_run_config
-from flwr.app import Array, ArrayRecord, MessageType
+from conftest import make_run_config
+from flwr.app import Array, ArrayRecord
 
 from app.client_app import app as real_client
 from app.config import RunConfig
-from app.hospital import load_hospital, model_spec
+from app.hospital import load_hospital
 from app.inprocess import run_inprocess
 from app.report import REPORT_NAME, label_distribution, roc_curves, write_report
 from app.server_app import app as server_app
