@@ -63,6 +63,8 @@ class RunConfig:
     dataset: str = _opt("wdbc", "dataset", choices=tuple(DATASETS))
     data_path: str = _opt("", "data-path")
     label_column: str = _opt("target", "label-column")
+    feature_columns: str = _opt("", "feature-columns")
+    num_classes: int = _opt(0, "num-classes", low=0, high=100_000)
     partitioner: str = _opt("iid", "partitioner", choices=("iid", "dirichlet"))
     dirichlet_alpha: float = _opt(0.5, "dirichlet-alpha", low=0.0, low_open=True)
     val_fraction: float = _opt(0.2, "val-fraction", low=0.05, high=0.5)
@@ -138,10 +140,26 @@ class RunConfig:
             _check_field(f, getattr(self, f.name))
         self._check_task()
         if getattr(DATASETS[self.dataset], "needs_path", False) and not self.data_path:
+            # In deployment each hospital names its own data (node config) and the
+            # coordinator may hold none: server-eval=false, and the model's shape
+            # must then be known without data (see FederatedDataset.shape_known).
+            if self.server_eval:
+                raise ConfigError(
+                    f"dataset='{self.dataset}' needs 'data-path' (a directory of "
+                    "hospital files for heart-disease, a CSV file for csv, an .npz "
+                    "file for medmnist, a class-per-folder directory for "
+                    "image-folder), unless server-eval=false in a deployment where "
+                    "each hospital names its own data."
+                )
+            if not DATASETS[self.dataset].shape_known(self.data_spec()):
+                raise ConfigError(
+                    f"dataset='{self.dataset}' without a coordinator 'data-path': "
+                    "the server cannot know the model's input shape. "
+                    + DATASETS[self.dataset].shape_hint
+                )
+        if self.num_classes == 1:
             raise ConfigError(
-                f"dataset='{self.dataset}' needs 'data-path' (a directory of hospital "
-                "files for heart-disease, a CSV file for csv, an .npz file for "
-                "medmnist, a class-per-folder directory for image-folder)."
+                "'num-classes' must be 0 (infer from data) or >= 2, got 1."
             )
         if self.strategy == "fedprox" and self.proximal_mu <= 0.0:
             raise ConfigError(
@@ -222,6 +240,10 @@ class RunConfig:
             dataset=self.dataset,
             data_path=self.data_path,
             label_column=self.label_column,
+            feature_columns=tuple(
+                c.strip() for c in self.feature_columns.split(",") if c.strip()
+            ),
+            num_classes=self.num_classes,
             partitioner=self.partitioner,
             dirichlet_alpha=self.dirichlet_alpha,
             val_fraction=self.val_fraction,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import zlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from app.config import RunConfig
-from data.registry import get_dataset
+from data.registry import DATASETS, get_dataset, local_kinds
 from data.spec import DataError, DatasetInfo, HospitalData
 from models import MODEL_OPTIONS, ModelSpec, input_kwargs
 
@@ -31,21 +32,62 @@ def load_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> HospitalDat
     names its own data with ``--node-config "data-path='...'"`` (and optionally
     ``dataset`` and ``hospital-name``), which takes precedence.
     """
-    if path := node_config.get("data-path"):
-        kind = str(node_config.get("dataset", cfg.dataset))
-        spec = cfg.replace(dataset=kind, data_path=str(path)).data_spec()
-        return get_dataset(spec).local_hospital(str(path), hospital_name(node_config))
+    if "data-path" in node_config:
+        return load_local_hospital(cfg, node_config)
     if "partition-id" not in node_config or "num-partitions" not in node_config:
         raise DataError(
             "node config has neither 'data-path' (deployment) nor 'partition-id' and "
             "'num-partitions' (simulation).",
             "the SuperNode was started without a data-path",
         )
+    if DATASETS[cfg.dataset].needs_path and not cfg.data_path:
+        raise DataError(
+            f"dataset '{cfg.dataset}' needs the run-config key 'data-path' in "
+            "simulation (in deployment, each SuperNode's node config names its data).",
+            "no data-path in the run config",
+        )
     dataset = get_dataset(cfg.data_spec())
     site = dataset.hospital(int(node_config["partition-id"]), int(node_config["num-partitions"]))
     if name := node_config.get("hospital-name"):
         return HospitalData(str(name), site.train, site.val, site.info)
     return site
+
+
+def load_local_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> HospitalData:
+    """Load a deployed hospital's own data, named by its node config.
+
+    Every failure becomes a DataError whose message (for the hospital's own log)
+    names the file and whose ``public_reason`` (the only part sent to the server)
+    names neither the path nor any record.
+    """
+    raw_path = node_config.get("data-path")
+    kind = str(node_config.get("dataset") or cfg.dataset)
+    name = hospital_name(node_config)
+    if not isinstance(raw_path, str) or not raw_path.strip():
+        raise DataError(
+            f"Hospital {name}: node config 'data-path' must be a non-empty string, "
+            f"got {raw_path!r}.",
+            "the SuperNode's data-path is empty",
+        )
+    if kind not in local_kinds():
+        raise DataError(
+            f"Hospital {name}: node config dataset={kind!r} cannot be read from a "
+            f"hospital's own files; use one of {', '.join(local_kinds())}.",
+            f"dataset kind {kind!r} cannot be read from a hospital's own files",
+        )
+    path = Path(raw_path).expanduser()
+    try:
+        spec = cfg.replace(dataset=kind, data_path=str(path)).data_spec()
+        return get_dataset(spec).local_hospital(str(path), name)
+    except DataError:
+        raise
+    except (OSError, ValueError, KeyError, IndexError, UnicodeError) as err:
+        # pandas and numpy errors quote file names and cell values: keep them local.
+        raise DataError(
+            f"Hospital {name}: cannot read {kind} data at {path}: "
+            f"{type(err).__name__}: {err}",
+            f"the hospital's {kind} data could not be read",
+        ) from err
 
 
 def model_spec(cfg: RunConfig, info: DatasetInfo) -> ModelSpec:

@@ -25,6 +25,19 @@ class FederatedDataset(ABC):
     name: ClassVar[str]
     task: ClassVar[str]
     needs_path: ClassVar[bool] = False  # whether the run config must give data-path
+    shape_hint: ClassVar[str] = (
+        "Give the coordinator a 'data-path' (server-eval may stay false)."
+    )
+
+    @classmethod
+    def shape_known(cls, spec: DataSpec) -> bool:
+        """Whether ``info()`` works without any data file.
+
+        A deployed coordinator may hold no data (``server-eval=false``, no
+        ``data-path``); it still has to build the model, so the input shape and
+        the number of classes must follow from the run config alone.
+        """
+        return not cls.needs_path
 
     def __init__(self, spec: DataSpec) -> None:
         self.spec = spec

@@ -4,24 +4,33 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasets import Dataset
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
 from sklearn.model_selection import train_test_split
 
 from data.spec import DataError
 
-PartitionerFactory = Callable[[int, float, int, int], Partitioner]
+if TYPE_CHECKING:
+    from flwr_datasets.partitioner import Partitioner
+
+# flwr-datasets (and Hugging Face datasets, scipy, seaborn behind it) is imported
+# only where a simulation partitions: a deployed ClientApp starts a fresh process
+# per message and never partitions, and these imports cost seconds per start.
+PartitionerFactory = Callable[[int, float, int, int], "Partitioner"]
 
 
 def _iid(num_partitions: int, alpha: float, seed: int, n: int) -> Partitioner:
+    from flwr_datasets.partitioner import IidPartitioner
+
     del alpha, n
     # IidPartitioner slices in order; records are shuffled beforehand (seeded).
     return IidPartitioner(num_partitions=num_partitions)
 
 
 def _dirichlet(num_partitions: int, alpha: float, seed: int, n: int) -> Partitioner:
+    from flwr_datasets.partitioner import DirichletPartitioner
+
     # A small floor keeps tiny datasets partitionable while still refusing empty
     # hospitals; flwr-datasets retries the draw until every hospital reaches it.
     floor = max(2, min(10, n // (10 * num_partitions)))
@@ -56,6 +65,8 @@ def _load_partitions(
             f"Cannot split {n} records across {num_partitions} hospitals.",
             "too many hospitals for the dataset size",
         )
+    from datasets import Dataset
+
     order = np.random.default_rng(seed).permutation(n)
     table = Dataset.from_dict(
         {"index": order.tolist(), "label": np.asarray(labels)[order].tolist()}

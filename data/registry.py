@@ -20,6 +20,14 @@ DATASETS: dict[str, type[FederatedDataset]] = {
 TASKS: tuple[str, ...] = tuple(dict.fromkeys(cls.task for cls in DATASETS.values()))
 
 
+def local_kinds() -> tuple[str, ...]:
+    """Dataset kinds a deployed hospital can read from its own file or folder."""
+    return tuple(
+        name for name, cls in DATASETS.items()
+        if cls.local_hospital is not FederatedDataset.local_hospital
+    )
+
+
 def get_dataset(spec: DataSpec) -> FederatedDataset:
     """Instantiate the dataset named by ``spec.dataset``."""
     try:
