@@ -47,7 +47,7 @@ from models.training import (
     train_epochs,
 )
 from strategies.fedavg import HOSPITAL_RECORD
-from strategies.screening import ERROR_PREFIX
+from strategies.screening import ERROR_PREFIX, label_count_metrics
 
 log = logging.getLogger(__name__)
 DATA_ERROR_CODE = 4001
@@ -160,6 +160,7 @@ def _train(msg: Message, context: Context) -> Message:
         **train_metrics,
         "num-examples": len(site.train),  # the dataset's length, never len(loader)
         **_defined(evaluate_split(model, site.val, device), "val_"),
+        **label_count_metrics(site.label_counts()),
     }
     if local_norm is not None:
         local_norm.keep_and_restore()  # send the received norm values back unchanged

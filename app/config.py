@@ -145,6 +145,8 @@ class RunConfig:
     )
     dp_accountant: str = _opt("prv", "dp-accountant", choices=("prv", "rdp"))
     dp_secure_rng: bool = _opt(False, "dp-secure-rng")
+    report: bool = _opt(True, "report")
+    tensorboard: bool = _opt(False, "tensorboard")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

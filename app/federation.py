@@ -28,12 +28,19 @@ from app.checkpoints import (
 from app.config import RunConfig
 from app.hospital import model_spec, task_contract
 from app.privacy import PrivacyReport, with_privacy
+from app.report import roc_curves, write_report
 from app.run_outputs import RunRecorder
+from app.tensorboard_log import TensorBoardLogger
 from data.registry import get_dataset
 from data.spec import Split
 from models.checkpoint import save_model
 from models.personalization import load_initial_weights
-from models.training import evaluate_split, pick_device, set_deterministic
+from models.training import (
+    evaluate_split,
+    pick_device,
+    predict_proba,
+    set_deterministic,
+)
 from strategies import STRATEGY_OPTIONS, build_strategy
 from strategies.runner import RoundHook, RoundRunner, RunResult
 from strategies.screening import Screened
@@ -76,8 +83,10 @@ class RoundReporter:
         model: torch.nn.Module,
         test: Split | None,
         first_round: int = 1,
+        tensorboard: TensorBoardLogger | None = None,
     ) -> None:
         self.cfg, self.recorder, self.strategy = cfg, recorder, strategy
+        self.tensorboard = tensorboard
         self.model, self.test = model, test
         self.device = pick_device(cfg.device)
         self.start = time.monotonic()
@@ -90,12 +99,19 @@ class RoundReporter:
             self.model.load_state_dict(arrays.to_torch_state_dict())
             metrics = evaluate_split(self.model, self.test, self.device)
         ledger = self.strategy.ledger.rounds.get(server_round, {})
-        entry = {"round": server_round, "server": metrics, **_hospitals(ledger)}
+        elapsed = time.monotonic() - self.start
+        entry = {
+            "round": server_round,
+            "server": metrics,
+            **_hospitals(ledger),
+            "elapsed_s": round(elapsed, 3),
+        }
         if privacy := self.privacy.round_entry(server_round, ledger, self.strategy):
             entry["privacy"] = privacy
         self.recorder.record_round(entry)
+        if self.tensorboard is not None:
+            self.tensorboard.log_round(entry)
         total = self.cfg.num_server_rounds
-        elapsed = time.monotonic() - self.start
         done = server_round - self.first_round + 1
         eta = elapsed / done * (total - server_round) if done > 0 else float("nan")
         dropped = {
@@ -194,6 +210,9 @@ def run_federation(
             resume.path,
             resume.server_round,
         )
+    recorder.history["class_names"] = list(info.class_names)
+    # Fails here, before any training, when the tensorboard package is missing.
+    tensorboard = TensorBoardLogger(recorder.dir) if cfg.tensorboard else None
     log.info(
         "medflower run %s: %s, %s on %s (%s test records), writing to %s",
         recorder.history["run_name"],
@@ -217,7 +236,9 @@ def run_federation(
         )
 
     contract = task_contract(info)
-    reporter = RoundReporter(cfg, recorder, strategy, model, test, start_round)
+    reporter = RoundReporter(
+        cfg, recorder, strategy, model, test, start_round, tensorboard
+    )
     runner = RoundRunner(
         strategy=strategy,
         grid=grid,
@@ -236,11 +257,16 @@ def run_federation(
         result = runner.run(arrays, start_round)
     except BaseException:
         recorder.finish("failed")
+        write_run_report(cfg, recorder)
         raise
+    finally:
+        if tensorboard is not None:
+            tensorboard.close()
     if result.stopped is not None:
         recorder.finish(
             "stopped", stop_reason=result.stopped, last_round=result.last_round
         )
+        write_run_report(cfg, recorder)
         log.error(
             "Run stopped: %s The last checkpoint (round %d) is in %s; continue with "
             "resume-from='%s'.",
@@ -261,11 +287,32 @@ def run_federation(
     final = (
         recorder.history["rounds"][-1]["server"] if recorder.history["rounds"] else {}
     )
+    roc: list[dict[str, Any]] = []
+    if test is not None:  # the final model's ROC curve on the server's test set
+        model.load_state_dict(result.arrays.to_torch_state_dict())
+        probs = predict_proba(model, test.x, pick_device(cfg.device))
+        roc = roc_curves(test.y, probs, info.class_names)
     recorder.finish(
-        "completed", final_server_metrics=final, privacy=reporter.privacy.final()
+        "completed",
+        final_server_metrics=final,
+        privacy=reporter.privacy.final(),
+        roc=roc,
     )
     log.info("Run finished. Outputs: %s", recorder.dir)
     log.info("Final server-side metrics: %s", _summary(final) or "none")
     for line in reporter.privacy.lines():
         log.info(line)
+    write_run_report(cfg, recorder)
     return FederationOutcome("completed", recorder, result)
+
+
+def write_run_report(cfg: RunConfig, recorder: RunRecorder) -> None:
+    """Write report.html from the final history; a plotting error never fails a run."""
+    if not cfg.report:
+        return
+    try:
+        path = write_report(recorder.history, recorder.dir, run_config=cfg.to_run_config())
+    except Exception:  # the model and history are already saved
+        log.exception("Could not write the run report.")
+        return
+    log.info("Report: %s", path)

@@ -34,7 +34,7 @@ from flwr.serverapp.exception import AggregationError
 
 from strategies.anomaly import anomaly_report
 from strategies.sampling import NodeSampler
-from strategies.validation import Reference, reference_of, reply_problem
+from strategies.validation import Reference, match_dtypes, reference_of, reply_problem
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,23 @@ def hospital_of(msg: Message) -> str:
     return f"node-{msg.metadata.src_node_id}"
 
 
+LABEL_COUNT_PREFIX = "label-count-"
+
+
+def label_count_metrics(counts: list[int]) -> dict[str, int]:
+    """A hospital's training records per class as metrics ``label-count-<class>``.
+
+    Aggregate counts only (no record); the run report draws them per hospital.
+    """
+    return {f"{LABEL_COUNT_PREFIX}{k}": int(c) for k, c in enumerate(counts)}
+
+
 def weighted_metrics(contents: list[RecordDict], weight_key: str) -> MetricRecord:
     """Weighted mean of each scalar metric over the replies that report it.
 
     Hospitals may omit a metric that is undefined for them (the AUC of a
     single-class split), so keys need not match; list-valued metrics are skipped.
+    Label counts (``label-count-<class>``) are summed: the federation's totals.
     """
     sums: dict[str, float] = {}
     weights: dict[str, float] = {}
@@ -84,6 +96,10 @@ def weighted_metrics(contents: list[RecordDict], weight_key: str) -> MetricRecor
         w = float(metrics[weight_key])
         for key, value in metrics.items():
             if key == weight_key or isinstance(value, list):
+                continue
+            if key.startswith(LABEL_COUNT_PREFIX):
+                sums[key] = sums.get(key, 0.0) + float(value)
+                weights[key] = 1.0
                 continue
             sums[key] = sums.get(key, 0.0) + w * float(value)
             weights[key] = weights.get(key, 0.0) + w
@@ -313,11 +329,14 @@ class Screened:
                     row["cosine_to_median"],
                 )
         try:
-            return super().aggregate_train(server_round, sound)  # type: ignore[misc]
+            arrays, metrics = super().aggregate_train(server_round, sound)  # type: ignore[misc]
         except AggregationError as err:
             entry["skipped"] = f"aggregation failed: {err}"
             log.error("Round %d skipped: %s", server_round, entry["skipped"])
             return None, None
+        if arrays is not None:
+            arrays = match_dtypes(arrays, {k: v.dtype for k, v in self._global.items()})
+        return arrays, metrics
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
