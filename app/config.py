@@ -133,7 +133,7 @@ class RunConfig:
     secagg_max_weight: float = _opt(
         100_000.0, "secagg-max-weight", low=0.0, high=1e12, low_open=True
     )
-    # Differential privacy (docs/privacy.md).
+    # Differential privacy (README "Differential privacy").
     dp: str = _opt("none", "dp", choices=("none", "local", "central"))
     dp_noise_multiplier: float = _opt(0.0, "dp-noise-multiplier", low=0.0, high=1000.0)
     dp_target_epsilon: float = _opt(0.0, "dp-target-epsilon", low=0.0, high=1000.0)
