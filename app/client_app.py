@@ -10,14 +10,28 @@ from __future__ import annotations
 import logging
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
 from app.config import RunConfig
 from app.hospital import hospital_name, load_hospital, model_spec
 from app.logs import route_to_flower
 from data.spec import DataError, HospitalData
-from models.training import TrainSettings, evaluate_split, make_loader, pick_device, train_epochs
+from models.training import (
+    TrainSettings,
+    evaluate_split,
+    make_loader,
+    pick_device,
+    train_epochs,
+)
 from strategies.fedavg import HOSPITAL_RECORD
 
 log = logging.getLogger(__name__)

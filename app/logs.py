@@ -9,7 +9,8 @@ PACKAGES = ("app", "data", "models", "strategies", "scripts")
 
 def route_to_flower(level: int = logging.INFO) -> None:
     """Send our packages' log records through the ``flwr`` logger's handlers, so they
-    appear in ``flwr run --stream`` and the SuperNode logs like Flower's own."""
+    appear in ``flwr run --stream`` and the SuperNode logs like Flower's own.
+    """
     flwr_logger = logging.getLogger("flwr")
     for name in PACKAGES:
         logger = logging.getLogger(name)

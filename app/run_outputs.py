@@ -17,7 +17,8 @@ OUTPUT_ROOT_ENV = "MEDFLOWER_HOME"
 def resolve_output_root(output_dir: str) -> Path:
     """An absolute ``output-dir`` is used as is; a relative one is taken under
     ``$MEDFLOWER_HOME`` (the Makefile sets it to the repository) or else the
-    working directory of the process running the ServerApp."""
+    working directory of the process running the ServerApp.
+    """
     path = Path(output_dir).expanduser()
     if path.is_absolute():
         return path

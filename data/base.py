@@ -71,7 +71,8 @@ def make_local_splits(
     info: DatasetInfo,
 ) -> HospitalData:
     """Split one hospital's records into train / held-out and standardise both
-    with statistics of the hospital's own training split."""
+    with statistics of the hospital's own training split.
+    """
     if len(y) == 0:
         raise DataError(f"Hospital {name} has no records.", "empty partition")
     keep, out = stratified_split(y, held_out_fraction, seed)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from datasets import Dataset
@@ -25,7 +24,7 @@ def _iid(num_partitions: int, alpha: float, seed: int, n: int) -> Partitioner:
 def _dirichlet(num_partitions: int, alpha: float, seed: int, n: int) -> Partitioner:
     # A small floor keeps tiny datasets partitionable while still refusing empty
     # hospitals; flwr-datasets retries the draw until every hospital reaches it.
-    floor = max(2, min(10, n // (4 * num_partitions)))
+    floor = max(2, min(10, n // (10 * num_partitions)))
     return DirichletPartitioner(
         num_partitions=num_partitions,
         partition_by="label",

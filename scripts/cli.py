@@ -6,12 +6,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from scripts import evaluate, simulate
+from scripts import benchmark, evaluate, simulate
 
 # Subcommand name -> (registers its arguments, runs it). Other modules add theirs.
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "simulate": (simulate.add_arguments, simulate.run),
     "evaluate": (evaluate.add_arguments, evaluate.run),
+    "benchmark": (benchmark.add_arguments, benchmark.run),
 }
 
 

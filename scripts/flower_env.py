@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,8 @@ def project_root() -> Path:
 def flower_env(flwr_home: Path | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for ``flwr``: offline switches, a project-local ``FLWR_HOME``,
     ``MEDFLOWER_HOME`` for outputs, and this interpreter's bin dir first on PATH
-    (the local SuperLink is started as ``flower-superlink`` from PATH)."""
+    (the local SuperLink is started as ``flower-superlink`` from PATH).
+    """
     env = dict(os.environ if base is None else base)
     env.update(OFFLINE_ENV)
     root = project_root()
@@ -55,7 +57,8 @@ def free_port() -> int:
 
 def private_local_superlink(env: dict[str, str]) -> dict[str, str]:
     """Give the local SuperLink this call starts ports of its own, so concurrent
-    runs (tests, CI, a user's own `flwr run`) never reuse each other's SuperLink."""
+    runs (tests, CI, a user's own `flwr run`) never reuse each other's SuperLink.
+    """
     env = dict(env)
     env.setdefault("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", str(free_port()))
     env.setdefault("FLWR_LOCAL_CONTROL_API_PORT", str(free_port()))
@@ -65,7 +68,8 @@ def private_local_superlink(env: dict[str, str]) -> dict[str, str]:
 def write_flower_config(flwr_home: Path, num_hospitals: int = 4, cpus: int = 1) -> Path:
     """Create ``$FLWR_HOME/config.toml`` with a local simulation connection whose
     default size is ``num_hospitals`` (used by a bare ``flwr run .``), unless the
-    file exists already."""
+    file exists already.
+    """
     path = flwr_home / "config.toml"
     if not path.exists():
         flwr_home.mkdir(parents=True, exist_ok=True)
@@ -129,6 +133,43 @@ def stop_process_group(pid: int, timeout: float = 10.0) -> None:
             time.sleep(0.2)
 
 
+def start_local_superlink(env: dict[str, str], timeout: float = 180.0) -> subprocess.Popen:
+    """Start the simulation SuperLink that ``flwr run`` with the ``:local:`` address
+    expects (same flags as Flower's own launcher), and wait until it answers.
+
+    Flower waits only 15 s for it, which a loaded machine can exceed; starting it
+    here gives it longer and hands us its PID.
+    """
+    home = Path(env["FLWR_HOME"]) / "local-superlink"
+    home.mkdir(parents=True, exist_ok=True)
+    port = env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
+    cmd = [
+        "flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
+        "--control-api-address", f"127.0.0.1:{env['FLWR_LOCAL_CONTROL_API_PORT']}",
+        "--host", "127.0.0.1", "--port", port,
+        "--log-file", str(home / "superlink.log"),
+        "--database", str(home / "state.db"),
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"flower-superlink exited with code {proc.returncode}; "
+                f"see {home / 'superlink.log'}"
+            )
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return proc
+        except OSError:
+            time.sleep(0.5)
+    stop_process_group(proc.pid)
+    raise RuntimeError(f"flower-superlink did not answer within {timeout:.0f} s")
+
+
 def run_status(run_id: str, env: dict[str, str], app_dir: Path) -> str:
     """The run's status as ``flwr ls`` reports it, e.g. ``finished:completed``."""
     out = subprocess.run(
@@ -168,12 +209,14 @@ def run_simulation(
     keep_superlink: bool = False,
 ) -> RunOutcome:
     """``flwr run --stream`` a simulation, check its final status, and stop the local
-    SuperLink if this call started it."""
+    SuperLink if this call started it.
+    """
     env = private_local_superlink(env or flower_env(flwr_home))
     home = Path(env["FLWR_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     before = superlinks_of(home)
     write_flower_config(home)
+    superlink = start_local_superlink(env)
     cmd = [
         "flwr", "run", str(app_dir), "--stream",
         "--federation-config",
@@ -208,5 +251,5 @@ def run_simulation(
         return RunOutcome(run_id, status, text)
     finally:
         if not keep_superlink:
-            for pid in superlinks_of(home) - before:
+            for pid in (superlinks_of(home) - before) | {superlink.pid}:
                 stop_process_group(pid)

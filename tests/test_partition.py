@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+
+from data.partition import partition_indices, stratified_split
+from data.spec import DataError
+
+LABELS = np.array([0] * 120 + [1] * 80)
+
+
+@pytest.mark.parametrize("method", ["iid", "dirichlet"])
+@pytest.mark.parametrize("n", [2, 5])
+def test_every_index_exactly_once(method, n):
+    parts = partition_indices(LABELS, n, method=method, alpha=0.5, seed=1)
+    assert len(parts) == n
+    merged = np.concatenate(parts)
+    assert sorted(merged.tolist()) == list(range(len(LABELS)))
+    assert all(len(p) > 0 for p in parts)
+
+
+@pytest.mark.parametrize("method", ["iid", "dirichlet"])
+def test_partitions_are_deterministic_and_seeded(method):
+    a = partition_indices(LABELS, 4, method=method, alpha=0.5, seed=7)
+    b = partition_indices(LABELS, 4, method=method, alpha=0.5, seed=7)
+    c = partition_indices(LABELS, 4, method=method, alpha=0.5, seed=8)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_dirichlet_skews_labels_more_than_iid():
+    def spread(method):
+        parts = partition_indices(LABELS, 5, method=method, alpha=0.3, seed=3)
+        return np.std([LABELS[p].mean() for p in parts])
+
+    assert spread("dirichlet") > spread("iid")
+
+
+def test_too_many_hospitals_is_a_clear_error():
+    with pytest.raises(DataError, match="Cannot split 200 records across 500"):
+        partition_indices(LABELS, 500, method="iid", alpha=0.5, seed=0)
+
+
+def test_stratified_split_keeps_prevalence_and_covers_all():
+    keep, out = stratified_split(LABELS, 0.25, seed=0)
+    assert len(out) == 50 and len(keep) == 150
+    assert set(keep).isdisjoint(out)
+    assert LABELS[out].mean() == pytest.approx(LABELS.mean(), abs=0.02)
