@@ -97,7 +97,7 @@ def _load_suites() -> None:
 
 
 # Modules holding suites; one line per module.
-SUITE_MODULES: list[str] = []
+SUITE_MODULES: list[str] = ["scripts.bench_imaging"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
