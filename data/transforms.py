@@ -67,8 +67,9 @@ def resize(images: np.ndarray, size: int) -> np.ndarray:
 
 
 class BatchAugment:
-    """Seeded random flip, small rotation/zoom/shift and intensity gain per image,
-    applied to a whole batch at once (a DataLoader ``collate_fn``).
+    """Seeded random flip, rotation, zoom, shift and gain on a whole batch.
+
+    Used as a DataLoader ``collate_fn``: each image of the batch gets its own draw.
 
     Mild on purpose: diagnosis depends on lesion shape and contrast, which strong
     deformations would change. Batched because MONAI's per-image random
@@ -112,7 +113,9 @@ class BatchAugment:
             rot = rot @ m
         return rot
 
-    def __call__(self, batch: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    def __call__(
+        self, batch: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> list[torch.Tensor]:
         x, y = default_collate(batch)
         n, d = len(x), self.dims
         if n == 0:
@@ -150,5 +153,6 @@ class ImageSplit(Split):
         )
         if self.augment_seed is None:
             return dataset, None
-        mixed = int(np.random.SeedSequence([self.augment_seed, seed]).generate_state(1)[0])
+        state = np.random.SeedSequence([self.augment_seed, seed]).generate_state(1)
+        mixed = int(state[0])
         return dataset, BatchAugment(self.x.ndim - 2, mixed)

@@ -32,7 +32,13 @@ from app.server_app import app as server_app
 from data.registry import get_dataset
 from data.transforms import ImageSplit
 from models.checkpoint import load_model
-from models.training import OPTIMIZERS, TrainSettings, make_loader, predict_proba, train_epochs
+from models.training import (
+    OPTIMIZERS,
+    TrainSettings,
+    make_loader,
+    predict_proba,
+    train_epochs,
+)
 from scripts.benchmark import BenchmarkResult, default_data_root, register
 from scripts.evaluate import clinical_report
 
@@ -56,16 +62,27 @@ class Setup:
     augment: bool = True
 
     def run_config(self, data: Path, out: Path, seed: int) -> dict[str, Any]:
-        return full_run_config(**{
-            "task": "imaging", "dataset": "medmnist", "data-path": str(data),
-            "partitioner": "dirichlet", "dirichlet-alpha": self.alpha,
-            "model": self.model, "image-size": self.image_size,
-            "num-server-rounds": self.rounds, "local-epochs": self.local_epochs,
-            "batch-size": self.batch_size, "optimizer": self.optimizer,
-            "learning-rate": self.learning_rate, "augment": self.augment,
-            "min-hospitals": self.hospitals, "seed": seed,
-            "output-dir": str(out), "run-name": f"federated-seed{seed}",
-        })
+        return full_run_config(
+            **{
+                "task": "imaging",
+                "dataset": "medmnist",
+                "data-path": str(data),
+                "partitioner": "dirichlet",
+                "dirichlet-alpha": self.alpha,
+                "model": self.model,
+                "image-size": self.image_size,
+                "num-server-rounds": self.rounds,
+                "local-epochs": self.local_epochs,
+                "batch-size": self.batch_size,
+                "optimizer": self.optimizer,
+                "learning-rate": self.learning_rate,
+                "augment": self.augment,
+                "min-hospitals": self.hospitals,
+                "seed": seed,
+                "output-dir": str(out),
+                "run-name": f"federated-seed{seed}",
+            }
+        )
 
 
 QUICK = Setup(rounds=4, local_epochs=1)
@@ -89,8 +106,9 @@ def federated(setup: Setup, data: Path, work: Path, seed: int) -> dict[str, Any]
     """Train through ServerApp + strategy + ClientApps in-process; score on test."""
     run_config = setup.run_config(data, work, seed)
     wall, cpu = time.monotonic(), time.process_time()
-    run_inprocess(server_app, client_app, num_hospitals=setup.hospitals,
-                  run_config=run_config)
+    run_inprocess(
+        server_app, client_app, num_hospitals=setup.hospitals, run_config=run_config
+    )
     wall, cpu = time.monotonic() - wall, time.process_time() - cpu
     run_dir = work / f"federated-seed{seed}"
     model, _ = load_model(run_dir / "final_model.pt")
@@ -101,13 +119,14 @@ def federated(setup: Setup, data: Path, work: Path, seed: int) -> dict[str, Any]
         "setting": f"federated ({setup.hospitals} hospitals, Dirichlet {setup.alpha})",
         "seed": seed,
         **_scores(test.y, predict_proba(model, test.x, torch.device("cpu")), seed),
-        "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
     }
     return {"row": row, "auc_by_round": curve}
 
 
 def centralized(setup: Setup, data: Path, work: Path, seed: int) -> dict[str, Any]:
-    """Same network, initial weights and epochs on the pooled training records."""
+    """Train the same network, weights and epochs on the pooled records."""
     cfg = RunConfig.from_run_config(setup.run_config(data, work, seed))
     dataset = get_dataset(cfg.data_spec())
     sites = [dataset.hospital(i, setup.hospitals) for i in range(setup.hospitals)]
@@ -119,8 +138,12 @@ def centralized(setup: Setup, data: Path, work: Path, seed: int) -> dict[str, An
     torch.manual_seed(cfg.seed)  # as the ServerApp does before building the model
     model = model_spec(cfg, dataset.info()).build()
     settings = TrainSettings(
-        epochs=1, batch_size=setup.batch_size, learning_rate=setup.learning_rate,
-        optimizer=setup.optimizer, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        epochs=1,
+        batch_size=setup.batch_size,
+        learning_rate=setup.learning_rate,
+        optimizer=setup.optimizer,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
         seed=seed,
     )
     optimizer = OPTIMIZERS[setup.optimizer](model.parameters(), settings)
@@ -135,13 +158,16 @@ def centralized(setup: Setup, data: Path, work: Path, seed: int) -> dict[str, An
         "setting": "centralized (pooled hospitals' training records)",
         "seed": seed,
         **_scores(test.y, predict_proba(model, test.x, device), seed),
-        "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
     }
     return {"row": row}
 
 
-@register("imaging", "BreastMNIST over 5 hospitals (Dirichlet 0.5): federated vs "
-          "centralized test AUC")
+@register(
+    "imaging",
+    "BreastMNIST over 5 hospitals (Dirichlet 0.5): federated vs centralized test AUC",
+)
 def imaging_benchmark(args: argparse.Namespace) -> BenchmarkResult:
     data = default_data_root(args) / "medmnist" / "breastmnist.npz"
     if not data.is_file():
@@ -155,9 +181,15 @@ def imaging_benchmark(args: argparse.Namespace) -> BenchmarkResult:
             cen = centralized(setup, data, Path(tmp), seed)
             rows += [fed["row"], cen["row"]]
             curves[f"seed{seed}"] = fed["auc_by_round"]
-    fed_auc = float(np.mean([r["test_auc"] for r in rows if r["setting"].startswith("fed")]))
-    cen_auc = float(np.mean([r["test_auc"] for r in rows if r["setting"].startswith("cen")]))
-    fed_cpu = float(np.mean([r["cpu_s"] for r in rows if r["setting"].startswith("fed")]))
+    fed_auc = float(
+        np.mean([r["test_auc"] for r in rows if r["setting"].startswith("fed")])
+    )
+    cen_auc = float(
+        np.mean([r["test_auc"] for r in rows if r["setting"].startswith("cen")])
+    )
+    fed_cpu = float(
+        np.mean([r["cpu_s"] for r in rows if r["setting"].startswith("fed")])
+    )
     summary = {
         "federated_test_auc": fed_auc,
         "centralized_test_auc": cen_auc,

@@ -42,27 +42,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "Evaluate a saved final_model.pt on held-out data."
     parser.add_argument("--model", required=True, type=Path, help="a final_model.pt")
     parser.add_argument(
-        "--data", default=None,
+        "--data",
+        default=None,
         help="tabular: 'wdbc', a heart-disease directory or a CSV file; imaging: a "
         "MedMNIST .npz, a root/<class>/<images> folder or 'synthetic-lesions'. "
         "With --per-site: overrides the run's data-path (optional).",
     )
     parser.add_argument(
-        "--split", choices=("test", "val", "train", "all"), default="test",
+        "--split",
+        choices=("test", "val", "train", "all"),
+        default="test",
         help="npz: which split (default test); other data: the held-out test split "
         "(test) or every record (all; CSV and image folders)",
     )
     parser.add_argument("--label-column", default=None, help="label column of a CSV")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="write report.json and ROC/confusion/calibration PNGs here")
-    parser.add_argument("--json", type=Path, default=None, help="also write the report here")
-    parser.add_argument("--per-site", action="store_true",
-                        help="evaluate on each hospital's held-out split of the run")
-    parser.add_argument("--hospitals", type=int, default=None,
-                        help="--per-site: number of hospitals (default: from the run's "
-                        "history.json beside the model)")
-    parser.add_argument("--bootstrap", type=int, default=1000,
-                        help="bootstrap resamples for the 95%% CIs (0: none)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write report.json and ROC/confusion/calibration PNGs here",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write the report here"
+    )
+    parser.add_argument(
+        "--per-site",
+        action="store_true",
+        help="evaluate on each hospital's held-out split of the run",
+    )
+    parser.add_argument(
+        "--hospitals",
+        type=int,
+        default=None,
+        help="--per-site: number of hospitals (default: from the run's "
+        "history.json beside the model)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="bootstrap resamples for the 95%% CIs (0: none)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--device", default="auto")
 
@@ -87,7 +107,10 @@ def tabular_source(args: argparse.Namespace, payload: dict[str, Any]) -> EvalDat
     if data == "wdbc":
         kind, cfg = "wdbc", cfg.replace(dataset="wdbc", data_path="")
     elif path.is_dir():
-        kind, cfg = "heart-disease", cfg.replace(dataset="heart-disease", data_path=data)
+        kind, cfg = (
+            "heart-disease",
+            cfg.replace(dataset="heart-disease", data_path=data),
+        )
     elif path.is_file():
         x, y, _ = read_labelled_csv(path, args.label_column or cfg.label_column)
         split = Split(standardize_for_evaluation(x), y)
@@ -96,7 +119,9 @@ def tabular_source(args: argparse.Namespace, payload: dict[str, Any]) -> EvalDat
     else:
         raise DataError(f"--data {data!r}: not 'wdbc', a directory or a file.")
     if args.split != "test":
-        raise DataError(f"--split {args.split} is only available for CSV files, not {kind}.")
+        raise DataError(
+            f"--split {args.split} is only available for CSV files, not {kind}."
+        )
     split = get_dataset(cfg.data_spec()).server_test()
     _check_tabular(payload, split, data)
     return EvalData(split, kind)
@@ -106,7 +131,8 @@ def _check_tabular(payload: dict[str, Any], split: Split, source: str) -> None:
     shape = tuple(payload["data"]["input_shape"])
     if split.x.shape[1:] != shape:
         raise ModelFileError(
-            f"the model expects {shape[0]} features but {source} has {split.x.shape[1]}."
+            f"the model expects {shape[0]} features but {source} has "
+            f"{split.x.shape[1]}."
         )
     _check_classes(payload, split.y, source)
 
@@ -115,8 +141,10 @@ def _check_tabular(payload: dict[str, Any], split: Split, source: str) -> None:
 
 
 def imaging_source(args: argparse.Namespace, payload: dict[str, Any]) -> EvalData:
-    """A MedMNIST npz split, an image folder, or the synthetic test set, prepared
-    at the model's input size (resized if the data differ)."""
+    """Read an npz split, an image folder or the synthetic test set.
+
+    Images are prepared at the model's input size (resized if the data differ).
+    """
     cfg = RunConfig.from_run_config(payload["run_config"])
     shape = tuple(payload["data"]["input_shape"])  # (C, *spatial)
     size = shape[1]
@@ -128,19 +156,25 @@ def imaging_source(args: argparse.Namespace, payload: dict[str, Any]) -> EvalDat
         cfg = cfg.replace(dataset=MedMNISTDataset.name, data_path=data, image_size=0)
         dataset = MedMNISTDataset(cfg.data_spec())
         if args.split == "all":
-            raise DataError("--split all is for image folders; an npz has train/val/test.")
+            raise DataError(
+                "--split all is for image folders; an npz has train/val/test."
+            )
         _check_image_layout(payload, dataset.info().input_shape, data)
         _check_classes(payload, dataset.raw["train"].labels, data)
         native = dataset.info().input_shape[1:]
         dataset = MedMNISTDataset(cfg.replace(image_size=size).data_spec())
         split = dataset.split(args.split)
         notes = _resize_note(native, shape[1:])
-        return EvalData(_checked(payload, split, data, "medmnist").split, "medmnist", notes)
+        return EvalData(
+            _checked(payload, split, data, "medmnist").split, "medmnist", notes
+        )
     if path.is_dir():
         names = tuple(payload["data"].get("class_names") or ())
         folder_names = names if cfg.dataset == ImageFolderDataset.name else ()
         cfg = cfg.replace(
-            dataset=ImageFolderDataset.name, data_path=data, image_size=size,
+            dataset=ImageFolderDataset.name,
+            data_path=data,
+            image_size=size,
             class_names=",".join(folder_names),
         )
         dataset = ImageFolderDataset(cfg.data_spec())
@@ -152,8 +186,9 @@ def imaging_source(args: argparse.Namespace, payload: dict[str, Any]) -> EvalDat
     )
 
 
-def _check_image_layout(payload: dict[str, Any], data_shape: tuple[int, ...],
-                        source: str) -> None:
+def _check_image_layout(
+    payload: dict[str, Any], data_shape: tuple[int, ...], source: str
+) -> None:
     """Refuse data of the wrong dimensionality or channel count, saying which."""
     shape = tuple(payload["data"]["input_shape"])
     model_dims, data_dims = len(shape) - 1, len(data_shape) - 1
@@ -180,8 +215,10 @@ def _resize_note(native: tuple[int, ...], target: tuple[int, ...]) -> list[str]:
     if tuple(native) == tuple(target):
         return []
     fmt = "x".join
-    return [f"images resized from {fmt(map(str, native))} to {fmt(map(str, target))}"
-            " (the model's input size)"]
+    return [
+        f"images resized from {fmt(map(str, native))} to {fmt(map(str, target))}"
+        " (the model's input size)"
+    ]
 
 
 def _check_classes(payload: dict[str, Any], labels: np.ndarray, source: str) -> None:
@@ -189,7 +226,8 @@ def _check_classes(payload: dict[str, Any], labels: np.ndarray, source: str) -> 
     if labels.size and int(labels.max()) >= num_classes:
         raise ModelFileError(
             f"class count mismatch: {source} has label {int(labels.max())} "
-            f"({int(labels.max()) + 1}+ classes) but the model has {num_classes} classes."
+            f"({int(labels.max()) + 1}+ classes) but the model has {num_classes} "
+            "classes."
         )
 
 
@@ -204,8 +242,12 @@ SOURCES: dict[str, Callable[[argparse.Namespace, dict[str, Any]], EvalData]] = {
 
 
 def clinical_report(
-    y_true: np.ndarray, probs: np.ndarray, class_names: list[str], *,
-    resamples: int, seed: int,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    class_names: list[str],
+    *,
+    resamples: int,
+    seed: int,
 ) -> dict[str, Any]:
     """Metrics, per-class recall, calibration, confusion matrix and 95% CIs."""
     metrics = classification_metrics(y_true, probs)
@@ -213,18 +255,23 @@ def clinical_report(
     metrics["ece"] = expected_calibration_error(y_true, probs)
     report: dict[str, Any] = {
         "metrics": metrics,
-        "per_class_recall": dict(zip(class_names, per_class_recall(y_true, probs),
-                                     strict=True)),
+        "per_class_recall": dict(
+            zip(class_names, per_class_recall(y_true, probs), strict=True)
+        ),
         "confusion_matrix": {
-            "rows": "true class", "columns": "predicted class",
-            "labels": class_names, "counts": confusion(y_true, probs),
+            "rows": "true class",
+            "columns": "predicted class",
+            "labels": class_names,
+            "counts": confusion(y_true, probs),
         },
     }
     if resamples > 0:
         report["confidence_intervals"] = {
             "method": f"percentile bootstrap, {resamples} resamples, 95%",
-            **{m: list(bootstrap_ci(y_true, probs, m, resamples=resamples, seed=seed))
-               for m in ("auc", "accuracy")},
+            **{
+                m: list(bootstrap_ci(y_true, probs, m, resamples=resamples, seed=seed))
+                for m in ("auc", "accuracy")
+            },
         }
     return report
 
@@ -235,30 +282,44 @@ def _class_names(payload: dict[str, Any]) -> list[str]:
     return names if len(names) == n else [str(i) for i in range(n)]
 
 
-def write_figures(out: Path, y: np.ndarray, probs: np.ndarray,
-                  class_names: list[str]) -> dict[str, str]:
+def write_figures(
+    out: Path, y: np.ndarray, probs: np.ndarray, class_names: list[str]
+) -> dict[str, str]:
     from scripts.plots import calibration_plot, confusion_plot, roc_plot
 
     return {
         "roc": str(roc_plot(y, probs, class_names, out / "roc_curve.png")),
-        "confusion_matrix": str(confusion_plot(y, probs, class_names,
-                                               out / "confusion_matrix.png")),
+        "confusion_matrix": str(
+            confusion_plot(y, probs, class_names, out / "confusion_matrix.png")
+        ),
         "calibration": str(calibration_plot(y, probs, out / "calibration.png")),
     }
 
 
 def _print_summary(report: dict[str, Any]) -> None:
     m, ci = report["metrics"], report.get("confidence_intervals", {})
-    lines = [f"{report['dataset']} [{report['split']}]: {report['num_examples']} records"]
-    for key in ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity",
-                "ece"):
+    lines = [
+        f"{report['dataset']} [{report['split']}]: {report['num_examples']} records"
+    ]
+    for key in (
+        "auc",
+        "accuracy",
+        "balanced_accuracy",
+        "sensitivity",
+        "specificity",
+        "ece",
+    ):
         if key in m and m[key] is not None:
             interval = ci.get(key)
-            extra = (f"  (95% CI {interval[0]:.3f}-{interval[1]:.3f})"
-                     if interval and interval[0] is not None else "")
+            extra = (
+                f"  (95% CI {interval[0]:.3f}-{interval[1]:.3f})"
+                if interval and interval[0] is not None
+                else ""
+            )
             lines.append(f"  {key:<18} {m[key]:.3f}{extra}")
-    recall = ", ".join(f"{k}: {v:.3f}" for k, v in report["per_class_recall"].items()
-                       if v is not None)
+    recall = ", ".join(
+        f"{k}: {v:.3f}" for k, v in report["per_class_recall"].items() if v is not None
+    )
     lines.append(f"  per-class recall   {recall}")
     for note in report.get("notes", []):
         lines.append(f"  note: {note}")
@@ -282,7 +343,7 @@ def _clean(value: Any) -> Any:
 
 
 def hospitals_of_run(model_path: Path) -> int:
-    """Number of hospitals in the run that wrote ``model_path`` (its history.json)."""
+    """Count the hospitals in the run that wrote ``model_path`` (its history.json)."""
     history = model_path.resolve().parent / "history.json"
     if not history.is_file():
         raise DataError(f"no history.json beside {model_path}; pass --hospitals N.")
@@ -310,20 +371,33 @@ def per_site(args: argparse.Namespace, model: Any, payload: dict[str, Any]) -> i
         probs = predict_proba(model, site.val.x, device)
         metrics = classification_metrics(site.val.y, probs)
         rows[site.name] = {"num_examples": len(site.val), **metrics}
-    keys = ["num_examples", "auc", "accuracy", "balanced_accuracy", "sensitivity",
-            "specificity"]
+    keys = [
+        "num_examples",
+        "auc",
+        "accuracy",
+        "balanced_accuracy",
+        "sensitivity",
+        "specificity",
+    ]
     keys = [k for k in keys if any(k in r for r in rows.values())]
     width = max(len(name) for name in rows) + 2
     print(f"{'hospital':<{width}}" + "".join(f"{k[:17]:>18}" for k in keys))
     for name, row in rows.items():
         cells = "".join(
-            f"{row[k]:>18d}" if k == "num_examples" else
-            (f"{row[k]:>18.3f}" if k in row and row[k] == row[k] else f"{'-':>18}")
+            f"{row[k]:>18d}"
+            if k == "num_examples"
+            else (f"{row[k]:>18.3f}" if k in row and row[k] == row[k] else f"{'-':>18}")
             for k in keys
         )
         print(f"{name:<{width}}{cells}")
-    result = _clean({"model": str(args.model), "dataset": cfg.dataset,
-                     "data_path": cfg.data_path, "hospitals": rows})
+    result = _clean(
+        {
+            "model": str(args.model),
+            "dataset": cfg.dataset,
+            "data_path": cfg.data_path,
+            "hospitals": rows,
+        }
+    )
     for target in filter(None, (args.json, args.out and args.out / "per_site.json")):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(result, indent=2) + "\n")

@@ -17,7 +17,10 @@ from models.metrics import confusion  # noqa: E402
 
 
 def roc_plot(
-    y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: Path,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    path: Path,
     title: str = "",
 ) -> Path:
     """ROC curve of class 1 (binary) or one-vs-rest per class (multi-class)."""
@@ -31,15 +34,22 @@ def roc_plot(
         label = class_names[c] if len(classes) > 1 else f"{class_names[c]} vs rest"
         ax.plot(fpr, tpr, lw=1.8, label=label)
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
-    ax.set(xlabel="1 - specificity (false positive rate)",
-           ylabel="sensitivity (true positive rate)", xlim=(0, 1), ylim=(0, 1.01),
-           title=title or "ROC curve")
+    ax.set(
+        xlabel="1 - specificity (false positive rate)",
+        ylabel="sensitivity (true positive rate)",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title=title or "ROC curve",
+    )
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 
 
 def confusion_plot(
-    y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: Path,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    path: Path,
     title: str = "",
 ) -> Path:
     """Confusion matrix with counts (rows: true class, columns: predicted)."""
@@ -51,8 +61,14 @@ def confusion_plot(
     threshold = matrix.max() / 2 if matrix.size else 0
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
-                    color="white" if matrix[i, j] > threshold else "black")
+            ax.text(
+                j,
+                i,
+                str(matrix[i, j]),
+                ha="center",
+                va="center",
+                color="white" if matrix[i, j] > threshold else "black",
+            )
     ax.set_xticks(range(n), class_names, rotation=45, ha="right")
     ax.set_yticks(range(n), class_names)
     ax.set(xlabel="predicted", ylabel="true", title=title or "Confusion matrix")
@@ -79,14 +95,23 @@ def calibration_plot(
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True
     )
-    top.bar(centres, np.nan_to_num(accuracy), width=1 / bins, edgecolor="black",
-            alpha=0.8, label="observed accuracy")
+    top.bar(
+        centres,
+        np.nan_to_num(accuracy),
+        width=1 / bins,
+        edgecolor="black",
+        alpha=0.8,
+        label="observed accuracy",
+    )
     top.plot([0, 1], [0, 1], ls="--", color="grey", label="perfect calibration")
     top.set(ylabel="accuracy", ylim=(0, 1), title=title or "Reliability diagram")
     top.legend(loc="upper left", fontsize=8)
     bottom.bar(centres, counts, width=1 / bins, edgecolor="black", color="grey")
-    bottom.set(xlabel="confidence (probability of the predicted class)",
-               ylabel="records", xlim=(0, 1))
+    bottom.set(
+        xlabel="confidence (probability of the predicted class)",
+        ylabel="records",
+        xlim=(0, 1),
+    )
     return _save(fig, path)
 
 

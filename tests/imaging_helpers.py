@@ -8,8 +8,12 @@ import numpy as np
 
 
 def write_medmnist(
-    path: Path, *, shape: tuple[int, ...] = (28, 28), classes: int = 2,
-    counts: tuple[int, int, int] = (60, 12, 20), seed: int = 0,
+    path: Path,
+    *,
+    shape: tuple[int, ...] = (28, 28),
+    classes: int = 2,
+    counts: tuple[int, int, int] = (60, 12, 20),
+    seed: int = 0,
 ) -> Path:
     """A MedMNIST-format npz (uint8 images, (N, 1) labels) whose class is visible:
     class c brightens a c-dependent region, so a model can learn it."""
@@ -20,7 +24,7 @@ def write_medmnist(
         rng.shuffle(labels)
         images = rng.integers(0, 60, size=(n, *shape)).astype(np.uint8)
         for i, c in enumerate(labels):
-            images[i, 2 + 4 * c: 6 + 4 * c] += 150
+            images[i, 2 + 4 * c : 6 + 4 * c] += 150
         arrays[f"{split}_images"] = images
         arrays[f"{split}_labels"] = labels.reshape(-1, 1).astype(np.uint8)
     np.savez_compressed(path, **arrays)
@@ -38,7 +42,11 @@ def write_png(path: Path, array: np.ndarray) -> Path:
 def write_dicom(path: Path, array: np.ndarray) -> Path:
     """A minimal single-frame 16-bit MONOCHROME2 DICOM written with pydicom."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
 
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = FileMetaDataset()

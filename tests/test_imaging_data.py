@@ -32,8 +32,11 @@ def medmnist(path, **kw) -> MedMNISTDataset:
 
 @pytest.mark.parametrize(
     ("shape", "classes", "input_shape"),
-    [((28, 28), 2, (1, 28, 28)), ((28, 28, 3), 4, (3, 28, 28)),
-     ((16, 16, 16), 2, (1, 16, 16, 16))],
+    [
+        ((28, 28), 2, (1, 28, 28)),
+        ((28, 28, 3), 4, (3, 28, 28)),
+        ((16, 16, 16), 2, (1, 16, 16, 16)),
+    ],
     ids=["2d-gray-binary", "2d-rgb-4-classes", "3d"],
 )
 def test_npz_layouts_and_partitions(tmp_path, shape, classes, input_shape):
@@ -60,7 +63,9 @@ def test_npz_resize_to_image_size(tmp_path):
     ds = medmnist(path, image_size=32)
     assert ds.info().input_shape == (1, 32, 32)
     assert ds.server_test().x.shape == (20, 1, 32, 32)
-    three_d = medmnist(write_medmnist(tmp_path / "v.npz", shape=(16, 16, 16)), image_size=8)
+    three_d = medmnist(
+        write_medmnist(tmp_path / "v.npz", shape=(16, 16, 16)), image_size=8
+    )
     assert three_d.server_test().x.shape == (20, 1, 8, 8, 8)
 
 
@@ -79,19 +84,46 @@ def test_local_hospital_uses_its_own_npz_val_split(tmp_path):
 
 @pytest.mark.parametrize(
     ("arrays", "message"),
-    [({"test_images": np.zeros((2, 28, 28), np.uint8)}, "missing train_images"),
-     ({"train_images": np.zeros((3, 28, 28), np.uint8),
-       "train_labels": np.zeros((2, 1), np.uint8)}, "3 train images but 2 labels"),
-     ({"train_images": np.zeros((3, 28, 28), np.uint8),
-       "train_labels": np.zeros((3, 14), np.uint8)}, "multi-label"),
-     ({"train_images": np.zeros((3, 28, 28), np.uint8),
-       "train_labels": np.array([[0], [-1], [1]])}, "class indices"),
-     ({"train_images": np.zeros((3, 28, 28), np.uint8),
-       "train_labels": np.zeros((3, 1), np.uint8),
-       "test_images": np.zeros((2, 28, 28, 3), np.uint8),
-       "test_labels": np.zeros((2, 1), np.uint8)}, "test_images"),
-     ({"train_images": np.zeros((3, 2, 2, 2, 2, 2), np.uint8),
-       "train_labels": np.zeros((3, 1), np.uint8)}, "unsupported|expected")],
+    [
+        ({"test_images": np.zeros((2, 28, 28), np.uint8)}, "missing train_images"),
+        (
+            {
+                "train_images": np.zeros((3, 28, 28), np.uint8),
+                "train_labels": np.zeros((2, 1), np.uint8),
+            },
+            "3 train images but 2 labels",
+        ),
+        (
+            {
+                "train_images": np.zeros((3, 28, 28), np.uint8),
+                "train_labels": np.zeros((3, 14), np.uint8),
+            },
+            "multi-label",
+        ),
+        (
+            {
+                "train_images": np.zeros((3, 28, 28), np.uint8),
+                "train_labels": np.array([[0], [-1], [1]]),
+            },
+            "class indices",
+        ),
+        (
+            {
+                "train_images": np.zeros((3, 28, 28), np.uint8),
+                "train_labels": np.zeros((3, 1), np.uint8),
+                "test_images": np.zeros((2, 28, 28, 3), np.uint8),
+                "test_labels": np.zeros((2, 1), np.uint8),
+            },
+            "test_images",
+        ),
+        (
+            {
+                "train_images": np.zeros((3, 2, 2, 2, 2, 2), np.uint8),
+                "train_labels": np.zeros((3, 1), np.uint8),
+            },
+            "unsupported|expected",
+        ),
+    ],
     ids=["no-train", "count", "multilabel", "negative-label", "channels-differ", "6d"],
 )
 def test_bad_npz_names_file_and_problem(tmp_path, arrays, message):
@@ -201,7 +233,9 @@ def test_shared_dicom_files(shared_data):
 def test_folder_errors_name_the_file(tmp_path):
     write_png(tmp_path / "a" / "gray.png", np.zeros((8, 8), np.uint8))
     write_png(tmp_path / "b" / "rgb.png", np.zeros((8, 8, 3), np.uint8))
-    with pytest.raises(DataError, match=r"rgb\.png: 3 channel\(s\) but gray\.png has 1"):
+    with pytest.raises(
+        DataError, match=r"rgb\.png: 3 channel\(s\) but gray\.png has 1"
+    ):
         ImageFolderDataset(folder_spec(tmp_path)).all_images()
 
     other = tmp_path / "sizes"
@@ -227,7 +261,9 @@ def test_folder_class_names_fix_label_order(tmp_path):
     ds = ImageFolderDataset(folder_spec(tmp_path, class_names=names))
     assert ds.all_images().y.tolist() == [1, 2] and ds.info().num_classes == 3
     with pytest.raises(DataError, match=r"\['normal'\] are not in class-names"):
-        ImageFolderDataset(folder_spec(tmp_path, class_names=("benign", "malignant"))).info()
+        ImageFolderDataset(
+            folder_spec(tmp_path, class_names=("benign", "malignant"))
+        ).info()
     (tmp_path / "normal" / "0.png").unlink()
     (tmp_path / "normal").rmdir()
     with pytest.raises(DataError, match="need root/<class>/<images>"):
@@ -252,7 +288,9 @@ def test_synthetic_lesions_are_deterministic_and_sites_differ():
 
 def test_synthetic_lesions_are_visible_on_average():
     acq = Acquisition(gain=1.0, offset=0.0, noise=0.0, blur=0.0)
-    x, y = synthetic_lesion_images(200, size=32, prevalence=0.5, acquisition=acq, seed=0)
+    x, y = synthetic_lesion_images(
+        200, size=32, prevalence=0.5, acquisition=acq, seed=0
+    )
     centre = x[:, 0, 8:24, 8:24].astype(float).max(axis=(1, 2))
     assert centre[y == 1].mean() > centre[y == 0].mean() + 10
 
@@ -275,8 +313,12 @@ def test_augmentation_is_seeded_per_hospital_and_round():
     y = np.arange(40) % 2
 
     def first_batch(hospital_seed, round_seed):
-        loader = make_loader(ImageSplit(x, y, augment_seed=hospital_seed), 8,
-                             shuffle=True, seed=round_seed)
+        loader = make_loader(
+            ImageSplit(x, y, augment_seed=hospital_seed),
+            8,
+            shuffle=True,
+            seed=round_seed,
+        )
         return next(iter(loader))[0]
 
     assert torch.equal(first_batch(1, 5), first_batch(1, 5))
@@ -289,7 +331,11 @@ def test_augmentation_is_seeded_per_hospital_and_round():
 @pytest.mark.parametrize("dims", [2, 3])
 def test_augmentation_without_draws_is_identity(dims):
     x = torch.rand(4, 1, *([8] * dims))
-    out, _ = BatchAugment(dims, 0, prob=0.0)([(x[i], torch.tensor(0)) for i in range(4)])
+    out, _ = BatchAugment(dims, 0, prob=0.0)(
+        [(x[i], torch.tensor(0)) for i in range(4)]
+    )
     torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
-    moved, _ = BatchAugment(dims, 0, prob=1.0)([(x[i], torch.tensor(0)) for i in range(4)])
+    moved, _ = BatchAugment(dims, 0, prob=1.0)(
+        [(x[i], torch.tensor(0)) for i in range(4)]
+    )
     assert moved.shape == x.shape and not torch.allclose(moved, x)

@@ -38,8 +38,9 @@ def test_output_shape(name, dims, channels):
 def test_built_dp_safe_and_identical_keys(name, dims):
     model = build_model(name, spatial_dims=dims, in_channels=1, num_classes=2)
     ModuleValidator.validate(model, strict=True)  # raises on BatchNorm etc.
-    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                   for m in model.modules())
+    assert not any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    )
     assert not any(getattr(m, "inplace", False) for m in model.modules())
     # server and hospitals build the same keys (no running stats, no fix() renames)
     other = build_model(name, spatial_dims=dims, in_channels=1, num_classes=2)
@@ -49,8 +50,14 @@ def test_built_dp_safe_and_identical_keys(name, dims):
 
 def test_stock_monai_resnet_is_caught_by_the_validator():
     """Negative control: MONAI's default ResNet (BatchNorm) is not DP-safe."""
-    stock = ResNet(block="basic", layers=[1, 1, 1, 1], block_inplanes=[8, 16, 32, 64],
-                   spatial_dims=2, n_input_channels=1, num_classes=2)
+    stock = ResNet(
+        block="basic",
+        layers=[1, 1, 1, 1],
+        block_inplanes=[8, 16, 32, 64],
+        spatial_dims=2,
+        n_input_channels=1,
+        num_classes=2,
+    )
     assert ModuleValidator.validate(stock, strict=False)
 
 
@@ -63,8 +70,12 @@ def dp_step(model, dims, channels, size):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model, optimizer, loader = PrivacyEngine().make_private(
-            module=model, optimizer=optimizer, data_loader=loader,
-            noise_multiplier=0.5, max_grad_norm=1.0, poisson_sampling=False,
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=0.5,
+            max_grad_norm=1.0,
+            poisson_sampling=False,
         )
         xb, yb = next(iter(loader))
         optimizer.zero_grad()
@@ -73,7 +84,9 @@ def dp_step(model, dims, channels, size):
         optimizer.step()
     # per-sample gradients existed for every trainable parameter
     assert all(g is not None and g.shape[0] == 3 for g in grad_samples)
-    after = model._module.state_dict() if hasattr(model, "_module") else model.state_dict()
+    after = (
+        model._module.state_dict() if hasattr(model, "_module") else model.state_dict()
+    )
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed, "the DP-SGD step changed no weight"
 
@@ -101,11 +114,15 @@ def test_model_spec_from_dataset_info():
     assert cfg.model_name == "smallcnn"
     spec = model_spec(cfg, DatasetInfo("imaging", (3, 28, 28), 4))
     assert spec.kwargs == {"spatial_dims": 2, "in_channels": 3, "num_classes": 4}
-    spec3 = model_spec(cfg.replace(model="resnet10"), DatasetInfo("imaging", (1, 28, 28, 28), 2))
+    spec3 = model_spec(
+        cfg.replace(model="resnet10"), DatasetInfo("imaging", (1, 28, 28, 28), 2)
+    )
     assert spec3.kwargs["spatial_dims"] == 3
     assert spec3.build()(torch.rand(1, 1, 28, 28, 28)).shape == (1, 2)
     with pytest.raises(ValueError, match="at least 32"):
-        model_spec(cfg.replace(model="efficientnet-b0"), DatasetInfo("imaging", (1, 28, 28), 2))
+        model_spec(
+            cfg.replace(model="efficientnet-b0"), DatasetInfo("imaging", (1, 28, 28), 2)
+        )
 
 
 def test_every_imaging_model_is_registered_for_the_imaging_task():
