@@ -2,7 +2,7 @@
 
 Only model arrays and aggregate metrics leave this process: no record, path or
 identifier. A data problem is logged here in full and answered with a generic
-error the server can act on.
+error the server can act on; so is any other failure during local work.
 """
 
 from __future__ import annotations
@@ -22,22 +22,41 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from app.config import RunConfig
-from app.hospital import hospital_name, load_hospital, model_spec
+from app.hospital import (
+    check_contract,
+    hospital_name,
+    hospital_seed,
+    load_hospital,
+    model_spec,
+)
+from app.local_dp import local_dp_round
 from app.logs import route_to_flower
+from app.poisoning import is_poisoned, poison_update
+from app.vertical_client import register as register_vertical
+from app.secure_aggregation import register as register_secure_aggregation
+from app.secure_aggregation import secure_train_mod
 from data.spec import DataError, HospitalData
+from models.personalization import LocalNorm, personalization_metrics, prefixed
+from models.privacy import PrivacyBudgetExhausted
 from models.training import (
     TrainSettings,
     evaluate_split,
     make_loader,
     pick_device,
+    set_deterministic,
     train_epochs,
 )
 from strategies.fedavg import HOSPITAL_RECORD
+from strategies.screening import ERROR_PREFIX, label_count_metrics
 
 log = logging.getLogger(__name__)
 DATA_ERROR_CODE = 4001
+LOCAL_FAILURE_CODE = 4002
+PRIVACY_BUDGET_CODE = 4003
 
 app = ClientApp()
+register_vertical(app)  # query.psi_* / query.vfl_* handlers (task = "vertical")
+register_secure_aggregation(app)  # query.secagg_* / query.ckks_* protocol stages
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, HospitalData, torch.nn.Module]:
@@ -45,16 +64,18 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, HospitalData, tor
     cfg = RunConfig.from_run_config(context.run_config)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
+    set_deterministic(cfg.deterministic)
     site = load_hospital(cfg, context.node_config)
+    info = check_contract(site, msg.content.config_records.get("config", ConfigRecord()))
     try:
-        model = model_spec(cfg, site.info).build()
+        model = model_spec(cfg, info).build()
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    except (ValueError, RuntimeError) as err:
+    except (ValueError, RuntimeError, KeyError) as err:
         # This hospital's data do not fit the federation's model (other channels,
         # image size or classes): its own problem, reported without paths.
         raise DataError(
-            f"the global model does not fit this hospital's data "
-            f"({site.info.description}, input {site.info.input_shape}, "
+            f"Hospital {site.name}: the global model does not fit this hospital's "
+            f"data ({site.info.description}, input {site.info.input_shape}, "
             f"{site.info.num_classes} classes): {str(err).splitlines()[0]}",
             "the hospital's data do not fit the global model (shape, channels or classes)",
         ) from err
@@ -73,10 +94,24 @@ def _reply(msg: Message, site: HospitalData, metrics: dict[str, float], model=No
     return Message(content=content, reply_to=msg)
 
 
-def _data_error(msg: Message, context: Context, err: DataError) -> Message:
+def _error(msg: Message, context: Context, err: Exception) -> Message:
+    """An error reply that says what failed without leaking local detail."""
     name = hospital_name(context.node_config)
-    log.error("Hospital %s: %s", name, err)  # full detail stays in the local log
-    return Message(Error(code=DATA_ERROR_CODE, reason=f"data error: {err.public_reason}"), reply_to=msg)
+    if isinstance(err, DataError):
+        log.error("Hospital %s: %s", name, err)  # full detail stays in the local log
+        return Message(
+            Error(code=DATA_ERROR_CODE,
+                  reason=f"{ERROR_PREFIX.format(name=name)}data error: {err.public_reason}"),
+            reply_to=msg,
+        )
+    # Exception text may quote records or paths: only its type leaves the hospital.
+    log.exception("Hospital %s: local %s failed", name, msg.metadata.message_type)
+    return Message(
+        Error(code=LOCAL_FAILURE_CODE,
+              reason=f"{ERROR_PREFIX.format(name=name)}local "
+                     f"{msg.metadata.message_type} failed ({type(err).__name__})"),
+        reply_to=msg,
+    )
 
 
 def _defined(metrics: dict[str, float], prefix: str) -> dict[str, float]:
@@ -84,13 +119,8 @@ def _defined(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {f"{prefix}{k}": v for k, v in metrics.items() if v == v}
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Train the received global model on this hospital's training split."""
-    try:
-        cfg, site, model = _setup(msg, context)
-    except DataError as err:
-        return _data_error(msg, context, err)
+def _train(msg: Message, context: Context) -> Message:
+    cfg, site, model = _setup(msg, context)
     config = msg.content["config"]
     settings = TrainSettings(
         epochs=cfg.local_epochs,
@@ -102,26 +132,84 @@ def train(msg: Message, context: Context) -> Message:
         proximal_mu=float(config.get("proximal-mu", 0.0)),
         seed=cfg.seed,
     )
-    round_seed = cfg.seed + 1000 * int(config.get("server-round", 0))
-    torch.manual_seed(round_seed)
+    seed = hospital_seed(cfg.seed, int(config.get("server-round", 0)), context.node_config)
+    torch.manual_seed(seed)
     device = pick_device(cfg.device)
-    loader = make_loader(site.train, cfg.batch_size, shuffle=True, seed=round_seed)
-    stats = train_epochs(model, loader, settings, device)
+    global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    local_norm = LocalNorm(model, context.state) if cfg.local_norm else None
+    if local_norm is not None:
+        local_norm.use_local()  # FedBN: this hospital's own normalisation layers
+    if cfg.dp == "local":
+        try:
+            outcome = local_dp_round(
+                model, site.train, settings, cfg, context.state, device,
+                seed=seed, node_config=context.node_config,
+            )
+        except PrivacyBudgetExhausted as err:  # refused before any training
+            log.warning("Hospital %s: %s", site.name, err)
+            reason = ERROR_PREFIX.format(name=site.name) + str(err)
+            error = Error(code=PRIVACY_BUDGET_CODE, reason=reason)
+            return Message(error, reply_to=msg)
+        # No training-data statistic (such as the training loss) leaves under DP.
+        train_metrics = outcome.metrics()
+    else:
+        loader = make_loader(site.train, cfg.batch_size, shuffle=True, seed=seed)
+        stats = train_epochs(model, loader, settings, device)
+        train_metrics = {"train_loss": stats["train_loss"]}
     metrics = {
-        "train_loss": stats["train_loss"],
+        **train_metrics,
         "num-examples": len(site.train),  # the dataset's length, never len(loader)
         **_defined(evaluate_split(model, site.val, device), "val_"),
+        **label_count_metrics(site.label_counts()),
     }
-    return _reply(msg, site, metrics, model.cpu())
+    if local_norm is not None:
+        local_norm.keep_and_restore()  # send the received norm values back unchanged
+    model = model.cpu()
+    if is_poisoned(cfg.poison_fraction, context.node_config):
+        model.load_state_dict(poison_update(global_state, model.state_dict(), cfg.poison_scale))
+    return _reply(msg, site, metrics, model)
+
+
+def _evaluate(msg: Message, context: Context) -> Message:
+    cfg, site, model = _setup(msg, context)
+    metrics = _defined(evaluate_split(model, site.val, pick_device(cfg.device)), "")
+    metrics["num-examples"] = len(site.val)
+    metrics.update(_personalized(cfg, site, model, context))
+    return _reply(msg, site, metrics)
+
+
+def _personalized(
+    cfg: RunConfig, site: HospitalData, model: torch.nn.Module, context: Context
+) -> dict[str, float]:
+    """Metrics after this hospital's own adaptation; the adapted weights stay here."""
+    device = pick_device(cfg.device)
+    metrics: dict[str, float] = {}
+    if cfg.local_norm and LocalNorm(model, context.state).use_local():
+        metrics.update(prefixed(evaluate_split(model, site.val, device), "local_norm_"))
+    if cfg.personalize_epochs > 0:
+        settings = TrainSettings(
+            epochs=cfg.personalize_epochs, batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate, momentum=cfg.momentum, seed=cfg.seed,
+        )
+        metrics.update(
+            personalization_metrics(model, site.train, site.val, settings, device)
+        )
+    return metrics
+
+
+@app.train(mods=[secure_train_mod])  # masks/encrypts the reply when asked to
+def train(msg: Message, context: Context) -> Message:
+    """Train the received global model on this hospital's training split."""
+    try:
+        return _train(msg, context)
+    except Exception as err:  # one hospital's failure must not end the federation
+        return _error(msg, context, err)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this hospital's held-out split."""
     try:
-        cfg, site, model = _setup(msg, context)
-    except DataError as err:
-        return _data_error(msg, context, err)
-    metrics = _defined(evaluate_split(model, site.val, pick_device(cfg.device)), "")
-    metrics["num-examples"] = len(site.val)
-    return _reply(msg, site, metrics)
+        return _evaluate(msg, context)
+    except Exception as err:
+        return _error(msg, context, err)

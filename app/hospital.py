@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import zlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from app.config import RunConfig
-from data.registry import get_dataset
+from data.registry import DATASETS, get_dataset, local_kinds
 from data.spec import DataError, DatasetInfo, HospitalData
 from models import MODEL_OPTIONS, ModelSpec, input_kwargs
 
@@ -27,21 +32,62 @@ def load_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> HospitalDat
     names its own data with ``--node-config "data-path='...'"`` (and optionally
     ``dataset`` and ``hospital-name``), which takes precedence.
     """
-    if path := node_config.get("data-path"):
-        kind = str(node_config.get("dataset", cfg.dataset))
-        spec = cfg.replace(dataset=kind, data_path=str(path)).data_spec()
-        return get_dataset(spec).local_hospital(str(path), hospital_name(node_config))
+    if "data-path" in node_config:
+        return load_local_hospital(cfg, node_config)
     if "partition-id" not in node_config or "num-partitions" not in node_config:
         raise DataError(
             "node config has neither 'data-path' (deployment) nor 'partition-id' and "
             "'num-partitions' (simulation).",
             "the SuperNode was started without a data-path",
         )
+    if DATASETS[cfg.dataset].needs_path and not cfg.data_path:
+        raise DataError(
+            f"dataset '{cfg.dataset}' needs the run-config key 'data-path' in "
+            "simulation (in deployment, each SuperNode's node config names its data).",
+            "no data-path in the run config",
+        )
     dataset = get_dataset(cfg.data_spec())
     site = dataset.hospital(int(node_config["partition-id"]), int(node_config["num-partitions"]))
     if name := node_config.get("hospital-name"):
         return HospitalData(str(name), site.train, site.val, site.info)
     return site
+
+
+def load_local_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> HospitalData:
+    """Load a deployed hospital's own data, named by its node config.
+
+    Every failure becomes a DataError whose message (for the hospital's own log)
+    names the file and whose ``public_reason`` (the only part sent to the server)
+    names neither the path nor any record.
+    """
+    raw_path = node_config.get("data-path")
+    kind = str(node_config.get("dataset") or cfg.dataset)
+    name = hospital_name(node_config)
+    if not isinstance(raw_path, str) or not raw_path.strip():
+        raise DataError(
+            f"Hospital {name}: node config 'data-path' must be a non-empty string, "
+            f"got {raw_path!r}.",
+            "the SuperNode's data-path is empty",
+        )
+    if kind not in local_kinds():
+        raise DataError(
+            f"Hospital {name}: node config dataset={kind!r} cannot be read from a "
+            f"hospital's own files; use one of {', '.join(local_kinds())}.",
+            f"dataset kind {kind!r} cannot be read from a hospital's own files",
+        )
+    path = Path(raw_path).expanduser()
+    try:
+        spec = cfg.replace(dataset=kind, data_path=str(path)).data_spec()
+        return get_dataset(spec).local_hospital(str(path), name)
+    except DataError:
+        raise
+    except (OSError, ValueError, KeyError, IndexError, UnicodeError) as err:
+        # pandas and numpy errors quote file names and cell values: keep them local.
+        raise DataError(
+            f"Hospital {name}: cannot read {kind} data at {path}: "
+            f"{type(err).__name__}: {err}",
+            f"the hospital's {kind} data could not be read",
+        ) from err
 
 
 def model_spec(cfg: RunConfig, info: DatasetInfo) -> ModelSpec:
@@ -51,3 +97,52 @@ def model_spec(cfg: RunConfig, info: DatasetInfo) -> ModelSpec:
     for arg, field_name in MODEL_OPTIONS[name].items():
         kwargs[arg] = getattr(cfg, field_name)
     return ModelSpec(name, kwargs)
+
+
+def hospital_seed(seed: int, server_round: int, node_config: Mapping[str, Any]) -> int:
+    """A training seed fixed by the run seed, the round and the hospital.
+
+    The hospital is its ``partition-id`` in simulation, else a stable hash of its
+    name, so a re-run (or a resumed run) of round ``r`` draws the same batches.
+    """
+    if "partition-id" in node_config:
+        ident = int(node_config["partition-id"])
+    else:
+        ident = zlib.crc32(hospital_name(node_config).encode())
+    return int(np.random.SeedSequence([seed, server_round, ident]).generate_state(1)[0])
+
+
+def task_contract(info: DatasetInfo) -> dict[str, Any]:
+    """What the server's model expects, sent to hospitals with every instruction."""
+    return {"num-classes": info.num_classes, "input-shape": list(info.input_shape)}
+
+
+def check_contract(site: HospitalData, config: Mapping[str, Any]) -> DatasetInfo:
+    """Refuse local data that does not fit the federation's model, saying what differs.
+
+    Returns the site's DatasetInfo with the federation's class count, so the model a
+    hospital builds matches the server's even if its own labels miss a class.
+    """
+    if "num-classes" not in config or "input-shape" not in config:
+        return site.info
+    classes = int(config["num-classes"])
+    shape = tuple(int(d) for d in config["input-shape"])
+    local = tuple(site.info.input_shape)
+    if local != shape:
+        raise DataError(
+            f"Hospital {site.name}: its data have input shape {local} but the "
+            f"federation's model expects {shape} (features, or channels x size).",
+            f"input shape {local} does not match the model's {shape}",
+        )
+    for split_name, split in (("training", site.train), ("held-out", site.val)):
+        if not len(split):
+            continue
+        y = np.asarray(split.y)
+        outside = y[(y < 0) | (y >= classes)]
+        if outside.size:
+            raise DataError(
+                f"Hospital {site.name}: label {int(outside[0])} in its {split_name} "
+                f"split is outside the federation's classes 0..{classes - 1}.",
+                f"label {int(outside[0])} is outside the classes 0..{classes - 1}",
+            )
+    return dataclasses.replace(site.info, num_classes=classes)

@@ -49,12 +49,15 @@ def write_json(path: Path, payload: Any) -> None:
 class RunRecorder:
     """Creates ``<output-dir>/<run-name>/`` and keeps its history up to date."""
 
-    def __init__(self, cfg: RunConfig, run_id: int) -> None:
-        root = resolve_output_root(cfg.output_dir)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        name = cfg.run_name or f"{stamp}-{cfg.dataset}-{cfg.strategy}-{run_id}"
-        self.root = root
-        self.dir = root / name
+    def __init__(self, cfg: RunConfig, run_id: int, run_dir: Path | None = None) -> None:
+        if run_dir is None:
+            root = resolve_output_root(cfg.output_dir)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            name = cfg.run_name or f"{stamp}-{cfg.dataset}-{cfg.strategy}-{run_id}"
+            run_dir = root / name
+        self.root = run_dir.parent
+        self.dir = run_dir
+        name = run_dir.name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.history: dict[str, Any] = {
             "run_name": name,
@@ -68,6 +71,37 @@ class RunRecorder:
             "rounds": [],
         }
         write_json(self.dir / "run_config.json", cfg.to_run_config())
+
+    @classmethod
+    def resume(
+        cls, cfg: RunConfig, run_id: int, run_dir: Path, after_round: int
+    ) -> RunRecorder:
+        """Continue the history of the stopped run in ``run_dir`` after ``after_round``.
+
+        Rounds recorded after the checkpoint (the run died between writing history
+        and its checkpoint) are dropped; they will be run again.
+        """
+        previous: dict[str, Any] = {}
+        path = run_dir / "history.json"
+        if path.is_file():
+            previous = json.loads(path.read_text())
+        recorder = cls(cfg, run_id, run_dir=run_dir)
+        history = recorder.history
+        for key, value in previous.items():
+            if key not in ("rounds", "status", "flower_run_id", "num_rounds"):
+                history.setdefault(key, value)
+        history["run_name"] = previous.get("run_name", history["run_name"])
+        history["rounds"] = [
+            r for r in previous.get("rounds", []) if r["round"] <= after_round
+        ]
+        history["resumed"] = [
+            *previous.get("resumed", []),
+            {"after_round": after_round, "flower_run_id": run_id,
+             "previous_status": previous.get("status", "unknown")},
+        ]
+        history.pop("stop_reason", None)
+        write_json(recorder.history_path, history)
+        return recorder
 
     @property
     def history_path(self) -> Path:

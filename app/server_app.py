@@ -1,145 +1,32 @@
-"""medflower ServerApp: builds the run from its config and drives the strategy."""
+"""medflower ServerApp: a thin shell around :func:`app.federation.run_federation`."""
 
 from __future__ import annotations
 
-import logging
-import time
-from typing import Any
+from collections.abc import Callable
 
-import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from app.config import RunConfig
-from app.hospital import model_spec
+from app.federation import PREPROCESSING, RoundReporter, run_federation
 from app.logs import route_to_flower
-from app.run_outputs import RunRecorder
-from data.registry import get_dataset
-from data.spec import Split
-from models.checkpoint import save_model
-from models.training import evaluate_split, pick_device
-from strategies import STRATEGY_OPTIONS, build_strategy
+from app.vertical_server import run_vertical
 
-log = logging.getLogger(__name__)
-
-# What a site must do to its data before applying the saved model, per task.
-PREPROCESSING: dict[str, dict[str, Any]] = {
-    "tabular": {
-        "standardize": "per-site",
-        "note": "each site standardises features with its own training statistics",
-    },
-    "imaging": {
-        "intensity": "uint8 0..255 -> [0, 1]; other types min-max scaled per image",
-        "resize": "to the model's input size (run config image-size; 0: native)",
-        "layout": "(C, H, W) or (C, D, H, W)",
-    },
-}
+__all__ = ["PREPROCESSING", "TASK_RUNNERS", "RoundReporter", "app", "main"]
 
 app = ServerApp()
 
-
-def _summary(metrics: dict[str, float]) -> str:
-    keys = ("accuracy", "auc", "sensitivity", "specificity", "loss")
-    return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
-
-
-class RoundReporter:
-    """Server-side evaluation after each round, history.json and progress lines."""
-
-    def __init__(
-        self, cfg: RunConfig, recorder: RunRecorder, strategy: Any,
-        model: torch.nn.Module, test: Split | None,
-    ) -> None:
-        self.cfg, self.recorder, self.strategy = cfg, recorder, strategy
-        self.model, self.test = model, test
-        self.device = pick_device(cfg.device)
-        self.start = time.monotonic()
-
-    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        metrics: dict[str, float] = {}
-        if self.test is not None:
-            self.model.load_state_dict(arrays.to_torch_state_dict())
-            metrics = evaluate_split(self.model, self.test, self.device)
-        ledger = self.strategy.ledger.rounds.get(server_round, {})
-        entry = {"round": server_round, "server": metrics, **_hospitals(ledger)}
-        self.recorder.record_round(entry)
-        total = self.cfg.num_server_rounds
-        elapsed = time.monotonic() - self.start
-        eta = elapsed / server_round * (total - server_round) if server_round else float("nan")
-        log.info(
-            "[round %d/%d] elapsed %.1fs eta %s | hospitals trained %d, dropped %d | %s",
-            server_round, total, elapsed,
-            f"{eta:.1f}s" if eta == eta else "-",
-            len(entry.get("hospitals", {})),
-            len(entry.get("rejected", {})) + len(entry.get("errors", {})),
-            _summary(metrics) or "no server-side test set",
-        )
-        clean = {k: v for k, v in metrics.items() if v == v}
-        return MetricRecord(clean) if clean else None
-
-
-def _hospitals(ledger: dict[str, Any]) -> dict[str, Any]:
-    """Reshape the strategy ledger into ``{"hospitals": {name: {train, evaluate}}}``."""
-    if not ledger:
-        return {}
-    hospitals: dict[str, dict[str, Any]] = {}
-    for phase in ("train", "evaluate"):
-        for name, metrics in ledger.get(phase, {}).items():
-            hospitals.setdefault(name, {})[phase] = metrics
-    out: dict[str, Any] = {"hospitals": hospitals}
-    for key in ("rejected", "errors", "failed"):
-        if ledger.get(key):
-            out[key] = ledger[key]
-    return out
+# ``task`` -> the ServerApp path that runs it (unlisted tasks run horizontally).
+TASK_RUNNERS: dict[str, Callable[[Grid, Context], object]] = {
+    "tabular": run_federation,
+    "imaging": run_federation,
+    "vertical": run_vertical,
+}
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run ``num-server-rounds`` of federated training and write the run's outputs."""
+    """Run (or resume) the run's task; see ``TASK_RUNNERS``."""
     route_to_flower()
-    cfg = RunConfig.from_run_config(context.run_config)
-    torch.manual_seed(cfg.seed)
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    dataset = get_dataset(cfg.data_spec())
-    info = dataset.info()
-    test = dataset.server_test() if cfg.server_eval else None
-    spec = model_spec(cfg, info)
-    model = spec.build()
-    strategy = build_strategy(
-        cfg.strategy,
-        fraction_train=cfg.fraction_train,
-        fraction_evaluate=cfg.fraction_evaluate,
-        min_hospitals=cfg.min_hospitals,
-        **{name: getattr(cfg, name) for name in STRATEGY_OPTIONS[cfg.strategy]},
-    )
-    recorder = RunRecorder(cfg, context.run_id)
-    log.info("medflower run %s: %s, %s on %s (%s test records), writing to %s",
-             recorder.history["run_name"], cfg.strategy, cfg.model_name, info.description,
-             len(test) if test is not None else "no", recorder.dir)
-    reporter = RoundReporter(cfg, recorder, strategy, model, test)
-    try:
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(model.state_dict()),
-            num_rounds=cfg.num_server_rounds,
-            timeout=cfg.round_timeout,
-            train_config=ConfigRecord({"proximal-mu": 0.0}),
-            evaluate_fn=reporter,
-        )
-    except BaseException:
-        recorder.finish("failed")
-        raise
-    final_arrays = result.arrays if len(result.arrays) else ArrayRecord(model.state_dict())
-    save_model(
-        recorder.model_path,
-        final_arrays.to_torch_state_dict(),
-        spec,
-        info,
-        run_config=cfg.to_run_config(),
-        preprocessing=PREPROCESSING[cfg.task],
-    )
-    final = recorder.history["rounds"][-1]["server"] if recorder.history["rounds"] else {}
-    recorder.finish("completed", final_server_metrics=final)
-    log.info("Run finished. Outputs: %s", recorder.dir)
-    log.info("Final server-side metrics: %s", _summary(final) or "none")
+    task = RunConfig.from_run_config(context.run_config).task
+    TASK_RUNNERS.get(task, run_federation)(grid, context)

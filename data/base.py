@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from data.partition import partition_indices, stratified_split
+from data.partition import partition_indices, partition_of, stratified_split
 from data.preprocessing import Standardizer
 from data.spec import DataError, DatasetInfo, DataSpec, HospitalData, Split
 
@@ -25,6 +25,19 @@ class FederatedDataset(ABC):
     name: ClassVar[str]
     task: ClassVar[str]
     needs_path: ClassVar[bool] = False  # whether the run config must give data-path
+    shape_hint: ClassVar[str] = (
+        "Give the coordinator a 'data-path' (server-eval may stay false)."
+    )
+
+    @classmethod
+    def shape_known(cls, spec: DataSpec) -> bool:
+        """Whether ``info()`` works without any data file.
+
+        A deployed coordinator may hold no data (``server-eval=false``, no
+        ``data-path``); it still has to build the model, so the input shape and
+        the number of classes must follow from the run config alone.
+        """
+        return not cls.needs_path
 
     def __init__(self, spec: DataSpec) -> None:
         self.spec = spec
@@ -129,7 +142,13 @@ class PooledTabularDataset(FederatedDataset):
     def hospital(self, partition_id: int, num_partitions: int) -> HospitalData:
         check_partition(partition_id, num_partitions)
         x, y, _ = self._table
-        idx = self.partitions(num_partitions)[partition_id]
+        pool, _ = self._pool_and_test
+        idx = pool[
+            partition_of(
+                y[pool], partition_id, num_partitions, method=self.spec.partitioner,
+                alpha=self.spec.dirichlet_alpha, seed=self.spec.seed,
+            )
+        ]
         return make_local_splits(
             f"hospital-{partition_id}",
             x[idx],

@@ -4,24 +4,33 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasets import Dataset
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
 from sklearn.model_selection import train_test_split
 
 from data.spec import DataError
 
-PartitionerFactory = Callable[[int, float, int, int], Partitioner]
+if TYPE_CHECKING:
+    from flwr_datasets.partitioner import Partitioner
+
+# flwr-datasets (and Hugging Face datasets, scipy, seaborn behind it) is imported
+# only where a simulation partitions: a deployed ClientApp starts a fresh process
+# per message and never partitions, and these imports cost seconds per start.
+PartitionerFactory = Callable[[int, float, int, int], "Partitioner"]
 
 
 def _iid(num_partitions: int, alpha: float, seed: int, n: int) -> Partitioner:
+    from flwr_datasets.partitioner import IidPartitioner
+
     del alpha, n
     # IidPartitioner slices in order; records are shuffled beforehand (seeded).
     return IidPartitioner(num_partitions=num_partitions)
 
 
 def _dirichlet(num_partitions: int, alpha: float, seed: int, n: int) -> Partitioner:
+    from flwr_datasets.partitioner import DirichletPartitioner
+
     # A small floor keeps tiny datasets partitionable while still refusing empty
     # hospitals; flwr-datasets retries the draw until every hospital reaches it.
     floor = max(2, min(10, n // (10 * num_partitions)))
@@ -39,6 +48,48 @@ def _dirichlet(num_partitions: int, alpha: float, seed: int, n: int) -> Partitio
 PARTITIONERS: dict[str, PartitionerFactory] = {"iid": _iid, "dirichlet": _dirichlet}
 
 
+def _load_partitions(
+    labels: np.ndarray,
+    num_partitions: int,
+    wanted: list[int],
+    *,
+    method: str,
+    alpha: float,
+    seed: int,
+) -> list[np.ndarray]:
+    if method not in PARTITIONERS:
+        raise ValueError(f"Unknown partitioner {method!r}; known: {sorted(PARTITIONERS)}")
+    n = len(labels)
+    if num_partitions < 1 or num_partitions > n:
+        raise DataError(
+            f"Cannot split {n} records across {num_partitions} hospitals.",
+            "too many hospitals for the dataset size",
+        )
+    from datasets import Dataset
+
+    order = np.random.default_rng(seed).permutation(n)
+    table = Dataset.from_dict(
+        {"index": order.tolist(), "label": np.asarray(labels)[order].tolist()}
+    )
+    partitioner = PARTITIONERS[method](num_partitions, alpha, seed, n)
+    partitioner.dataset = table
+    try:
+        with warnings.catch_warnings():
+            # flwr-datasets warns on every Dirichlet redraw; only the outcome counts.
+            warnings.simplefilter("ignore", UserWarning)
+            parts = [
+                np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64)
+                for i in wanted
+            ]
+    except ValueError as err:
+        raise DataError(
+            f"The {method} partitioner could not split {n} records across "
+            f"{num_partitions} hospitals: {err}",
+            "the dataset could not be partitioned",
+        ) from err
+    return parts
+
+
 def partition_indices(
     labels: np.ndarray,
     num_partitions: int,
@@ -52,35 +103,27 @@ def partition_indices(
     Every index appears in exactly one partition; the result depends only on the
     arguments, so every simulated hospital computes the same split independently.
     """
-    if method not in PARTITIONERS:
-        raise ValueError(f"Unknown partitioner {method!r}; known: {sorted(PARTITIONERS)}")
-    n = len(labels)
-    if num_partitions < 1 or num_partitions > n:
-        raise DataError(
-            f"Cannot split {n} records across {num_partitions} hospitals.",
-            "too many hospitals for the dataset size",
-        )
-    order = np.random.default_rng(seed).permutation(n)
-    table = Dataset.from_dict(
-        {"index": order.tolist(), "label": np.asarray(labels)[order].tolist()}
+    return _load_partitions(
+        labels, num_partitions, list(range(num_partitions)),
+        method=method, alpha=alpha, seed=seed,
     )
-    partitioner = PARTITIONERS[method](num_partitions, alpha, seed, n)
-    partitioner.dataset = table
-    try:
-        with warnings.catch_warnings():
-            # flwr-datasets warns on every Dirichlet redraw; only the outcome counts.
-            warnings.simplefilter("ignore", UserWarning)
-            parts = [
-                np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64)
-                for i in range(num_partitions)
-            ]
-    except ValueError as err:
-        raise DataError(
-            f"The {method} partitioner could not split {n} records across "
-            f"{num_partitions} hospitals: {err}",
-            "the dataset could not be partitioned",
-        ) from err
-    return parts
+
+
+def partition_of(
+    labels: np.ndarray,
+    partition_id: int,
+    num_partitions: int,
+    *,
+    method: str,
+    alpha: float,
+    seed: int,
+) -> np.ndarray:
+    """The indices of one hospital's records: ``partition_indices(...)[partition_id]``,
+    without materialising the other partitions (each simulated hospital needs only
+    its own, on every message)."""
+    return _load_partitions(
+        labels, num_partitions, [partition_id], method=method, alpha=alpha, seed=seed
+    )[0]
 
 
 def stratified_split(

@@ -3,21 +3,40 @@
 from __future__ import annotations
 
 from data.base import FederatedDataset
-from data.imaging import ImageFolderDataset, MedMNISTDataset, SyntheticLesionsDataset
+from data.lazy import LazyRegistry
 from data.spec import DataSpec
-from data.tabular import CSVDataset, HeartDiseaseDataset, WDBCDataset
 
-DATASETS: dict[str, type[FederatedDataset]] = {
-    WDBCDataset.name: WDBCDataset,
-    HeartDiseaseDataset.name: HeartDiseaseDataset,
-    CSVDataset.name: CSVDataset,
-    MedMNISTDataset.name: MedMNISTDataset,
-    ImageFolderDataset.name: ImageFolderDataset,
-    SyntheticLesionsDataset.name: SyntheticLesionsDataset,
+# Imported on first use, so a tabular hospital never imports MONAI.
+DATASETS: LazyRegistry = LazyRegistry(
+    {
+        "wdbc": "data.tabular:WDBCDataset",
+        "heart-disease": "data.tabular:HeartDiseaseDataset",
+        "csv": "data.tabular:CSVDataset",
+        "medmnist": "data.imaging:MedMNISTDataset",
+        "image-folder": "data.imaging:ImageFolderDataset",
+        "synthetic-lesions": "data.imaging:SyntheticLesionsDataset",
+    }
+)
+# Each dataset's task, known without importing it (a test checks it against .task).
+DATASET_TASKS: dict[str, str] = {
+    "wdbc": "tabular",
+    "heart-disease": "tabular",
+    "csv": "tabular",
+    "medmnist": "imaging",
+    "image-folder": "imaging",
+    "synthetic-lesions": "imaging",
 }
 
 # The kinds of data a run can train on (the run-config key ``task``).
-TASKS: tuple[str, ...] = tuple(dict.fromkeys(cls.task for cls in DATASETS.values()))
+TASKS: tuple[str, ...] = tuple(dict.fromkeys(DATASET_TASKS.values()))
+
+
+def local_kinds() -> tuple[str, ...]:
+    """Dataset kinds a deployed hospital can read from its own file or folder."""
+    return tuple(
+        name for name, cls in DATASETS.items()
+        if cls.local_hospital is not FederatedDataset.local_hospital
+    )
 
 
 def get_dataset(spec: DataSpec) -> FederatedDataset:

@@ -26,6 +26,8 @@ class DataSpec:
     dataset: str = "wdbc"
     data_path: str = ""
     label_column: str = "target"
+    feature_columns: tuple[str, ...] = ()  # csv: declared schema (empty = infer)
+    num_classes: int = 0  # csv: declared number of classes (0 = infer)
     partitioner: str = "iid"
     dirichlet_alpha: float = 0.5
     val_fraction: float = 0.2

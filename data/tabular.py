@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from functools import cached_property
 from pathlib import Path
@@ -17,7 +18,7 @@ from data.base import (
     make_local_splits,
 )
 from data.preprocessing import Standardizer
-from data.spec import DataError, DatasetInfo, HospitalData, Split
+from data.spec import DataError, DatasetInfo, DataSpec, HospitalData, Split
 
 log = logging.getLogger(__name__)
 
@@ -101,24 +102,99 @@ def read_labelled_csv(
     return complete[features].to_numpy(), y, tuple(map(str, features))
 
 
+def single_data_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
+    """``path`` itself if it is a file, else the one ``suffixes`` file in the folder.
+
+    A deployed hospital points ``data-path`` at its own file or at a folder
+    holding exactly one; anything else is an error naming the path.
+    """
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise DataError(
+            f"{what} data path does not exist: {path}", "data path not found"
+        )
+    if not path.is_dir():
+        raise DataError(f"{what} data path is neither a file nor a folder: {path}",
+                        "data path is not a file or folder")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in suffixes)
+    if len(files) != 1:
+        found = ", ".join(p.name for p in files) or "none"
+        raise DataError(
+            f"{path}: expected exactly one {'/'.join(suffixes)} file for this "
+            f"hospital, found {len(files)} ({found}).",
+            f"expected one data file in the data folder, found {len(files)}",
+        )
+    return files[0]
+
+
 class CSVDataset(PooledTabularDataset):
     """A CSV with a header row and a ``label-column`` of class indices.
 
     In simulation the table is split like WDBC; in deployment each hospital points
-    ``data-path`` at its own CSV with the same columns.
+    ``data-path`` at its own CSV (or a folder holding one) with the same columns.
+    ``feature-columns`` and ``num-classes`` declare the schema: every hospital then
+    uses exactly these columns in this order, and a coordinator without data knows
+    the model's shape.
     """
 
     name = "csv"
     needs_path = True
+    shape_hint = (
+        "Declare the schema in the run config: 'feature-columns' (comma-separated "
+        "CSV column names, in order) and 'num-classes' (>= 2)."
+    )
+
+    @classmethod
+    def shape_known(cls, spec: DataSpec) -> bool:
+        return bool(spec.feature_columns and spec.num_classes)
+
+    @property
+    def declared(self) -> bool:
+        return bool(self.spec.feature_columns and self.spec.num_classes)
+
+    def read(self, path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+        """Read a labelled CSV and apply the declared schema, if any."""
+        x, y, names = read_labelled_csv(path, self.spec.label_column)
+        if cols := self.spec.feature_columns:
+            missing = [c for c in cols if c not in names]
+            if missing:
+                raise DataError(
+                    f"{path}: missing feature column(s) {', '.join(missing)} declared "
+                    "in 'feature-columns'.",
+                    f"missing feature column(s) {', '.join(missing)}",
+                )
+            x, names = x[:, [names.index(c) for c in cols]], tuple(cols)
+        if self.spec.num_classes and int(y.max()) >= self.spec.num_classes:
+            raise DataError(
+                f"{path}: label {int(y.max())} is outside "
+                f"0..{self.spec.num_classes - 1} ('num-classes').",
+                "a label is outside the declared number of classes",
+            )
+        return x, y, names
 
     def load_table(self) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-        return read_labelled_csv(Path(self.spec.data_path), self.spec.label_column)
+        return self.read(Path(self.spec.data_path))
+
+    def info(self) -> DatasetInfo:
+        if self.declared:
+            return DatasetInfo(
+                task="tabular", input_shape=(len(self.spec.feature_columns),),
+                num_classes=self.spec.num_classes,
+                feature_names=self.spec.feature_columns, description=self.name,
+            )
+        info = super().info()
+        if self.spec.num_classes:
+            info = dataclasses.replace(info, num_classes=self.spec.num_classes)
+        return info
 
     def local_hospital(self, path: str, name: str) -> HospitalData:
-        x, y, _ = read_labelled_csv(Path(path), self.spec.label_column)
+        file = single_data_file(Path(path), (".csv",), "csv")
+        x, y, _ = self.read(file)
         return make_local_splits(
             name, x, y, held_out_fraction=self.spec.val_fraction,
-            seed=self.spec.seed, info=self.info_from(x, y),
+            seed=self.spec.seed,
+            info=self.info() if self.declared else self.info_from(x, y),
         )
 
     def info_from(self, x: np.ndarray, y: np.ndarray) -> DatasetInfo:
@@ -193,6 +269,10 @@ class HeartDiseaseDataset(FederatedDataset):
     needs_path = True
     task = "tabular"
 
+    @classmethod
+    def shape_known(cls, spec: DataSpec) -> bool:
+        return True  # 13 fixed features (FLamby protocol), 2 classes
+
     @cached_property
     def files(self) -> list[Path]:
         root = Path(self.spec.data_path)
@@ -244,7 +324,12 @@ class HeartDiseaseDataset(FederatedDataset):
         return self._site(path, self.site_name(path))
 
     def local_hospital(self, path: str, name: str) -> HospitalData:
-        return self._site(Path(path), name)
+        """Read a deployed hospital's own ``processed.*.data`` file.
+
+        ``path`` is the file or a folder holding exactly one.
+        """
+        file = single_data_file(Path(path), (".data", ".csv"), "heart-disease")
+        return self._site(file, name)
 
     def server_test(self) -> Split:
         sites = [self._site(p, self.site_name(p)) for p in self.files]

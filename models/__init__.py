@@ -8,30 +8,44 @@ from typing import Any
 
 from torch import nn
 
+from data.lazy import LazyRegistry
 from data.spec import DatasetInfo
-from models.imaging import IMAGING_MODELS, check_input_size
-from models.tabular import LogisticRegression, TabularMLP
 
 ModelFactory = Callable[..., nn.Module]
 
-MODELS: dict[str, ModelFactory] = {
-    "logreg": LogisticRegression,
-    "mlp": TabularMLP,
-    **{name: entry.factory for name, entry in IMAGING_MODELS.items()},
-}
+# MONAI networks (models/imaging.py), imported only when one is built; a test checks
+# this tuple against models.imaging.IMAGING_MODELS.
+IMAGING_MODEL_NAMES: tuple[str, ...] = (
+    "smallcnn", "resnet10", "resnet18", "densenet121", "efficientnet-b0",
+)
+
+MODELS: LazyRegistry = LazyRegistry(
+    {
+        "logreg": "models.tabular:LogisticRegression",
+        "mlp": "models.tabular:TabularMLP",
+        "mlp-norm": "models.tabular:NormMLP",
+        "smallcnn": "models.imaging:SmallCNN",
+        "resnet10": "models.imaging:resnet10",
+        "resnet18": "models.imaging:resnet18",
+        "densenet121": "models.imaging:densenet121",
+        "efficientnet-b0": "models.imaging:efficientnet_b0",
+    }
+)
 
 # Constructor argument -> run-config field, per model (beyond the data's shape).
 MODEL_OPTIONS: dict[str, dict[str, str]] = {
     "logreg": {},
     "mlp": {"hidden": "mlp_hidden", "layers": "mlp_layers"},
-    **{name: {} for name in IMAGING_MODELS},
+    "mlp-norm": {"hidden": "mlp_hidden", "layers": "mlp_layers"},
+    **{name: {} for name in IMAGING_MODEL_NAMES},
 }
 
 # Which task (kind of data) each model takes, and each task's default model.
 MODEL_TASKS: dict[str, str] = {
     "logreg": "tabular",
     "mlp": "tabular",
-    **{name: "imaging" for name in IMAGING_MODELS},
+    "mlp-norm": "tabular",
+    **{name: "imaging" for name in IMAGING_MODEL_NAMES},
 }
 DEFAULT_MODELS: dict[str, str] = {"tabular": "logreg", "imaging": "smallcnn"}
 
@@ -41,6 +55,8 @@ def _tabular_inputs(name: str, info: DatasetInfo) -> dict[str, Any]:
 
 
 def _imaging_inputs(name: str, info: DatasetInfo) -> dict[str, Any]:
+    from models.imaging import check_input_size  # imports MONAI: only for images
+
     check_input_size(name, info.input_shape)
     return {
         "spatial_dims": len(info.input_shape) - 1,

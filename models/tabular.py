@@ -54,3 +54,31 @@ class TabularMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class NormMLP(nn.Module):
+    """A ReLU MLP with LayerNorm after each hidden layer.
+
+    LayerNorm normalises each record on its own (no batch statistics), so it is
+    DP-compatible, and its affine parameters are what FedBN-style ``local-norm``
+    keeps at each hospital to absorb a site's feature shift.
+    """
+
+    def __init__(
+        self, in_features: int, num_classes: int = 2, hidden: int = 64, layers: int = 2
+    ) -> None:
+        super().__init__()
+        if in_features < 1 or num_classes < 2 or hidden < 1 or layers < 1:
+            raise ValueError(
+                "in_features, hidden and layers must be >= 1 and num_classes >= 2."
+            )
+        blocks: list[nn.Module] = []
+        width = in_features
+        for _ in range(layers):
+            blocks += [nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.ReLU()]
+            width = hidden
+        blocks.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

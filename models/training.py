@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,3 +138,17 @@ def evaluate_split(model: nn.Module, split: Split, device: torch.device) -> dict
     if len(split) == 0:
         raise ValueError("Cannot evaluate on an empty split.")
     return classification_metrics(split.y, predict_proba(model, split.x, device))
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Make torch pick deterministic kernels (and fail loudly where none exists).
+
+    Called by the ServerApp and every ClientApp when ``deterministic = true``; seeds
+    are derived per round and hospital elsewhere (``app.hospital.hospital_seed``).
+    """
+    if not enabled:
+        return
+    # cuBLAS needs a fixed workspace for deterministic GEMMs on CUDA >= 10.2.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False

@@ -28,6 +28,7 @@ class BenchmarkResult:
     summary: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # results.json only
 
 
 def _fmt(value: Any) -> str:
@@ -59,6 +60,7 @@ def write_result(result: BenchmarkResult, out_dir: Path, seconds: float) -> str:
         "rows": result.rows,
         "notes": result.notes,
         "plots": result.plots,
+        "details": result.details,
     }
     (out_dir / "results.json").write_text(json.dumps(payload, indent=2, default=str))
     text = f"# Benchmark: {result.suite}\n\n" + markdown_table(result.rows)
@@ -97,7 +99,15 @@ def _load_suites() -> None:
 
 
 # Modules holding suites; one line per module.
-SUITE_MODULES: list[str] = ["scripts.bench_imaging"]
+SUITE_MODULES: list[str] = [
+    "scripts.bench_vertical",
+    "scripts.bench_personalization",
+    "scripts.bench_poisoning",
+    "scripts.bench_secagg",
+    "scripts.benchmark_privacy",
+    "scripts.bench_suites",
+    "scripts.bench_imaging",
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

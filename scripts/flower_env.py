@@ -170,10 +170,14 @@ def start_local_superlink(env: dict[str, str], timeout: float = 180.0) -> subpro
     raise RuntimeError(f"flower-superlink did not answer within {timeout:.0f} s")
 
 
-def run_status(run_id: str, env: dict[str, str], app_dir: Path) -> str:
-    """The run's status as ``flwr ls`` reports it, e.g. ``finished:completed``."""
+def run_status(
+    run_id: str, env: dict[str, str], app_dir: Path, superlink: str | None = None
+) -> str:
+    """The run's status as ``flwr ls`` reports it, e.g. ``finished:completed``
+    (on the ``superlink`` connection, else the default one)."""
     out = subprocess.run(
-        ["flwr", "ls", "--run-id", run_id, "--format", "json"],
+        ["flwr", "ls", *([superlink] if superlink else []), "--run-id", run_id,
+         "--format", "json"],
         env=env, cwd=app_dir, capture_output=True, text=True, check=False,
     )
     try:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+from app.report import REPORT_NAME
 from scripts.flower_env import project_root, run_simulation
 
 
@@ -34,5 +36,24 @@ def run(args: argparse.Namespace) -> int:
     if not outcome.ok:
         print(f"medflower: run {outcome.run_id} ended with status {outcome.status}")
         return 1
-    print(f"medflower: run {outcome.run_id} completed; outputs in {output_dir / 'latest'}")
+    run_dir = find_run_dir(output_dir, outcome.run_id) or output_dir / "latest"
+    print(f"medflower: run {outcome.run_id} completed; outputs in {run_dir}")
+    report = run_dir / REPORT_NAME
+    if report.is_file():
+        print(f"medflower: report: {report}")
     return 0
+
+
+def find_run_dir(output_dir: Path, run_id: str | None) -> Path | None:
+    """Find the run folder whose history.json names Flower run ``run_id``."""
+    if run_id is None or not output_dir.is_dir():
+        return None
+    for history in output_dir.glob("*/history.json"):
+        if history.parent.is_symlink():  # outputs/latest
+            continue
+        try:
+            if str(json.loads(history.read_text()).get("flower_run_id")) == str(run_id):
+                return history.parent
+        except (OSError, json.JSONDecodeError):
+            continue
+    return None

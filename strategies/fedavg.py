@@ -13,129 +13,104 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from strategies.validation import Reference, reference_of, reply_problem
+from strategies.screening import (
+    HOSPITAL_RECORD,
+    RoundLedger,
+    Screened,
+    hospital_of,
+    weighted_metrics,
+)
+from strategies.secagg.aggregator import SecureAggregator, SecureSum
+from strategies.validation import reply_problem
+
+__all__ = [
+    "HOSPITAL_RECORD",
+    "MedFedAvg",
+    "RoundLedger",
+    "hospital_of",
+    "weighted_metrics",
+]
 
 log = logging.getLogger(__name__)
 
-HOSPITAL_RECORD = "hospital"
 
-
-class RoundLedger:
-    """Per-round, per-hospital record of what each hospital reported.
-
-    Flower's ``Result`` keeps only aggregates; clinical users need to see each
-    site. Values are aggregate metrics only (no records leave a hospital).
-    """
-
-    def __init__(self) -> None:
-        self.rounds: dict[int, dict[str, Any]] = {}
-
-    def entry(self, server_round: int) -> dict[str, Any]:
-        return self.rounds.setdefault(
-            server_round, {"train": {}, "evaluate": {}, "rejected": {}, "errors": {}}
-        )
-
-
-def hospital_of(msg: Message) -> str:
-    """The hospital name a reply carries, else its node id."""
-    if msg.has_content() and HOSPITAL_RECORD in msg.content.config_records:
-        name = msg.content.config_records[HOSPITAL_RECORD].get("name")
-        if isinstance(name, str) and name:
-            return name
-    return f"node-{msg.metadata.src_node_id}"
-
-
-def weighted_metrics(contents: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Weighted mean of each scalar metric over the replies that report it.
-
-    Hospitals may omit a metric that is undefined for them (the AUC of a
-    single-class split), so keys need not match; list-valued metrics are skipped.
-    """
-    sums: dict[str, float] = {}
-    weights: dict[str, float] = {}
-    for content in contents:
-        metrics = next(iter(content.metric_records.values()))
-        w = float(metrics[weight_key])
-        for key, value in metrics.items():
-            if key == weight_key or isinstance(value, list):
-                continue
-            sums[key] = sums.get(key, 0.0) + w * float(value)
-            weights[key] = weights.get(key, 0.0) + w
-    return MetricRecord({k: sums[k] / weights[k] for k in sums})
-
-
-class MedFedAvg(FedAvg):
+class MedFedAvg(Screened, FedAvg):
     """Flower's FedAvg, weighting by ``num-examples``, that drops unsound replies.
 
     A reply with non-finite values, missing or extra array keys, wrong shapes, or a
     weight <= 0 is logged with its hospital and reason and left out; the rest are
-    averaged. If nothing valid is left the round is recorded as failed and the
-    global model is kept unchanged.
+    averaged. With fewer than ``min-hospitals`` sound replies the round is skipped
+    and the global model kept unchanged.
+
+    With ``secure`` (run config ``secure-aggregation = true``) hospitals reply with
+    masked or encrypted updates and the server only unmasks their sum
+    (docs/secure-aggregation.md); per-reply array checks and the anomaly report
+    move to the hospitals.
     """
 
-    def __init__(self, *, min_hospitals: int = 2, **kwargs: Any) -> None:
-        kwargs.setdefault("min_available_nodes", min_hospitals)
-        kwargs.setdefault("min_train_nodes", min_hospitals)
-        kwargs.setdefault("min_evaluate_nodes", min_hospitals)
+    def __init__(
+        self, *, secure: SecureAggregator | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self.ledger = RoundLedger()
-        self._reference: Reference = {}
+        self.secure = secure
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._reference = reference_of(arrays)
-        return super().configure_train(server_round, arrays, config, grid)
-
-    def _screen(
-        self, server_round: int, replies: Iterable[Message], *, is_train: bool
-    ) -> list[Message]:
-        """Keep sound replies; record every hospital's outcome in the ledger."""
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if self.secure is None or not messages:
+            return messages
         entry = self.ledger.entry(server_round)
-        phase = "train" if is_train else "evaluate"
-        sound: list[Message] = []
-        for msg in replies:
-            name = hospital_of(msg)
-            if msg.has_error():
-                reason = msg.error.reason
-                log.warning("Round %d %s: hospital %s replied with an error: %s",
-                            server_round, phase, name, reason)
-                entry["errors"][name] = {"phase": phase, "reason": reason}
-                continue
-            problem = reply_problem(
-                msg.content, self._reference, self.weighted_by_key, check_arrays=is_train
-            )
-            if problem is not None:
-                log.warning("Round %d %s: dropped the reply of hospital %s: %s",
-                            server_round, phase, name, problem)
-                entry["rejected"][name] = {"phase": phase, "reason": problem}
-                continue
-            metrics = next(iter(msg.content.metric_records.values()))
-            entry[phase][name] = dict(metrics)
-            sound.append(msg)
-        return sound
+        return self.secure.open_round(server_round, arrays, messages, grid, entry)
+
+    def _reply_problem(
+        self, server_round: int, content: RecordDict, *, is_train: bool
+    ) -> str | None:
+        if not is_train or self.secure is None:
+            return super()._reply_problem(server_round, content, is_train=is_train)
+        # A masked/encrypted update cannot be inspected: check metrics and its form.
+        problem = reply_problem(
+            content, self._reference, self.weighted_by_key, check_arrays=False
+        )
+        return problem or self.secure.reply_problem(server_round, content)
+
+    def secure_sum(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[SecureSum | None, list[Message]]:
+        """Screen masked/encrypted replies and unmask only their sum.
+
+        Returns the SecureSum (None if the round could not complete) and the sound
+        replies (their metrics are plain aggregates). Central DP adds its noise to
+        ``SecureSum.weighted_sum``.
+        """
+        assert self.secure is not None
+        sound = self._screen(server_round, replies, is_train=True)
+        entry = self.ledger.entry(server_round)
+        if len(sound) < self.min_hospitals:
+            entry.setdefault("skipped", (
+                f"{len(sound)} sound training replies, fewer than "
+                f"min-hospitals={self.min_hospitals}"
+            ))
+        # a skipped round still closes the protocol, without unmasking anything
+        result = self.secure.close_round(
+            server_round, [] if "skipped" in entry else sound, entry
+        )
+        if result is None or "skipped" in entry:
+            entry.setdefault("skipped", "secure aggregation did not complete")
+            log.error("Round %d skipped: %s; the global model is unchanged.",
+                      server_round, entry["skipped"])
+            return None, sound
+        return result, sound
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        sound = self._screen(server_round, replies, is_train=True)
-        if not sound:
-            self.ledger.entry(server_round)["failed"] = "no valid training replies"
-            log.error("Round %d: no valid training reply; the global model is unchanged.",
-                      server_round)
+        if self.secure is None:
+            return super().aggregate_train(server_round, replies)
+        result, sound = self.secure_sum(server_round, replies)
+        if result is None:
             return None, None
-        contents = [msg.content for msg in sound]
-        return (
-            aggregate_arrayrecords(contents, self.weighted_by_key),
-            weighted_metrics(contents, self.weighted_by_key),
+        return result.fedavg(), weighted_metrics(
+            [msg.content for msg in sound], self.weighted_by_key
         )
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        sound = self._screen(server_round, replies, is_train=False)
-        if not sound:
-            return None
-        return weighted_metrics([msg.content for msg in sound], self.weighted_by_key)

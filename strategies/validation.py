@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import Array, ArrayRecord, RecordDict
 
 Reference = dict[str, tuple[int, ...]]
 
@@ -59,3 +59,28 @@ def reply_problem(
         if values.dtype.kind in "fc" and not np.isfinite(values).all():
             return f"array '{key}' holds NaN or infinite values"
     return None
+
+
+def dtypes_of(arrays: ArrayRecord) -> dict[str, np.dtype]:
+    """Key -> dtype of the global model sent out this round."""
+    return {k: v.numpy().dtype for k, v in arrays.items()}
+
+
+def match_dtypes(arrays: ArrayRecord, dtypes: dict[str, np.dtype]) -> ArrayRecord:
+    """Cast aggregated arrays back to the global model's dtypes.
+
+    A weighted mean multiplies by Python floats, which turns integer buffers (e.g.
+    BatchNorm's ``num_batches_tracked``) into float64; sent as is, the next round's
+    model would no longer match its own state_dict and would cost 8 bytes per
+    value on the wire. Integers are rounded, not truncated.
+    """
+    out = {}
+    for key, array in arrays.items():
+        values = array.numpy()
+        want = dtypes.get(key, values.dtype)
+        if values.dtype != want:
+            if np.issubdtype(want, np.integer):
+                values = np.rint(values)
+            values = values.astype(want)
+        out[key] = values
+    return ArrayRecord({k: Array(v) for k, v in out.items()})

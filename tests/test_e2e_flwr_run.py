@@ -26,6 +26,11 @@ def test_flwr_run_two_rounds_three_hospitals(tmp_path):
     assert len(history["rounds"][2]["hospitals"]) == 3
     assert history["rounds"][2]["server"]["accuracy"] > 0.9
     assert (outputs / "latest" / "final_model.pt").is_file()
+    assert (outputs / "e2e" / "report.html").is_file()
+    # Progress: one summary line per round (round 0 = initial model), with an ETA.
+    progress = [line for line in outcome.log.splitlines() if "] elapsed " in line]
+    assert len(progress) == 3, progress
+    assert "[round 2/2]" in progress[-1] and " eta " in progress[-1]
     # the SuperLink this run started is gone
     assert not superlinks_of(tmp_path / "flwr-home")
 

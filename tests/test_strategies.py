@@ -98,7 +98,7 @@ BAD_REPLIES = {
 @pytest.mark.parametrize("case", sorted(BAD_REPLIES))
 def test_bad_reply_is_dropped_and_logged_with_hospital(case, caplog, task_identity):
     arrays, weight, reason = BAD_REPLIES[case]
-    strategy = MedFedAvg(min_hospitals=2)
+    strategy = MedFedAvg(min_hospitals=1)  # one sound reply is enough to aggregate
     prime(strategy)
     good = reply(101, {"w": full(2.0, (2, 2)), "b": full(1.0, 2)}, 10, name="good")
     bad = reply(102, arrays, weight, name="bad-hospital")
@@ -112,7 +112,7 @@ def test_bad_reply_is_dropped_and_logged_with_hospital(case, caplog, task_identi
 
 
 def test_error_reply_is_recorded_and_rest_aggregated(task_identity):
-    strategy = MedFedAvg(min_hospitals=2)
+    strategy = MedFedAvg(min_hospitals=1)
     prime(strategy)
     instruction = Message(
         content=RecordDict(), message_type=MessageType.TRAIN, dst_node_id=103
@@ -124,14 +124,17 @@ def test_error_reply_is_recorded_and_rest_aggregated(task_identity):
     assert strategy.ledger.rounds[1]["errors"]["node-103"]["reason"] == "boom"
 
 
-def test_round_with_nothing_valid_keeps_model_and_says_so(caplog, task_identity):
+def test_round_with_too_few_valid_replies_keeps_model_and_says_so(caplog, task_identity):
     strategy = MedFedAvg(min_hospitals=2)
     prime(strategy)
     bad = reply(101, {"w": full(np.nan, (2, 2)), "b": full(0.0, 2)}, 10)
+    good = reply(102, GLOBAL, 10)
     with caplog.at_level(logging.ERROR):
-        arrays, metrics = strategy.aggregate_train(1, [bad])
+        arrays, metrics = strategy.aggregate_train(1, [bad, good])
     assert arrays is None and metrics is None
-    assert strategy.ledger.rounds[1]["failed"] == "no valid training replies"
+    assert strategy.ledger.rounds[1]["skipped"] == (
+        "1 sound training reply, fewer than min-hospitals=2"
+    )
     assert "global model is unchanged" in caplog.text
 
 

@@ -1,0 +1,132 @@
+"""Server side of differential privacy.
+
+The central-DP wrapper built from the run config, per-round privacy entries for
+history.json and the final privacy log lines.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.config import RunConfig
+from strategies.central_dp import CentralDP, GaussianNoise
+
+BUDGET_REASON = "privacy budget exhausted"
+
+
+def with_privacy(cfg: RunConfig, strategy: Any) -> Any:
+    """Wrap ``strategy`` in central DP when ``dp='central'``; else return it as is."""
+    if cfg.dp != "central":
+        return strategy
+    return CentralDP(
+        strategy,
+        clip_norm=cfg.dp_update_clip_norm,
+        delta=cfg.dp_delta,
+        noise_multiplier=cfg.dp_noise_multiplier,
+        target_epsilon=cfg.dp_target_epsilon,
+        num_rounds=cfg.num_server_rounds,
+        expected_sample_rate=cfg.fraction_train,
+        accountant=cfg.dp_accountant,
+        noise=GaussianNoise(secure=cfg.dp_secure_rng),
+    )
+
+
+class PrivacyReport:
+    """Privacy spent per round.
+
+    Each hospital's cumulative (epsilon, delta) under local DP-SGD, the federation's
+    hospital-level epsilon under central DP.
+    """
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.latest: dict[str, float] = {}  # hospital -> cumulative epsilon so far
+        self.refused: set[str] = set()
+        self.central: dict[str, Any] | None = None
+
+    def round_entry(
+        self, server_round: int, ledger: dict[str, Any], strategy: Any
+    ) -> dict[str, Any] | None:
+        """Return the ``privacy`` field of a round's history entry (None without DP)."""
+        if self.cfg.dp == "none" or server_round == 0:  # round 0: initial model only
+            return None
+        if self.cfg.dp == "central":
+            report_fn = getattr(strategy, "privacy_report", lambda _: None)
+            report = report_fn(server_round)
+            if report is not None:
+                self.central = report
+            return report
+        trained = {}
+        for name, metrics in ledger.get("train", {}).items():
+            if "dp-epsilon" in metrics:
+                trained[name] = float(metrics["dp-epsilon"])
+        self.latest.update(trained)
+        refused = sorted(
+            name
+            for name, err in ledger.get("errors", {}).items()
+            if BUDGET_REASON in str(err.get("reason", ""))
+        )
+        self.refused.update(refused)
+        return {
+            "mode": "local",
+            "unit": "record",
+            "delta": self.cfg.dp_delta,
+            "accountant": self.cfg.dp_accountant,
+            "budget": self.cfg.dp_budget,
+            "epsilon": dict(sorted(self.latest.items())),
+            "trained": sorted(trained),
+            "refused_budget": refused,
+        }
+
+    @staticmethod
+    def short(entry: dict[str, Any]) -> str:
+        """One log line's worth of a round's privacy entry."""
+        if entry["mode"] == "central":
+            return f"central epsilon={entry['epsilon']:.4f} (delta={entry['delta']:g})"
+        eps = " ".join(f"{n}={e:.3f}" for n, e in entry["epsilon"].items())
+        refused = entry["refused_budget"]
+        return f"local epsilon (delta={entry['delta']:g}) {eps or '-'}" + (
+            f"; refused: {', '.join(refused)}" if refused else ""
+        )
+
+    def final(self) -> dict[str, Any] | None:
+        """Return the run's privacy summary for history.json."""
+        if self.cfg.dp == "none":
+            return None
+        if self.cfg.dp == "central":
+            return self.central
+        return {
+            "mode": "local",
+            "unit": "record",
+            "delta": self.cfg.dp_delta,
+            "accountant": self.cfg.dp_accountant,
+            "budget": self.cfg.dp_budget,
+            "epsilon": dict(sorted(self.latest.items())),
+            "refused_budget": sorted(self.refused),
+        }
+
+    def lines(self) -> list[str]:
+        """Human-readable lines for the final log."""
+        final = self.final()
+        if final is None:
+            return ["Privacy: no differential privacy (dp='none')."]
+        if final["mode"] == "central":
+            return [
+                f"Privacy (central DP, hospital-level): epsilon={final['epsilon']:.4f} "
+                f"at delta={final['delta']:g} ({final['accountant']} accountant, noise "
+                f"multiplier {final['noise_multiplier']:.4g}, clip "
+                f"{final['clip_norm']:.4g})"
+            ]
+        out = [
+            f"Privacy (local DP-SGD, record-level, per hospital) at delta="
+            f"{final['delta']:g}, {final['accountant']} accountant:"
+        ]
+        out += [
+            f"  {name}: epsilon={eps:.4f}" for name, eps in final["epsilon"].items()
+        ]
+        if final["refused_budget"]:
+            out.append(
+                "  refused rounds (budget exhausted): "
+                + ", ".join(final["refused_budget"])
+            )
+        return out

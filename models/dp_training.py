@@ -1,0 +1,228 @@
+"""Local DP-SGD with Opacus: Poisson sampling, per-sample clipping, Gaussian noise.
+
+The caller carries the accountant history across rounds.
+
+Model-agnostic: any module Opacus' ModuleValidator accepts (no BatchNorm, no
+in-place ops on hooked activations) trains here, tabular or imaging. State-dict keys
+are unchanged because the model is not wrapped (``wrap_model=False``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from opacus import PrivacyEngine
+from opacus.validators import ModuleValidator
+from torch import nn
+
+from data.spec import Split
+from models.privacy import (
+    HistoryEntry,
+    PrivacyBudgetExhausted,
+    compose,
+    epsilon_of,
+    new_accountant,
+    plan_noise_multiplier,
+)
+from models.training import OPTIMIZERS, TrainSettings, make_loader
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """DP-SGD settings of one hospital (keyword-only so sigma, C and delta can't swap).
+
+    ``noise_multiplier`` is the std of the Gaussian noise relative to
+    ``max_grad_norm``; 0 means clipping only (no privacy, for tests and ablations).
+    """
+
+    noise_multiplier: float
+    max_grad_norm: float
+    delta: float
+    accountant: str = "prv"
+    secure_rng: bool = False
+    budget: float = math.inf
+
+    def __post_init__(self) -> None:
+        if self.noise_multiplier < 0 or self.max_grad_norm <= 0:
+            raise ValueError("noise_multiplier must be >= 0 and max_grad_norm > 0.")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {self.delta}.")
+
+
+@dataclass
+class DPRoundResult:
+    """What one DP training call did: loss, steps and the updated privacy history."""
+
+    train_loss: float
+    steps: int
+    sample_rate: float
+    history: list[HistoryEntry] = field(default_factory=list)
+    epsilon: float = 0.0
+
+
+def batches_per_epoch(num_records: int, batch_size: int) -> int:
+    """Poisson-sampled steps per epoch: Opacus keeps the loader's length."""
+    if num_records < 1:
+        raise ValueError("DP training needs at least one record.")
+    return math.ceil(num_records / batch_size)
+
+
+def sample_rate(num_records: int, batch_size: int) -> float:
+    """Poisson sampling rate q: each record joins each batch with probability q."""
+    return 1.0 / batches_per_epoch(num_records, batch_size)
+
+
+def planned_noise_multiplier(
+    *,
+    target_epsilon: float,
+    delta: float,
+    num_records: int,
+    batch_size: int,
+    epochs_per_round: int,
+    rounds: int,
+    accountant: str,
+) -> float:
+    """Return the noise multiplier that spends ``target_epsilon`` over the run.
+
+    Planned over every round and local epoch at this hospital's own sample rate.
+    """
+    steps = rounds * epochs_per_round * batches_per_epoch(num_records, batch_size)
+    return plan_noise_multiplier(
+        target_epsilon=target_epsilon,
+        delta=delta,
+        sample_rate=sample_rate(num_records, batch_size),
+        steps=steps,
+        mechanism=accountant,
+    )
+
+
+def check_dp_compatible(model: nn.Module) -> None:
+    """Raise ValueError listing what Opacus cannot bound per sample (e.g. BatchNorm).
+
+    We do not ``ModuleValidator.fix`` here: swapping layers would change the
+    state-dict keys the federation shares. DP-capable models are built DP-safe.
+    """
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        detail = "; ".join(str(e) for e in errors[:5])
+        raise ValueError(f"Model is not compatible with DP-SGD: {detail}")
+
+
+def epsilon_after_round(
+    history: list[HistoryEntry],
+    dp: DPSettings,
+    *,
+    num_records: int,
+    batch_size: int,
+    epochs: int,
+) -> tuple[list[HistoryEntry], float]:
+    """Return the history and epsilon this hospital would have after one more round."""
+    steps = epochs * batches_per_epoch(num_records, batch_size)
+    future = compose(
+        history,
+        noise_multiplier=dp.noise_multiplier,
+        sample_rate=sample_rate(num_records, batch_size),
+        steps=steps,
+    )
+    return future, epsilon_of(future, delta=dp.delta, mechanism=dp.accountant)
+
+
+def check_budget(
+    history: list[HistoryEntry],
+    dp: DPSettings,
+    *,
+    num_records: int,
+    batch_size: int,
+    epochs: int,
+) -> tuple[list[HistoryEntry], float]:
+    """Return history and epsilon after the next round, refusing past the budget.
+
+    Raises PrivacyBudgetExhausted when that epsilon would exceed ``dp.budget``.
+    """
+    future, eps_next = epsilon_after_round(
+        history, dp, num_records=num_records, batch_size=batch_size, epochs=epochs
+    )
+    if eps_next > dp.budget:
+        spent = epsilon_of(history, delta=dp.delta, mechanism=dp.accountant)
+        raise PrivacyBudgetExhausted(
+            f"privacy budget exhausted: epsilon would reach {eps_next:.3f} > budget "
+            f"{dp.budget:.3f} at delta={dp.delta:g} (spent so far {spent:.3f})"
+        )
+    return future, eps_next
+
+
+def train_dp(
+    model: nn.Module,
+    split: Split,
+    settings: TrainSettings,
+    dp: DPSettings,
+    device: torch.device,
+    *,
+    history: list[HistoryEntry] | None = None,
+    seed: int = 0,
+    report_epsilon: bool = True,
+) -> DPRoundResult:
+    """Train ``model`` in place with DP-SGD for ``settings.epochs`` Poisson epochs.
+
+    ``history`` is the hospital's accountant history before this call; the result
+    holds the history after it and (with ``report_epsilon``) the cumulative epsilon
+    at ``dp.delta``, else NaN. The
+    sampling and noise generators are seeded from ``seed`` unless ``dp.secure_rng``.
+    """
+    if settings.proximal_mu > 0:
+        raise ValueError("DP-SGD does not support the FedProx proximal term.")
+    check_dp_compatible(model)
+    model.to(device).train()
+    engine = PrivacyEngine(accountant=dp.accountant, secure_mode=dp.secure_rng)
+    engine.accountant = new_accountant(dp.accountant, history or [])
+    optimizer = OPTIMIZERS[settings.optimizer](model.parameters(), settings)
+    loader = make_loader(split, settings.batch_size, shuffle=True, seed=seed)
+    noise_generator = None
+    if not dp.secure_rng:
+        noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
+    hooks, optimizer, loader = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=dp.noise_multiplier,
+        max_grad_norm=dp.max_grad_norm,
+        poisson_sampling=True,
+        noise_generator=noise_generator,
+        wrap_model=False,
+    )
+    criterion = nn.CrossEntropyLoss()
+    total, count, steps = 0.0, 0, 0
+    try:
+        for _ in range(settings.epochs):
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)
+                optimizer.zero_grad()
+                out = model(x)
+                # An empty Poisson batch still takes a (pure-noise) step: skipping it
+                # would make the step count, and so the accounting, data-dependent.
+                loss = criterion(out, y) if len(y) else out.sum() * 0.0
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(y)
+                count += len(y)
+                steps += 1
+    finally:
+        hooks.cleanup()
+        for p in model.parameters():
+            p.grad_sample = None
+    new_history = [
+        (float(s), float(q), int(n)) for s, q, n in engine.accountant.history
+    ]
+    return DPRoundResult(
+        train_loss=total / count if count else math.nan,
+        steps=steps,
+        sample_rate=1.0 / len(loader),
+        history=new_history,
+        epsilon=(
+            epsilon_of(new_history, delta=dp.delta, mechanism=dp.accountant)
+            if report_epsilon
+            else math.nan
+        ),
+    )

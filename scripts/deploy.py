@@ -1,0 +1,750 @@
+"""``medflower deploy``: run the federation across hospitals with Flower's engine.
+
+One SuperLink at the coordinator, one SuperNode per hospital, TLS and SuperNode
+authentication, all started by Flower's own executables.
+
+Each party keeps its files in its own folder (``--dir``):
+
+* coordinator: ``ca/ca.key`` (secret), ``ca/ca.crt`` (shared with hospitals and
+  with whoever submits runs), ``superlink/server.key`` (secret),
+  ``superlink/server.pem``, ``superlink/state.db`` (registered hospitals, runs);
+* hospital: ``keys/<name>.key`` (secret), ``keys/<name>.pub`` (sent to the
+  coordinator), ``flwr-home/`` (the SuperNode's Flower state);
+* both: ``run/<process>.pid`` and ``logs/<process>.log``.
+
+See docs/deploy.md for the step-by-step guide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+import tomli_w
+
+from scripts import deploy_procs as procs
+from scripts.deploy_pki import (
+    CAFiles,
+    DeployError,
+    HospitalKeyFiles,
+    ServerCertFiles,
+    cert_fingerprint,
+    check_name,
+    check_private_key,
+    check_public_key,
+    create_ca,
+    create_hospital_keys,
+    create_server_cert,
+    public_key_fingerprint,
+)
+from scripts.flower_env import RUN_ID_PATTERN, flower_env, project_root, run_status
+
+DEFAULT_PORT = 9093
+SUPERLINK = "superlink"
+READY_SUPERNODE = r"SuperNode ID: \d+"
+
+
+def _bin(name: str) -> str:
+    """Return a Flower executable from this interpreter's environment."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
+
+
+def _dir(args: argparse.Namespace) -> Path:
+    return Path(args.dir).expanduser().resolve()
+
+
+def _env(flwr_home: Path | None = None) -> dict[str, str]:
+    return flower_env(flwr_home)
+
+
+# --- certificates and keys ------------------------------------------------------
+
+
+def cmd_init_ca(args: argparse.Namespace) -> int:
+    files = create_ca(_dir(args) / "ca", overwrite=args.force)
+    print(f"CA key (keep secret, mode 0600): {files.key}")
+    print(f"CA certificate (share with hospitals and run submitters): {files.cert}")
+    print(f"CA certificate SHA-256 fingerprint: {cert_fingerprint(files.cert)}")
+    return 0
+
+
+def cmd_superlink_cert(args: argparse.Namespace) -> int:
+    root = _dir(args)
+    if not args.host and not args.ip:
+        raise DeployError("Give the SuperLink's name(s) with --host and/or --ip.")
+    files = create_server_cert(
+        root / SUPERLINK,
+        CAFiles.in_dir(root / "ca"),
+        hosts=args.host or [],
+        ips=args.ip or [],
+        overwrite=args.force,
+    )
+    names = ", ".join(
+        dict.fromkeys([*(args.host or []), *(args.ip or []), "localhost", "127.0.0.1"])
+    )
+    print(f"SuperLink certificate for {names}: {files.cert}")
+    print(f"SuperLink TLS key (keep secret, mode 0600): {files.key}")
+    return 0
+
+
+def cmd_hospital_keys(args: argparse.Namespace) -> int:
+    name = check_name(args.name)
+    files = create_hospital_keys(_dir(args) / "keys", name, overwrite=args.force)
+    print(f"Private key (keep secret at the hospital, mode 0600): {files.private}")
+    print(f"Public key (send to the coordinator to register): {files.public}")
+    print(f"Public key fingerprint: {public_key_fingerprint(files.public)}")
+    return 0
+
+
+# --- coordinator ----------------------------------------------------------------
+
+
+def superlink_argv(root: Path, bind: str, port: int) -> list[str]:
+    """``flower-superlink`` with TLS, SuperNode authentication and a state file."""
+    ca, cert = CAFiles.in_dir(root / "ca"), ServerCertFiles.in_dir(root / SUPERLINK)
+    for path in (ca.cert, cert.cert, cert.key):
+        if not path.is_file():
+            raise DeployError(
+                f"{path} not found: run `medflower deploy init-ca` and "
+                "`medflower deploy superlink-cert` first."
+            )
+    return [
+        _bin("flower-superlink"),
+        "--ssl-ca-certfile",
+        str(ca.cert),
+        "--ssl-certfile",
+        str(cert.cert),
+        "--ssl-keyfile",
+        str(cert.key),
+        "--enable-supernode-auth",
+        "--disable-runtime-dependency-installation",
+        "--database",
+        str(root / SUPERLINK / "state.db"),
+        "--host",
+        bind,
+        "--port",
+        str(port),
+    ]
+
+
+def cmd_start_superlink(args: argparse.Namespace) -> int:
+    root = _dir(args)
+    port = args.port or procs.free_port(args.bind)
+    if not procs.port_free(args.bind, port):
+        raise DeployError(
+            f"Port {port} on {args.bind} is in use; pick another with --port."
+        )
+    env = _env(root / "flwr-home")
+    # A relative `output-dir` of a run lands under the coordinator's folder.
+    env["MEDFLOWER_HOME"] = str(root)
+    record = procs.start_background(
+        root, SUPERLINK, superlink_argv(root, args.bind, port), env, port=port, cwd=root
+    )
+    probe = "127.0.0.1" if args.bind in ("0.0.0.0", "") else args.bind
+    try:
+        ready = procs.wait_ready(record, port=(probe, port), timeout=args.wait)
+    except DeployError:
+        procs.stop(root, record.name)
+        raise
+    if not ready:
+        procs.stop(root, record.name)
+        raise DeployError(
+            f"SuperLink did not listen on port {port} within {args.wait:.0f}s (stopped "
+            f"it); see {record.log}."
+        )
+    print(
+        f"SuperLink running (PID {record.pid}) on {args.bind}:{port} with TLS and "
+        f"SuperNode authentication; log {record.log}"
+    )
+    return 0
+
+
+def write_connection(flwr_home: Path, name: str, address: str, ca_cert: Path) -> Path:
+    """Add or replace ``[superlink.<name>]`` in ``$FLWR_HOME/config.toml``."""
+    check_name(name, "connection name")
+    if not ca_cert.is_file():
+        raise DeployError(f"CA certificate not found: {ca_cert}")
+    if ":" not in address:
+        raise DeployError(f"--address must be host:port, got {address!r}.")
+    path = flwr_home / "config.toml"
+    config: dict = {}
+    if path.exists():
+        try:
+            config = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise DeployError(f"{path} is not valid TOML: {err}") from err
+    links = config.setdefault("superlink", {})
+    links.setdefault("default", "local")
+    links.setdefault("local", {"address": ":local:"})
+    links[name] = {"address": address, "root-certificates": str(ca_cert.resolve())}
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(config))
+    return path
+
+
+def _flwr_home(args: argparse.Namespace) -> Path:
+    if args.flwr_home:
+        return Path(args.flwr_home).expanduser().resolve()
+    return Path(_env()["FLWR_HOME"]).resolve()
+
+
+def cmd_connection(args: argparse.Namespace) -> int:
+    path = write_connection(
+        _flwr_home(args), args.name, args.address, Path(args.ca_cert).expanduser()
+    )
+    print(
+        f"Wrote [superlink.{args.name}] to {path}; submit with "
+        f"`flwr run . {args.name} --stream`."
+    )
+    return 0
+
+
+def _flwr(
+    argv: list[str], flwr_home: Path, timeout: float = 120.0
+) -> subprocess.CompletedProcess:
+    env = _env(flwr_home)
+    try:
+        return subprocess.run(
+            [_bin("flwr"), *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=project_root(),
+        )
+    except subprocess.TimeoutExpired as err:
+        raise DeployError(
+            f"`flwr {' '.join(argv)}` did not answer in {timeout}s."
+        ) from err
+
+
+def _json_tail(text: str) -> dict:
+    """Return the JSON object ``flwr ... --format json`` printed (after any banner)."""
+    start = text.find("{")
+    while start != -1:
+        try:
+            value, _ = json.JSONDecoder().raw_decode(text[start:])
+            if isinstance(value, dict):
+                return value
+        except json.JSONDecodeError:
+            pass
+        start = text.find("{", start + 1)
+    return {}
+
+
+def register(flwr_home: Path, connection: str, keys: dict[str, Path]) -> dict[str, int]:
+    """Register hospitals' public keys (name -> key file) with the SuperLink.
+
+    Each key is registered by ``flwr supernode register``, the keys concurrently;
+    returns name -> SuperNode id. Every failure is reported, naming its file.
+    """
+    for name, key in keys.items():
+        check_name(name)
+        check_public_key(key)
+    env = _env(flwr_home)
+    running = {
+        name: subprocess.Popen(
+            [
+                _bin("flwr"),
+                "supernode",
+                "register",
+                str(key),
+                connection,
+                "--name",
+                name,
+                "--format",
+                "json",
+            ],
+            env=env,
+            cwd=project_root(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, key in keys.items()
+    }
+    node_ids: dict[str, int] = {}
+    errors = []
+    for name, proc in running.items():
+        try:
+            stdout, stderr = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        reply = _json_tail(stdout)
+        if proc.returncode == 0 and reply.get("success"):
+            node_ids[name] = int(reply["node-id"])
+            continue
+        detail = str(reply.get("error-message") or (stdout + stderr)).strip()
+        errors.append(f"{keys[name]}: {procs.clean(detail)}")
+    if errors:
+        raise DeployError(
+            f"Registering with SuperLink connection {connection!r} failed:\n"
+            + "\n".join(errors)
+        )
+    return node_ids
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    keys = {}
+    for item in args.public_key:
+        key = Path(item).expanduser()
+        keys[key.stem if len(args.public_key) > 1 or not args.name else args.name] = key
+    for name, node_id in register(_flwr_home(args), args.connection, keys).items():
+        print(
+            f"Registered hospital {name} ({keys[name]}, "
+            f"{public_key_fingerprint(keys[name])}) as SuperNode {node_id}."
+        )
+    return 0
+
+
+def run_deployed(
+    *,
+    app_dir: Path,
+    connection: str,
+    run_config: str,
+    flwr_home: Path,
+    timeout: float,
+    echo: bool = True,
+) -> tuple[str | None, str, str]:
+    """``flwr run --stream`` on a deployed SuperLink; return (run id, status, log).
+
+    ``flwr run`` exits 0 even when the run fails, so the final status is read back
+    with ``flwr ls``; a run still going after ``timeout`` seconds is stopped.
+    """
+    env = _env(flwr_home)
+    cmd = [_bin("flwr"), "run", str(app_dir), connection, "--stream"]
+    if run_config:
+        cmd += ["--run-config", run_config]
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=app_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    run_id: str | None = None
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    try:
+        while True:
+            line = proc.stdout.readline()
+            if line:
+                lines.append(line)
+                if (
+                    echo
+                    and "Protobuf gencode" not in line
+                    and "warnings.warn" not in line
+                ):
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+                if run_id is None and (m := RUN_ID_PATTERN.search(line)):
+                    run_id = m.group(1)
+                continue
+            if proc.poll() is not None:
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            procs.stop_group(proc.pid, timeout=5)
+        proc.wait()
+    text = "".join(lines)
+    if run_id is None:
+        return None, f"not-started (flwr exit {proc.returncode})", text
+    status = _final_status(run_id, env, app_dir, connection)
+    if not status.startswith("finished") and time.monotonic() > deadline:
+        _flwr(["stop", run_id, connection], flwr_home)
+        return run_id, f"timed-out after {timeout:.0f}s ({status})", text
+    return run_id, status, text
+
+
+def _final_status(
+    run_id: str, env: dict[str, str], app_dir: Path, connection: str
+) -> str:
+    status = run_status(run_id, env, app_dir, connection)
+    for _ in range(50):  # the stream can end a moment before the status flips
+        if status.startswith("finished"):
+            break
+        time.sleep(0.2)
+        status = run_status(run_id, env, app_dir, connection)
+    return status
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    run_id, status, _ = run_deployed(
+        app_dir=Path(args.app).resolve(),
+        connection=args.connection,
+        run_config=args.run_config,
+        flwr_home=_flwr_home(args),
+        timeout=args.timeout,
+    )
+    print(f"medflower: run {run_id} on {args.connection}: {status}")
+    return 0 if status == "finished:completed" else 1
+
+
+# --- hospital -------------------------------------------------------------------
+
+
+def node_config(name: str, data_path: Path, dataset: str) -> str:
+    """Build the ``--node-config`` a hospital's SuperNode passes to its ClientApp."""
+    for key, value in (("data-path", str(data_path)), ("hospital-name", name)):
+        if "'" in value or '"' in value:
+            raise DeployError(f"{key} must not contain quotes: {value!r}")
+    return f"data-path='{data_path}' dataset='{dataset}' hospital-name='{name}'"
+
+
+def check_local_data(
+    name: str, data_path: Path, dataset: str, label_column: str
+) -> str:
+    """Load the hospital's data as its ClientApp will; return a one-line summary."""
+    from app.config import RunConfig  # imported late: pulls in torch
+    from app.hospital import load_local_hospital
+    from data.spec import DataError
+
+    cfg = RunConfig(
+        dataset=dataset, data_path=str(data_path), label_column=label_column
+    )
+    nc = {"data-path": str(data_path), "dataset": dataset, "hospital-name": name}
+    try:
+        site = load_local_hospital(cfg, nc)
+    except DataError as err:
+        raise DeployError(f"Hospital {name}: {err}") from err
+    return f"{len(site.train)} training and {len(site.val)} held-out records"
+
+
+def cmd_start_supernode(args: argparse.Namespace) -> int:
+    root = _dir(args)
+    name = check_name(args.name)
+    key = (
+        Path(args.private_key).expanduser()
+        if args.private_key
+        else (HospitalKeyFiles.in_dir(root / "keys", name).private)
+    )
+    check_private_key(key)
+    ca = Path(args.ca_cert).expanduser() if args.ca_cert else None
+    if ca is not None and not ca.is_file():
+        raise DeployError(f"CA certificate not found: {ca}")
+    data_path = Path(args.data_path).expanduser().resolve()
+    if args.check_data:
+        print(
+            f"Hospital {name}: data OK, "
+            f"{check_local_data(name, data_path, args.dataset, args.label_column)}."
+        )
+    runtime_port = args.runtime_port or procs.free_port()
+    if not procs.port_free("127.0.0.1", runtime_port):
+        raise DeployError(
+            f"Runtime port {runtime_port} is in use (each SuperNode on a machine needs "
+            "its own); pick another with --runtime-port."
+        )
+    argv = [
+        _bin("flower-supernode"),
+        "--superlink",
+        args.superlink,
+        "--auth-supernode-private-key",
+        str(key.resolve()),
+        "--port",
+        str(runtime_port),
+        "--node-config",
+        node_config(name, data_path, args.dataset),
+    ]
+    if ca is not None:
+        argv += ["--root-certificates", str(ca.resolve())]
+    if args.max_wait_time:
+        argv += ["--max-wait-time", str(args.max_wait_time)]
+    env = _env(root / "flwr-home")
+    record = procs.start_background(
+        root, f"supernode-{name}", argv, env, port=runtime_port, cwd=root
+    )
+    try:
+        connected = procs.wait_ready(
+            record,
+            pattern=READY_SUPERNODE,
+            failure=r"Exit Code: \d+",
+            timeout=args.wait,
+        )
+    except DeployError:
+        procs.stop(root, record.name)  # it is giving up: leave nothing behind
+        raise
+    state = "connected" if connected else "started, still connecting"
+    print(
+        f"SuperNode {name} {state} (PID {record.pid}, runtime port {runtime_port}) "
+        f"to {args.superlink}; log {record.log}"
+    )
+    return 0
+
+
+# --- both -----------------------------------------------------------------------
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    lines = procs.stop(_dir(args), args.name)
+    print("\n".join(lines) if lines else f"Nothing started from {_dir(args)}.")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    found = procs.running(_dir(args))
+    for _, record in found:
+        state = (
+            "running"
+            if procs.alive(record.pid) and procs.is_ours(record)
+            else "stopped"
+        )
+        port = f" port {record.port}" if record.port else ""
+        print(f"{record.name}: {state} (PID {record.pid}{port}) log {record.log}")
+    if not found:
+        print(f"Nothing started from {_dir(args)}.")
+    return 0
+
+
+def _add_dir(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--dir",
+        default=default,
+        help=f"this party's deployment folder (default ./{default})",
+    )
+
+
+def _add_flwr_home(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--flwr-home",
+        default=None,
+        help="Flower config folder (default $FLWR_HOME, else <repo>/.flwr)",
+    )
+
+
+def _args_init_ca(p: argparse.ArgumentParser) -> None:
+    _add_dir(p, "coordinator")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+
+
+def _args_superlink_cert(p: argparse.ArgumentParser) -> None:
+    _add_dir(p, "coordinator")
+    p.add_argument(
+        "--host", action="append", help="DNS name hospitals use (repeatable)"
+    )
+    p.add_argument(
+        "--ip", action="append", help="IP address hospitals use (repeatable)"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+
+
+def _args_start_superlink(p: argparse.ArgumentParser) -> None:
+    _add_dir(p, "coordinator")
+    p.add_argument(
+        "--bind",
+        default="127.0.0.1",
+        help="interface to listen on (0.0.0.0 = all; default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"one port for Fleet, Control and Runtime APIs (default "
+        f"{DEFAULT_PORT}; 0 = any free port)",
+    )
+    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait until up")
+
+
+def _args_connection(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--name", default="medflower", help="connection name (default medflower)"
+    )
+    p.add_argument("--address", required=True, help="SuperLink host:port")
+    p.add_argument("--ca-cert", required=True, help="the coordinator's ca.crt")
+    _add_flwr_home(p)
+
+
+def _args_register(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--public-key",
+        required=True,
+        action="append",
+        help="a hospital's <name>.pub (repeatable)",
+    )
+    p.add_argument(
+        "--name",
+        default=None,
+        help="hospital name for a single key (default: the key file's stem)",
+    )
+    p.add_argument(
+        "--connection", default="medflower", help="SuperLink connection name"
+    )
+    _add_flwr_home(p)
+
+
+def _args_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--connection", default="medflower", help="SuperLink connection name"
+    )
+    p.add_argument("--run-config", default="", help='e.g. "num-server-rounds=3"')
+    p.add_argument("--app", default=str(project_root()), help="Flower app directory")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="stop the run after this many seconds",
+    )
+    _add_flwr_home(p)
+
+
+def _args_hospital_keys(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", required=True, help="hospital name")
+    _add_dir(p, "hospital")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+
+
+def _args_start_supernode(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", required=True, help="hospital name (as registered)")
+    _add_dir(p, "hospital")
+    p.add_argument("--superlink", required=True, help="SuperLink host:port")
+    p.add_argument(
+        "--ca-cert",
+        default=None,
+        help="the coordinator's ca.crt (omit only if the SuperLink's "
+        "certificate is signed by a public CA)",
+    )
+    p.add_argument("--private-key", default=None, help="default <dir>/keys/<name>.key")
+    p.add_argument(
+        "--data-path",
+        required=True,
+        help="this hospital's data file, or a folder holding exactly one",
+    )
+    from data.registry import local_kinds
+
+    p.add_argument(
+        "--dataset",
+        choices=local_kinds(),
+        default="heart-disease",
+        help="format of the data (default heart-disease)",
+    )
+    p.add_argument(
+        "--label-column",
+        default="target",
+        help="csv label column, for the start-up data check",
+    )
+    p.add_argument(
+        "--no-check-data",
+        dest="check_data",
+        action="store_false",
+        help="start even if the data cannot be loaded now",
+    )
+    p.add_argument(
+        "--runtime-port",
+        type=int,
+        default=0,
+        help="local port for the SuperNode's runtime API (default: a free one)",
+    )
+    p.add_argument(
+        "--max-wait-time",
+        type=float,
+        default=None,
+        help="give up reconnecting to the SuperLink after this many seconds",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the SuperNode to connect",
+    )
+
+
+def _args_stop(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", required=True, help="the party's deployment folder")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="only this process (superlink, supernode-<hospital>)",
+    )
+
+
+def _args_status(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", required=True, help="the party's deployment folder")
+
+
+SUBCOMMANDS: dict[
+    str,
+    tuple[
+        str,
+        Callable[[argparse.ArgumentParser], None],
+        Callable[[argparse.Namespace], int],
+    ],
+] = {
+    "init-ca": (
+        "coordinator: create the CA (ca/ca.key secret, ca/ca.crt shared)",
+        _args_init_ca,
+        cmd_init_ca,
+    ),
+    "superlink-cert": (
+        "coordinator: issue the SuperLink's TLS certificate",
+        _args_superlink_cert,
+        cmd_superlink_cert,
+    ),
+    "start-superlink": (
+        "coordinator: start the SuperLink (TLS, node auth) in the background",
+        _args_start_superlink,
+        cmd_start_superlink,
+    ),
+    "connection": (
+        "write [superlink.<name>] into $FLWR_HOME/config.toml",
+        _args_connection,
+        cmd_connection,
+    ),
+    "register": (
+        "coordinator: register a hospital's public key with the SuperLink",
+        _args_register,
+        cmd_register,
+    ),
+    "run": (
+        "submit a run with `flwr run --stream` and check its final status",
+        _args_run,
+        cmd_run,
+    ),
+    "hospital-keys": (
+        "hospital: create its SuperNode key pair",
+        _args_hospital_keys,
+        cmd_hospital_keys,
+    ),
+    "start-supernode": (
+        "hospital: start its SuperNode in the background",
+        _args_start_supernode,
+        cmd_start_supernode,
+    ),
+    "stop": (
+        "stop every process started from --dir (or only --name) by PID",
+        _args_stop,
+        cmd_stop,
+    ),
+    "status": ("list the processes started from --dir", _args_status, cmd_status),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0]
+    sub = parser.add_subparsers(dest="deploy_command", required=True)
+    for name, (help_text, add, _) in SUBCOMMANDS.items():
+        add(sub.add_parser(name, help=help_text, description=help_text))
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return SUBCOMMANDS[args.deploy_command][2](args)
+    except DeployError as err:
+        print(f"medflower deploy {args.deploy_command}: error: {err}", file=sys.stderr)
+        return 1

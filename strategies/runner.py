@@ -1,0 +1,146 @@
+"""Our round loop, used instead of ``Strategy.start()``.
+
+It adds what ``start()`` lacks for long multi-site runs: starting at any round
+(resume), a hook after each round (checkpoints), per-phase reply timeouts with
+the missing hospitals named, skipped rounds, and a clean stop when the
+federation stays below its minimum.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+
+from strategies.sampling import FederationStopped
+from strategies.screening import Screened
+
+log = logging.getLogger(__name__)
+
+RoundHook = Callable[[int, ArrayRecord], None]
+
+
+@dataclass
+class RunResult:
+    """Final global arrays, the last round completed, and why the run stopped early."""
+
+    arrays: ArrayRecord
+    last_round: int
+    stopped: str | None = None
+
+
+@dataclass
+class RoundRunner:
+    """Drives ``strategy`` over ``grid`` from ``start_round`` to ``num_rounds``.
+
+    Parameters
+    ----------
+    strategy
+        A medflower strategy (Flower strategy + :class:`Screened`).
+    grid
+        Flower's Grid.
+    num_rounds
+        Last round to run.
+    round_timeout
+        Seconds to wait for replies in each train or evaluate phase; hospitals that
+        have not answered by then are left out of the round.
+    wait_for_hospitals
+        Seconds the federation may stay below ``min-hospitals`` (rounds skipped
+        one after another) before the run stops.
+    evaluate_fn
+        Server-side evaluation and reporting after each round (and round 0 on a
+        fresh start); its return value is not used here.
+    after_round
+        Hooks called after each completed round (checkpointing), in order.
+    """
+
+    strategy: Screened
+    grid: Grid
+    num_rounds: int
+    round_timeout: float
+    wait_for_hospitals: float
+    train_config: ConfigRecord
+    evaluate_config: ConfigRecord
+    evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None
+    after_round: Sequence[RoundHook] = ()
+    clock: Callable[[], float] = time.monotonic
+
+    def _exchange(
+        self, phase: str, server_round: int, messages: Iterable[Message]
+    ) -> list[Message]:
+        messages = list(messages)
+        if not messages:
+            return []
+        replies = list(self.grid.send_and_receive(messages, timeout=self.round_timeout))
+        self.strategy.record_delivery(
+            server_round,
+            phase,
+            [m.metadata.dst_node_id for m in messages],
+            replies,
+            self.round_timeout,
+        )
+        return replies
+
+    def _train(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
+        config = ConfigRecord(dict(self.train_config))
+        messages = self.strategy.configure_train(
+            server_round, arrays, config, self.grid
+        )
+        replies = self._exchange("train", server_round, messages)
+        new_arrays, _ = self.strategy.aggregate_train(server_round, replies)
+        return arrays if new_arrays is None else new_arrays
+
+    def _evaluate(self, server_round: int, arrays: ArrayRecord) -> None:
+        config = ConfigRecord(dict(self.evaluate_config))
+        messages = self.strategy.configure_evaluate(
+            server_round, arrays, config, self.grid
+        )
+        replies = self._exchange("evaluate", server_round, messages)
+        self.strategy.aggregate_evaluate(server_round, replies)
+
+    def run(self, arrays: ArrayRecord, start_round: int = 1) -> RunResult:
+        """Run rounds ``start_round..num_rounds`` starting from global ``arrays``."""
+        if start_round == 1 and self.evaluate_fn is not None:
+            self.evaluate_fn(0, arrays)
+        below_min_since: float | None = None
+        for server_round in range(start_round, self.num_rounds + 1):
+            log.info("[ROUND %d/%d]", server_round, self.num_rounds)
+            started = self.clock()
+            try:
+                arrays = self._train(server_round, arrays)
+            except FederationStopped as stop:
+                return self._stopped(arrays, server_round - 1, str(stop))
+            stop_reason = None
+            try:
+                self._evaluate(server_round, arrays)
+            except FederationStopped as stop:
+                stop_reason = str(stop)
+            if self.strategy.round_skipped(server_round):
+                below_min_since = (
+                    started if below_min_since is None else below_min_since
+                )
+                below_for = self.clock() - below_min_since
+                if stop_reason is None and below_for > self.wait_for_hospitals:
+                    stop_reason = (
+                        f"rounds have had fewer sound replies than min-hospitals="
+                        f"{self.strategy.min_hospitals} for {below_for:.0f}s, longer "
+                        f"than wait-for-hospitals={self.wait_for_hospitals:.0f}s."
+                    )
+            else:
+                below_min_since = None
+            if self.evaluate_fn is not None:
+                self.evaluate_fn(server_round, arrays)
+            for hook in self.after_round:
+                hook(server_round, arrays)
+            if stop_reason is not None:
+                return self._stopped(arrays, server_round, stop_reason)
+        return RunResult(arrays, self.num_rounds)
+
+    @staticmethod
+    def _stopped(arrays: ArrayRecord, last_round: int, reason: str) -> RunResult:
+        log.error("Federation stopped after round %d: %s", last_round, reason)
+        return RunResult(arrays, last_round, stopped=reason)

@@ -1,0 +1,33 @@
+"""The lazy registries agree with the modules they point to."""
+
+import subprocess
+import sys
+
+from data.registry import DATASET_TASKS, DATASETS
+from models import IMAGING_MODEL_NAMES, MODEL_TASKS, MODELS
+from models.imaging import IMAGING_MODELS
+
+
+def test_dataset_tasks_match_the_classes():
+    assert set(DATASET_TASKS) == set(DATASETS)
+    for name, task in DATASET_TASKS.items():
+        assert DATASETS[name].name == name
+        assert DATASETS[name].task == task
+
+
+def test_imaging_model_entries_match_models_imaging():
+    assert set(IMAGING_MODEL_NAMES) == set(IMAGING_MODELS)
+    for name in IMAGING_MODEL_NAMES:
+        assert MODELS[name] is IMAGING_MODELS[name].factory
+        assert MODEL_TASKS[name] == "imaging"
+    assert set(MODEL_TASKS) == set(MODELS)
+
+
+def test_tabular_client_app_does_not_import_monai():
+    code = (
+        "import sys, app.client_app, app.server_app;"
+        "print('monai' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
