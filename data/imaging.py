@@ -25,6 +25,8 @@ from data.spec import DataError, DatasetInfo, HospitalData, Split
 from data.transforms import ImageSplit, resize, scale_intensity
 
 log = logging.getLogger(__name__)
+# MONAI logs a warning per DICOM reader when the optional GPU codec is missing.
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 TASK = "imaging"
 MEDMNIST_SPLITS = ("train", "val", "test")
@@ -338,8 +340,11 @@ def load_image_file(path: Path) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # reader plugin notices, not problems
+            # dtype=None keeps 8-bit PNG/JPEG as uint8, so scaling treats them
+            # like MedMNIST (0..255 -> 0..1) instead of per-image min-max.
             image = LoadImage(
-                reader=_reader(kind), image_only=True, ensure_channel_first=True
+                reader=_reader(kind), image_only=True, ensure_channel_first=True,
+                dtype=None,
             )(str(path))
     except Exception as err:  # readers raise many unrelated types on bad files
         raise DataError(

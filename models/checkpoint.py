@@ -60,6 +60,14 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a medflower model file (format {FORMAT}).")
     model = ModelSpec(**payload["model"]).build()
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:
+        lines = str(err).splitlines()  # torch: a header line, then the differences
+        detail = lines[1].strip() if len(lines) > 1 else str(err)
+        raise ModelFileError(
+            f"{path}: its weights do not fit model '{payload['model']['name']}' as "
+            f"this version builds it (saved by another version?): {detail}"
+        ) from err
     model.eval()
     return model, payload

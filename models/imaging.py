@@ -38,10 +38,10 @@ def _check_args(spatial_dims: int, in_channels: int, num_classes: int) -> None:
 class SmallCNN(nn.Module):
     """A compact CPU-friendly classifier from MONAI ``Convolution`` blocks.
 
-    Each stage is a 3x3 convolution followed by a strided 3x3 convolution (each
-    with GroupNorm and ReLU), then global average pooling and a linear head.
-    About 0.3 M parameters with the default widths: trains in seconds per epoch on
-    28x28 images on one CPU core.
+    Each stage is ``depth`` 3x3 convolutions at full resolution and one strided
+    3x3 convolution (all with GroupNorm and ReLU), then global average pooling and
+    a linear head. With the defaults (0.5 M parameters) a BreastMNIST epoch takes a
+    few CPU-seconds on one core at 28x28.
     """
 
     def __init__(
@@ -50,6 +50,7 @@ class SmallCNN(nn.Module):
         in_channels: int = 1,
         num_classes: int = 2,
         channels: tuple[int, ...] = (32, 64, 128),
+        depth: int = 2,
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
@@ -57,7 +58,7 @@ class SmallCNN(nn.Module):
         layers: list[nn.Module] = []
         width = in_channels
         for out in channels:
-            for stride in (1, 2):
+            for stride in (1,) * depth + (2,):
                 layers.append(
                     Convolution(
                         spatial_dims,

@@ -51,17 +51,22 @@ def make_loader(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0) 
     """A DataLoader over an in-memory split, shuffled reproducibly when asked.
 
     A split that brings its own ``training_dataset(seed)`` (images with seeded
-    augmentation) supplies the dataset; anything else is served as tensors.
+    batch augmentation) supplies the dataset and collate function; anything else
+    is served as tensors.
     """
+    collate = None
     if hasattr(split, "training_dataset"):
-        dataset = split.training_dataset(seed)
+        dataset, collate = split.training_dataset(seed)
     else:
         dataset = TensorDataset(
             torch.as_tensor(split.x, dtype=torch.float32),
             torch.as_tensor(split.y, dtype=torch.long),
         )
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+        collate_fn=collate,
+    )
 
 
 def proximal_term(model: nn.Module, global_params: list[torch.Tensor], mu: float) -> torch.Tensor:

@@ -106,6 +106,7 @@ SUITE_MODULES: list[str] = [
     "scripts.bench_secagg",
     "scripts.benchmark_privacy",
     "scripts.bench_suites",
+    "scripts.bench_imaging",
 ]
 
 

@@ -1,93 +1,449 @@
-"""``medflower evaluate``: apply a saved model to a dataset and print its metrics."""
+"""``medflower evaluate``: apply a saved model to held-out data; clinical report.
+
+The data are resolved by the model's task through ``SOURCES`` (tabular: WDBC, a
+heart-disease directory, a CSV; imaging: a MedMNIST ``.npz`` split, an image
+folder, the synthetic lesions), checked against what the model was built for,
+and scored with accuracy, balanced accuracy, ROC AUC, sensitivity/specificity or
+per-class recall, the confusion matrix, calibration and bootstrap confidence
+intervals. ``--out DIR`` adds report.json and PNG figures; ``--per-site`` scores
+every hospital's held-out split of the run's federation.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from app.config import RunConfig
+from data.imaging import ImageFolderDataset, MedMNISTDataset, SyntheticLesionsDataset
 from data.registry import get_dataset
 from data.spec import DataError, Split
 from data.tabular import read_labelled_csv, standardize_for_evaluation
 from models.checkpoint import ModelFileError, load_model
-from models.training import evaluate_split, pick_device
+from models.metrics import (
+    bootstrap_ci,
+    brier_score,
+    classification_metrics,
+    confusion,
+    expected_calibration_error,
+    per_class_recall,
+)
+from models.training import pick_device, predict_proba
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Evaluate a saved final_model.pt on a dataset."
+    parser.description = "Evaluate a saved final_model.pt on held-out data."
     parser.add_argument("--model", required=True, type=Path, help="a final_model.pt")
     parser.add_argument(
-        "--data", required=True,
-        help="'wdbc', a heart-disease directory, or a CSV file with a label column",
+        "--data",
+        default=None,
+        help="tabular: 'wdbc', a heart-disease directory or a CSV file; imaging: a "
+        "MedMNIST .npz, a root/<class>/<images> folder or 'synthetic-lesions'. "
+        "With --per-site: overrides the run's data-path (optional).",
     )
-    parser.add_argument("--split", choices=("test", "all"), default="test",
-                        help="held-out test split (default) or every record (CSV: all)")
+    parser.add_argument(
+        "--split",
+        choices=("test", "val", "train", "all"),
+        default="test",
+        help="npz: which split (default test); other data: the held-out test split "
+        "(test) or every record (all; CSV and image folders)",
+    )
     parser.add_argument("--label-column", default=None, help="label column of a CSV")
-    parser.add_argument("--json", type=Path, default=None, help="also write the metrics here")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write report.json and ROC/confusion/calibration PNGs here",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write the report here"
+    )
+    parser.add_argument(
+        "--per-site",
+        action="store_true",
+        help="evaluate on each hospital's held-out split of the run",
+    )
+    parser.add_argument(
+        "--hospitals",
+        type=int,
+        default=None,
+        help="--per-site: number of hospitals (default: from the run's "
+        "history.json beside the model)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="bootstrap resamples for the 95%% CIs (0: none)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--device", default="auto")
 
 
-def resolve_split(data: str, payload: dict[str, Any], args: argparse.Namespace) -> tuple[str, Split]:
-    """Turn ``--data`` into (dataset kind, standardised split)."""
+@dataclass(frozen=True)
+class EvalData:
+    """Resolved evaluation data: the split, where it came from, and notes."""
+
+    split: Split
+    dataset: str
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ tabular data
+
+
+def tabular_source(args: argparse.Namespace, payload: dict[str, Any]) -> EvalData:
+    """WDBC, a heart-disease directory or a CSV, standardised like a new site."""
     cfg = RunConfig.from_run_config(payload["run_config"])
+    data = args.data
     path = Path(data)
     if data == "wdbc":
-        kind = "wdbc"
-        cfg = cfg.replace(dataset="wdbc", data_path="")
+        kind, cfg = "wdbc", cfg.replace(dataset="wdbc", data_path="")
     elif path.is_dir():
-        kind = "heart-disease"
-        cfg = cfg.replace(dataset=kind, data_path=str(path))
+        kind, cfg = (
+            "heart-disease",
+            cfg.replace(dataset="heart-disease", data_path=data),
+        )
     elif path.is_file():
-        label = args.label_column or cfg.label_column
-        x, y, _ = read_labelled_csv(path, label)
-        return "csv", Split(standardize_for_evaluation(x), y)
+        x, y, _ = read_labelled_csv(path, args.label_column or cfg.label_column)
+        split = Split(standardize_for_evaluation(x), y)
+        _check_tabular(payload, split, data)
+        return EvalData(split, "csv")
     else:
         raise DataError(f"--data {data!r}: not 'wdbc', a directory or a file.")
-    dataset = get_dataset(cfg.data_spec())
-    if args.split == "test":
-        return kind, dataset.server_test()
-    raise DataError(f"--split all is only available for CSV files, not {kind}.")
+    if args.split != "test":
+        raise DataError(
+            f"--split {args.split} is only available for CSV files, not {kind}."
+        )
+    split = get_dataset(cfg.data_spec()).server_test()
+    _check_tabular(payload, split, data)
+    return EvalData(split, kind)
 
 
-def check_fit(payload: dict[str, Any], split: Split, source: str) -> None:
-    """Refuse data the model was not built for, saying what differs."""
+def _check_tabular(payload: dict[str, Any], split: Split, source: str) -> None:
     shape = tuple(payload["data"]["input_shape"])
-    if payload["task"] != "tabular":
-        raise ModelFileError(f"the model is a {payload['task']} model; {source} is tabular data.")
     if split.x.shape[1:] != shape:
         raise ModelFileError(
-            f"the model expects {shape[0]} features but {source} has {split.x.shape[1]}."
+            f"the model expects {shape[0]} features but {source} has "
+            f"{split.x.shape[1]}."
         )
-    num_classes = int(payload["data"]["num_classes"])
-    if split.y.size and int(split.y.max()) >= num_classes:
+    _check_classes(payload, split.y, source)
+
+
+# ------------------------------------------------------------------ imaging data
+
+
+def imaging_source(args: argparse.Namespace, payload: dict[str, Any]) -> EvalData:
+    """Read an npz split, an image folder or the synthetic test set.
+
+    Images are prepared at the model's input size (resized if the data differ).
+    """
+    cfg = RunConfig.from_run_config(payload["run_config"])
+    shape = tuple(payload["data"]["input_shape"])  # (C, *spatial)
+    size = shape[1]
+    data, path = args.data, Path(args.data)
+    if data == SyntheticLesionsDataset.name:
+        cfg = cfg.replace(dataset=data, data_path="", image_size=size)
+        return _checked(payload, get_dataset(cfg.data_spec()).server_test(), data, data)
+    if path.is_file():
+        cfg = cfg.replace(dataset=MedMNISTDataset.name, data_path=data, image_size=0)
+        dataset = MedMNISTDataset(cfg.data_spec())
+        if args.split == "all":
+            raise DataError(
+                "--split all is for image folders; an npz has train/val/test."
+            )
+        _check_image_layout(payload, dataset.info().input_shape, data)
+        _check_classes(payload, dataset.raw["train"].labels, data)
+        native = dataset.info().input_shape[1:]
+        dataset = MedMNISTDataset(cfg.replace(image_size=size).data_spec())
+        split = dataset.split(args.split)
+        notes = _resize_note(native, shape[1:])
+        return EvalData(
+            _checked(payload, split, data, "medmnist").split, "medmnist", notes
+        )
+    if path.is_dir():
+        names = tuple(payload["data"].get("class_names") or ())
+        folder_names = names if cfg.dataset == ImageFolderDataset.name else ()
+        cfg = cfg.replace(
+            dataset=ImageFolderDataset.name,
+            data_path=data,
+            image_size=size,
+            class_names=",".join(folder_names),
+        )
+        dataset = ImageFolderDataset(cfg.data_spec())
+        _check_image_layout(payload, dataset.info().input_shape, data)
+        split = dataset.all_images() if args.split == "all" else dataset.server_test()
+        return _checked(payload, split, data, "image-folder")
+    raise DataError(
+        f"--data {data!r}: not an .npz file, an image folder or 'synthetic-lesions'."
+    )
+
+
+def _check_image_layout(
+    payload: dict[str, Any], data_shape: tuple[int, ...], source: str
+) -> None:
+    """Refuse data of the wrong dimensionality or channel count, saying which."""
+    shape = tuple(payload["data"]["input_shape"])
+    model_dims, data_dims = len(shape) - 1, len(data_shape) - 1
+    if model_dims != data_dims:
         raise ModelFileError(
-            f"{source} has label {int(split.y.max())} but the model has {num_classes} classes."
+            f"shape mismatch: the model takes {model_dims}D images "
+            f"{'x'.join(map(str, shape[1:]))} but {source} holds {data_dims}D images "
+            f"{'x'.join(map(str, data_shape[1:]))}."
         )
+    if shape[0] != data_shape[0]:
+        raise ModelFileError(
+            f"channel mismatch: the model takes {shape[0]}-channel images but "
+            f"{source} has {data_shape[0]} channel(s)."
+        )
+
+
+def _checked(payload: dict[str, Any], split: Split, source: str, kind: str) -> EvalData:
+    _check_image_layout(payload, tuple(split.x.shape[1:]), source)
+    _check_classes(payload, split.y, source)
+    return EvalData(split, kind)
+
+
+def _resize_note(native: tuple[int, ...], target: tuple[int, ...]) -> list[str]:
+    if tuple(native) == tuple(target):
+        return []
+    fmt = "x".join
+    return [
+        f"images resized from {fmt(map(str, native))} to {fmt(map(str, target))}"
+        " (the model's input size)"
+    ]
+
+
+def _check_classes(payload: dict[str, Any], labels: np.ndarray, source: str) -> None:
+    num_classes = int(payload["data"]["num_classes"])
+    if labels.size and int(labels.max()) >= num_classes:
+        raise ModelFileError(
+            f"class count mismatch: {source} has label {int(labels.max())} "
+            f"({int(labels.max()) + 1}+ classes) but the model has {num_classes} "
+            "classes."
+        )
+
+
+# Task of the saved model -> how ``--data`` is read for it.
+SOURCES: dict[str, Callable[[argparse.Namespace, dict[str, Any]], EvalData]] = {
+    "tabular": tabular_source,
+    "imaging": imaging_source,
+}
+
+
+# ------------------------------------------------------------------ report
+
+
+def clinical_report(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    class_names: list[str],
+    *,
+    resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Metrics, per-class recall, calibration, confusion matrix and 95% CIs."""
+    metrics = classification_metrics(y_true, probs)
+    metrics["brier"] = brier_score(y_true, probs)
+    metrics["ece"] = expected_calibration_error(y_true, probs)
+    report: dict[str, Any] = {
+        "metrics": metrics,
+        "per_class_recall": dict(
+            zip(class_names, per_class_recall(y_true, probs), strict=True)
+        ),
+        "confusion_matrix": {
+            "rows": "true class",
+            "columns": "predicted class",
+            "labels": class_names,
+            "counts": confusion(y_true, probs),
+        },
+    }
+    if resamples > 0:
+        report["confidence_intervals"] = {
+            "method": f"percentile bootstrap, {resamples} resamples, 95%",
+            **{
+                m: list(bootstrap_ci(y_true, probs, m, resamples=resamples, seed=seed))
+                for m in ("auc", "accuracy")
+            },
+        }
+    return report
+
+
+def _class_names(payload: dict[str, Any]) -> list[str]:
+    n = int(payload["data"]["num_classes"])
+    names = list(payload["data"].get("class_names") or [])
+    return names if len(names) == n else [str(i) for i in range(n)]
+
+
+def write_figures(
+    out: Path, y: np.ndarray, probs: np.ndarray, class_names: list[str]
+) -> dict[str, str]:
+    from scripts.plots import calibration_plot, confusion_plot, roc_plot
+
+    return {
+        "roc": str(roc_plot(y, probs, class_names, out / "roc_curve.png")),
+        "confusion_matrix": str(
+            confusion_plot(y, probs, class_names, out / "confusion_matrix.png")
+        ),
+        "calibration": str(calibration_plot(y, probs, out / "calibration.png")),
+    }
+
+
+def _print_summary(report: dict[str, Any]) -> None:
+    m, ci = report["metrics"], report.get("confidence_intervals", {})
+    lines = [
+        f"{report['dataset']} [{report['split']}]: {report['num_examples']} records"
+    ]
+    for key in (
+        "auc",
+        "accuracy",
+        "balanced_accuracy",
+        "sensitivity",
+        "specificity",
+        "ece",
+    ):
+        if key in m and m[key] is not None:
+            interval = ci.get(key)
+            extra = (
+                f"  (95% CI {interval[0]:.3f}-{interval[1]:.3f})"
+                if interval and interval[0] is not None
+                else ""
+            )
+            lines.append(f"  {key:<18} {m[key]:.3f}{extra}")
+    recall = ", ".join(
+        f"{k}: {v:.3f}" for k, v in report["per_class_recall"].items() if v is not None
+    )
+    lines.append(f"  per-class recall   {recall}")
+    for note in report.get("notes", []):
+        lines.append(f"  note: {note}")
+    print("\n".join(lines), file=sys.stderr)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: NaN becomes null, numpy scalars plain numbers."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+# ------------------------------------------------------------------ per site
+
+
+def hospitals_of_run(model_path: Path) -> int:
+    """Count the hospitals in the run that wrote ``model_path`` (its history.json)."""
+    history = model_path.resolve().parent / "history.json"
+    if not history.is_file():
+        raise DataError(f"no history.json beside {model_path}; pass --hospitals N.")
+    names: set[str] = set()
+    for entry in json.loads(history.read_text()).get("rounds", []):
+        names.update(entry.get("hospitals", {}))
+        names.update(entry.get("errors", {}))
+        names.update(entry.get("rejected", {}))
+    if not names:
+        raise DataError(f"{history} records no hospital; pass --hospitals N.")
+    return len(names)
+
+
+def per_site(args: argparse.Namespace, model: Any, payload: dict[str, Any]) -> int:
+    """Score the model on every simulated hospital's held-out split."""
+    cfg = RunConfig.from_run_config(payload["run_config"])
+    if args.data:
+        cfg = cfg.replace(data_path=args.data)
+    n = args.hospitals or hospitals_of_run(args.model)
+    dataset = get_dataset(cfg.data_spec())
+    device = pick_device(args.device)
+    rows: dict[str, dict[str, Any]] = {}
+    for pid in range(n):
+        site = dataset.hospital(pid, n)
+        probs = predict_proba(model, site.val.x, device)
+        metrics = classification_metrics(site.val.y, probs)
+        rows[site.name] = {"num_examples": len(site.val), **metrics}
+    keys = [
+        "num_examples",
+        "auc",
+        "accuracy",
+        "balanced_accuracy",
+        "sensitivity",
+        "specificity",
+    ]
+    keys = [k for k in keys if any(k in r for r in rows.values())]
+    width = max(len(name) for name in rows) + 2
+    print(f"{'hospital':<{width}}" + "".join(f"{k[:17]:>18}" for k in keys))
+    for name, row in rows.items():
+        cells = "".join(
+            f"{row[k]:>18d}"
+            if k == "num_examples"
+            else (f"{row[k]:>18.3f}" if k in row and row[k] == row[k] else f"{'-':>18}")
+            for k in keys
+        )
+        print(f"{name:<{width}}{cells}")
+    result = _clean(
+        {
+            "model": str(args.model),
+            "dataset": cfg.dataset,
+            "data_path": cfg.data_path,
+            "hospitals": rows,
+        }
+    )
+    for target in filter(None, (args.json, args.out and args.out / "per_site.json")):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+# ------------------------------------------------------------------ entry point
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         model, payload = load_model(args.model)
-        kind, split = resolve_split(args.data, payload, args)
-        check_fit(payload, split, args.data)
+        if args.per_site:
+            return per_site(args, model, payload)
+        if not args.data:
+            raise DataError("--data is required (unless --per-site).")
+        task = payload.get("task", "tabular")
+        if task not in SOURCES:
+            raise ModelFileError(f"the model's task {task!r} has no evaluation source.")
+        data = SOURCES[task](args, payload)
     except (ModelFileError, DataError) as err:
         print(f"medflower evaluate: {err}", file=sys.stderr)
         return 2
-    metrics = evaluate_split(model, split, pick_device(args.device))
-    report = {
+    probs = predict_proba(model, data.split.x, pick_device(args.device))
+    y = data.split.y
+    names = _class_names(payload)
+    report: dict[str, Any] = {
         "model": str(args.model),
         "data": args.data,
-        "dataset": kind,
+        "dataset": data.dataset,
         "split": args.split,
-        "num_examples": len(split),
-        "metrics": {k: (v if v == v else None) for k, v in metrics.items()},
+        "num_examples": len(y),
+        "class_names": names,
+        "class_counts": np.bincount(y, minlength=len(names)).tolist(),
+        **clinical_report(y, probs, names, resamples=args.bootstrap, seed=args.seed),
     }
+    if data.notes:
+        report["notes"] = data.notes
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        report["figures"] = write_figures(args.out, y, probs, names)
+    report = _clean(report)
     text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    for target in filter(None, (args.json, args.out and args.out / "report.json")):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text + "\n")
+    print(text)  # stdout: the machine-readable report; stderr: the human summary
+    _print_summary(report)
     return 0
