@@ -31,6 +31,7 @@ demo: setup
 	$(BIN)/medflower simulate --hospitals $(HOSPITALS) --run-config "num-server-rounds=$(ROUNDS) $(RUN_CONFIG)"
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup

@@ -32,9 +32,9 @@ from app.hospital import (
 from app.local_dp import local_dp_round
 from app.logs import route_to_flower
 from app.poisoning import is_poisoned, poison_update
-from app.vertical_client import register as register_vertical
 from app.secure_aggregation import register as register_secure_aggregation
 from app.secure_aggregation import secure_train_mod
+from app.vertical_client import register as register_vertical
 from data.spec import DataError, HospitalData
 from models.personalization import LocalNorm, personalization_metrics, prefixed
 from models.privacy import PrivacyBudgetExhausted
@@ -59,14 +59,18 @@ register_vertical(app)  # query.psi_* / query.vfl_* handlers (task = "vertical")
 register_secure_aggregation(app)  # query.secagg_* / query.ckks_* protocol stages
 
 
-def _setup(msg: Message, context: Context) -> tuple[RunConfig, HospitalData, torch.nn.Module]:
+def _setup(
+    msg: Message, context: Context
+) -> tuple[RunConfig, HospitalData, torch.nn.Module]:
     route_to_flower()
     cfg = RunConfig.from_run_config(context.run_config)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     set_deterministic(cfg.deterministic)
     site = load_hospital(cfg, context.node_config)
-    info = check_contract(site, msg.content.config_records.get("config", ConfigRecord()))
+    info = check_contract(
+        site, msg.content.config_records.get("config", ConfigRecord())
+    )
     try:
         model = model_spec(cfg, info).build()
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
@@ -77,12 +81,15 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, HospitalData, tor
             f"Hospital {site.name}: the global model does not fit this hospital's "
             f"data ({site.info.description}, input {site.info.input_shape}, "
             f"{site.info.num_classes} classes): {str(err).splitlines()[0]}",
-            "the hospital's data do not fit the global model (shape, channels or classes)",
+            "the hospital's data do not fit the global model "
+            "(shape, channels or classes)",
         ) from err
     return cfg, site, model
 
 
-def _reply(msg: Message, site: HospitalData, metrics: dict[str, float], model=None) -> Message:
+def _reply(
+    msg: Message, site: HospitalData, metrics: dict[str, float], model=None
+) -> Message:
     content = RecordDict(
         {
             "metrics": MetricRecord(metrics),
@@ -100,16 +107,22 @@ def _error(msg: Message, context: Context, err: Exception) -> Message:
     if isinstance(err, DataError):
         log.error("Hospital %s: %s", name, err)  # full detail stays in the local log
         return Message(
-            Error(code=DATA_ERROR_CODE,
-                  reason=f"{ERROR_PREFIX.format(name=name)}data error: {err.public_reason}"),
+            Error(
+                code=DATA_ERROR_CODE,
+                reason=(
+                    f"{ERROR_PREFIX.format(name=name)}data error: {err.public_reason}"
+                ),
+            ),
             reply_to=msg,
         )
     # Exception text may quote records or paths: only its type leaves the hospital.
     log.exception("Hospital %s: local %s failed", name, msg.metadata.message_type)
     return Message(
-        Error(code=LOCAL_FAILURE_CODE,
-              reason=f"{ERROR_PREFIX.format(name=name)}local "
-                     f"{msg.metadata.message_type} failed ({type(err).__name__})"),
+        Error(
+            code=LOCAL_FAILURE_CODE,
+            reason=f"{ERROR_PREFIX.format(name=name)}local "
+            f"{msg.metadata.message_type} failed ({type(err).__name__})",
+        ),
         reply_to=msg,
     )
 
@@ -132,7 +145,9 @@ def _train(msg: Message, context: Context) -> Message:
         proximal_mu=float(config.get("proximal-mu", 0.0)),
         seed=cfg.seed,
     )
-    seed = hospital_seed(cfg.seed, int(config.get("server-round", 0)), context.node_config)
+    seed = hospital_seed(
+        cfg.seed, int(config.get("server-round", 0)), context.node_config
+    )
     torch.manual_seed(seed)
     device = pick_device(cfg.device)
     global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -142,8 +157,14 @@ def _train(msg: Message, context: Context) -> Message:
     if cfg.dp == "local":
         try:
             outcome = local_dp_round(
-                model, site.train, settings, cfg, context.state, device,
-                seed=seed, node_config=context.node_config,
+                model,
+                site.train,
+                settings,
+                cfg,
+                context.state,
+                device,
+                seed=seed,
+                node_config=context.node_config,
             )
         except PrivacyBudgetExhausted as err:  # refused before any training
             log.warning("Hospital %s: %s", site.name, err)
@@ -166,7 +187,9 @@ def _train(msg: Message, context: Context) -> Message:
         local_norm.keep_and_restore()  # send the received norm values back unchanged
     model = model.cpu()
     if is_poisoned(cfg.poison_fraction, context.node_config):
-        model.load_state_dict(poison_update(global_state, model.state_dict(), cfg.poison_scale))
+        model.load_state_dict(
+            poison_update(global_state, model.state_dict(), cfg.poison_scale)
+        )
     return _reply(msg, site, metrics, model)
 
 
@@ -188,8 +211,11 @@ def _personalized(
         metrics.update(prefixed(evaluate_split(model, site.val, device), "local_norm_"))
     if cfg.personalize_epochs > 0:
         settings = TrainSettings(
-            epochs=cfg.personalize_epochs, batch_size=cfg.batch_size,
-            learning_rate=cfg.learning_rate, momentum=cfg.momentum, seed=cfg.seed,
+            epochs=cfg.personalize_epochs,
+            batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            momentum=cfg.momentum,
+            seed=cfg.seed,
         )
         metrics.update(
             personalization_metrics(model, site.train, site.val, settings, device)

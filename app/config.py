@@ -15,8 +15,14 @@ from models import DEFAULT_MODELS, MODEL_TASKS, MODELS
 # Kept here (not imported from ``strategies``) so the config has no torch/Flower
 # strategy import; tests check it equals ``strategies.STRATEGIES``.
 STRATEGY_NAMES = (
-    "fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg",
-    "krum", "multikrum",
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+    "multikrum",
 )
 
 
@@ -87,11 +93,15 @@ class RunConfig:
     num_to_keep: int = _opt(0, "num-to-keep", low=0, high=100_000)
     local_epochs: int = _opt(1, "local-epochs", low=1, high=1000)
     batch_size: int = _opt(32, "batch-size", low=1, high=65_536)
-    learning_rate: float = _opt(0.05, "learning-rate", low=0.0, high=10.0, low_open=True)
+    learning_rate: float = _opt(
+        0.05, "learning-rate", low=0.0, high=10.0, low_open=True
+    )
     optimizer: str = _opt("sgd", "optimizer", choices=("sgd", "adam"))
     momentum: float = _opt(0.9, "momentum", low=0.0, high=0.999)
     weight_decay: float = _opt(0.0, "weight-decay", low=0.0, high=1.0)
-    fraction_train: float = _opt(1.0, "fraction-train", low=0.0, high=1.0, low_open=True)
+    fraction_train: float = _opt(
+        1.0, "fraction-train", low=0.0, high=1.0, low_open=True
+    )
     fraction_evaluate: float = _opt(1.0, "fraction-evaluate", low=0.0, high=1.0)
     min_hospitals: int = _opt(2, "min-hospitals", low=1, high=100_000)
     round_timeout: float = _opt(3600.0, "round-timeout", low=0.0, low_open=True)
@@ -187,7 +197,9 @@ class RunConfig:
                 "'secure-aggregation' = true."
             )
         if any(c in self.run_name for c in "/\\") or self.run_name in (".", ".."):
-            raise ConfigError(f"'run-name' must be a plain name, got {self.run_name!r}.")
+            raise ConfigError(
+                f"'run-name' must be a plain name, got {self.run_name!r}."
+            )
         self._check_privacy()
 
     def _check_privacy(self) -> None:
@@ -224,7 +236,8 @@ class RunConfig:
                 "proximal term would be silently dropped. Use strategy='fedavg'."
             )
         if (
-            self.dp == "local" and self.dp_secure_rng
+            self.dp == "local"
+            and self.dp_secure_rng
             and importlib.util.find_spec("torchcsprng") is None
         ):
             raise ConfigError(
@@ -244,16 +257,25 @@ class RunConfig:
                 "Use strategy='fedavg' or 'fedprox'."
             )
         for key, active, why in (
-            ("secure-aggregation", self.secure_aggregation,
-             "DP accounting with secure aggregation is not implemented yet (central "
-             "DP needs each hospital's update; local DP's per-hospital epsilon "
-             "reporting is untested under SecAgg+)"),
-            ("personalize-epochs", self.personalize_epochs > 0,
-             "fine-tuning on training records at evaluation is not DP-SGD, so the "
-             "metrics it releases would fall outside the guarantee"),
-            ("task", self.task == "vertical",
-             "vertical FL exchanges embeddings and gradients that DP-SGD does not "
-             "cover"),
+            (
+                "secure-aggregation",
+                self.secure_aggregation,
+                "DP accounting with secure aggregation is not implemented yet (central "
+                "DP needs each hospital's update; local DP's per-hospital epsilon "
+                "reporting is untested under SecAgg+)",
+            ),
+            (
+                "personalize-epochs",
+                self.personalize_epochs > 0,
+                "fine-tuning on training records at evaluation is not DP-SGD, so the "
+                "metrics it releases would fall outside the guarantee",
+            ),
+            (
+                "task",
+                self.task == "vertical",
+                "vertical FL exchanges embeddings and gradients that DP-SGD does not "
+                "cover",
+            ),
         ):
             if active:
                 raise ConfigError(
@@ -306,7 +328,7 @@ class RunConfig:
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
-        """Parse ``context.run_config``; unknown keys and bad values raise ConfigError."""
+        """Parse ``context.run_config``; bad keys or values raise ConfigError."""
         known = cls.keys()
         unknown = sorted(set(run_config) - set(known))
         if unknown:
@@ -322,7 +344,9 @@ class RunConfig:
 
     def to_run_config(self) -> dict[str, Any]:
         """Return the kebab-case mapping (as written to ``run_config.json``)."""
-        return {f.metadata["key"]: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {
+            f.metadata["key"]: getattr(self, f.name) for f in dataclasses.fields(self)
+        }
 
     def replace(self, **changes: Any) -> RunConfig:
         """Return a validated copy with some fields changed."""
@@ -345,7 +369,9 @@ class RunConfig:
             seed=self.seed,
             image_size=self.image_size,
             augment=self.augment,
-            class_names=tuple(n.strip() for n in self.class_names.split(",") if n.strip()),
+            class_names=tuple(
+                n.strip() for n in self.class_names.split(",") if n.strip()
+            ),
         )
 
 

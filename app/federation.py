@@ -63,7 +63,12 @@ PREPROCESSING: dict[str, dict[str, Any]] = {
 
 # Ledger keys copied into each history.json round entry (besides per-hospital metrics).
 LEDGER_KEYS = (
-    "rejected", "errors", "no_reply", "skipped", "anomaly", "secure_aggregation",
+    "rejected",
+    "errors",
+    "no_reply",
+    "skipped",
+    "anomaly",
+    "secure_aggregation",
 )
 
 
@@ -132,8 +137,12 @@ class RoundReporter:
             _summary(metrics) or "no server-side test set",
         )
         if "privacy" in entry:
-            log.info("[round %d/%d] privacy: %s", server_round, total,
-                     self.privacy.short(entry["privacy"]))
+            log.info(
+                "[round %d/%d] privacy: %s",
+                server_round,
+                total,
+                self.privacy.short(entry["privacy"]),
+            )
         clean = {k: v for k, v in metrics.items() if v == v}
         return MetricRecord(clean) if clean else None
 
@@ -311,7 +320,9 @@ def write_run_report(cfg: RunConfig, recorder: RunRecorder) -> None:
     if not cfg.report:
         return
     try:
-        path = write_report(recorder.history, recorder.dir, run_config=cfg.to_run_config())
+        path = write_report(
+            recorder.history, recorder.dir, run_config=cfg.to_run_config()
+        )
     except Exception:  # the model and history are already saved
         log.exception("Could not write the run report.")
         return

@@ -17,7 +17,7 @@ from models import MODEL_OPTIONS, ModelSpec, input_kwargs
 
 
 def hospital_name(node_config: Mapping[str, Any]) -> str:
-    """A hospital's display name: ``hospital-name`` in deployment, else its partition."""
+    """Name a hospital: ``hospital-name`` in deployment, else its partition."""
     if name := node_config.get("hospital-name"):
         return str(name)
     if "partition-id" in node_config:
@@ -47,7 +47,9 @@ def load_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> HospitalDat
             "no data-path in the run config",
         )
     dataset = get_dataset(cfg.data_spec())
-    site = dataset.hospital(int(node_config["partition-id"]), int(node_config["num-partitions"]))
+    site = dataset.hospital(
+        int(node_config["partition-id"]), int(node_config["num-partitions"])
+    )
     if name := node_config.get("hospital-name"):
         return HospitalData(str(name), site.train, site.val, site.info)
     return site

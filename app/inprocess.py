@@ -60,12 +60,18 @@ class InProcessGrid(Grid):
         self.node_ids = [101 + i for i in range(self.num_nodes)]
         self.contexts: dict[int, Context] = {}
         for i, node_id in enumerate(self.node_ids):
-            node_config: dict[str, Any] = {"partition-id": i, "num-partitions": self.num_nodes}
+            node_config: dict[str, Any] = {
+                "partition-id": i,
+                "num-partitions": self.num_nodes,
+            }
             if self.node_configs is not None:
                 node_config = dict(self.node_configs[i])
             self.contexts[node_id] = Context(
-                run_id=self.run_id, node_id=node_id, node_config=node_config,
-                state=RecordDict(), run_config=dict(self.run_config),
+                run_id=self.run_id,
+                node_id=node_id,
+                node_config=node_config,
+                state=RecordDict(),
+                run_config=dict(self.run_config),
             )
         self._replies: dict[str, Message] = {}
         self._run = Run.create_empty(self.run_id)
@@ -81,16 +87,27 @@ class InProcessGrid(Grid):
         return self._run
 
     def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int,
-        group_id: str, ttl: float | None = None,
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
     ) -> Message:
-        return Message(content=content, message_type=message_type,
-                       dst_node_id=dst_node_id, group_id=group_id, ttl=ttl)
+        return Message(
+            content=content,
+            message_type=message_type,
+            dst_node_id=dst_node_id,
+            group_id=group_id,
+            ttl=ttl,
+        )
 
     def get_node_ids(self) -> Iterable[int]:
         return [n for n in self.node_ids if n not in self.offline]
 
-    def _wire(self, message: Message, node_id: int, direction: str, message_id: str = "") -> Message:
+    def _wire(
+        self, message: Message, node_id: int, direction: str, message_id: str = ""
+    ) -> Message:
         proto = message_to_proto(message)
         if message_id:
             proto.metadata.message_id = message_id
@@ -115,7 +132,9 @@ class InProcessGrid(Grid):
                 reply = self.client_app(received, self.contexts[node_id])
             except Exception as err:  # a failing ClientApp becomes an error reply
                 reason = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
-                reply = Message(Error(code=CLIENT_ERROR_CODE, reason=reason), reply_to=received)
+                reply = Message(
+                    Error(code=CLIENT_ERROR_CODE, reason=reason), reply_to=received
+                )
             self._replies[message_id] = self._wire(reply, node_id, "up")
         return ids
 
@@ -156,8 +175,11 @@ def run_inprocess(
     """Run ``server_app`` against ``num_hospitals`` in-process ClientApps."""
     grid = InProcessGrid(client_app, num_hospitals, run_config, **grid_kwargs)
     context = Context(
-        run_id=grid.run_id, node_id=SERVER_NODE_ID, node_config={},
-        state=RecordDict(), run_config=dict(run_config),
+        run_id=grid.run_id,
+        node_id=SERVER_NODE_ID,
+        node_config={},
+        state=RecordDict(),
+        run_config=dict(run_config),
     )
     server_app(grid, context)
     return grid

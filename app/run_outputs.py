@@ -49,7 +49,9 @@ def write_json(path: Path, payload: Any) -> None:
 class RunRecorder:
     """Creates ``<output-dir>/<run-name>/`` and keeps its history up to date."""
 
-    def __init__(self, cfg: RunConfig, run_id: int, run_dir: Path | None = None) -> None:
+    def __init__(
+        self, cfg: RunConfig, run_id: int, run_dir: Path | None = None
+    ) -> None:
         if run_dir is None:
             root = resolve_output_root(cfg.output_dir)
             stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -96,8 +98,11 @@ class RunRecorder:
         ]
         history["resumed"] = [
             *previous.get("resumed", []),
-            {"after_round": after_round, "flower_run_id": run_id,
-             "previous_status": previous.get("status", "unknown")},
+            {
+                "after_round": after_round,
+                "flower_run_id": run_id,
+                "previous_status": previous.get("status", "unknown"),
+            },
         ]
         history.pop("stop_reason", None)
         write_json(recorder.history_path, history)

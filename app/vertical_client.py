@@ -20,8 +20,8 @@ from app.hospital import hospital_name
 from app.logs import route_to_flower
 from data.spec import DataError
 from data.vertical import load_party
-from models.training import TrainSettings
 from models.split_party import PartySession, PartyState, VerticalSettings
+from models.training import TrainSettings
 from strategies.psi import PSI_ACTIONS, PsiError
 
 log = logging.getLogger(__name__)

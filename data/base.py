@@ -145,8 +145,12 @@ class PooledTabularDataset(FederatedDataset):
         pool, _ = self._pool_and_test
         idx = pool[
             partition_of(
-                y[pool], partition_id, num_partitions, method=self.spec.partitioner,
-                alpha=self.spec.dirichlet_alpha, seed=self.spec.seed,
+                y[pool],
+                partition_id,
+                num_partitions,
+                method=self.spec.partitioner,
+                alpha=self.spec.dirichlet_alpha,
+                seed=self.spec.seed,
             )
         ]
         return make_local_splits(

@@ -343,7 +343,9 @@ def load_image_file(path: Path) -> np.ndarray:
             # dtype=None keeps 8-bit PNG/JPEG as uint8, so scaling treats them
             # like MedMNIST (0..255 -> 0..1) instead of per-image min-max.
             image = LoadImage(
-                reader=_reader(kind), image_only=True, ensure_channel_first=True,
+                reader=_reader(kind),
+                image_only=True,
+                ensure_channel_first=True,
                 dtype=None,
             )(str(path))
     except Exception as err:  # readers raise many unrelated types on bad files

@@ -58,7 +58,9 @@ def _load_partitions(
     seed: int,
 ) -> list[np.ndarray]:
     if method not in PARTITIONERS:
-        raise ValueError(f"Unknown partitioner {method!r}; known: {sorted(PARTITIONERS)}")
+        raise ValueError(
+            f"Unknown partitioner {method!r}; known: {sorted(PARTITIONERS)}"
+        )
     n = len(labels)
     if num_partitions < 1 or num_partitions > n:
         raise DataError(
@@ -104,8 +106,12 @@ def partition_indices(
     arguments, so every simulated hospital computes the same split independently.
     """
     return _load_partitions(
-        labels, num_partitions, list(range(num_partitions)),
-        method=method, alpha=alpha, seed=seed,
+        labels,
+        num_partitions,
+        list(range(num_partitions)),
+        method=method,
+        alpha=alpha,
+        seed=seed,
     )
 
 
@@ -120,7 +126,8 @@ def partition_of(
 ) -> np.ndarray:
     """The indices of one hospital's records: ``partition_indices(...)[partition_id]``,
     without materialising the other partitions (each simulated hospital needs only
-    its own, on every message)."""
+    its own, on every message).
+    """
     return _load_partitions(
         labels, num_partitions, [partition_id], method=method, alpha=alpha, seed=seed
     )[0]

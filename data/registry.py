@@ -34,7 +34,8 @@ TASKS: tuple[str, ...] = tuple(dict.fromkeys(DATASET_TASKS.values()))
 def local_kinds() -> tuple[str, ...]:
     """Dataset kinds a deployed hospital can read from its own file or folder."""
     return tuple(
-        name for name, cls in DATASETS.items()
+        name
+        for name, cls in DATASETS.items()
         if cls.local_hospital is not FederatedDataset.local_hospital
     )
 

@@ -36,7 +36,11 @@ class WDBCDataset(PooledTabularDataset):
         bunch = load_breast_cancer()
         # scikit-learn codes malignant as 0; a diagnosis model predicts the disease.
         y = (1 - bunch.target).astype(np.int64)
-        return bunch.data.astype(np.float64), y, tuple(str(n) for n in bunch.feature_names)
+        return (
+            bunch.data.astype(np.float64),
+            y,
+            tuple(str(n) for n in bunch.feature_names),
+        )
 
 
 def _numeric_frame(frame: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -54,7 +58,8 @@ def _numeric_frame(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     if np.isinf(values).any():
         row, col = np.argwhere(np.isinf(values))[0]
         raise DataError(
-            f"{source}: infinite value in column {frame.columns[col]!r}, row {row + 1}.",
+            f"{source}: infinite value in column {frame.columns[col]!r}, "
+            f"row {row + 1}.",
             f"infinite value in column {frame.columns[col]!r}",
         )
     return out
@@ -84,7 +89,9 @@ def read_labelled_csv(
     try:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise DataError(f"{path}: not a readable CSV ({err}).", "unreadable CSV") from err
+        raise DataError(
+            f"{path}: not a readable CSV ({err}).", "unreadable CSV"
+        ) from err
     if label_column not in frame.columns:
         raise DataError(
             f"{path}: no label column {label_column!r}; columns are "
@@ -94,7 +101,9 @@ def read_labelled_csv(
     numeric = _numeric_frame(frame, str(path))
     complete = numeric.dropna(axis=0)
     if dropped := len(numeric) - len(complete):
-        log.warning("%s: dropped %d of %d rows with missing values", path, dropped, len(numeric))
+        log.warning(
+            "%s: dropped %d of %d rows with missing values", path, dropped, len(numeric)
+        )
     if complete.empty:
         raise DataError(f"{path}: no complete rows.", "no complete rows")
     features = [c for c in complete.columns if c != label_column]
@@ -115,8 +124,10 @@ def single_data_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
             f"{what} data path does not exist: {path}", "data path not found"
         )
     if not path.is_dir():
-        raise DataError(f"{what} data path is neither a file nor a folder: {path}",
-                        "data path is not a file or folder")
+        raise DataError(
+            f"{what} data path is neither a file nor a folder: {path}",
+            "data path is not a file or folder",
+        )
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in suffixes)
     if len(files) != 1:
         found = ", ".join(p.name for p in files) or "none"
@@ -179,9 +190,11 @@ class CSVDataset(PooledTabularDataset):
     def info(self) -> DatasetInfo:
         if self.declared:
             return DatasetInfo(
-                task="tabular", input_shape=(len(self.spec.feature_columns),),
+                task="tabular",
+                input_shape=(len(self.spec.feature_columns),),
                 num_classes=self.spec.num_classes,
-                feature_names=self.spec.feature_columns, description=self.name,
+                feature_names=self.spec.feature_columns,
+                description=self.name,
             )
         info = super().info()
         if self.spec.num_classes:
@@ -192,21 +205,38 @@ class CSVDataset(PooledTabularDataset):
         file = single_data_file(Path(path), (".csv",), "csv")
         x, y, _ = self.read(file)
         return make_local_splits(
-            name, x, y, held_out_fraction=self.spec.val_fraction,
+            name,
+            x,
+            y,
+            held_out_fraction=self.spec.val_fraction,
             seed=self.spec.seed,
             info=self.info() if self.declared else self.info_from(x, y),
         )
 
     def info_from(self, x: np.ndarray, y: np.ndarray) -> DatasetInfo:
         return DatasetInfo(
-            task="tabular", input_shape=(x.shape[1],),
-            num_classes=max(2, int(y.max()) + 1), description=self.name,
+            task="tabular",
+            input_shape=(x.shape[1],),
+            num_classes=max(2, int(y.max()) + 1),
+            description=self.name,
         )
 
 
 HEART_COLUMNS = (
-    "age", "sex", "cp", "trestbps", "chol", "fbs", "restecg",
-    "thalach", "exang", "oldpeak", "slope", "ca", "thal", "num",
+    "age",
+    "sex",
+    "cp",
+    "trestbps",
+    "chol",
+    "fbs",
+    "restecg",
+    "thalach",
+    "exang",
+    "oldpeak",
+    "slope",
+    "ca",
+    "thal",
+    "num",
 )
 # FLamby's Fed-Heart-Disease protocol: slope/ca/thal are mostly missing outside
 # Cleveland, so they are dropped; cp and restecg are one-hot coded with the first
@@ -214,8 +244,19 @@ HEART_COLUMNS = (
 HEART_DROPPED = ("slope", "ca", "thal")
 HEART_CATEGORIES = {"cp": (1, 2, 3, 4), "restecg": (0, 1, 2)}
 HEART_FEATURES = (
-    "age", "sex", "trestbps", "chol", "fbs", "thalach", "exang", "oldpeak",
-    "cp_2", "cp_3", "cp_4", "restecg_1", "restecg_2",
+    "age",
+    "sex",
+    "trestbps",
+    "chol",
+    "fbs",
+    "thalach",
+    "exang",
+    "oldpeak",
+    "cp_2",
+    "cp_3",
+    "cp_4",
+    "restecg_1",
+    "restecg_2",
 )
 
 
@@ -279,7 +320,9 @@ class HeartDiseaseDataset(FederatedDataset):
         if root.is_file():
             return [root]
         if not root.is_dir():
-            raise DataError(f"heart-disease directory not found: {root}", "data path not found")
+            raise DataError(
+                f"heart-disease directory not found: {root}", "data path not found"
+            )
         files = sorted(
             p for p in root.iterdir() if p.is_file() and p.suffix in (".data", ".csv")
         )
@@ -289,8 +332,11 @@ class HeartDiseaseDataset(FederatedDataset):
 
     def info(self) -> DatasetInfo:
         return DatasetInfo(
-            task="tabular", input_shape=(len(HEART_FEATURES),), num_classes=2,
-            feature_names=HEART_FEATURES, class_names=("no disease", "disease"),
+            task="tabular",
+            input_shape=(len(HEART_FEATURES),),
+            num_classes=2,
+            feature_names=HEART_FEATURES,
+            class_names=("no disease", "disease"),
             description="UCI heart disease (FLamby protocol)",
         )
 
@@ -313,8 +359,12 @@ class HeartDiseaseDataset(FederatedDataset):
     def _site(self, path: Path, name: str) -> HospitalData:
         x, y = read_heart_file(path)
         return make_local_splits(
-            name, x, y, held_out_fraction=self.spec.test_fraction,
-            seed=self.spec.seed, info=self.info(),
+            name,
+            x,
+            y,
+            held_out_fraction=self.spec.test_fraction,
+            seed=self.spec.seed,
+            info=self.info(),
         )
 
     def hospital(self, partition_id: int, num_partitions: int) -> HospitalData:

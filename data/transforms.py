@@ -79,8 +79,14 @@ class BatchAugment:
     """
 
     def __init__(
-        self, spatial_dims: int, seed: int, *, prob: float = 0.5,
-        max_rotation: float = 0.26, max_zoom: float = 0.1, max_shift: float = 0.1,
+        self,
+        spatial_dims: int,
+        seed: int,
+        *,
+        prob: float = 0.5,
+        max_rotation: float = 0.26,
+        max_zoom: float = 0.1,
+        max_shift: float = 0.1,
         max_gain: float = 0.1,
     ) -> None:
         self.dims = spatial_dims
@@ -88,7 +94,9 @@ class BatchAugment:
         self.prob, self.max_rotation, self.max_zoom = prob, max_rotation, max_zoom
         self.max_shift, self.max_gain = max_shift, max_gain
         self.warp = AffineTransform(
-            normalized=True, reverse_indexing=False, padding_mode="border",
+            normalized=True,
+            reverse_indexing=False,
+            padding_mode="border",
             align_corners=False,
         )
 

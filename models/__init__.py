@@ -16,7 +16,11 @@ ModelFactory = Callable[..., nn.Module]
 # MONAI networks (models/imaging.py), imported only when one is built; a test checks
 # this tuple against models.imaging.IMAGING_MODELS.
 IMAGING_MODEL_NAMES: tuple[str, ...] = (
-    "smallcnn", "resnet10", "resnet18", "densenet121", "efficientnet-b0",
+    "smallcnn",
+    "resnet10",
+    "resnet18",
+    "densenet121",
+    "efficientnet-b0",
 )
 
 MODELS: LazyRegistry = LazyRegistry(

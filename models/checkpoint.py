@@ -56,7 +56,9 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types here
-        raise ModelFileError(f"{path}: not a readable medflower model ({err}).") from err
+        raise ModelFileError(
+            f"{path}: not a readable medflower model ({err})."
+        ) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a medflower model file (format {FORMAT}).")
     model = ModelSpec(**payload["model"]).build()

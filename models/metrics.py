@@ -78,7 +78,8 @@ def confusion(y_true: np.ndarray, probs: np.ndarray) -> list[list[int]]:
     """Confusion matrix counts: rows are true classes, columns predicted ones."""
     num_classes = np.asarray(probs).shape[1]
     matrix = confusion_matrix(
-        np.asarray(y_true, dtype=np.int64), np.asarray(probs).argmax(axis=1),
+        np.asarray(y_true, dtype=np.int64),
+        np.asarray(probs).argmax(axis=1),
         labels=list(range(num_classes)),
     )
     return matrix.astype(int).tolist()

@@ -103,7 +103,8 @@ class LocalNorm:
 
     def keep_and_restore(self) -> None:
         """Store the trained norm parameters locally; put the received global
-        values back in the model that will be sent."""
+        values back in the model that will be sent.
+        """
         current = self.model.state_dict()
         self.state[LOCAL_NORM_STATE] = ArrayRecord(
             {k: current[k].detach().cpu().clone() for k in self.keys}

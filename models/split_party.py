@@ -18,15 +18,6 @@ import torch
 
 from data.vertical import VerticalParty, split_positions, standardized_features
 from models.metrics import classification_metrics
-from models.training import TrainSettings
-from strategies.psi import (
-    PSI_ACTIONS,
-    PsiError,
-    PsiPartyState,
-    aligned_rows,
-    handle_psi,
-    normalise_ids,
-)
 from models.split import (
     BottomModel,
     BottomStep,
@@ -35,6 +26,15 @@ from models.split import (
     load_optimizer_state,
     make_optimizer,
     optimizer_state,
+)
+from models.training import TrainSettings
+from strategies.psi import (
+    PSI_ACTIONS,
+    PsiError,
+    PsiPartyState,
+    aligned_rows,
+    handle_psi,
+    normalise_ids,
 )
 
 Tensors = dict[str, torch.Tensor]

@@ -47,7 +47,9 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def make_loader(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
+def make_loader(
+    split: Split, batch_size: int, *, shuffle: bool, seed: int = 0
+) -> DataLoader:
     """A DataLoader over an in-memory split, shuffled reproducibly when asked.
 
     A split that brings its own ``training_dataset(seed)`` (images with seeded
@@ -64,19 +66,25 @@ def make_loader(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0) 
         )
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
         collate_fn=collate,
     )
 
 
-def proximal_term(model: nn.Module, global_params: list[torch.Tensor], mu: float) -> torch.Tensor:
+def proximal_term(
+    model: nn.Module, global_params: list[torch.Tensor], mu: float
+) -> torch.Tensor:
     """FedProx's ``(mu / 2) * sum_i ||w_i - w_global_i||^2`` (squared L2 distance).
 
     ``global_params`` must be detached copies of the round's global weights, in
     ``model.parameters()`` order.
     """
     sq = sum(
-        torch.sum((w - g) ** 2) for w, g in zip(model.parameters(), global_params, strict=True)
+        torch.sum((w - g) ** 2)
+        for w, g in zip(model.parameters(), global_params, strict=True)
     )
     return 0.5 * mu * sq
 
@@ -108,7 +116,9 @@ def train_epochs(
             loss = criterion(model(x), y)
             objective = loss
             if settings.proximal_mu > 0:
-                objective = loss + proximal_term(model, global_params, settings.proximal_mu)
+                objective = loss + proximal_term(
+                    model, global_params, settings.proximal_mu
+                )
             objective.backward()
             optimizer.step()
             total += float(loss.detach()) * len(y)
@@ -121,7 +131,10 @@ def train_epochs(
 
 @torch.no_grad()
 def predict_proba(
-    model: nn.Module, x: np.ndarray | torch.Tensor, device: torch.device, batch_size: int = 256
+    model: nn.Module,
+    x: np.ndarray | torch.Tensor,
+    device: torch.device,
+    batch_size: int = 256,
 ) -> np.ndarray:
     """Class probabilities for every input row (evaluation mode, batched)."""
     model.to(device).eval()
@@ -133,7 +146,9 @@ def predict_proba(
     return torch.cat(out).numpy() if out else np.zeros((0, 2))
 
 
-def evaluate_split(model: nn.Module, split: Split, device: torch.device) -> dict[str, float]:
+def evaluate_split(
+    model: nn.Module, split: Split, device: torch.device
+) -> dict[str, float]:
     """Clinical metrics of ``model`` on ``split``."""
     if len(split) == 0:
         raise ValueError("Cannot evaluate on an empty split.")

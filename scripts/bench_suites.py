@@ -882,8 +882,7 @@ def scale_run(num_hospitals: int) -> dict[str, Any]:
         # Round 1 includes starting the Ray actors (each imports torch): shown apart.
         "round_s_first": float(per_round[0]),
         "round_s_later": (
-            float(per_round[1:].mean()) if len(per_round) > 1
-            else math.nan
+            float(per_round[1:].mean()) if len(per_round) > 1 else math.nan
         ),
         "run_s": total,
         "peak_rss_gb": memory.peak_rss / 2**30,

@@ -28,6 +28,7 @@ from data.vertical import (
     standardized_features,
 )
 from models.metrics import classification_metrics
+from models.split import BottomModel, SplitNetwork, TopModel
 from scripts.benchmark import BenchmarkResult, default_data_root, register
 from strategies.psi import (
     align_in_memory,
@@ -36,7 +37,6 @@ from strategies.psi import (
     server_response,
     server_setup,
 )
-from models.split import BottomModel, SplitNetwork, TopModel
 
 PSI_IDS_PER_PARTY = 10_000
 PSI_BUDGET_S = 10.0

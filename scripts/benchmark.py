@@ -114,10 +114,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _load_suites()
     parser.description = "Run a benchmark suite and print its table."
     parser.add_argument("suite", choices=sorted(BENCHMARKS))
-    parser.add_argument("--data-root", type=Path, default=None,
-                        help="folder with the real data (default: <repo>/../shared/data)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: outputs/benchmarks/<suite>)")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="folder with the real data (default: <repo>/../shared/data)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: outputs/benchmarks/<suite>)",
+    )
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds")
     parser.add_argument("--quick", action="store_true", help="smaller, faster settings")
 

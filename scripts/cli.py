@@ -9,7 +9,12 @@ from collections.abc import Callable, Sequence
 from scripts import audit, benchmark, deploy, evaluate, simulate
 
 # Subcommand name -> (registers its arguments, runs it). Other modules add theirs.
-COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+COMMANDS: dict[
+    str,
+    tuple[
+        Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]
+    ],
+] = {
     "simulate": (simulate.add_arguments, simulate.run),
     "evaluate": (evaluate.add_arguments, evaluate.run),
     "deploy": (deploy.add_arguments, deploy.run),

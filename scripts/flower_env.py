@@ -31,7 +31,9 @@ def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def flower_env(flwr_home: Path | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
+def flower_env(
+    flwr_home: Path | None = None, base: dict[str, str] | None = None
+) -> dict[str, str]:
     """Environment for ``flwr``: offline switches, a project-local ``FLWR_HOME``,
     ``MEDFLOWER_HOME`` for outputs, and this interpreter's bin dir first on PATH
     (the local SuperLink is started as ``flower-superlink`` from PATH).
@@ -98,7 +100,10 @@ def local_superlinks() -> list[SuperLinkProcess]:
         except OSError:
             continue
         args = [a.decode(errors="replace") for a in argv if a]
-        if not any(a.endswith("flower-superlink") for a in args) or "--simulation" not in args:
+        if (
+            not any(a.endswith("flower-superlink") for a in args)
+            or "--simulation" not in args
+        ):
             continue
         db = args[args.index("--database") + 1] if "--database" in args else ""
         found.append(SuperLinkProcess(int(entry.name), db))
@@ -133,7 +138,9 @@ def stop_process_group(pid: int, timeout: float = 10.0) -> None:
             time.sleep(0.2)
 
 
-def start_local_superlink(env: dict[str, str], timeout: float = 180.0) -> subprocess.Popen:
+def start_local_superlink(
+    env: dict[str, str], timeout: float = 180.0
+) -> subprocess.Popen:
     """Start the simulation SuperLink that ``flwr run`` with the ``:local:`` address
     expects (same flags as Flower's own launcher), and wait until it answers.
 
@@ -144,14 +151,27 @@ def start_local_superlink(env: dict[str, str], timeout: float = 180.0) -> subpro
     home.mkdir(parents=True, exist_ok=True)
     port = env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
     cmd = [
-        "flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
-        "--control-api-address", f"127.0.0.1:{env['FLWR_LOCAL_CONTROL_API_PORT']}",
-        "--host", "127.0.0.1", "--port", port,
-        "--log-file", str(home / "superlink.log"),
-        "--database", str(home / "state.db"),
+        "flower-superlink",
+        "--insecure",
+        "--simulation",
+        "--isolation",
+        "subprocess",
+        "--control-api-address",
+        f"127.0.0.1:{env['FLWR_LOCAL_CONTROL_API_PORT']}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        port,
+        "--log-file",
+        str(home / "superlink.log"),
+        "--database",
+        str(home / "state.db"),
     ]
     proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cmd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     deadline = time.monotonic() + timeout
@@ -174,16 +194,30 @@ def run_status(
     run_id: str, env: dict[str, str], app_dir: Path, superlink: str | None = None
 ) -> str:
     """The run's status as ``flwr ls`` reports it, e.g. ``finished:completed``
-    (on the ``superlink`` connection, else the default one)."""
+    (on the ``superlink`` connection, else the default one).
+    """
     out = subprocess.run(
-        ["flwr", "ls", *([superlink] if superlink else []), "--run-id", run_id,
-         "--format", "json"],
-        env=env, cwd=app_dir, capture_output=True, text=True, check=False,
+        [
+            "flwr",
+            "ls",
+            *([superlink] if superlink else []),
+            "--run-id",
+            run_id,
+            "--format",
+            "json",
+        ],
+        env=env,
+        cwd=app_dir,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     try:
         runs = json.loads(out.stdout)["runs"]
     except (json.JSONDecodeError, KeyError) as err:
-        raise RuntimeError(f"`flwr ls` gave no run list: {out.stdout}{out.stderr}") from err
+        raise RuntimeError(
+            f"`flwr ls` gave no run list: {out.stdout}{out.stderr}"
+        ) from err
     for run in runs:
         if str(run.get("run-id")) == run_id:
             return str(run.get("status"))
@@ -222,7 +256,10 @@ def run_simulation(
     write_flower_config(home)
     superlink = start_local_superlink(env)
     cmd = [
-        "flwr", "run", str(app_dir), "--stream",
+        "flwr",
+        "run",
+        str(app_dir),
+        "--stream",
         "--federation-config",
         f"num-supernodes={num_hospitals} client-resources-num-cpus={cpus_per_hospital}",
     ]
@@ -231,8 +268,13 @@ def run_simulation(
     lines: list[str] = []
     try:
         proc = subprocess.Popen(
-            cmd, env=env, cwd=app_dir, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, bufsize=1,
+            cmd,
+            env=env,
+            cwd=app_dir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
         )
         assert proc.stdout is not None
         for line in proc.stdout:

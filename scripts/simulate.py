@@ -11,13 +11,27 @@ from scripts.flower_env import project_root, run_simulation
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Simulate N hospitals with `flwr run --stream` and check the run."
-    parser.add_argument("--hospitals", type=int, default=4, help="simulated hospitals (default 4)")
-    parser.add_argument("--run-config", default="", help='e.g. "num-server-rounds=3 strategy=\'fedprox\'"')
+    parser.description = (
+        "Simulate N hospitals with `flwr run --stream` and check the run."
+    )
+    parser.add_argument(
+        "--hospitals", type=int, default=4, help="simulated hospitals (default 4)"
+    )
+    parser.add_argument(
+        "--run-config",
+        default="",
+        help="e.g. \"num-server-rounds=3 strategy='fedprox'\"",
+    )
     parser.add_argument("--cpus-per-hospital", type=int, default=1)
-    parser.add_argument("--app", type=Path, default=project_root(), help="Flower app directory")
-    parser.add_argument("--output-dir", type=Path, default=None,
-                        help="where runs are written (default: <repo>/outputs)")
+    parser.add_argument(
+        "--app", type=Path, default=project_root(), help="Flower app directory"
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where runs are written (default: <repo>/outputs)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -88,18 +88,24 @@ class MedFedAvg(Screened, FedAvg):
         sound = self._screen(server_round, replies, is_train=True)
         entry = self.ledger.entry(server_round)
         if len(sound) < self.min_hospitals:
-            entry.setdefault("skipped", (
-                f"{len(sound)} sound training replies, fewer than "
-                f"min-hospitals={self.min_hospitals}"
-            ))
+            entry.setdefault(
+                "skipped",
+                (
+                    f"{len(sound)} sound training replies, fewer than "
+                    f"min-hospitals={self.min_hospitals}"
+                ),
+            )
         # a skipped round still closes the protocol, without unmasking anything
         result = self.secure.close_round(
             server_round, [] if "skipped" in entry else sound, entry
         )
         if result is None or "skipped" in entry:
             entry.setdefault("skipped", "secure aggregation did not complete")
-            log.error("Round %d skipped: %s; the global model is unchanged.",
-                      server_round, entry["skipped"])
+            log.error(
+                "Round %d skipped: %s; the global model is unchanged.",
+                server_round,
+                entry["skipped"],
+            )
             return None, sound
         return result, sound
 

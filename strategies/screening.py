@@ -291,7 +291,8 @@ class Screened:
         self, server_round: int, content: RecordDict, *, is_train: bool
     ) -> str | None:
         """Why one reply must not be aggregated (None when sound); a hook for
-        strategies whose replies carry masked or encrypted updates."""
+        strategies whose replies carry masked or encrypted updates.
+        """
         del server_round
         return reply_problem(
             content, self._reference, self.weighted_by_key, check_arrays=is_train

@@ -27,7 +27,9 @@ torch.set_num_threads(1)
 
 def shared_data_dir() -> Path:
     """``$MEDFLOWER_SHARED_DATA`` or ``<repo>/../shared/data``."""
-    return Path(os.environ.get("MEDFLOWER_SHARED_DATA") or REPO.parent / "shared" / "data")
+    return Path(
+        os.environ.get("MEDFLOWER_SHARED_DATA") or REPO.parent / "shared" / "data"
+    )
 
 
 @pytest.fixture
@@ -61,22 +63,32 @@ def make_run_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
 
 
 def make_context(
-    run_config: dict[str, Any], partition_id: int = 0, num_partitions: int = 2,
+    run_config: dict[str, Any],
+    partition_id: int = 0,
+    num_partitions: int = 2,
     node_config: dict[str, Any] | None = None,
 ) -> Context:
     return Context(
-        run_id=1, node_id=101 + partition_id,
-        node_config=node_config or {"partition-id": partition_id, "num-partitions": num_partitions},
-        state=RecordDict(), run_config=run_config,
+        run_id=1,
+        node_id=101 + partition_id,
+        node_config=node_config
+        or {"partition-id": partition_id, "num-partitions": num_partitions},
+        state=RecordDict(),
+        run_config=run_config,
     )
 
 
 def make_message(
-    model: torch.nn.Module, message_type: str = MessageType.TRAIN,
-    config: dict[str, Any] | None = None, dst_node_id: int = 101,
+    model: torch.nn.Module,
+    message_type: str = MessageType.TRAIN,
+    config: dict[str, Any] | None = None,
+    dst_node_id: int = 101,
 ) -> Message:
     """A server instruction carrying ``model``'s weights, as a hospital receives it."""
     content = RecordDict(
-        {"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord(config or {"server-round": 1})}
+        {
+            "arrays": ArrayRecord(model.state_dict()),
+            "config": ConfigRecord(config or {"server-round": 1}),
+        }
     )
     return Message(content=content, message_type=message_type, dst_node_id=dst_node_id)

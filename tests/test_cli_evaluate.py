@@ -13,15 +13,31 @@ from scripts.cli import main
 @pytest.fixture(scope="module")
 def trained_model(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
-    run_inprocess(server_app, client_app, num_hospitals=2,
-                  run_config=make_run_config(tmp, **{"num-server-rounds": 2}))
+    run_inprocess(
+        server_app,
+        client_app,
+        num_hospitals=2,
+        run_config=make_run_config(tmp, **{"num-server-rounds": 2}),
+    )
     return tmp / "outputs" / "latest" / "final_model.pt"
 
 
 def test_evaluate_wdbc_writes_accuracy_and_auc(trained_model, tmp_path, capsys):
     out = tmp_path / "e.json"
-    assert main(["evaluate", "--model", str(trained_model), "--data", "wdbc",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(trained_model),
+                "--data",
+                "wdbc",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["num_examples"] == 114
     assert report["metrics"]["accuracy"] > 0.9
@@ -33,13 +49,27 @@ def test_evaluate_csv_with_wrong_feature_count_says_so(trained_model, tmp_path, 
     path = tmp_path / "other.csv"
     rows = "\n".join(f"{a},{a * 2},{a % 2}" for a in range(20))
     path.write_text("a,b,target\n" + rows + "\n")
-    assert main(["evaluate", "--model", str(trained_model), "--data", str(path),
-                 "--split", "all"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(trained_model),
+                "--data",
+                str(path),
+                "--split",
+                "all",
+            ]
+        )
+        == 2
+    )
     assert "expects 30 features but" in capsys.readouterr().err
 
 
 def test_evaluate_missing_model_file(tmp_path, capsys):
-    assert main(["evaluate", "--model", str(tmp_path / "none.pt"), "--data", "wdbc"]) == 2
+    assert (
+        main(["evaluate", "--model", str(tmp_path / "none.pt"), "--data", "wdbc"]) == 2
+    )
     assert "model file not found" in capsys.readouterr().err
 
 
@@ -54,7 +84,21 @@ def test_evaluate_csv_of_matching_schema(trained_model, tmp_path):
     path = tmp_path / "site.csv"
     path.write_text("\n".join(lines) + "\n")
     out = tmp_path / "r.json"
-    assert main(["evaluate", "--model", str(trained_model), "--data", str(path),
-                 "--split", "all", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(trained_model),
+                "--data",
+                str(path),
+                "--split",
+                "all",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(out.read_text())["metrics"]
     assert np.isfinite(metrics["auc"]) and metrics["accuracy"] > 0.8

@@ -35,7 +35,9 @@ def test_fedprox_mu_pulls_update_towards_global(tmp_path, task_identity):
         msg = make_message(model, config={"server-round": 1, "proximal-mu": mu})
         out = client_app(msg, make_context(run_config, 0, 2))
         new = out.content["arrays"].to_torch_state_dict()
-        return sum(float(((new[k] - v) ** 2).sum()) for k, v in model.state_dict().items())
+        return sum(
+            float(((new[k] - v) ** 2).sum()) for k, v in model.state_dict().items()
+        )
 
     assert distance(5.0) < distance(0.0)
 
@@ -47,9 +49,12 @@ def test_evaluate_reports_metrics_on_local_held_out(tmp_path, task_identity):
     reply = client_app(msg, make_context(run_config, 1, 2))
     metrics = reply.content["metrics"]
     assert "arrays" not in reply.content
-    assert metrics["num-examples"] == len(load_hospital(
-        RunConfig.from_run_config(run_config), {"partition-id": 1, "num-partitions": 2}
-    ).val)
+    assert metrics["num-examples"] == len(
+        load_hospital(
+            RunConfig.from_run_config(run_config),
+            {"partition-id": 1, "num-partitions": 2},
+        ).val
+    )
     assert 0.0 <= metrics["accuracy"] <= 1.0
     assert {"loss", "balanced_accuracy", "sensitivity", "specificity"} <= set(metrics)
 
@@ -73,6 +78,4 @@ def test_reply_carries_only_arrays_metrics_and_site_name(tmp_path, task_identity
     model, _ = build_global(run_config)
     reply = client_app(make_message(model), make_context(run_config, 0, 2))
     assert set(reply.content.keys()) == {"arrays", "metrics", "hospital"}
-    assert all(
-        isinstance(v, (int, float)) for v in reply.content["metrics"].values()
-    )
+    assert all(isinstance(v, (int, float)) for v in reply.content["metrics"].values())

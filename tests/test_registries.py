@@ -24,10 +24,8 @@ def test_imaging_model_entries_match_models_imaging():
 
 
 def test_tabular_client_app_does_not_import_monai():
-    code = (
-        "import sys, app.client_app, app.server_app;"
-        "print('monai' in sys.modules)"
+    code = "import sys, app.client_app, app.server_app;print('monai' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"

@@ -30,8 +30,14 @@ def test_server_app_writes_history_model_and_latest(tmp_path):
             assert "accuracy" in metrics["evaluate"]
     final = history["rounds"][-1]["server"]
     assert final["accuracy"] > history["rounds"][0]["server"]["accuracy"]
-    assert set(final) >= {"loss", "accuracy", "balanced_accuracy", "auc",
-                          "sensitivity", "specificity"}
+    assert set(final) >= {
+        "loss",
+        "accuracy",
+        "balanced_accuracy",
+        "auc",
+        "sensitivity",
+        "specificity",
+    }
     latest = tmp_path / "outputs" / "latest"
     assert latest.is_symlink() and latest.resolve().name == "test-run"
     model, meta = load_model(latest / "final_model.pt")
@@ -65,8 +71,9 @@ def nan_poisoning_client(bad_partition: int) -> ClientApp:
 def test_nan_reply_is_dropped_with_hospital_named_and_round_completes(tmp_path, caplog):
     run_config = make_run_config(tmp_path, **{"num-server-rounds": 2})
     with caplog.at_level(logging.WARNING):
-        run_inprocess(server_app, nan_poisoning_client(1), num_hospitals=3,
-                      run_config=run_config)
+        run_inprocess(
+            server_app, nan_poisoning_client(1), num_hospitals=3, run_config=run_config
+        )
     assert "dropped the reply of hospital hospital-1" in caplog.text
     history = read_history(tmp_path)
     assert history["status"] == "completed"

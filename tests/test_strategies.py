@@ -35,7 +35,8 @@ def reply(node_id, arrays, weight, name=None, metrics=None):
     """A hospital's train reply, as the server receives it."""
     instruction = Message(
         content=RecordDict({"config": ConfigRecord()}),
-        message_type=MessageType.TRAIN, dst_node_id=node_id,
+        message_type=MessageType.TRAIN,
+        dst_node_id=node_id,
     )
     content = RecordDict(
         {
@@ -61,8 +62,18 @@ def test_fedavg_weighted_mean_by_num_examples(task_identity):
     strategy = MedFedAvg(min_hospitals=2)
     prime(strategy)
     replies = [
-        reply(101, {"w": full(1.0, (2, 2)), "b": full(2.0, 2)}, 10, metrics={"train_loss": 1.0}),
-        reply(102, {"w": full(4.0, (2, 2)), "b": full(-1.0, 2)}, 30, metrics={"train_loss": 3.0}),
+        reply(
+            101,
+            {"w": full(1.0, (2, 2)), "b": full(2.0, 2)},
+            10,
+            metrics={"train_loss": 1.0},
+        ),
+        reply(
+            102,
+            {"w": full(4.0, (2, 2)), "b": full(-1.0, 2)},
+            30,
+            metrics={"train_loss": 3.0},
+        ),
     ]
     arrays, metrics = strategy.aggregate_train(1, replies)
     # (10 * 1 + 30 * 4) / 40 = 3.25 ; (10 * 2 + 30 * -1) / 40 = -0.25
@@ -89,7 +100,11 @@ BAD_REPLIES = {
     "inf": ({"w": full(np.inf, (2, 2)), "b": full(0.0, 2)}, 10, "NaN or infinite"),
     "missing-key": ({"w": full(1.0, (2, 2))}, 10, "missing \\['b'\\]"),
     "extra-key": ({**GLOBAL, "z": full(1.0, 1)}, 10, "extra \\['z'\\]"),
-    "wrong-shape": ({"w": full(1.0, (3, 2)), "b": full(0.0, 2)}, 10, "shape \\(3, 2\\)"),
+    "wrong-shape": (
+        {"w": full(1.0, (3, 2)), "b": full(0.0, 2)},
+        10,
+        "shape \\(3, 2\\)",
+    ),
     "zero-weight": (GLOBAL, 0, "must be a finite number > 0"),
     "negative-weight": (GLOBAL, -5, "must be a finite number > 0"),
 }
@@ -124,7 +139,9 @@ def test_error_reply_is_recorded_and_rest_aggregated(task_identity):
     assert strategy.ledger.rounds[1]["errors"]["node-103"]["reason"] == "boom"
 
 
-def test_round_with_too_few_valid_replies_keeps_model_and_says_so(caplog, task_identity):
+def test_round_with_too_few_valid_replies_keeps_model_and_says_so(
+    caplog, task_identity
+):
     strategy = MedFedAvg(min_hospitals=2)
     prime(strategy)
     bad = reply(101, {"w": full(np.nan, (2, 2)), "b": full(0.0, 2)}, 10)
@@ -142,9 +159,7 @@ def test_fedprox_sends_mu_and_validates_it(task_identity):
     strategy = build_strategy("fedprox", proximal_mu=0.3, min_hospitals=2)
     assert isinstance(strategy, MedFedProx)
     messages = prime(strategy)
-    assert messages and all(
-        m.content["config"]["proximal-mu"] == 0.3 for m in messages
-    )
+    assert messages and all(m.content["config"]["proximal-mu"] == 0.3 for m in messages)
     with pytest.raises(ValueError, match="proximal-mu must be > 0"):
         MedFedProx(proximal_mu=0.0)
 

@@ -52,7 +52,9 @@ def test_heart_disease_real_files(heart_dir):
 
 def test_heart_count_mismatch_is_clear(heart_dir):
     ds = get_dataset(DataSpec(dataset="heart-disease", data_path=str(heart_dir)))
-    with pytest.raises(DataError, match="holds 4 hospital files but the federation has 3"):
+    with pytest.raises(
+        DataError, match="holds 4 hospital files but the federation has 3"
+    ):
         ds.hospital(0, 3)
 
 

@@ -7,9 +7,6 @@ import pytest
 import torch
 
 from data.vertical import simulate_parties
-from models.training import TrainSettings
-from strategies.vertical import VerticalPlan, run_vertical_training
-from models.split_party import PartySession, PartyState, VerticalSettings
 from models.split import (
     BottomModel,
     BottomStep,
@@ -19,6 +16,9 @@ from models.split import (
     load_optimizer_state,
     optimizer_state,
 )
+from models.split_party import PartySession, PartyState, VerticalSettings
+from models.training import TrainSettings
+from strategies.vertical import VerticalPlan, run_vertical_training
 
 
 def test_split_gradients_equal_centralised_autograd():
