@@ -164,6 +164,17 @@ def full_run_config(**overrides: Any) -> dict[str, Any]:
     return config
 
 
+def server_context(run_config: Mapping[str, Any], run_id: int = 1) -> Context:
+    """The ServerApp's ``Context`` for an in-process run of ``run_config``."""
+    return Context(
+        run_id=run_id,
+        node_id=SERVER_NODE_ID,
+        node_config={},
+        state=RecordDict(),
+        run_config=dict(run_config),
+    )
+
+
 def run_inprocess(
     server_app: ServerApp,
     client_app: ClientApp,
@@ -174,12 +185,5 @@ def run_inprocess(
 ) -> InProcessGrid:
     """Run ``server_app`` against ``num_hospitals`` in-process ClientApps."""
     grid = InProcessGrid(client_app, num_hospitals, run_config, **grid_kwargs)
-    context = Context(
-        run_id=grid.run_id,
-        node_id=SERVER_NODE_ID,
-        node_config={},
-        state=RecordDict(),
-        run_config=dict(run_config),
-    )
-    server_app(grid, context)
+    server_app(grid, server_context(run_config, grid.run_id))
     return grid

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Message
 
 from app.client_app import app as client_app
-from app.inprocess import SERVER_NODE_ID, InProcessGrid, full_run_config
+from app.inprocess import InProcessGrid, full_run_config, server_context
 from app.server_app import app as server_app
 from scripts.benchmark import BenchmarkResult, default_data_root, register
 from strategies.fedavg import hospital_of
@@ -72,13 +72,7 @@ def federate(
     grid = ReplyCapture(client_app, num_hospitals, config)
     server_app(
         grid,
-        Context(
-            run_id=1,
-            node_id=SERVER_NODE_ID,
-            node_config={},
-            state=RecordDict(),
-            run_config=config,
-        ),
+        server_context(config),
     )
     return grid.evaluations, out / name / "final_model.pt"
 

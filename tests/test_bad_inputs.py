@@ -15,14 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message
 from sklearn.datasets import load_breast_cancer
 
 from app.checkpoints import CheckpointError, load_checkpoint
 from app.client_app import app as client_app
 from app.config import ConfigError, RunConfig
 from app.federation import run_federation
-from app.inprocess import SERVER_NODE_ID, InProcessGrid
+from app.inprocess import InProcessGrid, server_context
 from data.imaging import list_image_folder, load_images
 from data.registry import get_dataset
 from data.spec import DataError
@@ -72,13 +72,7 @@ def run_deployed(
         },
     )
     grid = InProcessGrid(client, len(node_configs), config, node_configs=node_configs)
-    context = Context(
-        run_id=1,
-        node_id=SERVER_NODE_ID,
-        node_config={},
-        state=RecordDict(),
-        run_config=dict(config),
-    )
+    context = server_context(config)
     outcome = run_federation(grid, context)
     return outcome, json.loads((outcome.recorder.dir / "history.json").read_text())
 
@@ -316,13 +310,7 @@ def test_bad_update_is_rejected_and_the_rest_aggregated(
         tmp_path, **{"num-server-rounds": 2, "fraction-evaluate": 0.0}
     )
     grid = InProcessGrid(tampering_client(102, tamper), 4, config)
-    context = Context(
-        run_id=1,
-        node_id=SERVER_NODE_ID,
-        node_config={},
-        state=RecordDict(),
-        run_config=dict(config),
-    )
+    context = server_context(config)
     outcome = run_federation(grid, context)
     rounds = json.loads((outcome.recorder.dir / "history.json").read_text())["rounds"]
     assert outcome.status == "completed"
@@ -353,13 +341,7 @@ def test_hospital_raising_mid_training_replies_an_error_without_detail(
         tmp_path, **{"num-server-rounds": 2, "fraction-evaluate": 0.0}
     )
     grid = InProcessGrid(client_app, 4, config)
-    context = Context(
-        run_id=1,
-        node_id=SERVER_NODE_ID,
-        node_config={},
-        state=RecordDict(),
-        run_config=dict(config),
-    )
+    context = server_context(config)
     outcome = run_federation(grid, context)
     rounds = json.loads((outcome.recorder.dir / "history.json").read_text())["rounds"]
     assert outcome.status == "completed"
@@ -400,13 +382,7 @@ def test_saved_model_used_for_the_wrong_task_is_refused(
         tmp_path, **{"num-server-rounds": 1, "fraction-evaluate": 0.0}
     )
     grid = InProcessGrid(client_app, 2, config)
-    context = Context(
-        run_id=1,
-        node_id=SERVER_NODE_ID,
-        node_config={},
-        state=RecordDict(),
-        run_config=dict(config),
-    )
+    context = server_context(config)
     outcome = run_federation(grid, context)  # a WDBC model: 30 features
     code = cli(
         [

@@ -14,7 +14,7 @@ from flwr.app import Context, Message, RecordDict
 from app.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
 from app.client_app import app as client_app
 from app.federation import run_federation
-from app.inprocess import SERVER_NODE_ID, InProcessGrid
+from app.inprocess import SERVER_NODE_ID, InProcessGrid, server_context
 from tests.conftest import make_run_config
 
 
@@ -39,13 +39,7 @@ class CrashingGrid(InProcessGrid):
 
 def run(config: dict[str, Any], hospitals: int, grid_cls=InProcessGrid, **grid_kw: Any):
     grid = grid_cls(client_app, hospitals, config, **grid_kw)
-    context = Context(
-        run_id=1,
-        node_id=SERVER_NODE_ID,
-        node_config={},
-        state=RecordDict(),
-        run_config=dict(config),
-    )
+    context = server_context(config)
     return run_federation(grid, context), grid
 
 
@@ -182,13 +176,7 @@ def test_hospital_that_never_answers_is_named_and_left_out(tmp_path: Path) -> No
         return ids + ["lost"] * (len(messages) - len(ids))
 
     grid.push_messages = lose_node_104
-    context = Context(
-        run_id=1,
-        node_id=SERVER_NODE_ID,
-        node_config={},
-        state=RecordDict(),
-        run_config=dict(config),
-    )
+    context = server_context(config)
     outcome = run_federation(grid, context)
     assert outcome.status == "completed"
     rounds = history(outcome.recorder.dir)["rounds"]
@@ -215,13 +203,7 @@ def test_federation_below_minimum_too_long_stops_cleanly_with_its_checkpoint(
             grid.offline.update({102, 103})  # they disconnect after this round
 
     grid.on_deliver = two_leave_after_round_one
-    context = Context(
-        run_id=1,
-        node_id=SERVER_NODE_ID,
-        node_config={},
-        state=RecordDict(),
-        run_config=dict(config),
-    )
+    context = server_context(config)
     outcome = run_federation(grid, context)  # returns: no crash trace
     assert outcome.status == "stopped" and outcome.result.last_round == 1
     h = history(outcome.recorder.dir)
