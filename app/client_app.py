@@ -138,7 +138,8 @@ def _train(msg: Message, context: Context) -> Message:
     settings = TrainSettings(
         epochs=cfg.local_epochs,
         batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
+        # the server sends each round's rate (lr-schedule); older servers do not
+        learning_rate=float(config.get("learning-rate", cfg.learning_rate)),
         optimizer=cfg.optimizer,
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,

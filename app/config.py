@@ -97,6 +97,8 @@ class RunConfig:
         0.05, "learning-rate", low=0.0, high=10.0, low_open=True
     )
     optimizer: str = _opt("sgd", "optimizer", choices=("sgd", "adam"))
+    lr_schedule: str = _opt("constant", "lr-schedule", choices=("constant", "cosine"))
+    select_best: str = _opt("none", "select-best", choices=("none", "auc", "loss"))
     momentum: float = _opt(0.9, "momentum", low=0.0, high=0.999)
     weight_decay: float = _opt(0.0, "weight-decay", low=0.0, high=1.0)
     fraction_train: float = _opt(
@@ -183,6 +185,12 @@ class RunConfig:
         if self.num_classes == 1:
             raise ConfigError(
                 "'num-classes' must be 0 (infer from data) or >= 2, got 1."
+            )
+        if self.select_best != "none" and self.fraction_evaluate == 0.0:
+            raise ConfigError(
+                f"select-best='{self.select_best}' chooses the round by the "
+                "hospitals' evaluation, but 'fraction-evaluate' = 0 asks none to "
+                "evaluate."
             )
         if self.strategy == "fedprox" and self.proximal_mu <= 0.0:
             raise ConfigError(

@@ -9,9 +9,11 @@ call it with an in-process Grid and their own hooks.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,20 +35,23 @@ from app.run_outputs import RunRecorder
 from app.tensorboard_log import TensorBoardLogger
 from data.registry import get_dataset
 from data.spec import Split
-from models.checkpoint import save_model
+from models.checkpoint import load_model, save_model
 from models.personalization import load_initial_weights
 from models.training import (
     evaluate_split,
     pick_device,
     predict_proba,
+    scheduled_learning_rate,
     set_deterministic,
 )
 from strategies import STRATEGY_OPTIONS, build_strategy
 from strategies.runner import RoundHook, RoundRunner, RunResult
-from strategies.screening import Screened
+from strategies.screening import FEDERATED_EVALUATE, Screened
 from strategies.secagg import secure_aggregator
 
 log = logging.getLogger(__name__)
+
+SaveFn = Callable[[Path, ArrayRecord], None]
 
 # What a site must do to its data before applying the saved model, per task.
 PREPROCESSING: dict[str, dict[str, Any]] = {
@@ -63,6 +68,7 @@ PREPROCESSING: dict[str, dict[str, Any]] = {
 
 # Ledger keys copied into each history.json round entry (besides per-hospital metrics).
 LEDGER_KEYS = (
+    "federated",
     "rejected",
     "errors",
     "no_reply",
@@ -162,6 +168,75 @@ def _hospitals(ledger: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class BestRound:
+    """Keep the global model of the round with the best federated held-out metric.
+
+    Run config ``select-best``: after each round, the hospitals' evaluation of
+    that round's global model (weighted by held-out size, see
+    ``strategies.screening.FEDERATED_EVALUATE``) is compared with the best so far;
+    the server's test set is never consulted. The best model is written to
+    ``selected_model.pt`` in the run folder as it changes, so a resumed run
+    continues the selection, and becomes ``final_model.pt`` at the end.
+    """
+
+    HIGHER_IS_BETTER = {"auc": True, "loss": False}
+    FILE = "selected_model.pt"
+
+    def __init__(
+        self, metric: str, strategy: Screened, recorder: RunRecorder, save: SaveFn
+    ) -> None:
+        self.metric, self.strategy, self.recorder = metric, strategy, recorder
+        self.save = save
+        self.round: int | None = None
+        self.value = float("nan")
+        self.arrays: ArrayRecord | None = None
+        self._resume()
+
+    @property
+    def path(self) -> Path:
+        return self.recorder.dir / self.FILE
+
+    def _better(self, value: float) -> bool:
+        if self.round is None:
+            return True
+        higher = self.HIGHER_IS_BETTER[self.metric]
+        return value > self.value if higher else value < self.value
+
+    def _resume(self) -> None:
+        """Continue a resumed run's selection from its history and saved model."""
+        selected = self.recorder.history.pop("selected_round", None)
+        if not isinstance(selected, dict) or not self.path.is_file():
+            return
+        rounds = {r["round"] for r in self.recorder.history["rounds"]}
+        if selected.get("round") in rounds:  # not a round the resume will re-run
+            state = load_model(self.path)[1]["state_dict"]
+            self.round, self.value = int(selected["round"]), float(selected["value"])
+            self.arrays = ArrayRecord(state)
+            self.recorder.history["selected_round"] = selected
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> None:
+        ledger = self.strategy.ledger.rounds.get(server_round, {})
+        value = ledger.get(FEDERATED_EVALUATE, {}).get(self.metric)
+        if value is None or not math.isfinite(value) or not self._better(value):
+            return
+        self.round, self.value, self.arrays = server_round, float(value), arrays
+        self.save(self.path, arrays)
+        self.recorder.note(selected_round=self.summary())
+        log.info(
+            "[round %d] federated held-out %s=%.4f: best so far, selected",
+            server_round,
+            self.metric,
+            value,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "metric": f"federated held-out {self.metric}",
+            "value": self.value,
+        }
+
+
 @dataclass
 class FederationOutcome:
     """What a run ended with (also in history.json)."""
@@ -244,6 +319,21 @@ def run_federation(
             keep=cfg.checkpoint_keep,
         )
 
+    def save(path: Path, round_arrays: ArrayRecord) -> None:
+        save_model(
+            path,
+            round_arrays.to_torch_state_dict(),
+            spec,
+            info,
+            run_config=cfg.to_run_config(),
+            preprocessing=PREPROCESSING[cfg.task],
+        )
+
+    selection = (
+        BestRound(cfg.select_best, strategy, recorder, save)
+        if cfg.select_best != "none"
+        else None
+    )
     contract = task_contract(info)
     reporter = RoundReporter(
         cfg, recorder, strategy, model, test, start_round, tensorboard
@@ -257,7 +347,13 @@ def run_federation(
         train_config=ConfigRecord({"proximal-mu": 0.0, **contract}),
         evaluate_config=ConfigRecord(dict(contract)),
         evaluate_fn=reporter,
-        after_round=[checkpoint, *after_round],
+        # selection first: the checkpoint then covers the selected model's file
+        after_round=[*([selection] if selection else []), checkpoint, *after_round],
+        round_config=lambda r: {
+            "learning-rate": scheduled_learning_rate(
+                cfg.lr_schedule, cfg.learning_rate, r, cfg.num_server_rounds
+            )
+        },
     )
     if resume is not None:
         # Last, so nothing above (model init, data) consumes the restored state.
@@ -285,20 +381,26 @@ def run_federation(
             recorder.dir,
         )
         return FederationOutcome("stopped", recorder, result)
-    save_model(
-        recorder.model_path,
-        result.arrays.to_torch_state_dict(),
-        spec,
-        info,
-        run_config=cfg.to_run_config(),
-        preprocessing=PREPROCESSING[cfg.task],
-    )
-    final = (
-        recorder.history["rounds"][-1]["server"] if recorder.history["rounds"] else {}
-    )
+    final_arrays = result.arrays
+    final_round = recorder.history["rounds"][-1] if recorder.history["rounds"] else {}
+    if selection is not None and selection.arrays is not None:
+        final_arrays = selection.arrays
+        final_round = next(
+            r for r in recorder.history["rounds"] if r["round"] == selection.round
+        )
+        log.info(
+            "Saving the round-%d model (best %s); the last round was %d.",
+            selection.round,
+            selection.summary()["metric"],
+            result.last_round,
+        )
+    save(recorder.model_path, final_arrays)
+    if selection is not None:
+        selection.path.unlink(missing_ok=True)
+    final = final_round.get("server", {})
     roc: list[dict[str, Any]] = []
     if test is not None:  # the final model's ROC curve on the server's test set
-        model.load_state_dict(result.arrays.to_torch_state_dict())
+        model.load_state_dict(final_arrays.to_torch_state_dict())
         probs = predict_proba(model, test.x, pick_device(cfg.device))
         roc = roc_curves(test.y, probs, info.class_names)
     recorder.finish(

@@ -123,6 +123,11 @@ class RunRecorder:
         self.history["rounds"] = sorted(rounds, key=lambda r: r["round"])
         write_json(self.history_path, self.history)
 
+    def note(self, **extra: Any) -> None:
+        """Add run-level entries (the selected round) and rewrite history.json."""
+        self.history.update(extra)
+        write_json(self.history_path, self.history)
+
     def finish(self, status: str, **extra: Any) -> None:
         self.history["status"] = status
         self.history.update(extra)

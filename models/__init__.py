@@ -16,6 +16,7 @@ ModelFactory = Callable[..., nn.Module]
 # MONAI networks (models/imaging.py), imported only when one is built; a test checks
 # this tuple against models.imaging.IMAGING_MODELS.
 IMAGING_MODEL_NAMES: tuple[str, ...] = (
+    "poolcnn",
     "smallcnn",
     "resnet10",
     "resnet18",
@@ -28,6 +29,7 @@ MODELS: LazyRegistry = LazyRegistry(
         "logreg": "models.tabular:LogisticRegression",
         "mlp": "models.tabular:TabularMLP",
         "mlp-norm": "models.tabular:NormMLP",
+        "poolcnn": "models.imaging:PoolCNN",
         "smallcnn": "models.imaging:SmallCNN",
         "resnet10": "models.imaging:resnet10",
         "resnet18": "models.imaging:resnet18",

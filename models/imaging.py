@@ -83,6 +83,56 @@ class SmallCNN(nn.Module):
         return self.head(self.dropout(x))
 
 
+class PoolCNN(nn.Module):
+    """A VGG-style classifier for small images (the imaging default).
+
+    Each stage is ``depth`` 3x3 MONAI ``Convolution`` blocks (GroupNorm, ReLU) at
+    full resolution followed by 2x max-pooling; then global average pooling,
+    dropout and a linear head. Max-pooling keeps the strongest local response
+    (a lesion edge) where :class:`SmallCNN`'s strided convolutions average it
+    away; at 28x28 it learns BreastMNIST in fewer epochs with fewer weights
+    (0.29 M parameters with the defaults).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        channels: tuple[int, ...] = (32, 64, 128),
+        depth: int = 2,
+        dropout: float = 0.3,
+    ) -> None:
+        super().__init__()
+        _check_args(spatial_dims, in_channels, num_classes)
+        layers: list[nn.Module] = []
+        width = in_channels
+        for out in channels:
+            for _ in range(depth):
+                layers.append(
+                    Convolution(
+                        spatial_dims,
+                        width,
+                        out,
+                        kernel_size=3,
+                        act=ACT,
+                        norm=NORM,
+                        adn_ordering="NA",
+                        bias=False,
+                    )
+                )
+                width = out
+            layers.append(Pool[Pool.MAX, spatial_dims](kernel_size=2))
+        self.features = nn.Sequential(*layers)
+        self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(x)).flatten(1)
+        return self.head(self.dropout(x))
+
+
 class DPResNetBlock(ResNetBlock):
     """MONAI's basic ResNet block with a non-in-place residual addition."""
 
@@ -191,7 +241,8 @@ class ImagingModel:
 
 
 IMAGING_MODELS: dict[str, ImagingModel] = {
-    "smallcnn": ImagingModel(SmallCNN, 8, "compact MONAI-block CNN (CPU default)"),
+    "poolcnn": ImagingModel(PoolCNN, 8, "VGG-style MONAI-block CNN (default)"),
+    "smallcnn": ImagingModel(SmallCNN, 8, "compact strided MONAI-block CNN"),
     "resnet10": ImagingModel(resnet10, 8, "MONAI ResNet-10, GroupNorm"),
     "resnet18": ImagingModel(resnet18, 8, "MONAI ResNet-18, GroupNorm"),
     "densenet121": ImagingModel(densenet121, 32, "MONAI DenseNet121, GroupNorm"),
@@ -219,5 +270,5 @@ def check_input_size(name: str, input_shape: tuple[int, ...]) -> None:
             "side; "
             f"the data are {'x'.join(map(str, spatial))}. Set image-size >= "
             f"{entry.min_size} (images are resized) or pick a model with a smaller "
-            "minimum (smallcnn, resnet10, resnet18: 8)."
+            "minimum (poolcnn, smallcnn, resnet10, resnet18: 8)."
         )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +38,28 @@ OPTIMIZERS = {
         p, lr=s.learning_rate, weight_decay=s.weight_decay
     ),
 }
+
+
+# Learning-rate schedules across server rounds: fraction of the run done (0 at the
+# first round) -> factor on ``learning-rate``. The server sends each round's rate.
+LR_SCHEDULES: dict[str, Callable[[float], float]] = {
+    "constant": lambda done: 1.0,
+    "cosine": lambda done: 0.5 * (1.0 + math.cos(math.pi * done)),
+}
+
+
+def scheduled_learning_rate(
+    schedule: str, learning_rate: float, step: int, num_steps: int
+) -> float:
+    """The learning rate of round (or epoch) ``step`` (1-based) of ``num_steps``.
+
+    ``cosine`` decays from ``learning_rate`` at step 1 towards 0 after the last
+    step (the last step still trains, at ``1 - cos(pi / num_steps)`` of the rate).
+    """
+    if step < 1 or num_steps < 1:
+        raise ValueError(f"step {step} of {num_steps}: both must be >= 1.")
+    done = min(step - 1, num_steps) / num_steps
+    return learning_rate * LR_SCHEDULES[schedule](done)
 
 
 def pick_device(name: str = "auto") -> torch.device:

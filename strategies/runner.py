@@ -51,6 +51,8 @@ class RoundRunner:
     wait_for_hospitals
         Seconds the federation may stay below ``min-hospitals`` (rounds skipped
         one after another) before the run stops.
+    round_config
+        Per-round additions to ``train_config`` (the round's learning rate).
     evaluate_fn
         Server-side evaluation and reporting after each round (and round 0 on a
         fresh start); its return value is not used here.
@@ -67,6 +69,7 @@ class RoundRunner:
     evaluate_config: ConfigRecord
     evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None
     after_round: Sequence[RoundHook] = ()
+    round_config: Callable[[int], dict[str, float]] | None = None
     clock: Callable[[], float] = time.monotonic
 
     def _exchange(
@@ -86,7 +89,8 @@ class RoundRunner:
         return replies
 
     def _train(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
-        config = ConfigRecord(dict(self.train_config))
+        extra = self.round_config(server_round) if self.round_config else {}
+        config = ConfigRecord({**self.train_config, **extra})
         messages = self.strategy.configure_train(
             server_round, arrays, config, self.grid
         )

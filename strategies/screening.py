@@ -39,6 +39,8 @@ from strategies.validation import Reference, match_dtypes, reference_of, reply_p
 log = logging.getLogger(__name__)
 
 HOSPITAL_RECORD = "hospital"
+# Ledger key of a round's aggregated (weighted) hospital evaluation metrics.
+FEDERATED_EVALUATE = "federated"
 # An error reply has no content, so a hospital names itself in the reason.
 ERROR_PREFIX = "hospital {name}: "
 _ERROR_NAME = re.compile(r"^hospital (\S+): ")
@@ -345,7 +347,14 @@ class Screened:
         sound = self._screen(server_round, replies, is_train=False)
         if not sound:
             return None
-        return super().aggregate_evaluate(server_round, sound)  # type: ignore[misc]
+        metrics = super().aggregate_evaluate(server_round, sound)  # type: ignore[misc]
+        if metrics:  # the federation's held-out metrics: history and model selection
+            self.ledger.entry(server_round)[FEDERATED_EVALUATE] = {
+                k: float(v)
+                for k, v in metrics.items()
+                if not k.startswith(LABEL_COUNT_PREFIX) and not isinstance(v, list)
+            }
+        return metrics
 
     def round_skipped(self, server_round: int) -> bool:
         """Whether training in ``server_round`` was skipped (too few sound replies)."""
