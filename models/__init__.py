@@ -17,6 +17,7 @@ ModelFactory = Callable[..., nn.Module]
 # this tuple against models.imaging.IMAGING_MODELS.
 IMAGING_MODEL_NAMES: tuple[str, ...] = (
     "poolcnn",
+    "poolcnn-small",
     "smallcnn",
     "resnet10",
     "resnet18",
@@ -30,6 +31,7 @@ MODELS: LazyRegistry = LazyRegistry(
         "mlp": "models.tabular:TabularMLP",
         "mlp-norm": "models.tabular:NormMLP",
         "poolcnn": "models.imaging:PoolCNN",
+        "poolcnn-small": "models.imaging:poolcnn_small",
         "smallcnn": "models.imaging:SmallCNN",
         "resnet10": "models.imaging:resnet10",
         "resnet18": "models.imaging:resnet18",
@@ -43,7 +45,7 @@ MODEL_OPTIONS: dict[str, dict[str, str]] = {
     "logreg": {},
     "mlp": {"hidden": "mlp_hidden", "layers": "mlp_layers"},
     "mlp-norm": {"hidden": "mlp_hidden", "layers": "mlp_layers"},
-    **{name: {} for name in IMAGING_MODEL_NAMES},
+    **{name: {"tta": "tta"} for name in IMAGING_MODEL_NAMES},
 }
 
 # Which task (kind of data) each model takes, and each task's default model.
@@ -53,7 +55,7 @@ MODEL_TASKS: dict[str, str] = {
     "mlp-norm": "tabular",
     **{name: "imaging" for name in IMAGING_MODEL_NAMES},
 }
-DEFAULT_MODELS: dict[str, str] = {"tabular": "logreg", "imaging": "smallcnn"}
+DEFAULT_MODELS: dict[str, str] = {"tabular": "logreg", "imaging": "poolcnn"}
 
 
 def _tabular_inputs(name: str, info: DatasetInfo) -> dict[str, Any]:
@@ -105,11 +107,19 @@ class ModelSpec:
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the registered model ``name``."""
+    """Build the registered model ``name``.
+
+    ``tta`` (imaging) is not a layer: it is kept on the module as ``model.tta``
+    for :func:`models.training.predict_proba`, so the weights (and state_dict
+    keys) are the same with and without test-time augmentation.
+    """
     try:
         factory = MODELS[name]
     except KeyError:
         raise ValueError(
             f"Unknown model {name!r}; known: {', '.join(sorted(MODELS))}"
         ) from None
-    return factory(**kwargs)
+    tta = kwargs.pop("tta", "none")
+    model = factory(**kwargs)
+    model.tta = tta
+    return model

@@ -62,6 +62,47 @@ def scheduled_learning_rate(
     return learning_rate * LR_SCHEDULES[schedule](done)
 
 
+def optimizer_state_arrays(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """The optimizer's per-parameter state (Adam moments, SGD momentum) as tensors.
+
+    Keys are ``"<parameter index>/<name>"``; hyperparameters (the learning rate)
+    are left out: they come from the round's settings.
+    """
+    return {
+        f"{index}/{name}": torch.as_tensor(value).detach().cpu().reshape(-1)
+        for index, state in optimizer.state_dict()["state"].items()
+        for name, value in state.items()
+    }
+
+
+def restore_optimizer_state(
+    optimizer: torch.optim.Optimizer, arrays: dict[str, torch.Tensor]
+) -> bool:
+    """Load :func:`optimizer_state_arrays` output into a fresh optimizer.
+
+    Returns False (and leaves the optimizer fresh) when the saved state does not
+    fit its parameters, e.g. after a change of model.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in arrays.items():
+        index, _, name = key.partition("/")
+        state.setdefault(int(index), {})[name] = value
+    for index, entry in state.items():
+        if index >= len(params):
+            return False
+        for name, value in entry.items():
+            if name == "step":
+                entry[name] = value.reshape(())
+            elif value.numel() != params[index].numel():
+                return False
+            else:
+                entry[name] = value.reshape(params[index].shape)
+    current = optimizer.state_dict()
+    optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+    return True
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU."""
     if name == "auto":
@@ -153,6 +194,14 @@ def train_epochs(
     return {"train_loss": total / count, "steps": float(steps)}
 
 
+# Test-time augmentation (run config ``tta``, imaging): the views of a batch whose
+# predicted probabilities are averaged. ``flip`` adds the left-right mirror image.
+TTA_VIEWS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], ...]] = {
+    "none": (lambda x: x,),
+    "flip": (lambda x: x, lambda x: x.flip(-1)),
+}
+
+
 @torch.no_grad()
 def predict_proba(
     model: nn.Module,
@@ -160,13 +209,19 @@ def predict_proba(
     device: torch.device,
     batch_size: int = 256,
 ) -> np.ndarray:
-    """Class probabilities for every input row (evaluation mode, batched)."""
+    """Class probabilities for every input row (evaluation mode, batched).
+
+    With ``model.tta`` set (see ``models.build_model``) the probabilities are the
+    mean over the test-time views of each input.
+    """
     model.to(device).eval()
+    views = TTA_VIEWS[getattr(model, "tta", "none")]
     x = torch.as_tensor(x, dtype=torch.float32)
-    out = [
-        torch.softmax(model(x[i : i + batch_size].to(device)).double(), dim=1).cpu()
-        for i in range(0, len(x), batch_size)
-    ]
+    out = []
+    for i in range(0, len(x), batch_size):
+        batch = x[i : i + batch_size].to(device)
+        probs = [torch.softmax(model(view(batch)).double(), dim=1) for view in views]
+        out.append(torch.stack(probs).mean(0).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 2))
 
 

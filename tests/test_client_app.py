@@ -79,3 +79,48 @@ def test_reply_carries_only_arrays_metrics_and_site_name(tmp_path, task_identity
     reply = client_app(make_message(model), make_context(run_config, 0, 2))
     assert set(reply.content.keys()) == {"arrays", "metrics", "hospital"}
     assert all(isinstance(v, (int, float)) for v in reply.content["metrics"].values())
+
+
+def test_local_optimizer_state_carries_adam_moments_across_rounds(
+    tmp_path, task_identity
+):
+    from app.client_app import OPTIMIZER_STATE
+
+    def steps(context) -> set[float]:
+        saved = context.state[OPTIMIZER_STATE].to_torch_state_dict()
+        return {float(v) for k, v in saved.items() if k.endswith("/step")}
+
+    run_config = make_run_config(
+        tmp_path, **{"optimizer": "adam", "local-optimizer-state": True}
+    )
+    model, site = build_global(run_config)
+    context = make_context(run_config, 0, 2)
+    first = client_app(make_message(model), context)
+    assert not first.has_error()
+    per_round = -(-len(site.train) // 32)  # batches of one local epoch
+    assert steps(context) == {per_round}
+    msg = make_message(model, config={"server-round": 2})
+    assert not client_app(msg, context).has_error()
+    assert steps(context) == {2 * per_round}  # continued, not restarted
+    # off (the default): nothing is kept at the hospital between rounds
+    plain = make_context(make_run_config(tmp_path, optimizer="adam"), 0, 2)
+    client_app(make_message(model), plain)
+    assert OPTIMIZER_STATE not in plain.state
+
+
+def test_restore_optimizer_state_refuses_a_state_of_another_model():
+    from models.training import optimizer_state_arrays, restore_optimizer_state
+
+    small, large = torch.nn.Linear(3, 2), torch.nn.Linear(4, 2)
+    opt = torch.optim.Adam(small.parameters(), lr=0.1)
+    small(torch.rand(5, 3)).sum().backward()
+    opt.step()
+    saved = optimizer_state_arrays(opt)
+    fresh = torch.optim.Adam(small.parameters(), lr=0.01)
+    assert restore_optimizer_state(fresh, saved)
+    assert fresh.param_groups[0]["lr"] == 0.01  # the round's rate, not the saved one
+    moments = fresh.state_dict()["state"][0]["exp_avg"]
+    assert torch.equal(moments, opt.state_dict()["state"][0]["exp_avg"])
+    other = torch.optim.Adam(large.parameters())
+    assert not restore_optimizer_state(other, saved)
+    assert other.state_dict()["state"] == {}

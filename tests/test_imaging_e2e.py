@@ -30,13 +30,13 @@ def test_inprocess_imaging_run_then_per_site_evaluation(tmp_path, capsys):
     run_inprocess(server_app, client_app, num_hospitals=2, run_config=run_config)
     run_dir = tmp_path / "outputs" / "test-run"
     history = json.loads((run_dir / "history.json").read_text())
-    assert history["status"] == "completed" and history["model"] == "smallcnn"
+    assert history["status"] == "completed" and history["model"] == "poolcnn"
     assert [r["round"] for r in history["rounds"]] == [0, 1, 2]
     for entry in history["rounds"][1:]:
         assert set(entry["hospitals"]) == {"hospital-0", "hospital-1"}
         assert {"auc", "accuracy"} <= set(entry["server"])
     model, meta = load_model(run_dir / "final_model.pt")
-    assert meta["task"] == "imaging" and meta["model"]["name"] == "smallcnn"
+    assert meta["task"] == "imaging" and meta["model"]["name"] == "poolcnn"
     assert meta["data"]["input_shape"] == [1, 28, 28]
     assert meta["preprocessing"]["layout"].startswith("(C, H, W)")
     # cross-site evaluation finds the run's hospitals in history.json

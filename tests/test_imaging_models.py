@@ -2,6 +2,7 @@
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from monai.networks.nets import ResNet
@@ -9,11 +10,12 @@ from opacus import PrivacyEngine
 from opacus.validators import ModuleValidator
 from torch.utils.data import DataLoader, TensorDataset
 
-from app.config import RunConfig
+from app.config import ConfigError, RunConfig
 from app.hospital import model_spec
 from data.spec import DatasetInfo
 from models import MODEL_TASKS, build_model
 from models.imaging import IMAGING_MODELS, check_input_size
+from models.training import predict_proba
 
 
 def side(name: str) -> int:
@@ -97,7 +99,7 @@ def test_one_dp_sgd_step_2d(name):
     dp_step(model, 2, 3, side(name))
 
 
-@pytest.mark.parametrize("name", ["smallcnn", "resnet10"])
+@pytest.mark.parametrize("name", ["poolcnn", "smallcnn", "resnet10"])
 def test_one_dp_sgd_step_3d(name):
     model = build_model(name, spatial_dims=3, in_channels=1, num_classes=2)
     dp_step(model, 3, 1, 16)
@@ -111,9 +113,14 @@ def test_too_small_images_name_the_minimum():
 
 def test_model_spec_from_dataset_info():
     cfg = RunConfig(task="imaging", dataset="synthetic-lesions")
-    assert cfg.model_name == "smallcnn"
+    assert cfg.model_name == "poolcnn"
     spec = model_spec(cfg, DatasetInfo("imaging", (3, 28, 28), 4))
-    assert spec.kwargs == {"spatial_dims": 2, "in_channels": 3, "num_classes": 4}
+    assert spec.kwargs == {
+        "spatial_dims": 2,
+        "in_channels": 3,
+        "num_classes": 4,
+        "tta": "none",
+    }
     spec3 = model_spec(
         cfg.replace(model="resnet10"), DatasetInfo("imaging", (1, 28, 28, 28), 2)
     )
@@ -127,3 +134,22 @@ def test_model_spec_from_dataset_info():
 
 def test_every_imaging_model_is_registered_for_the_imaging_task():
     assert {n for n, t in MODEL_TASKS.items() if t == "imaging"} == set(IMAGING_MODELS)
+
+
+def test_flip_tta_averages_the_mirror_view_with_the_same_weights():
+    torch.manual_seed(0)
+    plain = build_model("poolcnn", spatial_dims=2, in_channels=1, num_classes=2)
+    tta = build_model(
+        "poolcnn", spatial_dims=2, in_channels=1, num_classes=2, tta="flip"
+    )
+    assert list(plain.state_dict()) == list(tta.state_dict())
+    tta.load_state_dict(plain.state_dict())
+    x = torch.rand(5, 1, 28, 28)
+    cpu = torch.device("cpu")
+    mirrored = predict_proba(plain, x.flip(-1), cpu)
+    expected = (predict_proba(plain, x, cpu) + mirrored) / 2
+    got = predict_proba(tta, x, cpu)
+    assert np.allclose(got, expected, atol=1e-6)
+    assert not np.allclose(got, predict_proba(plain, x, cpu), atol=1e-4)
+    with pytest.raises(ConfigError, match="task='imaging' only"):
+        RunConfig(tta="flip")
