@@ -39,13 +39,10 @@ from data.spec import DataError, HospitalData
 from models.personalization import LocalNorm, personalization_metrics, prefixed
 from models.privacy import PrivacyBudgetExhausted
 from models.training import (
-    OPTIMIZERS,
     TrainSettings,
     evaluate_split,
     make_loader,
-    optimizer_state_arrays,
     pick_device,
-    restore_optimizer_state,
     set_deterministic,
     train_epochs,
 )
@@ -56,8 +53,6 @@ log = logging.getLogger(__name__)
 DATA_ERROR_CODE = 4001
 LOCAL_FAILURE_CODE = 4002
 PRIVACY_BUDGET_CODE = 4003
-# context.state key of the hospital's optimizer state (run config local-optimizer-state)
-OPTIMIZER_STATE = "local-optimizer-state"
 
 app = ClientApp()
 register_vertical(app)  # query.psi_* / query.vfl_* handlers (task = "vertical")
@@ -181,19 +176,7 @@ def _train(msg: Message, context: Context) -> Message:
         train_metrics = outcome.metrics()
     else:
         loader = make_loader(site.train, cfg.batch_size, shuffle=True, seed=seed)
-        model.to(device)
-        optimizer = OPTIMIZERS[settings.optimizer](model.parameters(), settings)
-        if cfg.local_optimizer_state and OPTIMIZER_STATE in context.state:
-            saved = context.state[OPTIMIZER_STATE].to_torch_state_dict()
-            if not restore_optimizer_state(optimizer, saved):
-                log.warning(
-                    "Hospital %s: saved optimizer state does not fit", site.name
-                )
-        stats = train_epochs(model, loader, settings, device, optimizer=optimizer)
-        if cfg.local_optimizer_state:  # stays at this hospital, never sent
-            context.state[OPTIMIZER_STATE] = ArrayRecord(
-                optimizer_state_arrays(optimizer)
-            )
+        stats = train_epochs(model, loader, settings, device)
         train_metrics = {"train_loss": stats["train_loss"]}
     metrics = {
         **train_metrics,

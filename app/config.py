@@ -100,7 +100,6 @@ class RunConfig:
     lr_schedule: str = _opt("constant", "lr-schedule", choices=("constant", "cosine"))
     select_best: str = _opt("none", "select-best", choices=("none", "auc", "loss"))
     tta: str = _opt("none", "tta", choices=("none", "flip"))
-    local_optimizer_state: bool = _opt(False, "local-optimizer-state")
     momentum: float = _opt(0.9, "momentum", low=0.0, high=0.999)
     weight_decay: float = _opt(0.0, "weight-decay", low=0.0, high=1.0)
     fraction_train: float = _opt(
@@ -257,11 +256,6 @@ class RunConfig:
             raise ConfigError(
                 "'dp-secure-rng' = true with dp='local' needs the torchcsprng package "
                 "(Opacus' secure mode), which is not installed."
-            )
-        if self.dp == "local" and self.local_optimizer_state:
-            raise ConfigError(
-                "'local-optimizer-state' = true is not supported with dp='local': "
-                "DP-SGD builds its own (private) optimizer each round."
             )
         if self.dp == "local" and self.resume_from:
             raise ConfigError(

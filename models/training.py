@@ -62,47 +62,6 @@ def scheduled_learning_rate(
     return learning_rate * LR_SCHEDULES[schedule](done)
 
 
-def optimizer_state_arrays(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """The optimizer's per-parameter state (Adam moments, SGD momentum) as tensors.
-
-    Keys are ``"<parameter index>/<name>"``; hyperparameters (the learning rate)
-    are left out: they come from the round's settings.
-    """
-    return {
-        f"{index}/{name}": torch.as_tensor(value).detach().cpu().reshape(-1)
-        for index, state in optimizer.state_dict()["state"].items()
-        for name, value in state.items()
-    }
-
-
-def restore_optimizer_state(
-    optimizer: torch.optim.Optimizer, arrays: dict[str, torch.Tensor]
-) -> bool:
-    """Load :func:`optimizer_state_arrays` output into a fresh optimizer.
-
-    Returns False (and leaves the optimizer fresh) when the saved state does not
-    fit its parameters, e.g. after a change of model.
-    """
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in arrays.items():
-        index, _, name = key.partition("/")
-        state.setdefault(int(index), {})[name] = value
-    for index, entry in state.items():
-        if index >= len(params):
-            return False
-        for name, value in entry.items():
-            if name == "step":
-                entry[name] = value.reshape(())
-            elif value.numel() != params[index].numel():
-                return False
-            else:
-                entry[name] = value.reshape(params[index].shape)
-    current = optimizer.state_dict()
-    optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
-    return True
-
-
 def pick_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU."""
     if name == "auto":
