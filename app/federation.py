@@ -235,7 +235,9 @@ def run_federation(
         cfg.strategy,
         cfg.model_name,
         info.description,
-        len(test) if test is not None else "no",
+        len(test)
+        if test is not None
+        else ("globally standardised" if cfg.server_eval else "no"),
         recorder.dir,
     )
 
