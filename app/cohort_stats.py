@@ -34,6 +34,7 @@ from data.dp_stats import (
     CohortRelease,
     FeatureBounds,
     combine_releases,
+    feature_noise_std,
     release_cohort_stats,
 )
 from data.preprocessing import Standardizer
@@ -205,6 +206,10 @@ def _release_of(
         epsilon=epsilon,
         delta=0.0,
         mechanism=MECHANISM,
+        # public: how the hospital was told to release (checked by release_reply)
+        unit_noise_std=feature_noise_std(
+            width, epsilon=epsilon, mechanism=MECHANISM, public_counts=True
+        ),
     )
 
 

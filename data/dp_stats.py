@@ -135,6 +135,30 @@ def gaussian_vector(
     return np.asarray(meas([cast(v) for v in values]), dtype=np.float64)
 
 
+def feature_noise_std(
+    num_features: int,
+    *,
+    epsilon: float,
+    delta: float = 0.0,
+    mechanism: str = "laplace",
+    public_counts: bool = False,
+) -> float:
+    """Std of the noise :func:`release_cohort_stats` adds to each feature sum.
+
+    In units of the feature's half-range; public (it depends on the release's
+    parameters only), so a receiver can weigh the statistics by it.
+    """
+    d = float(num_features)
+    queries = 2 if public_counts else 3
+    if mechanism == "laplace":
+        return float(
+            np.sqrt(2.0) * laplace_scale(sensitivity=d, epsilon=epsilon / queries)
+        )
+    return gaussian_scale(
+        sensitivity=float(np.sqrt(d)), epsilon=epsilon / queries, delta=delta / queries
+    )
+
+
 @dataclass(frozen=True)
 class FeatureBounds:
     """Public per-feature bounds [lower, upper] (from a data dictionary, not data)."""
@@ -230,12 +254,13 @@ def release_cohort_stats(
         queries = ((counts, 1.0, 1.0, True), *queries)
     eps_q, delta_q = epsilon / len(queries), delta / len(queries)
     noisy = [] if not public_counts else [counts.astype(np.float64)]
-    if mechanism == "laplace":
-        unit_noise_std = np.sqrt(2.0) * laplace_scale(sensitivity=d, epsilon=eps_q)
-    else:
-        unit_noise_std = gaussian_scale(
-            sensitivity=float(np.sqrt(d)), epsilon=eps_q, delta=delta_q
-        )
+    unit_noise_std = feature_noise_std(
+        x.shape[1],
+        epsilon=epsilon,
+        delta=delta,
+        mechanism=mechanism,
+        public_counts=public_counts,
+    )
     for values, l1, l2, integer in queries:
         if mechanism == "laplace":
             noisy.append(
@@ -259,7 +284,7 @@ def release_cohort_stats(
         epsilon=epsilon,
         delta=delta,
         mechanism=mechanism,
-        unit_noise_std=float(unit_noise_std),
+        unit_noise_std=unit_noise_std,
     )
 
 
