@@ -127,7 +127,9 @@ def shadow_sites(
     return results, {"shadow_models": shadow_models, "attacker_records": len(attacker)}
 
 
-def preprocessed(sites: list[HospitalData], payload: dict[str, Any]) -> list:
+def preprocessed(
+    sites: list[HospitalData], payload: dict[str, Any]
+) -> list[HospitalData]:
     """Apply the saved model's global standardisation (dp-global runs) to ``sites``."""
     prep = payload.get("preprocessing") or {}
     if prep.get("standardize") != "global":
@@ -155,6 +157,8 @@ def choose(sites: list[HospitalData], which: str) -> list[HospitalData]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.shadow_models < 1:
+        raise SystemExit(f"--shadow-models must be >= 1, got {args.shadow_models}")
     model, payload = load_model(args.model)
     cfg = RunConfig.from_run_config(payload["run_config"])
     if args.data == "wdbc":
