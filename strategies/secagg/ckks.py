@@ -24,6 +24,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from strategies.fedavg import hospital_of
+from strategies.screening import note_problem
 from strategies.secagg import protocol as P
 from strategies.secagg.aggregator import SecureSum
 from strategies.secagg.params import SecAggParams
@@ -87,10 +88,13 @@ class CKKSAggregator:
         out = {}
         for msg in replies:
             if msg.has_error():
-                ledger_entry["errors"][hospital_of(msg)] = {
-                    "phase": f"ckks-{stage}",
-                    "reason": msg.error.reason,
-                }
+                note_problem(
+                    ledger_entry,
+                    "errors",
+                    hospital_of(msg),
+                    f"ckks-{stage}",
+                    msg.error.reason,
+                )
             elif P.CKKS_RECORD in msg.content.config_records:
                 out[msg.metadata.src_node_id] = msg.content.config_records[
                     P.CKKS_RECORD
@@ -230,10 +234,13 @@ class CKKSAggregator:
         )
         for msg in replies:
             if msg.has_error():
-                ledger_entry["errors"][hospital_of(msg)] = {
-                    "phase": "ckks-decrypt",
-                    "reason": msg.error.reason,
-                }
+                note_problem(
+                    ledger_entry,
+                    "errors",
+                    hospital_of(msg),
+                    "ckks-decrypt",
+                    msg.error.reason,
+                )
                 continue
             record = msg.content.array_records.get(P.CKKS_PLAIN_SUM)
             if record is None or P.CKKS_PLAIN_SUM not in record:
@@ -270,16 +277,22 @@ class CKKSAggregator:
                     cast(bytes, msg.content[P.CKKS_RECORD][P.CIPHERTEXT]),
                 )
             except Exception as err:  # noqa: BLE001 - malformed ciphertext
-                ledger_entry["rejected"][hospital_of(msg)] = {
-                    "phase": "ckks-sum",
-                    "reason": f"unreadable ciphertext: {err}",
-                }
+                note_problem(
+                    ledger_entry,
+                    "rejected",
+                    hospital_of(msg),
+                    "ckks-sum",
+                    f"unreadable ciphertext: {err}",
+                )
                 continue
             if vector.size() != state.layout.size + 1:
-                ledger_entry["rejected"][hospital_of(msg)] = {
-                    "phase": "ckks-sum",
-                    "reason": "ciphertext of the wrong length",
-                }
+                note_problem(
+                    ledger_entry,
+                    "rejected",
+                    hospital_of(msg),
+                    "ckks-sum",
+                    "ciphertext of the wrong length",
+                )
                 continue
             total = vector if total is None else total + vector
             contributors.append(msg.metadata.src_node_id)

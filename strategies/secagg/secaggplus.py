@@ -33,6 +33,7 @@ from flwr.supercore.primitives.asymmetric import (
 )
 
 from strategies.fedavg import hospital_of
+from strategies.screening import note_problem
 from strategies.secagg import protocol as P
 from strategies.secagg.aggregator import SecureSum
 from strategies.secagg.params import SecAggParams
@@ -216,16 +217,16 @@ class SecAggPlusAggregator:
                 log.warning(
                     "Secure aggregation %s: hospital %s failed: %s", stage, name, reason
                 )
-                ledger_entry["errors"][name] = {
-                    "phase": f"secagg-{stage}",
-                    "reason": reason,
-                }
+                note_problem(ledger_entry, "errors", name, f"secagg-{stage}", reason)
                 continue
             if P.RECORD not in msg.content.config_records:
-                ledger_entry["rejected"][name] = {
-                    "phase": f"secagg-{stage}",
-                    "reason": "no secagg record",
-                }
+                note_problem(
+                    ledger_entry,
+                    "rejected",
+                    name,
+                    f"secagg-{stage}",
+                    "no secagg record",
+                )
                 continue
             answers[nid] = msg.content.config_records[P.RECORD]
         return answers
@@ -254,10 +255,13 @@ class SecAggPlusAggregator:
                 or not isinstance(pk2, bytes)
                 or {pk1, pk2} & seen
             ):
-                ledger_entry["rejected"][state.name(nid)] = {
-                    "phase": "secagg-setup",
-                    "reason": "missing or reused public keys",
-                }
+                note_problem(
+                    ledger_entry,
+                    "rejected",
+                    state.name(nid),
+                    "secagg-setup",
+                    "missing or reused public keys",
+                )
                 continue
             seen |= {pk1, pk2}
             state.public_keys[nid] = (pk1, pk2)
@@ -291,10 +295,13 @@ class SecAggPlusAggregator:
             cts = cast(list[bytes], record.get(P.CIPHERTEXTS, []))
             allowed = state.neighbours[src] & active - {src}
             if len(dsts) != len(cts) or set(dsts) != allowed:
-                ledger_entry["rejected"][state.name(src)] = {
-                    "phase": "secagg-share-keys",
-                    "reason": "shares not sent to exactly its neighbours",
-                }
+                note_problem(
+                    ledger_entry,
+                    "rejected",
+                    state.name(src),
+                    "secagg-share-keys",
+                    "shares not sent to exactly its neighbours",
+                )
                 continue
             sound.add(src)
             for dst, ct in zip(dsts, cts, strict=True):
