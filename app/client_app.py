@@ -21,6 +21,8 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
+from app.cohort_stats import QUERY as COHORT_STATS_QUERY
+from app.cohort_stats import message_scaler, release_reply, reply_content
 from app.config import RunConfig
 from app.hospital import (
     check_contract,
@@ -29,12 +31,13 @@ from app.hospital import (
     load_hospital,
     model_spec,
 )
-from app.local_dp import local_dp_round
+from app.local_dp import hospital_budget, local_dp_round
 from app.logs import route_to_flower
 from app.poisoning import is_poisoned, poison_update
 from app.secure_aggregation import register as register_secure_aggregation
 from app.secure_aggregation import secure_train_mod
 from app.vertical_client import register as register_vertical
+from data.base import standardized
 from data.spec import DataError, HospitalData
 from models.personalization import LocalNorm, personalization_metrics, prefixed
 from models.privacy import PrivacyBudgetExhausted
@@ -68,9 +71,13 @@ def _setup(
         torch.set_num_threads(cfg.torch_threads)
     set_deterministic(cfg.deterministic)
     site = load_hospital(cfg, context.node_config)
-    info = check_contract(
-        site, msg.content.config_records.get("config", ConfigRecord())
-    )
+    config = msg.content.config_records.get("config", ConfigRecord())
+    info = check_contract(site, config)
+    scaler = message_scaler(config)
+    if scaler is not None:  # normalisation = "dp-global": the federation's statistics
+        site = standardized(site, scaler)
+    elif cfg.normalisation == "dp-global":
+        raise ValueError("normalisation='dp-global' but no global statistics were sent")
     try:
         model = model_spec(cfg, info).build()
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
@@ -168,10 +175,7 @@ def _train(msg: Message, context: Context) -> Message:
                 node_config=context.node_config,
             )
         except PrivacyBudgetExhausted as err:  # refused before any training
-            log.warning("Hospital %s: %s", site.name, err)
-            reason = ERROR_PREFIX.format(name=site.name) + str(err)
-            error = Error(code=PRIVACY_BUDGET_CODE, reason=reason)
-            return Message(error, reply_to=msg)
+            return _budget_error(msg, site.name, err)
         # No training-data statistic (such as the training loss) leaves under DP.
         train_metrics = outcome.metrics()
     else:
@@ -222,6 +226,42 @@ def _personalized(
             personalization_metrics(model, site.train, site.val, settings, device)
         )
     return metrics
+
+
+def _budget_error(msg: Message, name: str, err: PrivacyBudgetExhausted) -> Message:
+    log.warning("Hospital %s: %s", name, err)
+    reason = ERROR_PREFIX.format(name=name) + str(err)
+    return Message(Error(code=PRIVACY_BUDGET_CODE, reason=reason), reply_to=msg)
+
+
+def _cohort_stats(msg: Message, context: Context) -> Message:
+    route_to_flower()
+    cfg = RunConfig.from_run_config(context.run_config)
+    site = load_hospital(cfg, context.node_config)
+    query = msg.content.config_records.get("config", ConfigRecord())
+    info = check_contract(site, query)
+    budget = hospital_budget(cfg, context.node_config) if cfg.dp == "local" else None
+    try:
+        record = release_reply(
+            cfg,
+            site,
+            query,
+            context.state,
+            budget=float("inf") if budget is None else budget,
+            num_classes=info.num_classes,
+        )
+    except PrivacyBudgetExhausted as err:
+        return _budget_error(msg, site.name, err)
+    return Message(content=reply_content(site, record), reply_to=msg)
+
+
+@app.query(COHORT_STATS_QUERY)
+def cohort_stats(msg: Message, context: Context) -> Message:
+    """Release this hospital's Laplace-noised cohort statistics (once per run)."""
+    try:
+        return _cohort_stats(msg, context)
+    except Exception as err:  # one hospital's failure must not end the federation
+        return _error(msg, context, err)
 
 
 @app.train(mods=[secure_train_mod])  # masks/encrypts the reply when asked to

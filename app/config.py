@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from data.preprocessing import NORMALISATIONS
 from data.registry import DATASET_TASKS, DATASETS, TASKS
 from data.spec import DataSpec
 from models import DEFAULT_MODELS, MODEL_TASKS, MODELS
@@ -158,6 +159,10 @@ class RunConfig:
     )
     dp_accountant: str = _opt("prv", "dp-accountant", choices=("prv", "rdp"))
     dp_secure_rng: bool = _opt(False, "dp-secure-rng")
+    # Feature standardisation: each site's own statistics, or global statistics
+    # combined from the hospitals' Laplace-noised cohort sums (app/cohort_stats.py).
+    normalisation: str = _opt("per-site", "normalisation", choices=NORMALISATIONS)
+    dp_stats_epsilon: float = _opt(0.0, "dp-stats-epsilon", low=0.0, high=1000.0)
     report: bool = _opt(True, "report")
     tensorboard: bool = _opt(False, "tensorboard")
 
@@ -214,6 +219,58 @@ class RunConfig:
                 f"'run-name' must be a plain name, got {self.run_name!r}."
             )
         self._check_privacy()
+        self._check_normalisation()
+
+    def _check_normalisation(self) -> None:
+        """Refuse a ``dp-global`` run that could not keep its privacy promise."""
+        if self.normalisation != "dp-global":
+            if self.dp_stats_epsilon:
+                raise ConfigError(
+                    f"'dp-stats-epsilon' = {self.dp_stats_epsilon} has no effect with "
+                    f"normalisation='{self.normalisation}'; set "
+                    "normalisation='dp-global' or leave it unset."
+                )
+            return
+        if self.dp_stats_epsilon <= 0:
+            raise ConfigError(
+                "normalisation='dp-global' needs 'dp-stats-epsilon' > 0 (the "
+                "epsilon each hospital spends on releasing its cohort statistics)."
+            )
+        if self.task != "tabular":
+            raise ConfigError(
+                f"normalisation='dp-global' standardises tabular features; "
+                f"'task' = {self.task!r} is not supported."
+            )
+        if DATASETS[self.dataset].feature_bounds is None:
+            raise ConfigError(
+                f"normalisation='dp-global' needs public a-priori feature bounds, "
+                f"and dataset='{self.dataset}' declares none (bounds taken from the "
+                "data would leak it); use normalisation='per-site'."
+            )
+        if self.dp == "central":
+            raise ConfigError(
+                "normalisation='dp-global' cannot be combined with dp='central': the "
+                "statistics release is record-level per hospital and would not be "
+                "covered by the hospital-level central epsilon."
+            )
+        if self.resume_from:
+            raise ConfigError(
+                "'resume-from' is not supported with normalisation='dp-global': the "
+                "resumed run's hospitals would release (and pay for) their "
+                "statistics again."
+            )
+        if self.dp == "local" and self.dp_target_epsilon:
+            if self.dp_target_epsilon <= self.dp_stats_epsilon:
+                raise ConfigError(
+                    f"'dp-target-epsilon' = {self.dp_target_epsilon} must exceed "
+                    f"'dp-stats-epsilon' = {self.dp_stats_epsilon}: the target covers "
+                    "the statistics release and DP-SGD together."
+                )
+        if self.dp == "local" and self.dp_budget <= self.dp_stats_epsilon:
+            raise ConfigError(
+                f"'dp-epsilon-budget' = {self.dp_budget} leaves nothing for DP-SGD "
+                f"after 'dp-stats-epsilon' = {self.dp_stats_epsilon}."
+            )
 
     def _check_privacy(self) -> None:
         """Reject DP settings that would silently not mean what they say."""
@@ -304,6 +361,16 @@ class RunConfig:
     def dp_budget(self) -> float:
         """The epsilon a hospital may not exceed (inf when none is set)."""
         return self.dp_epsilon_budget or self.dp_target_epsilon or float("inf")
+
+    @property
+    def stats_epsilon(self) -> float:
+        """Epsilon each hospital spends on its cohort statistics (0: none)."""
+        return self.dp_stats_epsilon if self.normalisation == "dp-global" else 0.0
+
+    @property
+    def dp_sgd_target_epsilon(self) -> float:
+        """The part of ``dp-target-epsilon`` left for DP-SGD after the statistics."""
+        return self.dp_target_epsilon - self.stats_epsilon
 
     @property
     def model_name(self) -> str:

@@ -27,6 +27,7 @@ from app.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
+from app.cohort_stats import GlobalNormalisation, harmonise
 from app.config import RunConfig
 from app.hospital import model_spec, task_contract
 from app.privacy import PrivacyReport, with_privacy
@@ -46,6 +47,7 @@ from models.training import (
 )
 from strategies import STRATEGY_OPTIONS, build_strategy
 from strategies.runner import RoundHook, RoundRunner, RunResult
+from strategies.sampling import FederationStopped
 from strategies.screening import FEDERATED_EVALUATE, Screened
 from strategies.secagg import secure_aggregator
 
@@ -55,7 +57,7 @@ SaveFn = Callable[[Path, ArrayRecord], None]
 
 # What a site must do to its data before applying the saved model, per task.
 PREPROCESSING: dict[str, dict[str, Any]] = {
-    "tabular": {
+    "tabular": {  # normalisation = "dp-global" records its global statistics instead
         "standardize": "per-site",
         "note": "each site standardises features with its own training statistics",
     },
@@ -261,7 +263,12 @@ def run_federation(
         torch.set_num_threads(cfg.torch_threads)
     dataset = get_dataset(cfg.data_spec())
     info = dataset.info()
-    test = dataset.server_test() if cfg.server_eval else None
+    # dp-global: replaced by the globally standardised test set once known
+    test = (
+        dataset.server_test()
+        if cfg.server_eval and cfg.normalisation == "per-site"
+        else None
+    )
     spec = model_spec(cfg, info)
     model = spec.build()
     if cfg.init_model:  # transfer: start from a model trained on a source population
@@ -303,7 +310,9 @@ def run_federation(
         cfg.strategy,
         cfg.model_name,
         info.description,
-        len(test) if test is not None else "no",
+        len(test)
+        if test is not None
+        else ("globally standardised" if cfg.server_eval else "no"),
         recorder.dir,
     )
 
@@ -319,6 +328,23 @@ def run_federation(
             keep=cfg.checkpoint_keep,
         )
 
+    contract = task_contract(info)
+    norm: GlobalNormalisation | None = None
+    if cfg.normalisation == "dp-global":
+        try:
+            norm = harmonise(grid, cfg, contract, info.num_classes)
+        except FederationStopped as stop:
+            recorder.finish("stopped", stop_reason=str(stop), last_round=0)
+            log.error("Run stopped before round 1: %s", stop)
+            return FederationOutcome(
+                "stopped", recorder, RunResult(arrays, 0, stopped=str(stop))
+            )
+        recorder.history["normalisation"] = norm.history()
+        contract = {**contract, **norm.config()}
+        if cfg.server_eval:
+            raw = dataset.raw_server_test()
+            test = Split(norm.scaler.transform(raw.x), raw.y)
+
     def save(path: Path, round_arrays: ArrayRecord) -> None:
         save_model(
             path,
@@ -326,7 +352,9 @@ def run_federation(
             spec,
             info,
             run_config=cfg.to_run_config(),
-            preprocessing=PREPROCESSING[cfg.task],
+            preprocessing=(
+                PREPROCESSING[cfg.task] if norm is None else norm.preprocessing()
+            ),
         )
 
     selection = (
@@ -334,7 +362,6 @@ def run_federation(
         if cfg.select_best != "none"
         else None
     )
-    contract = task_contract(info)
     reporter = RoundReporter(
         cfg, recorder, strategy, model, test, start_round, tensorboard
     )

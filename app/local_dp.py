@@ -3,6 +3,12 @@
 The ClientApp calls :func:`local_dp_round`; everything that must survive between
 rounds (the accountant history, the planned noise multiplier) is kept in one
 ConfigRecord of the node's ``context.state``, which never leaves the hospital.
+
+With ``normalisation = "dp-global"`` the hospital has also released its cohort
+statistics with the Laplace mechanism (pure ``eps_stats``-DP, :mod:`app.cohort_stats`).
+By basic sequential composition the hospital's total guarantee is
+``(eps_sgd(delta) + eps_stats, delta)``: the reported epsilon, the budget check and
+the planned noise all use this total.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import torch
 from flwr.app import ConfigRecord, RecordDict
 from torch import nn
 
+from app.cohort_stats import stats_epsilon_spent
 from app.config import RunConfig
 from data.spec import Split
 from models.dp_training import (
@@ -37,15 +44,19 @@ STATE_KEY = "dp-accountant"
 class LocalDPOutcome:
     """Metrics a DP round may release: privacy spent, never training-data statistics."""
 
-    epsilon: float
+    epsilon: float  # total: DP-SGD + cohort statistics
     delta: float
     noise_multiplier: float
     sample_rate: float
     steps: int
+    sgd_epsilon: float = 0.0
+    stats_epsilon: float = 0.0
 
     def metrics(self) -> dict[str, float]:
         return {
             "dp-epsilon": self.epsilon,
+            "dp-sgd-epsilon": self.sgd_epsilon,
+            "dp-stats-epsilon": self.stats_epsilon,
             "dp-delta": self.delta,
             "dp-noise-multiplier": self.noise_multiplier,
             "dp-sample-rate": self.sample_rate,
@@ -78,7 +89,8 @@ def dp_settings(
     """Return this hospital's DP settings.
 
     A target epsilon is turned into a noise multiplier once (planned over all rounds
-    and local epochs) and remembered in ``state``.
+    and local epochs, for what the target leaves after the cohort statistics'
+    ``dp-stats-epsilon``) and remembered in ``state``.
     """
     sigma = cfg.dp_noise_multiplier
     record = state.config_records.get(STATE_KEY)
@@ -87,7 +99,7 @@ def dp_settings(
             sigma = float(record["planned-noise-multiplier"])
         else:
             sigma = planned_noise_multiplier(
-                target_epsilon=cfg.dp_target_epsilon,
+                target_epsilon=cfg.dp_sgd_target_epsilon,
                 delta=cfg.dp_delta,
                 num_records=num_records,
                 batch_size=cfg.batch_size,
@@ -145,6 +157,7 @@ def local_dp_round(
         Before any training when this round would take the hospital past its budget.
     """
     dp = dp_settings(cfg, len(train), state, node_config)
+    stats_eps = stats_epsilon_spent(state)  # 0 unless it released statistics
     history = load_history(state, dp.accountant)
     if not history:  # remember the planned sigma even if the first round is refused
         state[STATE_KEY] = ConfigRecord(
@@ -159,6 +172,7 @@ def local_dp_round(
         num_records=len(train),
         batch_size=settings.batch_size,
         epochs=settings.epochs,
+        other_epsilon=stats_eps,
     )
     result = train_dp(
         model,
@@ -178,7 +192,9 @@ def local_dp_round(
         else epsilon_of(result.history, delta=dp.delta, mechanism=dp.accountant)
     )
     return LocalDPOutcome(
-        epsilon=epsilon,
+        epsilon=epsilon + stats_eps,
+        sgd_epsilon=epsilon,
+        stats_epsilon=stats_eps,
         delta=dp.delta,
         noise_multiplier=dp.noise_multiplier,
         sample_rate=sample_rate(len(train), settings.batch_size),

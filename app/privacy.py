@@ -12,6 +12,10 @@ from app.config import RunConfig
 from strategies.central_dp import CentralDP, GaussianNoise
 
 BUDGET_REASON = "privacy budget exhausted"
+COMPOSITION = (
+    "epsilon includes the Laplace cohort-statistics release (dp-stats-epsilon) by "
+    "basic composition: DP-SGD accountant epsilon at delta + statistics epsilon"
+)
 
 
 def with_privacy(cfg: RunConfig, strategy: Any) -> Any:
@@ -68,15 +72,24 @@ class PrivacyReport:
         )
         self.refused.update(refused)
         return {
+            **self._local(),
+            "trained": sorted(trained),
+            "refused_budget": refused,
+        }
+
+    def _local(self) -> dict[str, Any]:
+        out = {
             "mode": "local",
             "unit": "record",
             "delta": self.cfg.dp_delta,
             "accountant": self.cfg.dp_accountant,
             "budget": self.cfg.dp_budget,
             "epsilon": dict(sorted(self.latest.items())),
-            "trained": sorted(trained),
-            "refused_budget": refused,
         }
+        if self.cfg.stats_epsilon:
+            out["stats_epsilon"] = self.cfg.stats_epsilon
+            out["composition"] = COMPOSITION
+        return out
 
     @staticmethod
     def short(entry: dict[str, Any]) -> str:
@@ -95,21 +108,20 @@ class PrivacyReport:
             return None
         if self.cfg.dp == "central":
             return self.central
-        return {
-            "mode": "local",
-            "unit": "record",
-            "delta": self.cfg.dp_delta,
-            "accountant": self.cfg.dp_accountant,
-            "budget": self.cfg.dp_budget,
-            "epsilon": dict(sorted(self.latest.items())),
-            "refused_budget": sorted(self.refused),
-        }
+        return {**self._local(), "refused_budget": sorted(self.refused)}
 
     def lines(self) -> list[str]:
         """Human-readable lines for the final log."""
         final = self.final()
         if final is None:
-            return ["Privacy: no differential privacy (dp='none')."]
+            out = ["Privacy: no differential privacy on training (dp='none')."]
+            if self.cfg.stats_epsilon:
+                out.append(
+                    "  cohort statistics: each hospital released Laplace-noised "
+                    f"feature statistics at epsilon={self.cfg.stats_epsilon:g} "
+                    "(record-level, pure DP)"
+                )
+            return out
         if final["mode"] == "central":
             return [
                 f"Privacy (central DP, hospital-level): epsilon={final['epsilon']:.4f} "
@@ -124,6 +136,8 @@ class PrivacyReport:
         out += [
             f"  {name}: epsilon={eps:.4f}" for name, eps in final["epsilon"].items()
         ]
+        if "composition" in final:
+            out.append(f"  ({final['composition']})")
         if final["refused_budget"]:
             out.append(
                 "  refused rounds (budget exhausted): "

@@ -153,10 +153,12 @@ def problems(history: Mapping[str, Any]) -> list[tuple[int, str, str, str]]:
     for entry in history.get("rounds", []):
         for kind in ("rejected", "errors"):
             for name, info in (entry.get(kind) or {}).items():
-                reason = (
-                    info.get("reason", "") if isinstance(info, Mapping) else str(info)
-                )
-                rows.append((int(entry["round"]), name, kind, str(reason)))
+                if not isinstance(info, Mapping):
+                    rows.append((int(entry["round"]), name, kind, str(info)))
+                    continue
+                for problem in (info, *info.get("more", ())):
+                    reason = f"{problem.get('phase', '')}: {problem.get('reason', '')}"
+                    rows.append((int(entry["round"]), name, kind, reason))
         if entry.get("failed"):
             rows.append((int(entry["round"]), "-", "failed", str(entry["failed"])))
     return rows

@@ -24,6 +24,10 @@ class FederatedDataset(ABC):
 
     name: ClassVar[str]
     task: ClassVar[str]
+    # Public a-priori range of each feature (a data dictionary, never the data),
+    # in ``info().feature_names`` order: needed to release DP feature statistics
+    # (run config ``normalisation = "dp-global"``); None = not declared.
+    feature_bounds: ClassVar[tuple[tuple[float, float], ...] | None] = None
     needs_path: ClassVar[bool] = False  # whether the run config must give data-path
     shape_hint: ClassVar[str] = (
         "Give the coordinator a 'data-path' (server-eval may stay false)."
@@ -62,6 +66,17 @@ class FederatedDataset(ABC):
     def server_test(self) -> Split:
         """The held-out evaluation set, standardised as its site would."""
 
+    def raw_server_test(self) -> Split:
+        """The held-out evaluation set before any standardisation.
+
+        For global standardisation (``normalisation = "dp-global"``) the server
+        applies the federation's statistics to it.
+        """
+        raise DataError(
+            f"dataset '{self.name}' has no unstandardised test set.",
+            "no unstandardised test set",
+        )
+
     def hospital_names(self, num_partitions: int) -> list[str]:
         return [f"hospital-{i}" for i in range(num_partitions)]
 
@@ -72,6 +87,10 @@ def check_partition(partition_id: int, num_partitions: int) -> None:
             f"partition-id {partition_id} is outside 0..{num_partitions - 1}.",
             "invalid partition-id",
         )
+
+
+# HospitalData.extras key of the unstandardised (train, held-out) splits.
+RAW = "raw-splits"
 
 
 def make_local_splits(
@@ -85,6 +104,9 @@ def make_local_splits(
 ) -> HospitalData:
     """Split one hospital's records into train / held-out and standardise both
     with statistics of the hospital's own training split.
+
+    The unstandardised splits stay in ``extras[RAW]`` (inside the hospital) for
+    :func:`standardized` (global statistics) and the DP statistics release.
     """
     if len(y) == 0:
         raise DataError(f"Hospital {name} has no records.", "empty partition")
@@ -95,6 +117,38 @@ def make_local_splits(
         train=Split(scaler.transform(x[keep]), y[keep]),
         val=Split(scaler.transform(x[out]), y[out]),
         info=info,
+        extras={RAW: (Split(x[keep], y[keep]), Split(x[out], y[out]))},
+    )
+
+
+def raw_splits(site: HospitalData) -> tuple[Split, Split]:
+    """The hospital's training and held-out splits before standardisation."""
+    raw = site.extras.get(RAW)
+    if raw is None:
+        raise DataError(
+            f"Hospital {site.name}: its data keep no unstandardised features, so "
+            "they cannot be standardised with global statistics.",
+            "the hospital's data cannot be standardised with global statistics",
+        )
+    return raw  # type: ignore[return-value]
+
+
+def standardized(site: HospitalData, scaler: Standardizer) -> HospitalData:
+    """Return ``site`` with both splits standardised by ``scaler`` (global stats)."""
+    train, val = raw_splits(site)
+    width = site.info.input_shape[0]
+    if len(scaler.mean) != width:
+        raise DataError(
+            f"Hospital {site.name}: global statistics for {len(scaler.mean)} "
+            f"features, but its data have {width}.",
+            f"global statistics for {len(scaler.mean)} features, data have {width}",
+        )
+    return HospitalData(
+        name=site.name,
+        train=Split(scaler.transform(train.x), train.y),
+        val=Split(scaler.transform(val.x), val.y),
+        info=site.info,
+        extras=site.extras,
     )
 
 
@@ -163,7 +217,11 @@ class PooledTabularDataset(FederatedDataset):
         )
 
     def server_test(self) -> Split:
+        raw = self.raw_server_test()
+        # The evaluation site standardises with its own statistics, like a hospital.
+        return Split(Standardizer.fit(raw.x).transform(raw.x), raw.y)
+
+    def raw_server_test(self) -> Split:
         x, y, _ = self._table
         _, test = self._pool_and_test
-        # The evaluation site standardises with its own statistics, like a hospital.
-        return Split(Standardizer.fit(x[test]).transform(x[test]), y[test])
+        return Split(x[test], y[test])

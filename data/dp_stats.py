@@ -135,6 +135,30 @@ def gaussian_vector(
     return np.asarray(meas([cast(v) for v in values]), dtype=np.float64)
 
 
+def feature_noise_std(
+    num_features: int,
+    *,
+    epsilon: float,
+    delta: float = 0.0,
+    mechanism: str = "laplace",
+    public_counts: bool = False,
+) -> float:
+    """Std of the noise :func:`release_cohort_stats` adds to each feature sum.
+
+    In units of the feature's half-range; public (it depends on the release's
+    parameters only), so a receiver can weigh the statistics by it.
+    """
+    d = float(num_features)
+    queries = 2 if public_counts else 3
+    if mechanism == "laplace":
+        return float(
+            np.sqrt(2.0) * laplace_scale(sensitivity=d, epsilon=epsilon / queries)
+        )
+    return gaussian_scale(
+        sensitivity=float(np.sqrt(d)), epsilon=epsilon / queries, delta=delta / queries
+    )
+
+
 @dataclass(frozen=True)
 class FeatureBounds:
     """Public per-feature bounds [lower, upper] (from a data dictionary, not data)."""
@@ -169,6 +193,9 @@ class CohortRelease:
     epsilon: float
     delta: float
     mechanism: str
+    # Std of the noise on each feature sum / sum of squares, in units of the
+    # feature's half-range (public: a function of epsilon, delta and d only).
+    unit_noise_std: float = 0.0
 
     @property
     def count(self) -> float:
@@ -198,11 +225,15 @@ def release_cohort_stats(
     epsilon: float,
     delta: float = 0.0,
     mechanism: str = "laplace",
+    public_counts: bool = False,
 ) -> CohortRelease:
     """Release label counts and clipped feature sums / sums of squares with DP noise.
 
     ``mechanism='laplace'`` gives epsilon-DP (``delta`` must be 0);
-    ``'gaussian'`` gives (epsilon, delta)-DP. The budget is split in three.
+    ``'gaussian'`` gives (epsilon, delta)-DP. The budget is split in three, or, with
+    ``public_counts``, in two over the feature queries while the label counts are
+    returned exactly: only for a caller that already releases them exactly (the
+    federation's FedAvg weight ``num-examples``), where noising them buys nothing.
     """
     if mechanism not in MECHANISMS:
         raise ValueError(f"mechanism must be one of {', '.join(MECHANISMS)}.")
@@ -216,12 +247,20 @@ def release_cohort_stats(
     counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=num_classes)
     d = float(x.shape[1])
     queries = (
-        (counts, 1.0, 1.0, True),
         (unit.sum(axis=0), d, float(np.sqrt(d)), False),
         ((unit**2).sum(axis=0), d, float(np.sqrt(d)), False),
     )
-    eps_q, delta_q = epsilon / 3, delta / 3
-    noisy = []
+    if not public_counts:
+        queries = ((counts, 1.0, 1.0, True), *queries)
+    eps_q, delta_q = epsilon / len(queries), delta / len(queries)
+    noisy = [] if not public_counts else [counts.astype(np.float64)]
+    unit_noise_std = feature_noise_std(
+        x.shape[1],
+        epsilon=epsilon,
+        delta=delta,
+        mechanism=mechanism,
+        public_counts=public_counts,
+    )
     for values, l1, l2, integer in queries:
         if mechanism == "laplace":
             noisy.append(
@@ -245,15 +284,35 @@ def release_cohort_stats(
         epsilon=epsilon,
         delta=delta,
         mechanism=mechanism,
+        unit_noise_std=unit_noise_std,
     )
+
+
+# combine_releases: a standard deviation is never taken below this share of the
+# feature's public half-range (noise can drive a released variance to ~0).
+MIN_RELATIVE_STD = 0.1
 
 
 def combine_releases(
     releases: Sequence[CohortRelease],
+    *,
+    min_relative_std: float = MIN_RELATIVE_STD,
+    radius: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Combine hospitals' releases into global feature means and standard deviations.
 
-    Post-processing: no further privacy cost.
+    Post-processing (no further privacy cost) that also uses what is public: a mean
+    is clipped into the bounds ``midpoint +/- radius`` and a standard deviation into
+    ``[floor * radius, radius]`` (no variable bounded by the radius can spread
+    wider). ``floor`` is ``min_relative_std`` or, if larger, the square root of the
+    noise std of the combined variance estimate (known from the releases' public
+    noise scales): a variance below the noise cannot be told from zero, and an
+    underestimated spread would blow the feature up. The mean is shrunk towards the
+    bounds' midpoint by ``tau^2 / (tau^2 + s^2)``, the posterior mean under a
+    prior of variance ``tau^2 = 1/3`` (uniform over the bounds, in half-range
+    units) given noise of variance ``s^2``: where the noise dominates, the release
+    falls back to the public midpoint. Without ``radius`` only non-negativity is
+    enforced.
     """
     if not releases:
         raise ValueError("No releases to combine.")
@@ -266,4 +325,12 @@ def combine_releases(
     centred_mean = s / n
     var = np.clip(q / n - centred_mean**2, 0.0, None)
     std = np.sqrt(var)
+    if radius is not None:
+        radius = np.asarray(radius, dtype=float)
+        centred_mean = np.clip(centred_mean, -radius, radius)
+        var_noise = np.sqrt(sum(r.unit_noise_std**2 for r in releases)) / n
+        prior = 1.0 / 3.0
+        centred_mean = centred_mean / radius * prior / (prior + var_noise**2) * radius
+        floor = min(max(min_relative_std, float(np.sqrt(var_noise))), 1.0)
+        std = np.clip(std, floor * radius, radius)
     return mid + centred_mean, np.where(std < 1e-12, 1.0, std)

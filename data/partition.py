@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -104,8 +105,28 @@ def partition_indices(
 
     Every index appears in exactly one partition; the result depends only on the
     arguments, so every simulated hospital computes the same split independently.
+    The split is memoised per process (a simulated hospital asks for it on every
+    message); the returned arrays are read-only.
     """
-    return _load_partitions(
+    labels = np.ascontiguousarray(labels)
+    return list(
+        _memoised_partitions(
+            labels.tobytes(), labels.dtype.str, num_partitions, method, alpha, seed
+        )
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _memoised_partitions(
+    label_bytes: bytes,
+    dtype: str,
+    num_partitions: int,
+    method: str,
+    alpha: float,
+    seed: int,
+) -> tuple[np.ndarray, ...]:
+    labels = np.frombuffer(label_bytes, dtype=np.dtype(dtype))
+    parts = _load_partitions(
         labels,
         num_partitions,
         list(range(num_partitions)),
@@ -113,6 +134,9 @@ def partition_indices(
         alpha=alpha,
         seed=seed,
     )
+    for part in parts:
+        part.flags.writeable = False
+    return tuple(parts)
 
 
 def partition_of(
@@ -124,13 +148,10 @@ def partition_of(
     alpha: float,
     seed: int,
 ) -> np.ndarray:
-    """The indices of one hospital's records: ``partition_indices(...)[partition_id]``,
-    without materialising the other partitions (each simulated hospital needs only
-    its own, on every message).
-    """
-    return _load_partitions(
-        labels, num_partitions, [partition_id], method=method, alpha=alpha, seed=seed
-    )[0]
+    """One hospital's record indices: ``partition_indices(...)[partition_id]``."""
+    return partition_indices(
+        labels, num_partitions, method=method, alpha=alpha, seed=seed
+    )[partition_id]
 
 
 def stratified_split(

@@ -1,10 +1,20 @@
-"""Feature standardisation fitted by each site on its own training data."""
+"""Feature standardisation: per site (own statistics) or global (DP statistics).
+
+``per-site``: each hospital (and the server, for its own held-out set) fits a
+:class:`Standardizer` on its own training data. ``dp-global``: every site applies
+one global :class:`Standardizer` the server combined from the hospitals'
+differentially private cohort statistics (:mod:`app.cohort_stats`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+# Run-config ``normalisation`` values.
+NORMALISATIONS = ("per-site", "dp-global")
 
 
 @dataclass(frozen=True)
@@ -31,3 +41,23 @@ class Standardizer:
         return ((np.asarray(x, dtype=np.float64) - self.mean) / self.scale).astype(
             np.float32
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists (for a message's ConfigRecord or a model file)."""
+        return {
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.scale],
+        }
+
+    @classmethod
+    def from_dict(cls, values: Any) -> Standardizer:
+        """Inverse of :meth:`to_dict`; refuses non-finite or non-positive scales."""
+        mean = np.asarray(values["mean"], dtype=np.float64)
+        scale = np.asarray(values["std"], dtype=np.float64)
+        if mean.shape != scale.shape or mean.ndim != 1:
+            raise ValueError("mean and std must be 1-D lists of equal length.")
+        if not (np.isfinite(mean).all() and np.isfinite(scale).all()):
+            raise ValueError("mean and std must be finite.")
+        if not (scale > 0).all():
+            raise ValueError("std must be > 0 for every feature.")
+        return cls(mean=mean, scale=scale)

@@ -16,6 +16,7 @@ from data.base import (
     PooledTabularDataset,
     check_partition,
     make_local_splits,
+    raw_splits,
 )
 from data.preprocessing import Standardizer
 from data.spec import DataError, DatasetInfo, DataSpec, HospitalData, Split
@@ -258,6 +259,24 @@ HEART_FEATURES = (
     "restecg_1",
     "restecg_2",
 )
+# Public, a-priori ranges of the 13 features (UCI data dictionary and clinical
+# plausibility), never derived from the data: they bound one patient's influence
+# on the DP-released feature sums (``normalisation = "dp-global"``).
+HEART_BOUNDS: dict[str, tuple[float, float]] = {
+    "age": (20, 90),
+    "sex": (0, 1),
+    "trestbps": (80, 220),
+    "chol": (0, 600),
+    "fbs": (0, 1),
+    "thalach": (60, 220),
+    "exang": (0, 1),
+    "oldpeak": (-3, 7),
+    "cp_2": (0, 1),
+    "cp_3": (0, 1),
+    "cp_4": (0, 1),
+    "restecg_1": (0, 1),
+    "restecg_2": (0, 1),
+}
 
 
 def read_heart_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -309,6 +328,7 @@ class HeartDiseaseDataset(FederatedDataset):
     name = "heart-disease"
     needs_path = True
     task = "tabular"
+    feature_bounds = tuple(HEART_BOUNDS[f] for f in HEART_FEATURES)
 
     @classmethod
     def shape_known(cls, spec: DataSpec) -> bool:
@@ -386,6 +406,14 @@ class HeartDiseaseDataset(FederatedDataset):
         return Split(
             np.concatenate([s.val.x for s in sites]),
             np.concatenate([s.val.y for s in sites]),
+        )
+
+    def raw_server_test(self) -> Split:
+        """The pooled held-out rows before any standardisation."""
+        held_out = [raw_splits(self._site(p, self.site_name(p)))[1] for p in self.files]
+        return Split(
+            np.concatenate([s.x for s in held_out]),
+            np.concatenate([s.y for s in held_out]),
         )
 
 

@@ -136,19 +136,28 @@ def check_budget(
     num_records: int,
     batch_size: int,
     epochs: int,
+    other_epsilon: float = 0.0,
 ) -> tuple[list[HistoryEntry], float]:
-    """Return history and epsilon after the next round, refusing past the budget.
+    """Return history and DP-SGD epsilon after the next round, refusing past budget.
 
-    Raises PrivacyBudgetExhausted when that epsilon would exceed ``dp.budget``.
+    ``other_epsilon`` is pure epsilon-DP this hospital spent on other releases
+    (cohort statistics); by basic composition the total is the sum, and
+    PrivacyBudgetExhausted is raised when that total would exceed ``dp.budget``.
     """
     future, eps_next = epsilon_after_round(
         history, dp, num_records=num_records, batch_size=batch_size, epochs=epochs
     )
-    if eps_next > dp.budget:
+    if eps_next + other_epsilon > dp.budget:
         spent = epsilon_of(history, delta=dp.delta, mechanism=dp.accountant)
+        other = (
+            f", of which {other_epsilon:.3f} on cohort statistics"
+            if other_epsilon
+            else ""
+        )
         raise PrivacyBudgetExhausted(
-            f"privacy budget exhausted: epsilon would reach {eps_next:.3f} > budget "
-            f"{dp.budget:.3f} at delta={dp.delta:g} (spent so far {spent:.3f})"
+            f"privacy budget exhausted: epsilon would reach "
+            f"{eps_next + other_epsilon:.3f} > budget {dp.budget:.3f} at "
+            f"delta={dp.delta:g} (spent so far {spent + other_epsilon:.3f}{other})"
         )
     return future, eps_next
 

@@ -1,8 +1,11 @@
 """``medflower audit``: membership-inference attacks on a saved model.
 
 Members are a hospital's training records, non-members its held-out records (never
-trained on). Run it where those records are (at the hospital): it prints only
-attack metrics.
+trained on). ``--attack loss`` (default): loss and confidence thresholds.
+``--attack shadow``: a shadow-model attack (:mod:`models.shadow`) whose attacker
+holds half of every hospital's held-out records; the attack is scored on the other
+half. Run it where those records are (at the hospital): it prints only attack
+metrics.
 """
 
 from __future__ import annotations
@@ -12,12 +15,25 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from app.config import RunConfig
+from data.base import standardized
+from data.preprocessing import Standardizer
 from data.registry import get_dataset
-from data.spec import HospitalData
+from data.spec import HospitalData, Split
+from models import ModelSpec
 from models.checkpoint import load_model
 from models.membership import AttackResult, audit_model
-from models.training import pick_device
+from models.shadow import (
+    fit_shadow_attack,
+    recipe_trainer,
+    shadow_attack,
+    split_attacker_data,
+)
+from models.training import TrainSettings, pick_device
+
+ATTACKS = ("loss", "shadow")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +57,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="all",
         help="audit one hospital (index or name) or 'all' (default)",
     )
+    parser.add_argument(
+        "--attack",
+        choices=ATTACKS,
+        default="loss",
+        help="loss: loss/confidence thresholds (default); shadow: shadow models",
+    )
+    parser.add_argument(
+        "--shadow-models", type=int, default=4, help="--attack shadow: how many"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON only")
     parser.add_argument("--device", default="auto")
 
@@ -54,12 +79,74 @@ def audit_sites(
     }
 
 
-def load_sites(cfg: RunConfig, hospitals: int | None, which: str) -> list[HospitalData]:
+def shadow_recipe(cfg: RunConfig, payload: dict[str, Any], device: Any):
+    """The target's architecture and (centralised) training recipe for shadows.
+
+    Epochs = rounds x local epochs, with the run's optimiser settings; shadows are
+    trained without DP (the attacker's best guess of a memorising model).
+    """
+    spec = ModelSpec(**payload["model"])
+    settings = TrainSettings(
+        epochs=cfg.num_server_rounds * cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        optimizer=cfg.optimizer,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+    )
+    return recipe_trainer(spec.build, settings, device)
+
+
+def shadow_sites(
+    cfg: RunConfig,
+    payload: dict[str, Any],
+    model: Any,
+    sites: list[HospitalData],
+    audited: list[HospitalData],
+    device: Any,
+    shadow_models: int,
+) -> tuple[dict[str, list[AttackResult]], dict[str, int]]:
+    """Shadow attack per audited hospital; attacker data: half of every held-out."""
+    halves = {s.name: split_attacker_data(s.val, seed=cfg.seed) for s in sites}
+    attacker = Split(
+        np.concatenate([a.x for a, _ in halves.values()]),
+        np.concatenate([a.y for a, _ in halves.values()]),
+    )
+    attack = fit_shadow_attack(
+        shadow_recipe(cfg, payload, device),
+        attacker,
+        device,
+        shadow_models=shadow_models,
+        seed=cfg.seed,
+    )
+    results = {
+        s.name: [shadow_attack(model, s.train, halves[s.name][1], attack, device)]
+        for s in audited
+    }
+    return results, {"shadow_models": shadow_models, "attacker_records": len(attacker)}
+
+
+def preprocessed(
+    sites: list[HospitalData], payload: dict[str, Any]
+) -> list[HospitalData]:
+    """Apply the saved model's global standardisation (dp-global runs) to ``sites``."""
+    prep = payload.get("preprocessing") or {}
+    if prep.get("standardize") != "global":
+        return sites
+    scaler = Standardizer.from_dict(prep)
+    return [standardized(s, scaler) for s in sites]
+
+
+def all_sites(cfg: RunConfig, hospitals: int | None) -> list[HospitalData]:
     dataset = get_dataset(cfg.data_spec())
     count = hospitals
     if count is None:
         count = len(dataset.hospital_names(0)) if cfg.dataset == "heart-disease" else 4
-    sites = [dataset.hospital(i, count) for i in range(count)]
+    return [dataset.hospital(i, count) for i in range(count)]
+
+
+def choose(sites: list[HospitalData], which: str) -> list[HospitalData]:
     if which == "all":
         return sites
     chosen = [s for i, s in enumerate(sites) if which in (str(i), s.name)]
@@ -70,17 +157,29 @@ def load_sites(cfg: RunConfig, hospitals: int | None, which: str) -> list[Hospit
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.shadow_models < 1:
+        raise SystemExit(f"--shadow-models must be >= 1, got {args.shadow_models}")
     model, payload = load_model(args.model)
     cfg = RunConfig.from_run_config(payload["run_config"])
     if args.data == "wdbc":
         cfg = cfg.replace(dataset="wdbc", data_path="")
     elif args.data:
         cfg = cfg.replace(dataset="heart-disease", data_path=str(Path(args.data)))
-    sites = load_sites(cfg, args.hospitals, args.hospital)
-    results = audit_sites(cfg, model, sites, pick_device(args.device))
+    sites = preprocessed(all_sites(cfg, args.hospitals), payload)
+    audited = choose(sites, args.hospital)
+    device = pick_device(args.device)
+    extra: dict[str, Any] = {}
+    if args.attack == "shadow":
+        results, extra = shadow_sites(
+            cfg, payload, model, sites, audited, device, args.shadow_models
+        )
+    else:
+        results = audit_sites(cfg, model, audited, device)
     report = {
         "model": str(args.model),
         "dp": cfg.dp,
+        "attack": args.attack,
+        **extra,
         "hospitals": {
             name: {r.attack: r.to_dict() for r in res} for name, res in results.items()
         },

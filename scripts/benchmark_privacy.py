@@ -6,8 +6,11 @@ Grid) with and without local DP-SGD and reports
 
 * pooled-test accuracy of the federated model without DP and at epsilon = 1;
 * DP-SGD step time / plain step time for the default tabular and imaging models;
-* membership-inference attack AUC on each final model (no DP vs DP, epsilon <= 3);
-* the error of DP-released global standardisation statistics (Laplace, eps = 1).
+* membership-inference attack AUC (loss threshold and shadow models) on each
+  final model (no DP vs DP, epsilon <= 3);
+* the same with ``normalisation = "dp-global"`` (global standardisation from the
+  hospitals' Laplace-noised cohort statistics, whose epsilon is part of the 1);
+* the error of those DP-released global standardisation statistics.
 """
 
 from __future__ import annotations
@@ -27,18 +30,20 @@ from opacus import PrivacyEngine
 from torch import nn
 
 from app import client_app, server_app
+from app.cohort_stats import dataset_bounds
 from app.config import RunConfig
 from app.inprocess import full_run_config, run_inprocess
-from data.dp_stats import FeatureBounds, combine_releases, release_cohort_stats
-from data.registry import get_dataset
+from data.dp_stats import combine_releases, release_cohort_stats
 from data.spec import Split
 from data.tabular import HEART_FEATURES, read_heart_file
 from models.checkpoint import load_model
 from models.dp_training import check_dp_compatible
 from models.imaging import SmallCNN
 from models.membership import audit_model
+from models.shadow import fit_shadow_attack, shadow_attack, split_attacker_data
 from models.tabular import LogisticRegression
 from models.training import make_loader, pick_device
+from scripts.audit import all_sites, preprocessed, shadow_recipe
 from scripts.benchmark import BenchmarkResult, default_data_root, register
 from scripts.flower_env import project_root
 
@@ -46,40 +51,25 @@ from scripts.flower_env import project_root
 TASK = {
     "dataset": "heart-disease",
     "model": "logreg",
-    "num-server-rounds": 5,
+    "num-server-rounds": 10,
     "local-epochs": 1,
     "batch-size": 64,
-    "learning-rate": 0.2,
+    "learning-rate": 0.1,
     "momentum": 0.5,
 }
 LOCAL_DP = {"dp": "local", "dp-delta": 1e-3, "dp-max-grad-norm": 1.0}
+# Global standardisation from each hospital's Laplace-noised cohort statistics.
+STATS_EPSILON = 0.3
+DP_GLOBAL = {"normalisation": "dp-global", "dp-stats-epsilon": STATS_EPSILON}
 # An over-parameterised MLP trained for many local epochs: what an attacker hopes for.
 OVERFIT = {
+    "num-server-rounds": 5,
     "model": "mlp",
     "mlp-hidden": 256,
     "mlp-layers": 2,
     "local-epochs": 20,
     "learning-rate": 0.05,
     "momentum": 0.9,
-}
-
-# Public, a-priori ranges of the 13 heart-disease features (UCI data dictionary and
-# clinical plausibility), never derived from the data: they bound one patient's
-# influence on the released sums.
-HEART_BOUNDS = {
-    "age": (20, 90),
-    "sex": (0, 1),
-    "trestbps": (80, 220),
-    "chol": (0, 600),
-    "fbs": (0, 1),
-    "thalach": (60, 220),
-    "exang": (0, 1),
-    "oldpeak": (-3, 7),
-    "cp_2": (0, 1),
-    "cp_3": (0, 1),
-    "cp_4": (0, 1),
-    "restecg_1": (0, 1),
-    "restecg_2": (0, 1),
 }
 
 
@@ -105,11 +95,15 @@ def federated_run(
 
 
 def membership_auc(model_path: Path) -> dict[str, float]:
-    """Loss-threshold attack AUC: pooled over hospitals and the per-hospital mean."""
+    """Membership-inference AUCs of a final model.
+
+    Loss-threshold attack pooled over hospitals and its per-hospital mean; shadow
+    attack (4 shadow models, attacker = half of the pooled held-out records, scored
+    on all training records vs the other half).
+    """
     model, payload = load_model(model_path)
     cfg = RunConfig.from_run_config(payload["run_config"])
-    dataset = get_dataset(cfg.data_spec())
-    sites = [dataset.hospital(i, 4) for i in range(4)]
+    sites = preprocessed(all_sites(cfg, 4), payload)
     device = torch.device("cpu")
     per_site = [audit_model(model, s.train, s.val, device)[0] for s in sites]
     members = Split(
@@ -121,10 +115,17 @@ def membership_auc(model_path: Path) -> dict[str, float]:
         np.concatenate([s.val.y for s in sites]),
     )
     pooled = audit_model(model, members, others, device)[0]
+    attacker, unseen = split_attacker_data(others, seed=cfg.seed)
+    attack = fit_shadow_attack(
+        shadow_recipe(cfg, payload, device), attacker, device, seed=cfg.seed
+    )
+    shadow = shadow_attack(model, members, unseen, attack, device)
     return {
         "mia_auc": pooled.auc,
         "mia_auc_site_mean": statistics.fmean(r.auc for r in per_site),
         "mia_tpr_at_1pct_fpr": pooled.tpr_at_1pct_fpr,
+        "mia_shadow_auc": shadow.auc,
+        "mia_shadow_tpr_at_1pct_fpr": shadow.tpr_at_1pct_fpr,
     }
 
 
@@ -217,22 +218,25 @@ def dp_standardisation_error(data_dir: Path, epsilon: float) -> dict[str, float]
     in units of the exact pooled standard deviation (median over features).
     """
     files = sorted(p for p in data_dir.iterdir() if p.suffix == ".data")
-    bounds = FeatureBounds(
-        np.array([HEART_BOUNDS[f][0] for f in HEART_FEATURES], dtype=float),
-        np.array([HEART_BOUNDS[f][1] for f in HEART_FEATURES], dtype=float),
-    )
+    bounds = dataset_bounds("heart-disease")
     raw = [read_heart_file(p) for p in files]
     releases = [
-        release_cohort_stats(x, y, bounds=bounds, num_classes=2, epsilon=epsilon)
+        release_cohort_stats(
+            x, y, bounds=bounds, num_classes=2, epsilon=epsilon, public_counts=True
+        )
         for x, y in raw
     ]
-    mean, std = combine_releases(releases)
+    mean, std = combine_releases(releases, radius=bounds.radius)
     pooled = np.concatenate([x for x, _ in raw])
     true_mean, true_std = pooled.mean(axis=0), pooled.std(axis=0)
     return {
         "mean_error_in_sd": float(np.median(np.abs(mean - true_mean) / true_std)),
         "sd_relative_error": float(np.median(np.abs(std - true_std) / true_std)),
     }
+
+
+def _mean_sd(acc: dict[str, float], sd: dict[str, float], key: str) -> str:
+    return f"{acc[key]:.3f} +- {sd[key]:.3f}"
 
 
 def _pair(a: float, b: float) -> str:
@@ -250,8 +254,15 @@ def privacy_benchmark(
     logging.getLogger("flwr").setLevel(logging.WARNING)
     runs_dir = out_dir / "runs"
     variants = {
-        "logreg, no DP": {},
-        "logreg, local DP eps=1": {**LOCAL_DP, "dp-target-epsilon": 1.0},
+        "logreg, per-site, no DP": {},
+        "logreg, per-site, local DP eps=1": {**LOCAL_DP, "dp-target-epsilon": 1.0},
+        "logreg, dp-global, no DP": dict(DP_GLOBAL),
+        # eps=1 in total: DP-SGD is planned for 1 - dp-stats-epsilon.
+        "logreg, dp-global, local DP eps=1": {
+            **DP_GLOBAL,
+            **LOCAL_DP,
+            "dp-target-epsilon": 1.0,
+        },
         "overfit MLP, no DP": dict(OVERFIT),
         "overfit MLP, local DP eps=3": {
             **OVERFIT,
@@ -261,7 +272,7 @@ def privacy_benchmark(
     }
     rows = []
     for label, overrides in variants.items():
-        accs, aucs, site_aucs, tprs, eps = [], [], [], [], []
+        accs, aucs, site_aucs, tprs, eps, shadow = [], [], [], [], [], []
         for seed in range(seeds):
             name = (
                 f"{label.replace(' ', '').replace(',', '_').replace('=', '')}-s{seed}"
@@ -274,18 +285,22 @@ def privacy_benchmark(
             aucs.append(mia["mia_auc"])
             site_aucs.append(mia["mia_auc_site_mean"])
             tprs.append(mia["mia_tpr_at_1pct_fpr"])
+            shadow.append(mia["mia_shadow_auc"])
             if history.get("privacy"):
                 eps.append(max(history["privacy"]["epsilon"].values()))
         rows.append(
             {
                 "run": label,
                 "seeds": seeds,
+                "accuracies": " ".join(f"{a:.3f}" for a in accs),
                 "pooled_test_accuracy": statistics.fmean(accs),
-                "accuracy_sd": statistics.pstdev(accs),
+                "accuracy_sd": statistics.stdev(accs) if seeds > 1 else float("nan"),
+                "stats_epsilon": overrides.get("dp-stats-epsilon", 0.0),
                 "max_hospital_epsilon": max(eps) if eps else float("nan"),
                 "mia_auc": statistics.fmean(aucs),
                 "mia_auc_site_mean": statistics.fmean(site_aucs),
                 "mia_tpr_at_1pct_fpr": statistics.fmean(tprs),
+                "mia_shadow_auc": statistics.fmean(shadow),
             }
         )
     device = pick_device("auto")
@@ -304,33 +319,43 @@ def privacy_benchmark(
         steps=steps // 2,
         device=device,
     )
-    stats = dp_standardisation_error(data_dir, epsilon=1.0)
+    stats = dp_standardisation_error(data_dir, epsilon=STATS_EPSILON)
     by_run = {r["run"]: r for r in rows}
+    acc = {k: r["pooled_test_accuracy"] for k, r in by_run.items()}
+    sd = {k: r["accuracy_sd"] for k, r in by_run.items()}
+    dp_global = "logreg, dp-global, local DP eps=1"
     summary = {
-        "accuracy_no_dp": by_run["logreg, no DP"]["pooled_test_accuracy"],
-        "accuracy_local_dp_eps1": by_run["logreg, local DP eps=1"][
-            "pooled_test_accuracy"
-        ],
-        "goal_accuracy_dp>=0.77": by_run["logreg, local DP eps=1"][
-            "pooled_test_accuracy"
-        ]
-        >= 0.77,
+        "accuracy_dp_global_no_dp": _mean_sd(acc, sd, "logreg, dp-global, no DP"),
+        "accuracy_dp_global_local_dp_eps1": _mean_sd(acc, sd, dp_global),
+        "goal_accuracy_dp>=0.77": acc[dp_global] >= 0.77,
+        "accuracy_per_site_no_dp": _mean_sd(acc, sd, "logreg, per-site, no DP"),
+        "accuracy_per_site_local_dp_eps1": _mean_sd(
+            acc, sd, "logreg, per-site, local DP eps=1"
+        ),
         "step_time_ratio_logreg_b32_cpu": tabular["ratio"],
         "step_s_logreg_plain/dp": _pair(tabular["plain_step_s"], tabular["dp_step_s"]),
         f"step_time_ratio_smallcnn_28px_b32_{device.type}": imaging["ratio"],
         "step_s_smallcnn_plain/dp": _pair(
             imaging["plain_step_s"], imaging["dp_step_s"]
         ),
-        "mia_auc_logreg_no_dp/dp_eps1": (
-            f"{by_run['logreg, no DP']['mia_auc']:.3f}/"
-            f"{by_run['logreg, local DP eps=1']['mia_auc']:.3f}"
+        "mia_loss_auc_logreg_no_dp/dp_eps1": (
+            f"{by_run['logreg, dp-global, no DP']['mia_auc']:.3f}/"
+            f"{by_run[dp_global]['mia_auc']:.3f}"
         ),
-        "mia_auc_overfit_mlp_no_dp/dp_eps3": (
+        "mia_loss_auc_overfit_mlp_no_dp/dp_eps3": (
             f"{by_run['overfit MLP, no DP']['mia_auc']:.3f}/"
             f"{by_run['overfit MLP, local DP eps=3']['mia_auc']:.3f}"
         ),
-        "dp_global_stats_eps1_mean_error_in_sd": stats["mean_error_in_sd"],
-        "dp_global_stats_eps1_sd_relative_error": stats["sd_relative_error"],
+        "mia_shadow_auc_overfit_mlp_no_dp/dp_eps3": (
+            f"{by_run['overfit MLP, no DP']['mia_shadow_auc']:.3f}/"
+            f"{by_run['overfit MLP, local DP eps=3']['mia_shadow_auc']:.3f}"
+        ),
+        f"dp_global_stats_eps{STATS_EPSILON:g}_mean_error_in_sd": stats[
+            "mean_error_in_sd"
+        ],
+        f"dp_global_stats_eps{STATS_EPSILON:g}_sd_relative_error": stats[
+            "sd_relative_error"
+        ],
     }
     notes = [
         "Federations run in-process (same ServerApp/ClientApp/strategy code as flwr "
@@ -338,8 +363,18 @@ def privacy_benchmark(
         + json.dumps(TASK),
         "Local DP: record-level, per hospital, PRV accountant, delta=1e-3, noise "
         "planned over all rounds x local epochs at each hospital's sample rate.",
+        f"dp-global: before round 1 each hospital releases Laplace-noised feature "
+        f"sums at dp-stats-epsilon={STATS_EPSILON:g} (OpenDP noise, not seeded); "
+        "the server standardises everyone with the combined statistics. In the DP "
+        "rows the reported epsilon (<= 1) is DP-SGD epsilon + this, so DP-SGD is "
+        f"planned for {1 - STATS_EPSILON:g}.",
+        "accuracy_sd: sample standard deviation over seeds (each seed also redraws "
+        "every hospital's train/test split).",
         "MIA: loss-threshold attack, members = each hospital's training records, "
-        "non-members = its held-out records (the pooled test set).",
+        "non-members = its held-out records (the pooled test set). Shadow attack: "
+        "4 shadow models of the same architecture/recipe (centralised, no DP) on "
+        "halves of an attacker set = half of the pooled held-out records; scored on "
+        "all training records vs the other held-out half.",
         "Step time: mean over steps after a warm-up; DP includes Poisson sampling, "
         "per-sample gradients, clipping and noise (Opacus hooks).",
     ]

@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 
 from app.config import RunConfig
+from data.base import standardized
 from data.imaging import ImageFolderDataset, MedMNISTDataset, SyntheticLesionsDataset
+from data.preprocessing import Standardizer
 from data.registry import get_dataset
 from data.spec import DataError, Split
 from data.tabular import read_labelled_csv, standardize_for_evaluation
@@ -99,9 +101,20 @@ class EvalData:
 # ------------------------------------------------------------------ tabular data
 
 
+def global_scaler(payload: dict[str, Any]) -> Standardizer | None:
+    """The global statistics a ``dp-global`` run saved with its model, if any."""
+    prep = payload.get("preprocessing") or {}
+    return Standardizer.from_dict(prep) if prep.get("standardize") == "global" else None
+
+
 def tabular_source(args: argparse.Namespace, payload: dict[str, Any]) -> EvalData:
-    """WDBC, a heart-disease directory or a CSV, standardised like a new site."""
+    """WDBC, a heart-disease directory or a CSV, standardised as the model expects.
+
+    Like a new site (its own statistics), or with the global statistics saved in
+    the model file by a ``normalisation = "dp-global"`` run.
+    """
     cfg = RunConfig.from_run_config(payload["run_config"])
+    scaler = global_scaler(payload)
     data = args.data
     path = Path(data)
     if data == "wdbc":
@@ -113,7 +126,8 @@ def tabular_source(args: argparse.Namespace, payload: dict[str, Any]) -> EvalDat
         )
     elif path.is_file():
         x, y, _ = read_labelled_csv(path, args.label_column or cfg.label_column)
-        split = Split(standardize_for_evaluation(x), y)
+        xs = standardize_for_evaluation(x) if scaler is None else scaler.transform(x)
+        split = Split(xs, y)
         _check_tabular(payload, split, data)
         return EvalData(split, "csv")
     else:
@@ -122,7 +136,12 @@ def tabular_source(args: argparse.Namespace, payload: dict[str, Any]) -> EvalDat
         raise DataError(
             f"--split {args.split} is only available for CSV files, not {kind}."
         )
-    split = get_dataset(cfg.data_spec()).server_test()
+    dataset = get_dataset(cfg.data_spec())
+    if scaler is None:
+        split = dataset.server_test()
+    else:
+        raw = dataset.raw_server_test()
+        split = Split(scaler.transform(raw.x), raw.y)
     _check_tabular(payload, split, data)
     return EvalData(split, kind)
 
@@ -365,9 +384,12 @@ def per_site(args: argparse.Namespace, model: Any, payload: dict[str, Any]) -> i
     n = args.hospitals or hospitals_of_run(args.model)
     dataset = get_dataset(cfg.data_spec())
     device = pick_device(args.device)
+    scaler = global_scaler(payload) if payload.get("task") == "tabular" else None
     rows: dict[str, dict[str, Any]] = {}
     for pid in range(n):
         site = dataset.hospital(pid, n)
+        if scaler is not None:
+            site = standardized(site, scaler)
         probs = predict_proba(model, site.val.x, device)
         metrics = classification_metrics(site.val.y, probs)
         rows[site.name] = {"num_examples": len(site.val), **metrics}

@@ -62,6 +62,22 @@ class RoundLedger:
         )
 
 
+def note_problem(
+    entry: dict[str, Any], kind: str, name: str, phase: str, reason: str
+) -> None:
+    """Record a hospital's error or rejected reply in a round's ledger entry.
+
+    ``entry[kind][name]`` holds the hospital's first problem of the round (the
+    root cause, e.g. the train phase); later ones (the evaluate phase of the same
+    round, a secure-aggregation stage) are appended under ``"more"`` instead of
+    overwriting it.
+    """
+    problem = {"phase": phase, "reason": reason}
+    first = entry[kind].setdefault(name, problem)
+    if first is not problem:
+        first.setdefault("more", []).append(problem)
+
+
 def hospital_of(msg: Message) -> str:
     """Return the hospital name a reply carries, else its node id."""
     if msg.has_error() and (match := _ERROR_NAME.match(msg.error.reason or "")):
@@ -270,7 +286,7 @@ class Screened:
                     name,
                     reason,
                 )
-                entry["errors"][name] = {"phase": phase, "reason": reason}
+                note_problem(entry, "errors", name, phase, reason)
                 continue
             self._names[msg.metadata.src_node_id] = name
             problem = self._reply_problem(server_round, msg.content, is_train=is_train)
@@ -282,7 +298,7 @@ class Screened:
                     name,
                     problem,
                 )
-                entry["rejected"][name] = {"phase": phase, "reason": problem}
+                note_problem(entry, "rejected", name, phase, problem)
                 continue
             metrics = next(iter(msg.content.metric_records.values()))
             entry[phase][name] = dict(metrics)

@@ -104,3 +104,58 @@ def test_invalid_requests_are_refused():
         )
     with pytest.raises(ValueError, match="upper > lower"):
         FeatureBounds(np.array([1.0]), np.array([1.0]))
+
+
+def test_public_counts_split_the_budget_over_the_feature_sums_only():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 10, size=(500, 4))
+    y = (rng.random(500) < 0.4).astype(int)
+    bounds = FeatureBounds(np.zeros(4), np.full(4, 10.0))
+    release = release_cohort_stats(
+        x, y, bounds=bounds, num_classes=2, epsilon=1.0, public_counts=True
+    )
+    assert release.label_counts.tolist() == np.bincount(y, minlength=2).tolist()
+    # Laplace scale d / (eps / 2) in half-range units; std = sqrt(2) * scale.
+    assert release.unit_noise_std == pytest.approx(np.sqrt(2) * 4 / 0.5)
+    noised = release_cohort_stats(x, y, bounds=bounds, num_classes=2, epsilon=1.0)
+    assert noised.unit_noise_std == pytest.approx(np.sqrt(2) * 4 / (1 / 3))
+
+
+def test_combination_falls_back_to_the_public_bounds_where_noise_dominates():
+    rng = np.random.default_rng(2)
+    x = np.column_stack([rng.normal(40, 2, 400), rng.normal(5, 1, 400)])
+    y = np.zeros(400, dtype=int)
+    bounds = FeatureBounds(np.array([0.0, 0.0]), np.array([100.0, 10.0]))
+    radius = bounds.radius
+    for _ in range(5):  # very noisy: every statistic stays within the public prior
+        drowned = [
+            release_cohort_stats(
+                x[i::4],
+                y[i::4],
+                bounds=bounds,
+                num_classes=1,
+                epsilon=0.01,
+                public_counts=True,
+            )
+            for i in range(4)
+        ]
+        mean, std = combine_releases(drowned, radius=radius)
+        assert np.all(np.abs(mean - bounds.midpoint) <= radius)
+        # noise far above any variance: the floor is (almost) the whole half-range
+        assert np.all(std >= 0.9 * radius) and np.all(std <= radius)
+    precise = [
+        release_cohort_stats(
+            x[i::4],
+            y[i::4],
+            bounds=bounds,
+            num_classes=1,
+            epsilon=500.0,
+            public_counts=True,
+        )
+        for i in range(4)
+    ]
+    mean, std = combine_releases(precise, radius=radius)
+    assert np.allclose(mean, x.mean(axis=0), atol=0.5)
+    # the smaller spread (2 of a 50 half-range) is floored at 10% of the range
+    assert std[0] == pytest.approx(0.1 * radius[0], rel=0.05)
+    assert std[1] == pytest.approx(x[:, 1].std(), rel=0.1)

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from data.partition import partition_indices, stratified_split
+from data import partition
+from data.partition import partition_indices, partition_of, stratified_split
 from data.spec import DataError
 
 LABELS = np.array([0] * 120 + [1] * 80)
@@ -44,3 +45,25 @@ def test_stratified_split_keeps_prevalence_and_covers_all():
     assert len(out) == 50 and len(keep) == 150
     assert set(keep).isdisjoint(out)
     assert LABELS[out].mean() == pytest.approx(LABELS.mean(), abs=0.02)
+
+
+def test_split_is_computed_once_per_process_and_read_only(monkeypatch):
+    calls = []
+    real = partition.PARTITIONERS["dirichlet"]
+
+    def counting(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setitem(partition.PARTITIONERS, "dirichlet", counting)
+    labels = np.arange(200) % 3  # labels no other test uses: not memoised yet
+    first = partition_indices(labels, 4, method="dirichlet", alpha=0.5, seed=11)
+    again = partition_of(labels, 2, 4, method="dirichlet", alpha=0.5, seed=11)
+    np.testing.assert_array_equal(again, first[2])
+    assert len(calls) == 1  # every hospital's later call reuses the split
+    with pytest.raises(ValueError, match="read-only"):
+        first[0][0] = 0
+    # Other labels, or another seed, are a different split.
+    partition_indices(labels[::-1], 4, method="dirichlet", alpha=0.5, seed=11)
+    partition_indices(labels, 4, method="dirichlet", alpha=0.5, seed=12)
+    assert len(calls) == 3

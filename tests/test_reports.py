@@ -56,6 +56,13 @@ def small_history(*, dp: bool = True, roc: bool = True) -> dict:
             }
         )
     rounds[2]["rejected"] = {"hungarian": {"phase": "train", "reason": "NaN values"}}
+    rounds[1]["errors"] = {
+        "va": {
+            "phase": "train",
+            "reason": "unreadable file",
+            "more": [{"phase": "evaluate", "reason": "no held-out records"}],
+        }
+    }
     history = {
         "run_name": "unit",
         "status": "completed",
@@ -109,6 +116,8 @@ def test_report_embeds_every_plot_and_saves_pngs(tmp_path):
     assert sorted(images) == sorted(p.read_bytes() for p in pngs)
     assert all(img.startswith(PNG_MAGIC) for img in images)
     assert "NaN values" in page and "hungarian" in page  # the dropped reply is listed
+    # Both of a hospital's problems in one round are listed, the first not overwritten.
+    assert "train: unreadable file" in page and "evaluate: no held-out" in page
     assert "no disease" in page and "disease" in page  # class names in label table
     assert "<script" not in page  # static, opens anywhere
 

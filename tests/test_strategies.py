@@ -139,6 +139,25 @@ def test_error_reply_is_recorded_and_rest_aggregated(task_identity):
     assert strategy.ledger.rounds[1]["errors"]["node-103"]["reason"] == "boom"
 
 
+def test_train_error_is_kept_when_evaluate_fails_too(task_identity):
+    strategy = MedFedAvg(min_hospitals=1)
+    prime(strategy)
+
+    def failed(message_type, reason):
+        instruction = Message(
+            content=RecordDict(), message_type=message_type, dst_node_id=103
+        )
+        return Message(
+            Error(code=1, reason=f"hospital h103: {reason}"), reply_to=instruction
+        )
+
+    strategy.aggregate_train(1, [reply(101, GLOBAL, 5), failed(MessageType.TRAIN, "A")])
+    strategy.aggregate_evaluate(1, [failed(MessageType.EVALUATE, "B")])
+    error = strategy.ledger.rounds[1]["errors"]["h103"]
+    assert (error["phase"], error["reason"]) == ("train", "hospital h103: A")
+    assert error["more"] == [{"phase": "evaluate", "reason": "hospital h103: B"}]
+
+
 def test_round_with_too_few_valid_replies_keeps_model_and_says_so(
     caplog, task_identity
 ):

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from strategies.screening import hospital_of, note_problem
 from strategies.secagg.vectors import Layout
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,3 +68,77 @@ class SecureAggregator(Protocol):
     def close_round(
         self, server_round: int, replies: Iterable[Message], ledger_entry: dict
     ) -> SecureSum | None: ...
+
+
+class StagedExchange:
+    """Server half of a multi-stage protocol: one record out to each hospital, one back.
+
+    Both secure-aggregation backends run their set-up stages this way. Each
+    message carries a single ConfigRecord named ``record``; a hospital that
+    answers with an error, or without that record, is noted in the round's
+    ledger (phase ``<phase_prefix>-<stage>``) and left out of the stage's answers.
+
+    Parameters
+    ----------
+    timeout : float, optional
+        Seconds to wait for each stage's replies (the run's ``round-timeout``).
+    """
+
+    name: str
+    record: str
+    phase_prefix: str
+
+    def __init__(self, *, timeout: float | None = None) -> None:
+        self.timeout = timeout
+        self._grid: Grid | None = None
+
+    def _exchange(
+        self, message_type: str, records: dict[int, ConfigRecord]
+    ) -> list[Message]:
+        """Send ``records[node]`` to each node as ``message_type``; return replies."""
+        if self._grid is None:
+            raise RuntimeError(f"{self.name}: no Grid (open_round was not called)")
+        messages = [
+            Message(
+                RecordDict({self.record: record}),
+                message_type=message_type,
+                dst_node_id=node,
+            )
+            for node, record in records.items()
+        ]
+        return list(self._grid.send_and_receive(messages, timeout=self.timeout))
+
+    def _collect(
+        self,
+        replies: Iterable[Message],
+        stage: str,
+        ledger_entry: dict,
+        names: dict[int, str] | None = None,
+    ) -> dict[int, ConfigRecord]:
+        """Return each sound reply's record by node id; note the others.
+
+        ``names``, when given, learns each replying node's hospital name.
+        """
+        answers: dict[int, ConfigRecord] = {}
+        phase = f"{self.phase_prefix}-{stage}"
+        for msg in replies:
+            node, hospital = msg.metadata.src_node_id, hospital_of(msg)
+            if names is not None:
+                names[node] = hospital
+            if msg.has_error():
+                reason = msg.error.reason
+                log.warning(
+                    "%s %s: hospital %s failed: %s", self.name, stage, hospital, reason
+                )
+                note_problem(ledger_entry, "errors", hospital, phase, reason)
+            elif self.record not in msg.content.config_records:
+                note_problem(
+                    ledger_entry,
+                    "rejected",
+                    hospital,
+                    phase,
+                    f"no {self.record} record",
+                )
+            else:
+                answers[node] = msg.content.config_records[self.record]
+        return answers

@@ -24,8 +24,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from strategies.fedavg import hospital_of
+from strategies.screening import note_problem
 from strategies.secagg import protocol as P
-from strategies.secagg.aggregator import SecureSum
+from strategies.secagg.aggregator import SecureSum, StagedExchange
 from strategies.secagg.params import SecAggParams
 from strategies.secagg.vectors import Layout
 
@@ -45,7 +46,7 @@ class _Round:
     members: set[int]
 
 
-class CKKSAggregator:
+class CKKSAggregator(StagedExchange):
     """CKKS secure aggregation, used by ``MedFedAvg``.
 
     Selected by ``secure-aggregation = true`` and ``aggregation-encryption = "ckks"``.
@@ -60,50 +61,23 @@ class CKKSAggregator:
     """
 
     name = "ckks"
+    record = P.CKKS_RECORD
+    phase_prefix = "ckks"
 
     def __init__(self, params: SecAggParams, *, timeout: float | None = None) -> None:
+        super().__init__(timeout=timeout)
         self.params = params
-        self.timeout = timeout
         self.context_bytes: bytes = b""  # key-less: cannot encrypt or decrypt
         self.holders: set[int] = set()
         self._rounds: dict[int, _Round] = {}
-        self._grid: Grid | None = None
-
-    def _ask(
-        self, message_type: str, records: dict[int, ConfigRecord]
-    ) -> list[Message]:
-        assert self._grid is not None
-        msgs = [
-            Message(
-                RecordDict({P.CKKS_RECORD: r}), message_type=message_type, dst_node_id=n
-            )
-            for n, r in records.items()
-        ]
-        return list(self._grid.send_and_receive(msgs, timeout=self.timeout))
-
-    def _answers(
-        self, replies: list[Message], stage: str, ledger_entry: dict
-    ) -> dict[int, ConfigRecord]:
-        out = {}
-        for msg in replies:
-            if msg.has_error():
-                ledger_entry["errors"][hospital_of(msg)] = {
-                    "phase": f"ckks-{stage}",
-                    "reason": msg.error.reason,
-                }
-            elif P.CKKS_RECORD in msg.content.config_records:
-                out[msg.metadata.src_node_id] = msg.content.config_records[
-                    P.CKKS_RECORD
-                ]
-        return out
 
     def _distribute_keys(self, nodes: list[int], ledger_entry: dict) -> set[int]:
         """Give the secret context to ``nodes`` lacking it; return who holds it."""
         newcomers = [n for n in nodes if n not in self.holders]
         if not newcomers:
             return set(nodes)
-        hello = self._answers(
-            self._ask(P.CKKS_HELLO, {n: ConfigRecord({}) for n in newcomers}),
+        hello = self._collect(
+            self._exchange(P.CKKS_HELLO, {n: ConfigRecord({}) for n in newcomers}),
             "hello",
             ledger_entry,
         )
@@ -115,8 +89,8 @@ class CKKSAggregator:
         )
         for dealer in dealers:
             recipients = sorted(n for n in hello if n != dealer)
-            dealt = self._answers(
-                self._ask(
+            dealt = self._collect(
+                self._exchange(
                     P.CKKS_DEAL,
                     {
                         dealer: ConfigRecord(
@@ -147,8 +121,8 @@ class CKKSAggregator:
                 )
             }
             if installs:
-                done = self._answers(
-                    self._ask(P.CKKS_INSTALL, installs), "install", ledger_entry
+                done = self._collect(
+                    self._exchange(P.CKKS_INSTALL, installs), "install", ledger_entry
                 )
                 expected = fingerprint(self.context_bytes)
                 self.holders |= {
@@ -216,7 +190,7 @@ class CKKSAggregator:
         count: int,
         ledger_entry: dict,
     ) -> np.ndarray | None:
-        replies = self._ask(
+        replies = self._exchange(
             P.CKKS_DECRYPT,
             {
                 holder: ConfigRecord(
@@ -230,10 +204,13 @@ class CKKSAggregator:
         )
         for msg in replies:
             if msg.has_error():
-                ledger_entry["errors"][hospital_of(msg)] = {
-                    "phase": "ckks-decrypt",
-                    "reason": msg.error.reason,
-                }
+                note_problem(
+                    ledger_entry,
+                    "errors",
+                    hospital_of(msg),
+                    "ckks-decrypt",
+                    msg.error.reason,
+                )
                 continue
             record = msg.content.array_records.get(P.CKKS_PLAIN_SUM)
             if record is None or P.CKKS_PLAIN_SUM not in record:
@@ -270,16 +247,22 @@ class CKKSAggregator:
                     cast(bytes, msg.content[P.CKKS_RECORD][P.CIPHERTEXT]),
                 )
             except Exception as err:  # noqa: BLE001 - malformed ciphertext
-                ledger_entry["rejected"][hospital_of(msg)] = {
-                    "phase": "ckks-sum",
-                    "reason": f"unreadable ciphertext: {err}",
-                }
+                note_problem(
+                    ledger_entry,
+                    "rejected",
+                    hospital_of(msg),
+                    "ckks-sum",
+                    f"unreadable ciphertext: {err}",
+                )
                 continue
             if vector.size() != state.layout.size + 1:
-                ledger_entry["rejected"][hospital_of(msg)] = {
-                    "phase": "ckks-sum",
-                    "reason": "ciphertext of the wrong length",
-                }
+                note_problem(
+                    ledger_entry,
+                    "rejected",
+                    hospital_of(msg),
+                    "ckks-sum",
+                    "ciphertext of the wrong length",
+                )
                 continue
             total = vector if total is None else total + vector
             contributors.append(msg.metadata.src_node_id)

@@ -32,9 +32,9 @@ from flwr.supercore.primitives.asymmetric import (
     bytes_to_public_key,
 )
 
-from strategies.fedavg import hospital_of
+from strategies.screening import note_problem
 from strategies.secagg import protocol as P
-from strategies.secagg.aggregator import SecureSum
+from strategies.secagg.aggregator import SecureSum, StagedExchange
 from strategies.secagg.params import SecAggParams
 from strategies.secagg.vectors import Layout, decode_sum, mask
 
@@ -84,7 +84,7 @@ def ring_neighbours(node_ids: list[int], num_shares: int) -> dict[int, set[int]]
     }
 
 
-class SecAggPlusAggregator:
+class SecAggPlusAggregator(StagedExchange):
     """SecAgg+ over the Message API, used by ``MedFedAvg``.
 
     Selected by ``secure-aggregation = true`` (the default mechanism).
@@ -98,12 +98,13 @@ class SecAggPlusAggregator:
     """
 
     name = "secagg+"
+    record = P.RECORD
+    phase_prefix = "secagg"
 
     def __init__(self, params: SecAggParams, *, timeout: float | None = None) -> None:
+        super().__init__(timeout=timeout)
         self.params = params
-        self.timeout = timeout
         self._rounds: dict[int, _RoundState] = {}
-        self._grid: Grid | None = None
 
     # ----------------------------------------------------------------- stages 0-1
     def open_round(
@@ -189,46 +190,14 @@ class SecAggPlusAggregator:
     def _ask(
         self, state: _RoundState, message_type: str, records: dict[int, ConfigRecord]
     ) -> list[Message]:
-        assert self._grid is not None
-        messages = []
-        for nid, record in records.items():
+        for record in records.values():
             record[P.SESSION] = state.session
-            messages.append(
-                Message(
-                    content=RecordDict({P.RECORD: record}),
-                    message_type=message_type,
-                    dst_node_id=nid,
-                )
-            )
-        return list(self._grid.send_and_receive(messages, timeout=self.timeout))
+        return self._exchange(message_type, records)
 
     def _answers(
         self, state: _RoundState, replies: list[Message], stage: str, ledger_entry: dict
     ) -> dict[int, ConfigRecord]:
-        """Return the replies carrying a ``secagg`` record; errors go to the ledger."""
-        answers: dict[int, ConfigRecord] = {}
-        for msg in replies:
-            nid = msg.metadata.src_node_id
-            name = hospital_of(msg)
-            state.names[nid] = name
-            if msg.has_error():
-                reason = msg.error.reason
-                log.warning(
-                    "Secure aggregation %s: hospital %s failed: %s", stage, name, reason
-                )
-                ledger_entry["errors"][name] = {
-                    "phase": f"secagg-{stage}",
-                    "reason": reason,
-                }
-                continue
-            if P.RECORD not in msg.content.config_records:
-                ledger_entry["rejected"][name] = {
-                    "phase": f"secagg-{stage}",
-                    "reason": "no secagg record",
-                }
-                continue
-            answers[nid] = msg.content.config_records[P.RECORD]
-        return answers
+        return self._collect(replies, stage, ledger_entry, names=state.names)
 
     def _setup(self, state: _RoundState, ledger_entry: dict) -> set[int]:
         config = {
@@ -254,10 +223,13 @@ class SecAggPlusAggregator:
                 or not isinstance(pk2, bytes)
                 or {pk1, pk2} & seen
             ):
-                ledger_entry["rejected"][state.name(nid)] = {
-                    "phase": "secagg-setup",
-                    "reason": "missing or reused public keys",
-                }
+                note_problem(
+                    ledger_entry,
+                    "rejected",
+                    state.name(nid),
+                    "secagg-setup",
+                    "missing or reused public keys",
+                )
                 continue
             seen |= {pk1, pk2}
             state.public_keys[nid] = (pk1, pk2)
@@ -291,10 +263,13 @@ class SecAggPlusAggregator:
             cts = cast(list[bytes], record.get(P.CIPHERTEXTS, []))
             allowed = state.neighbours[src] & active - {src}
             if len(dsts) != len(cts) or set(dsts) != allowed:
-                ledger_entry["rejected"][state.name(src)] = {
-                    "phase": "secagg-share-keys",
-                    "reason": "shares not sent to exactly its neighbours",
-                }
+                note_problem(
+                    ledger_entry,
+                    "rejected",
+                    state.name(src),
+                    "secagg-share-keys",
+                    "shares not sent to exactly its neighbours",
+                )
                 continue
             sound.add(src)
             for dst, ct in zip(dsts, cts, strict=True):
