@@ -105,6 +105,7 @@ SUITE_MODULES: list[str] = [
     "scripts.bench_poisoning",
     "scripts.bench_secagg",
     "scripts.benchmark_privacy",
+    "scripts.bench_dp_step",
     "scripts.bench_suites",
     "scripts.bench_imaging",
 ]

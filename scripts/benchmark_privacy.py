@@ -19,15 +19,11 @@ import argparse
 import json
 import logging
 import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
-from torch import nn
 
 from app import client_app, server_app
 from app.cohort_stats import dataset_bounds
@@ -35,15 +31,12 @@ from app.config import RunConfig
 from app.inprocess import full_run_config, run_inprocess
 from data.dp_stats import combine_releases, release_cohort_stats
 from data.spec import Split
-from data.tabular import HEART_FEATURES, read_heart_file
+from data.tabular import read_heart_file
 from models.checkpoint import load_model
-from models.dp_training import check_dp_compatible
-from models.imaging import SmallCNN
 from models.membership import audit_model
 from models.shadow import fit_shadow_attack, shadow_attack, split_attacker_data
-from models.tabular import LogisticRegression
-from models.training import make_loader, pick_device
 from scripts.audit import all_sites, preprocessed, shadow_recipe
+from scripts.bench_dp_step import dp_step_rows
 from scripts.benchmark import BenchmarkResult, default_data_root, register
 from scripts.flower_env import project_root
 
@@ -127,87 +120,6 @@ def membership_auc(model_path: Path) -> dict[str, float]:
         "mia_shadow_auc": shadow.auc,
         "mia_shadow_tpr_at_1pct_fpr": shadow.tpr_at_1pct_fpr,
     }
-
-
-def _time_steps(step: Callable[[], None], steps: int) -> float:
-    step()  # warm-up (allocations, hook registration)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
-
-
-def step_time_ratio(
-    build: Callable[[], nn.Module],
-    input_shape: tuple[int, ...],
-    *,
-    batch_size: int,
-    steps: int,
-    device: torch.device,
-    records: int = 1024,
-) -> dict[str, float]:
-    """Measure seconds per optimiser step, plain SGD vs Opacus DP-SGD.
-
-    Poisson batches of the same expected size, same model, data and process.
-    """
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn((records, *input_shape), generator=gen).numpy()
-    y = (torch.rand(records, generator=gen) < 0.5).long().numpy()
-    split = Split(x, y)
-    plain_model = build().to(device)
-    loader = make_loader(split, batch_size, shuffle=True, seed=0)
-    batches = iter(())
-    optimizer = torch.optim.SGD(plain_model.parameters(), lr=0.01)
-    criterion = nn.CrossEntropyLoss()
-
-    def plain_step() -> None:
-        nonlocal batches
-        try:
-            xb, yb = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            xb, yb = next(batches)
-        optimizer.zero_grad()
-        criterion(plain_model(xb.to(device)), yb.to(device)).backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    plain = _time_steps(plain_step, steps)
-    # DP-SGD exactly as train_dp sets it up (hooks, Poisson sampling, wrap_model=False),
-    # timed per step after setup, like the plain loop.
-    dp_model = build().to(device)
-    check_dp_compatible(dp_model)
-    engine = PrivacyEngine(accountant="rdp")
-    dp_opt = torch.optim.SGD(dp_model.parameters(), lr=0.01)
-    hooks, dp_opt, dp_loader = engine.make_private(
-        module=dp_model,
-        optimizer=dp_opt,
-        data_loader=make_loader(split, batch_size, shuffle=True, seed=1),
-        noise_multiplier=1.0,
-        max_grad_norm=1.0,
-        poisson_sampling=True,
-        noise_generator=torch.Generator(device=device).manual_seed(2),
-        wrap_model=False,
-    )
-    dp_batches = iter(())
-
-    def dp_step() -> None:
-        nonlocal dp_batches
-        try:
-            xb, yb = next(dp_batches)
-        except StopIteration:
-            dp_batches = iter(dp_loader)
-            xb, yb = next(dp_batches)
-        dp_opt.zero_grad()
-        criterion(dp_model(xb.to(device)), yb.to(device)).backward()
-        dp_opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    dp_time = _time_steps(dp_step, steps)
-    hooks.cleanup()
-    return {"plain_step_s": plain, "dp_step_s": dp_time, "ratio": dp_time / plain}
 
 
 def dp_standardisation_error(data_dir: Path, epsilon: float) -> dict[str, float]:
@@ -303,22 +215,8 @@ def privacy_benchmark(
                 "mia_shadow_auc": statistics.fmean(shadow),
             }
         )
-    device = pick_device("auto")
-    steps = 20 if quick else 60
-    tabular = step_time_ratio(
-        lambda: LogisticRegression(len(HEART_FEATURES)),
-        (len(HEART_FEATURES),),
-        batch_size=32,
-        steps=steps,
-        device=torch.device("cpu"),
-    )
-    imaging = step_time_ratio(
-        lambda: SmallCNN(spatial_dims=2, in_channels=1, num_classes=2),
-        (1, 28, 28),
-        batch_size=32,
-        steps=steps // 2,
-        device=device,
-    )
+    steps = {row["task"]: row for row in dp_step_rows(steps=10 if quick else 40)}
+    tabular, imaging = steps["tabular"], steps["imaging"]
     stats = dp_standardisation_error(data_dir, epsilon=STATS_EPSILON)
     by_run = {r["run"]: r for r in rows}
     acc = {k: r["pooled_test_accuracy"] for k, r in by_run.items()}
@@ -332,10 +230,14 @@ def privacy_benchmark(
         "accuracy_per_site_local_dp_eps1": _mean_sd(
             acc, sd, "logreg, per-site, local DP eps=1"
         ),
-        "step_time_ratio_logreg_b32_cpu": tabular["ratio"],
-        "step_s_logreg_plain/dp": _pair(tabular["plain_step_s"], tabular["dp_step_s"]),
-        f"step_time_ratio_smallcnn_28px_b32_{device.type}": imaging["ratio"],
-        "step_s_smallcnn_plain/dp": _pair(
+        f"step_time_ratio_{tabular['model']}_b{tabular['batch']}": tabular["ratio"],
+        f"step_s_{tabular['model']}_plain/dp": _pair(
+            tabular["plain_step_s"], tabular["dp_step_s"]
+        ),
+        f"step_time_ratio_{imaging['model']}_28px_b{imaging['batch']}": imaging[
+            "ratio"
+        ],
+        f"step_s_{imaging['model']}_plain/dp": _pair(
             imaging["plain_step_s"], imaging["dp_step_s"]
         ),
         "mia_loss_auc_logreg_no_dp/dp_eps1": (
@@ -375,8 +277,10 @@ def privacy_benchmark(
         "4 shadow models of the same architecture/recipe (centralised, no DP) on "
         "halves of an attacker set = half of the pooled held-out records; scored on "
         "all training records vs the other held-out half.",
-        "Step time: mean over steps after a warm-up; DP includes Poisson sampling, "
-        "per-sample gradients, clipping and noise (Opacus hooks).",
+        "Step time: the default tabular and imaging models at the default batch "
+        "size, median over alternating plain and DP-SGD steps (see `medflower "
+        "benchmark dp-step`); DP includes Poisson sampling, per-sample gradients, "
+        "clipping and noise (Opacus hooks).",
     ]
     return BenchmarkResult("privacy", rows, summary, notes)
 

@@ -28,7 +28,7 @@ def test_suites_are_registered():
     from scripts.benchmark import _load_suites
 
     _load_suites()
-    assert {"heart", "cost", "scale"} <= set(BENCHMARKS)
+    assert {"heart", "cost", "scale", "dp-step", "privacy"} <= set(BENCHMARKS)
 
 
 def test_mean_std_and_plus_minus():
@@ -105,3 +105,20 @@ def test_heart_quick_has_every_method(tmp_path):
     )
     for name in result.plots:
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_dp_step_times_the_default_models_and_splits_the_dp_step():
+    from models import DEFAULT_MODELS
+    from scripts.bench_dp_step import dp_step_rows
+
+    rows = dp_step_rows(steps=3)
+    assert [r["model"] for r in rows] == [
+        DEFAULT_MODELS["tabular"],
+        DEFAULT_MODELS["imaging"],
+    ]
+    for row in rows:
+        assert row["plain_step_s"] > 0 and row["dp_step_s"] > 0
+        assert row["ratio"] == pytest.approx(row["dp_step_s"] / row["plain_step_s"])
+        parts = row["dp_forward_s"] + row["dp_backward_s"] + row["dp_optimizer_s"]
+        # medians of parts need not add up exactly, but they time the same steps
+        assert 0.5 * row["dp_step_s"] < parts < 2 * row["dp_step_s"]
