@@ -35,7 +35,46 @@ def _check_args(spatial_dims: int, in_channels: int, num_classes: int) -> None:
         )
 
 
-class SmallCNN(nn.Module):
+def conv_block(
+    spatial_dims: int, in_channels: int, out_channels: int, stride: int = 1
+) -> Convolution:
+    """A DP-safe 3x3 MONAI ``Convolution``: no bias, GroupNorm, then ReLU."""
+    return Convolution(
+        spatial_dims,
+        in_channels,
+        out_channels,
+        strides=stride,
+        kernel_size=3,
+        act=ACT,
+        norm=NORM,
+        adn_ordering="NA",
+        bias=False,
+    )
+
+
+class ConvClassifier(nn.Module):
+    """Convolutional features, global average pooling, dropout and a linear head."""
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        features: list[nn.Module],
+        width: int,
+        num_classes: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.features = nn.Sequential(*features)
+        self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(x)).flatten(1)
+        return self.head(self.dropout(x))
+
+
+class SmallCNN(ConvClassifier):
     """A compact CPU-friendly classifier from MONAI ``Convolution`` blocks.
 
     Each stage is ``depth`` 3x3 convolutions at full resolution and one strided
@@ -53,37 +92,17 @@ class SmallCNN(nn.Module):
         depth: int = 2,
         dropout: float = 0.1,
     ) -> None:
-        super().__init__()
         _check_args(spatial_dims, in_channels, num_classes)
         layers: list[nn.Module] = []
         width = in_channels
         for out in channels:
             for stride in (1,) * depth + (2,):
-                layers.append(
-                    Convolution(
-                        spatial_dims,
-                        width,
-                        out,
-                        strides=stride,
-                        kernel_size=3,
-                        act=ACT,
-                        norm=NORM,
-                        adn_ordering="NA",
-                        bias=False,
-                    )
-                )
+                layers.append(conv_block(spatial_dims, width, out, stride))
                 width = out
-        self.features = nn.Sequential(*layers)
-        self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.features(x)).flatten(1)
-        return self.head(self.dropout(x))
+        super().__init__(spatial_dims, layers, width, num_classes, dropout)
 
 
-class PoolCNN(nn.Module):
+class PoolCNN(ConvClassifier):
     """A VGG-style classifier for small images (the imaging default).
 
     Each stage is ``depth`` 3x3 MONAI ``Convolution`` blocks (GroupNorm, ReLU) at
@@ -104,34 +123,15 @@ class PoolCNN(nn.Module):
         depth: int = 2,
         dropout: float = 0.3,
     ) -> None:
-        super().__init__()
         _check_args(spatial_dims, in_channels, num_classes)
         layers: list[nn.Module] = []
         width = in_channels
         for out in channels:
             for _ in range(depth):
-                layers.append(
-                    Convolution(
-                        spatial_dims,
-                        width,
-                        out,
-                        kernel_size=3,
-                        act=ACT,
-                        norm=NORM,
-                        adn_ordering="NA",
-                        bias=False,
-                    )
-                )
+                layers.append(conv_block(spatial_dims, width, out))
                 width = out
             layers.append(Pool[Pool.MAX, spatial_dims](kernel_size=2))
-        self.features = nn.Sequential(*layers)
-        self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.features(x)).flatten(1)
-        return self.head(self.dropout(x))
+        super().__init__(spatial_dims, layers, width, num_classes, dropout)
 
 
 def poolcnn_small(
