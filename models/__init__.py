@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -99,11 +100,34 @@ class ModelSpec:
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Record the whole architecture, not only the arguments that were given: a
+        # saved model then rebuilds the same network even after the class's
+        # defaults (say, its channel widths) change.
+        object.__setattr__(self, "kwargs", architecture_kwargs(self.name, self.kwargs))
+
     def build(self) -> nn.Module:
         return build_model(self.name, **self.kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def architecture_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` completed with the keyword defaults of model ``name``'s factory.
+
+    An unknown name is returned unchanged (``build_model`` names the problem).
+    """
+    if name not in MODELS:
+        return dict(kwargs)
+    params = inspect.signature(MODELS[name]).parameters.values()
+    defaults = {
+        p.name: p.default
+        for p in params
+        if p.default is not inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    return {**defaults, **kwargs}
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:

@@ -120,6 +120,10 @@ def test_model_spec_from_dataset_info():
         "in_channels": 3,
         "num_classes": 4,
         "tta": "none",
+        # the architecture's own defaults are recorded too
+        "channels": (32, 64, 128),
+        "depth": 2,
+        "dropout": 0.3,
     }
     spec3 = model_spec(
         cfg.replace(model="resnet10"), DatasetInfo("imaging", (1, 28, 28, 28), 2)
@@ -153,3 +157,30 @@ def test_flip_tta_averages_the_mirror_view_with_the_same_weights():
     assert not np.allclose(got, predict_proba(plain, x, cpu), atol=1e-4)
     with pytest.raises(ConfigError, match="task='imaging' only"):
         RunConfig(tta="flip")
+
+
+def test_saved_model_keeps_its_widths_when_class_defaults_change(tmp_path, monkeypatch):
+    from data.spec import DatasetInfo
+    from models import ModelSpec
+    from models import imaging as imaging_models
+    from models.checkpoint import load_model, save_model
+
+    info = DatasetInfo("imaging", (1, 28, 28), num_classes=2)
+    spec = ModelSpec("poolcnn", {"spatial_dims": 2, "in_channels": 1, "num_classes": 2})
+    assert spec.kwargs["channels"] == (32, 64, 128)  # the whole architecture is kept
+    model = spec.build()
+    path = tmp_path / "final_model.pt"
+    save_model(path, model.state_dict(), spec, info, run_config={}, preprocessing={})
+    # A later version with other default widths still rebuilds the saved network.
+    original = imaging_models.PoolCNN.__init__.__defaults__
+    monkeypatch.setattr(
+        imaging_models.PoolCNN.__init__,
+        "__defaults__",
+        (2, 1, 2, (8, 16, 32), 2, 0.3),
+    )
+    assert original[3] == (32, 64, 128)
+    loaded, payload = load_model(path)
+    assert payload["model"]["kwargs"]["channels"] == (32, 64, 128)
+    x = torch.randn(2, 1, 28, 28)
+    model.eval()
+    assert torch.equal(loaded(x), model(x))
