@@ -159,6 +159,9 @@ class RunConfig:
     )
     dp_accountant: str = _opt("prv", "dp-accountant", choices=("prv", "rdp"))
     dp_secure_rng: bool = _opt(False, "dp-secure-rng")
+    dp_grad_sampler: str = _opt(
+        "layers", "dp-grad-sampler", choices=("layers", "opacus")
+    )
     # Feature standardisation: each site's own statistics, or global statistics
     # combined from the hospitals' Laplace-noised cohort sums (app/cohort_stats.py).
     normalisation: str = _opt("per-site", "normalisation", choices=NORMALISATIONS)
@@ -274,6 +277,11 @@ class RunConfig:
 
     def _check_privacy(self) -> None:
         """Reject DP settings that would silently not mean what they say."""
+        if self.dp != "local" and self.dp_grad_sampler != "layers":
+            raise ConfigError(
+                f"'dp-grad-sampler' = {self.dp_grad_sampler!r} only applies to "
+                f"dp='local' (per-sample gradients in DP-SGD); dp='{self.dp}'."
+            )
         if self.dp == "none":
             for key, value in (
                 ("dp-noise-multiplier", self.dp_noise_multiplier),

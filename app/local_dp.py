@@ -120,6 +120,7 @@ def dp_settings(
         delta=cfg.dp_delta,
         accountant=cfg.dp_accountant,
         secure_rng=cfg.dp_secure_rng,
+        grad_sampler=cfg.dp_grad_sampler,
         budget=hospital_budget(cfg, node_config or {}),
     )
 

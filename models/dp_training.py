@@ -3,21 +3,31 @@
 The caller carries the accountant history across rounds.
 
 Model-agnostic: any module Opacus' ModuleValidator accepts (no BatchNorm, no
-in-place ops on hooked activations) trains here, tabular or imaging. State-dict keys
-are unchanged because the model is not wrapped (``wrap_model=False``).
+in-place ops on hooked activations) trains here, tabular or imaging. Per-sample
+gradients come from :mod:`models.per_sample` (``grad_sampler="layers"``, the
+default: computed inside each layer's backward, no summed weight gradient) or
+from Opacus' own hooks (``"opacus"``, and for any model with a layer the first
+has no rule for); Opacus does the sampling, clipping, noise and accounting either
+way. State-dict keys are unchanged because the model is never wrapped.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from opacus import PrivacyEngine
+from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from torch import nn
+from torch.utils.data import DataLoader
 
 from data.spec import Split
+from models.per_sample import per_sample_layers, unsupported_layers
 from models.privacy import (
     HistoryEntry,
     PrivacyBudgetExhausted,
@@ -28,6 +38,12 @@ from models.privacy import (
 )
 from models.training import OPTIMIZERS, TrainSettings, make_loader
 
+log = logging.getLogger(__name__)
+
+# How per-sample gradients are computed: our per-layer engine or Opacus' hooks.
+GRAD_SAMPLERS = ("layers", "opacus")
+DEFAULT_GRAD_SAMPLER = "layers"
+
 
 @dataclass(frozen=True)
 class DPSettings:
@@ -35,6 +51,8 @@ class DPSettings:
 
     ``noise_multiplier`` is the std of the Gaussian noise relative to
     ``max_grad_norm``; 0 means clipping only (no privacy, for tests and ablations).
+    ``grad_sampler`` picks how per-sample gradients are computed (one of
+    ``GRAD_SAMPLERS``); it changes speed, not the mechanism or its accounting.
     """
 
     noise_multiplier: float
@@ -43,12 +61,17 @@ class DPSettings:
     accountant: str = "prv"
     secure_rng: bool = False
     budget: float = math.inf
+    grad_sampler: str = DEFAULT_GRAD_SAMPLER
 
     def __post_init__(self) -> None:
         if self.noise_multiplier < 0 or self.max_grad_norm <= 0:
             raise ValueError("noise_multiplier must be >= 0 and max_grad_norm > 0.")
         if not 0 < self.delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {self.delta}.")
+        if self.grad_sampler not in GRAD_SAMPLERS:
+            raise ValueError(
+                f"grad_sampler must be one of {GRAD_SAMPLERS}: {self.grad_sampler!r}"
+            )
 
 
 @dataclass
@@ -162,6 +185,53 @@ def check_budget(
     return future, eps_next
 
 
+@contextmanager
+def private_training(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    dp: DPSettings,
+    *,
+    history: list[HistoryEntry] | None = None,
+    noise_generator: torch.Generator | None = None,
+) -> Iterator[tuple[PrivacyEngine, DPOptimizer, DataLoader]]:
+    """Yield Opacus' engine, DP optimiser and Poisson loader for ``model``.
+
+    The engine's accountant starts from ``history``. Inside the block a backward
+    pass of a mean-reduced loss fills each parameter's ``grad_sample``, the way
+    ``dp.grad_sampler`` says; on exit the model is as it was (no hooks, no
+    per-sample attributes, its own layers), whatever happened inside.
+    """
+    problems = unsupported_layers(model) if dp.grad_sampler == "layers" else []
+    if problems:
+        log.info(
+            "per-sample gradients by Opacus hooks: no per-layer rule for %s",
+            "; ".join(problems),
+        )
+    layers = dp.grad_sampler == "layers" and not problems
+    engine = PrivacyEngine(accountant=dp.accountant, secure_mode=dp.secure_rng)
+    engine.accountant = new_accountant(dp.accountant, history or [])
+    hooks, dp_optimizer, dp_loader = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=dp.noise_multiplier,
+        max_grad_norm=dp.max_grad_norm,
+        poisson_sampling=True,
+        noise_generator=noise_generator,
+        # "no_op": Opacus leaves per-sample gradients to us (models.per_sample).
+        grad_sample_mode="no_op" if layers else "hooks",
+        wrap_model=False,
+    )
+    try:
+        with per_sample_layers(model) if layers else nullcontext():
+            yield engine, dp_optimizer, dp_loader
+    finally:
+        hooks.cleanup()
+        for p in model.parameters():
+            p.grad_sample = None
+
+
 def train_dp(
     model: nn.Module,
     split: Split,
@@ -184,26 +254,19 @@ def train_dp(
         raise ValueError("DP-SGD does not support the FedProx proximal term.")
     check_dp_compatible(model)
     model.to(device).train()
-    engine = PrivacyEngine(accountant=dp.accountant, secure_mode=dp.secure_rng)
-    engine.accountant = new_accountant(dp.accountant, history or [])
-    optimizer = OPTIMIZERS[settings.optimizer](model.parameters(), settings)
-    loader = make_loader(split, settings.batch_size, shuffle=True, seed=seed)
     noise_generator = None
     if not dp.secure_rng:
         noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
-    hooks, optimizer, loader = engine.make_private(
-        module=model,
-        optimizer=optimizer,
-        data_loader=loader,
-        noise_multiplier=dp.noise_multiplier,
-        max_grad_norm=dp.max_grad_norm,
-        poisson_sampling=True,
-        noise_generator=noise_generator,
-        wrap_model=False,
-    )
     criterion = nn.CrossEntropyLoss()
     total, count, steps = 0.0, 0, 0
-    try:
+    with private_training(
+        model,
+        OPTIMIZERS[settings.optimizer](model.parameters(), settings),
+        make_loader(split, settings.batch_size, shuffle=True, seed=seed),
+        dp,
+        history=history,
+        noise_generator=noise_generator,
+    ) as (engine, optimizer, loader):
         for _ in range(settings.epochs):
             for x, y in loader:
                 x, y = x.to(device), y.to(device)
@@ -217,10 +280,6 @@ def train_dp(
                 total += float(loss.detach()) * len(y)
                 count += len(y)
                 steps += 1
-    finally:
-        hooks.cleanup()
-        for p in model.parameters():
-            p.grad_sample = None
     new_history = [
         (float(s), float(q), int(n)) for s, q, n in engine.accountant.history
     ]

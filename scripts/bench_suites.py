@@ -17,7 +17,7 @@ import math
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from data.registry import get_dataset
 from data.spec import HospitalData, Split
 from models.checkpoint import load_model
 from models.training import TrainSettings, evaluate_split, make_loader, train_epochs
+from scripts.bench_dp_step import StepCase, step_times
 from scripts.benchmark import BenchmarkResult, default_data_root, register
 from scripts.flower_env import project_root
 
@@ -549,56 +550,6 @@ def sent_dtypes(grid: InProcessGrid) -> list[str]:
     return sorted(seen)
 
 
-def dp_step_ratio(
-    model_factory: Callable[[], torch.nn.Module],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    steps: int = 20,
-) -> dict[str, float]:
-    """Time one optimiser step: plain SGD vs Opacus DP-SGD.
-
-    Per-sample clipping with hooks, on the same model and batches. Warm-up steps
-    are not timed.
-    """
-    from opacus import PrivacyEngine
-    from opacus.validators import ModuleValidator
-
-    def run(private: bool) -> float:
-        torch.manual_seed(0)
-        model = model_factory()
-        if private:
-            model = ModuleValidator.fix(model)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.TensorDataset(x, y), batch_size=len(y) // 4
-        )
-        if private:
-            engine = PrivacyEngine(accountant="prv")
-            model, optimizer, loader = engine.make_private(
-                module=model,
-                optimizer=optimizer,
-                data_loader=loader,
-                noise_multiplier=1.0,
-                max_grad_norm=1.0,
-                poisson_sampling=False,
-            )
-        criterion = torch.nn.CrossEntropyLoss()
-        batches = list(loader)
-        times = []
-        for i in range(steps + 3):
-            bx, by = batches[i % len(batches)]
-            start = time.perf_counter()
-            optimizer.zero_grad()
-            criterion(model(bx), by).backward()
-            optimizer.step()
-            if i >= 3:
-                times.append(time.perf_counter() - start)
-        return float(np.median(times))
-
-    plain, private = run(False), run(True)
-    return {"plain_step_s": plain, "dp_step_s": private, "ratio": private / plain}
-
-
 @register(
     "cost",
     "Cost of federation: simulation / centralized wall time, DP-SGD / "
@@ -673,9 +624,10 @@ def cost(args: argparse.Namespace) -> BenchmarkResult:
         )
         summary["time_ratio_flwr_run"] = sim["flwr_run_s"] / central_s
         summary["time_ratio_flwr_rounds"] = sim["flwr_rounds_s"] / central_s
-    x, y = dp_batch(cfg)
-    dp = dp_step_ratio(
-        lambda: model_spec(cfg, get_dataset(cfg.data_spec()).info()).build(), x, y
+    info = get_dataset(cfg.data_spec()).info()
+    case = StepCase(info.task, info.input_shape, info.num_classes, cfg.model_name)
+    dp = step_times(
+        case, batch_size=cfg.batch_size, steps=10 if quick else 30, device=CPU
     )
     rows.append(
         {
@@ -683,7 +635,8 @@ def cost(args: argparse.Namespace) -> BenchmarkResult:
             "value": dp["ratio"],
             "goal": "",
             "detail": f"{dp['dp_step_s'] * 1e3:.1f} ms / {dp['plain_step_s'] * 1e3:.1f}"
-            f" ms, Opacus hooks, batch {len(y) // 4}, {cfg.model_name}",
+            f" ms, per-sample gradients by layer, batch {cfg.batch_size}, "
+            f"{cfg.model_name}",
         }
     )
     summary.update(
@@ -712,15 +665,6 @@ def cost(args: argparse.Namespace) -> BenchmarkResult:
     return BenchmarkResult(
         suite="cost", rows=rows, summary=summary, notes=notes, plots=plots
     )
-
-
-def dp_batch(cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """128 training records of the workload (4 batches of 32)."""
-    site = get_dataset(cfg.data_spec()).hospital(0, 1)  # the whole training set
-    n = min(128, len(site.train))
-    x = torch.as_tensor(np.asarray(site.train.x[:n]), dtype=torch.float32)
-    y = torch.as_tensor(np.asarray(site.train.y[:n]), dtype=torch.long)
-    return x, y
 
 
 def _cost_plot(

@@ -36,7 +36,7 @@ from models.checkpoint import load_model
 from models.membership import audit_model
 from models.shadow import fit_shadow_attack, shadow_attack, split_attacker_data
 from scripts.audit import all_sites, preprocessed, shadow_recipe
-from scripts.bench_dp_step import dp_step_rows
+from scripts.bench_dp_step import default_row, dp_step_rows
 from scripts.benchmark import BenchmarkResult, default_data_root, register
 from scripts.flower_env import project_root
 
@@ -215,8 +215,8 @@ def privacy_benchmark(
                 "mia_shadow_auc": statistics.fmean(shadow),
             }
         )
-    steps = {row["task"]: row for row in dp_step_rows(steps=10 if quick else 40)}
-    tabular, imaging = steps["tabular"], steps["imaging"]
+    steps = dp_step_rows(steps=10 if quick else 40)
+    tabular, imaging = default_row(steps, "tabular"), default_row(steps, "imaging")
     stats = dp_standardisation_error(data_dir, epsilon=STATS_EPSILON)
     by_run = {r["run"]: r for r in rows}
     acc = {k: r["pooled_test_accuracy"] for k, r in by_run.items()}

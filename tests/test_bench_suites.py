@@ -109,13 +109,16 @@ def test_heart_quick_has_every_method(tmp_path):
 
 def test_dp_step_times_the_default_models_and_splits_the_dp_step():
     from models import DEFAULT_MODELS
-    from scripts.bench_dp_step import dp_step_rows
+    from scripts.bench_dp_step import default_row, dp_step_rows
 
     rows = dp_step_rows(steps=3)
-    assert [r["model"] for r in rows] == [
-        DEFAULT_MODELS["tabular"],
-        DEFAULT_MODELS["imaging"],
+    assert [(r["model"], r["grad_sampler"]) for r in rows] == [
+        (DEFAULT_MODELS["tabular"], "layers"),
+        (DEFAULT_MODELS["tabular"], "opacus"),
+        (DEFAULT_MODELS["imaging"], "layers"),
+        (DEFAULT_MODELS["imaging"], "opacus"),
     ]
+    assert default_row(rows, "imaging") is rows[2]
     for row in rows:
         assert row["plain_step_s"] > 0 and row["dp_step_s"] > 0
         assert row["ratio"] == pytest.approx(row["dp_step_s"] / row["plain_step_s"])

@@ -13,6 +13,15 @@ from app.config import ConfigError, RunConfig
         ({"dp-target-epsilon": 1.0}, "dp-target-epsilon"),
         ({"dp-noise-multiplier": 1.0}, "dp-noise-multiplier"),
         ({"dp-secure-rng": True}, "dp-secure-rng"),
+        ({"dp-grad-sampler": "opacus"}, "dp-grad-sampler"),
+        (
+            {"dp": "central", "dp-noise-multiplier": 1.0, "dp-grad-sampler": "opacus"},
+            "dp-grad-sampler",
+        ),
+        (
+            {"dp": "local", "dp-noise-multiplier": 1.0, "dp-grad-sampler": "x"},
+            "dp-grad-sampler",
+        ),
         ({"dp": "local"}, "dp-noise-multiplier"),
         (
             {"dp": "local", "dp-noise-multiplier": 1.0, "dp-target-epsilon": 1.0},
