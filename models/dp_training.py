@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from data.spec import Split
+from models.dp_optimizer import BookKeepingDPOptimizer
 from models.per_sample import per_sample_layers, unsupported_layers
 from models.privacy import (
     HistoryEntry,
@@ -223,8 +224,14 @@ def private_training(
         grad_sample_mode="no_op" if layers else "hooks",
         wrap_model=False,
     )
+    if layers:
+        # Opacus' optimiser, extended to the layers' deferred per-record gradients.
+        dp_optimizer = BookKeepingDPOptimizer.replacing(dp_optimizer)
+        dp_optimizer.attach_step_hook(
+            engine.accountant.get_optimizer_hook_fn(sample_rate=1 / len(dp_loader))
+        )
     try:
-        with per_sample_layers(model) if layers else nullcontext():
+        with per_sample_layers(model, book_keeping=True) if layers else nullcontext():
             yield engine, dp_optimizer, dp_loader
     finally:
         hooks.cleanup()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -51,7 +52,7 @@ class _ConvFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, layer):  # type: ignore[override]
         ctx.layer = layer
-        ctx.save_for_backward(x, weight)
+        ctx.save_for_backward(x)
         return torch.ops.aten.convolution(
             x, weight, bias, *layer.conv_args, False, layer.zeros, layer.groups
         )
@@ -59,49 +60,30 @@ class _ConvFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
-        x, weight = ctx.saved_tensors
+        (x,) = ctx.saved_tensors
         layer: PerSampleConv = ctx.layer
-        stride, padding, dilation = layer.conv_args
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad_out,
-                x,
-                weight,
-                None,
-                stride,
-                padding,
-                dilation,
-                False,
-                layer.zeros,
-                layer.groups,
-                [True, False, False],
-            )[0]
+            grad_x = layer.weight_backward(grad_out, x, input_grad=True)[0]
         n = x.shape[0]
         if n == 0:
             _store_zeros(layer.weight, layer.bias)
             return grad_x, None, None, None
-        grad = grad_out
-        # One group per (sample, layer group): the backend's weight-gradient kernel
-        # then returns every sample's gradient stacked along the output channels.
-        per_group = weight.new_empty((n * weight.shape[0], *weight.shape[1:]))
-        grad_w = torch.ops.aten.convolution_backward(
-            grad.reshape(1, -1, *grad.shape[2:]),
-            x.reshape(1, -1, *x.shape[2:]),
-            per_group,
-            None,
-            stride,
-            padding,
-            dilation,
-            False,
-            layer.zeros,
-            n * layer.groups,
-            [False, True, False],
-        )[1]
-        _store(layer.weight, grad_w.view(n, *weight.shape))
         if layer.bias is not None:
-            _store(layer.bias, grad.sum(dim=tuple(range(2, grad.dim()))))
+            _store(layer.bias, grad_out.sum(dim=tuple(range(2, grad_out.dim()))))
+        if layer.weight.requires_grad:
+            layer.weight_per_sample(grad_out, x)
         return grad_x, None, None, None
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A layer's per-record weight gradients kept implicit until clipping."""
+
+    layer: PerSampleConv
+    x: torch.Tensor
+    grad: torch.Tensor
+    norms2: torch.Tensor
 
 
 class _LinearFunction(torch.autograd.Function):
@@ -252,6 +234,143 @@ class PerSampleConv(_PerSampleLayer):
         self.conv_args = (list(layer.stride), list(layer.padding), list(layer.dilation))
         self.zeros = [0] * len(layer.stride)
         self.groups = layer.groups
+        self.kernel_size = list(layer.kernel_size)
+        self.book_keeping = False
+        self._patch_indices: dict[tuple, torch.Tensor] = {}
+
+    def weight_backward(
+        self,
+        grad: torch.Tensor,
+        x: torch.Tensor,
+        *,
+        input_grad: bool = False,
+        weight_grad: bool = False,
+        groups: int = 1,
+        weight: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor | None, ...]:
+        """The backend's convolution backward for the input and/or summed weight."""
+        return torch.ops.aten.convolution_backward(
+            grad,
+            x,
+            self.weight if weight is None else weight,
+            None,
+            *self.conv_args,
+            False,
+            self.zeros,
+            self.groups * groups,
+            [input_grad, weight_grad, False],
+        )[:2]
+
+    def per_sample_weight_grads(
+        self, grad: torch.Tensor, x: torch.Tensor
+    ) -> torch.Tensor:
+        """Each record's weight gradient, shape ``(n, *weight.shape)``.
+
+        One group per (record, layer group): the backend's weight-gradient kernel
+        then returns every record's gradient stacked along the output channels.
+        """
+        n, shape = x.shape[0], self.weight.shape
+        stacked = self.weight.new_empty((n * shape[0], *shape[1:]))  # shape only
+        grad_w = self.weight_backward(
+            grad.reshape(1, -1, *grad.shape[2:]),
+            x.reshape(1, -1, *x.shape[2:]),
+            weight_grad=True,
+            groups=n,
+            weight=stacked,
+        )[1]
+        return grad_w.view(n, *shape)
+
+    def _ghost_is_cheaper(self, grad: torch.Tensor, x: torch.Tensor) -> bool:
+        """Whether Gram matrices cost well under half of per-record gradients.
+
+        Per record the weight gradient is G U^T (G: out channels x output positions
+        L; U: the unfolded input, fan-in x L) and its squared norm is the sum of
+        (U^T U) * (G^T G). U^T U is gathered from the padded input's own Gram
+        matrix (P positions), so the multiply-adds are P^2 in + L^2 (kernel + out)
+        against out * fan-in * L for the gradient itself (which the optimiser then
+        reads twice more): a win on small feature maps with many channels.
+        """
+        if not self.book_keeping or self.groups != 1:
+            return False
+        out_channels, in_channels = self.weight.shape[:2]
+        kernel = self.weight[0, 0].numel()
+        positions = grad[0, 0].numel()
+        padded = math.prod(
+            size + 2 * pad
+            for size, pad in zip(x.shape[2:], self.conv_args[1], strict=True)
+        )
+        ghost = padded**2 * in_channels + positions**2 * (kernel + out_channels)
+        return 2 * ghost < out_channels * in_channels * kernel * positions
+
+    def _patch_index(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """Where each (kernel offset, output, output) pair sits in the flat P x P Gram.
+
+        Entry (o, o') of U^T U sums, over kernel offsets k, the padded input's Gram
+        at (position read by o at k, position read by o' at k).
+        """
+        key = (tuple(x.shape[2:]), tuple(grad.shape[2:]))
+        if key not in self._patch_indices:
+            stride, padding, dilation = self.conv_args
+            kernel = torch.meshgrid(
+                *[torch.arange(k) for k in self.kernel_size], indexing="ij"
+            )
+            output = torch.meshgrid(
+                *[torch.arange(o) for o in grad.shape[2:]], indexing="ij"
+            )
+            index, step = torch.zeros((), dtype=torch.long), 1
+            for dim in reversed(range(len(kernel))):
+                coordinate = (
+                    kernel[dim].reshape(-1, 1) * dilation[dim]
+                    + output[dim].reshape(1, -1) * stride[dim]
+                )
+                index = index + coordinate * step
+                step *= x.shape[2 + dim] + 2 * padding[dim]
+            pairs = index[:, :, None] * step + index[:, None, :]  # kernel x L x L
+            self._patch_indices[key] = pairs.reshape(-1).to(x.device)
+        return self._patch_indices[key]
+
+    def ghost_norms2(self, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Squared norm of each record's weight gradient, without forming it."""
+        n = x.shape[0]
+        pads = [p for pad in reversed(self.conv_args[1]) for p in (pad, pad)]
+        padded = nn.functional.pad(x, pads).flatten(2)  # n x in x P
+        inputs_gram = torch.bmm(padded.transpose(1, 2), padded)  # n x P x P
+        grads = grad.reshape(n, grad.shape[1], -1)
+        positions = grads.shape[2]
+        patches_gram = (
+            inputs_gram.reshape(n, -1)
+            .index_select(1, self._patch_index(x, grad))
+            .view(n, -1, positions, positions)
+            .sum(dim=1)
+        )
+        grads_gram = torch.bmm(grads.transpose(1, 2), grads)  # n x L x L
+        return (patches_gram * grads_gram).sum(dim=(1, 2))
+
+    def weight_per_sample(self, grad: torch.Tensor, x: torch.Tensor) -> None:
+        """Store per-record weight gradients, or defer them (book-keeping).
+
+        Deferred: the layer keeps its input and output gradient and each record's
+        squared gradient norm; once the clipping factors are known,
+        :meth:`clipped_weight_sum` forms the clipped sum in one summed-gradient
+        pass. A second use of the layer within one step materialises both.
+        """
+        pending = getattr(self.weight, "deferred", None)
+        if pending is None and self._ghost_is_cheaper(grad, x):
+            norms2 = self.ghost_norms2(grad, x)
+            self.weight.deferred = Deferred(self, x.detach(), grad.detach(), norms2)
+            return
+        if pending is not None:
+            self.weight.deferred = None
+            _store(self.weight, self.per_sample_weight_grads(pending.grad, pending.x))
+        _store(self.weight, self.per_sample_weight_grads(grad, x))
+
+    def clipped_weight_sum(
+        self, deferred: Deferred, factors: torch.Tensor
+    ) -> torch.Tensor:
+        """Sum over records of each record's weight gradient times its factor."""
+        scaled = deferred.grad * factors.view(-1, *[1] * (deferred.grad.dim() - 1))
+        with torch.no_grad():
+            return self.weight_backward(scaled, deferred.x, weight_grad=True)[1]
 
 
 class PerSampleLinear(_PerSampleLayer):
@@ -333,12 +452,17 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 @contextmanager
-def per_sample_layers(model: nn.Module, loss_reduction: str = "mean") -> Iterator[None]:
+def per_sample_layers(
+    model: nn.Module, loss_reduction: str = "mean", *, book_keeping: bool = False
+) -> Iterator[None]:
     """Within the block, backward passes fill ``param.grad_sample``, not ``param.grad``.
 
     Every trainable layer is replaced by its per-sample stand-in (same parameters),
     and restored afterwards even if training fails. ``loss_reduction`` is how the
-    loss combines records ("mean" or "sum"), as for Opacus.
+    loss combines records ("mean" or "sum"), as for Opacus. With ``book_keeping``,
+    convolutions whose per-record gradients cost more than their Gram matrices
+    leave ``param.deferred`` (a :class:`Deferred`) instead of ``param.grad_sample``:
+    only an optimiser that understands it (``models.dp_optimizer``) may step then.
 
     Raises
     ------
@@ -354,6 +478,9 @@ def per_sample_layers(model: nn.Module, loss_reduction: str = "mean") -> Iterato
         (name, module, PER_SAMPLE_LAYERS[type(module)](module))
         for name, module in _trainable_layers(model)
     ]
+    for _, _, stand_in in swapped:
+        if isinstance(stand_in, PerSampleConv):
+            stand_in.book_keeping = book_keeping
     scaling = None
     if loss_reduction == "mean":
         scaling = model.register_forward_hook(_undo_mean_reduction)
@@ -364,5 +491,7 @@ def per_sample_layers(model: nn.Module, loss_reduction: str = "mean") -> Iterato
     finally:
         for name, original, _ in swapped:
             _swap(model, name, original)
+        for param in model.parameters():
+            param.deferred = None
         if scaling is not None:
             scaling.remove()

@@ -182,3 +182,55 @@ def test_a_model_without_rules_falls_back_to_opacus_hooks(caplog):
         train_dp(model, split, TrainSettings(epochs=1, batch_size=4), dp, CPU)
     assert "no per-layer rule for 1: PReLU" in caplog.text
     assert isinstance(model[0], nn.Linear)
+
+
+def test_book_keeping_defers_small_maps_with_exact_norms_and_clipped_sums():
+    """poolcnn at 28x28: the 7x7 convolutions keep Gram norms, not gradients."""
+    torch.manual_seed(0)
+    model = _no_dropout(build_model("poolcnn", in_channels=2, num_classes=3))
+    x = torch.randn(6, 2, 28, 28)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    reference = _opacus_grad_samples(model, x, y)
+    with per_sample_layers(model, book_keeping=True):
+        nn.functional.cross_entropy(model(x), y).backward()
+        deferred = {
+            n: p.deferred
+            for n, p in model.named_parameters()
+            if getattr(p, "deferred", None) is not None
+        }
+        assert sorted(deferred) == ["features.6.conv.weight", "features.7.conv.weight"]
+        factors = torch.rand(6)
+        for name, d in deferred.items():
+            expected = reference[name].flatten(1).square().sum(1)
+            assert torch.allclose(d.norms2, expected, rtol=1e-4)
+            clipped = d.layer.clipped_weight_sum(d, factors)
+            assert torch.allclose(
+                clipped, torch.einsum("i,i...", factors, reference[name]), atol=1e-5
+            )
+        others = [n for n in reference if n not in deferred]
+        _assert_close(
+            {n: p.grad_sample for n, p in model.named_parameters() if n in others},
+            {n: reference[n] for n in others},
+        )
+    assert all(getattr(p, "deferred", None) is None for p in model.parameters())
+
+
+def test_book_keeping_materialises_a_convolution_used_twice():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(64, 64, 3, padding=1)
+            self.head = nn.Linear(64, 2)
+
+        def forward(self, x):
+            x = self.conv(torch.tanh(self.conv(x)))
+            return self.head(x.mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    model, x, y = Twice(), torch.randn(4, 64, 5, 5), torch.tensor([0, 1, 1, 0])
+    reference = _opacus_grad_samples(model, x, y)
+    with per_sample_layers(model, book_keeping=True):
+        nn.functional.cross_entropy(model(x), y).backward()
+        assert getattr(model.conv.weight, "deferred", None) is None
+        ours = {n: p.grad_sample for n, p in model.named_parameters()}
+    _assert_close(ours, reference)
