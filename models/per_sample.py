@@ -4,16 +4,25 @@ Opacus' default ``hooks`` engine lets autograd compute every weight's ordinary
 (summed) gradient, which DP-SGD then discards, and derives per-sample convolution
 gradients from an unfolded copy of the input. On a CPU that makes a DP-SGD step of
 a small CNN cost more than twice a plain one. Here, for the duration of DP
-training, each convolution, linear and GroupNorm layer is replaced by a module
-whose autograd function computes only the gradient of its input plus the
-per-sample gradients of its parameters: convolutions as one grouped convolution
-backward pass with one group per sample (the backend's own weight-gradient
-kernel), linear layers as one batched outer product. The summed weight gradient is
-never formed. Results go where Opacus expects them (``param.grad_sample``), so
-Opacus still does everything privacy-relevant: Poisson sampling, per-sample
-clipping and noise (``DPOptimizer``) and accounting (Opacus' ``no_op`` gradient
-sample mode). The replacements hold the very same ``Parameter`` objects under the
-same names, so optimiser references and ``state_dict`` keys do not change, and
+training, each convolution, linear, GroupNorm and LayerNorm layer is replaced by
+a module whose autograd function computes only the gradient of its input plus
+the per-sample gradients of its parameters: convolutions as one grouped
+convolution backward pass with one group per record (the backend's own
+weight-gradient kernel), linear layers as one batched outer product. The summed
+weight gradient is never formed. Results go where Opacus expects them
+(``param.grad_sample``), so Opacus still does everything privacy-relevant:
+Poisson sampling, per-sample clipping and noise (``DPOptimizer``) and accounting
+(Opacus' ``no_op`` gradient sample mode).
+
+With ``book_keeping`` (what local DP training uses), convolutions on small
+feature maps with many channels, where each record's gradient is larger than
+the layer's activations, keep only each record's squared gradient norm (from
+Gram matrices: ghost norms, Li et al. 2022, Bu et al. 2022) plus the
+layer's input and output gradient; the clipped sum is formed after clipping, in
+one weight-gradient pass (book-keeping, Bu et al. 2023; :mod:`models.dp_optimizer`).
+
+The replacements hold the very same ``Parameter`` objects under the same names,
+so optimiser references and ``state_dict`` keys do not change, and
 :func:`per_sample_layers` puts the original modules back on exit.
 """
 
@@ -64,7 +73,7 @@ class _ConvFunction(torch.autograd.Function):
         layer: PerSampleConv = ctx.layer
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = layer.weight_backward(grad_out, x, input_grad=True)[0]
+            grad_x = layer.conv_backward(grad_out, x, input_grad=True)[0]
         n = x.shape[0]
         if n == 0:
             _store_zeros(layer.weight, layer.bias)
@@ -238,7 +247,7 @@ class PerSampleConv(_PerSampleLayer):
         self.book_keeping = False
         self._patch_indices: dict[tuple, torch.Tensor] = {}
 
-    def weight_backward(
+    def conv_backward(
         self,
         grad: torch.Tensor,
         x: torch.Tensor,
@@ -248,7 +257,7 @@ class PerSampleConv(_PerSampleLayer):
         groups: int = 1,
         weight: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, ...]:
-        """The backend's convolution backward for the input and/or summed weight."""
+        """The backend's convolution backward: input and/or summed weight gradient."""
         return torch.ops.aten.convolution_backward(
             grad,
             x,
@@ -271,7 +280,7 @@ class PerSampleConv(_PerSampleLayer):
         """
         n, shape = x.shape[0], self.weight.shape
         stacked = self.weight.new_empty((n * shape[0], *shape[1:]))  # shape only
-        grad_w = self.weight_backward(
+        grad_w = self.conv_backward(
             grad.reshape(1, -1, *grad.shape[2:]),
             x.reshape(1, -1, *x.shape[2:]),
             weight_grad=True,
@@ -370,7 +379,7 @@ class PerSampleConv(_PerSampleLayer):
         """Sum over records of each record's weight gradient times its factor."""
         scaled = deferred.grad * factors.view(-1, *[1] * (deferred.grad.dim() - 1))
         with torch.no_grad():
-            return self.weight_backward(scaled, deferred.x, weight_grad=True)[1]
+            return self.conv_backward(scaled, deferred.x, weight_grad=True)[1]
 
 
 class PerSampleLinear(_PerSampleLayer):
@@ -492,6 +501,7 @@ def per_sample_layers(
         for name, original, _ in swapped:
             _swap(model, name, original)
         for param in model.parameters():
-            param.deferred = None
+            if hasattr(param, "deferred"):
+                del param.deferred
         if scaling is not None:
             scaling.remove()
