@@ -55,6 +55,18 @@ def task_identity() -> None:
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
 
 
+def evaluate_cli(**options: Any) -> int:
+    """Run ``medflower evaluate --key value ...`` (``True``: a bare flag); exit code."""
+    from scripts.cli import main
+
+    argv = ["evaluate"]
+    for key, value in options.items():
+        argv.append(f"--{key.replace('_', '-')}")
+        if value is not True:
+            argv.append(str(value))
+    return main(argv)
+
+
 def make_run_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     """Full run config writing outputs under ``tmp_path``; kebab-case overrides."""
     base = {"output-dir": str(tmp_path / "outputs"), "run-name": "test-run"}

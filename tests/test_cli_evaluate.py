@@ -2,12 +2,11 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_run_config
+from conftest import evaluate_cli, make_run_config
 
 from app.client_app import app as client_app
 from app.inprocess import run_inprocess
 from app.server_app import app as server_app
-from scripts.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -24,20 +23,7 @@ def trained_model(tmp_path_factory):
 
 def test_evaluate_wdbc_writes_accuracy_and_auc(trained_model, tmp_path, capsys):
     out = tmp_path / "e.json"
-    assert (
-        main(
-            [
-                "evaluate",
-                "--model",
-                str(trained_model),
-                "--data",
-                "wdbc",
-                "--json",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert evaluate_cli(model=trained_model, data="wdbc", json=out) == 0
     report = json.loads(out.read_text())
     assert report["num_examples"] == 114
     assert report["metrics"]["accuracy"] > 0.9
@@ -49,27 +35,12 @@ def test_evaluate_csv_with_wrong_feature_count_says_so(trained_model, tmp_path, 
     path = tmp_path / "other.csv"
     rows = "\n".join(f"{a},{a * 2},{a % 2}" for a in range(20))
     path.write_text("a,b,target\n" + rows + "\n")
-    assert (
-        main(
-            [
-                "evaluate",
-                "--model",
-                str(trained_model),
-                "--data",
-                str(path),
-                "--split",
-                "all",
-            ]
-        )
-        == 2
-    )
+    assert evaluate_cli(model=trained_model, data=path, split="all") == 2
     assert "expects 30 features but" in capsys.readouterr().err
 
 
 def test_evaluate_missing_model_file(tmp_path, capsys):
-    assert (
-        main(["evaluate", "--model", str(tmp_path / "none.pt"), "--data", "wdbc"]) == 2
-    )
+    assert evaluate_cli(model=tmp_path / "none.pt", data="wdbc") == 2
     assert "model file not found" in capsys.readouterr().err
 
 
@@ -84,21 +55,6 @@ def test_evaluate_csv_of_matching_schema(trained_model, tmp_path):
     path = tmp_path / "site.csv"
     path.write_text("\n".join(lines) + "\n")
     out = tmp_path / "r.json"
-    assert (
-        main(
-            [
-                "evaluate",
-                "--model",
-                str(trained_model),
-                "--data",
-                str(path),
-                "--split",
-                "all",
-                "--json",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert evaluate_cli(model=trained_model, data=path, split="all", json=out) == 0
     metrics = json.loads(out.read_text())["metrics"]
     assert np.isfinite(metrics["auc"]) and metrics["accuracy"] > 0.8

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import evaluate_cli
 from imaging_helpers import write_medmnist, write_png
 
 from app.config import RunConfig
@@ -20,7 +21,6 @@ from models.metrics import (
     expected_calibration_error,
     per_class_recall,
 )
-from scripts.cli import main
 
 # ------------------------------------------------------------------ metrics
 
@@ -136,22 +136,7 @@ def test_evaluate_npz_writes_report_and_figures(tmp_path, capsys, shape, classes
     model = saved_model(tmp_path, npz)
     out = tmp_path / "ev"
     assert (
-        main(
-            [
-                "evaluate",
-                "--model",
-                str(model),
-                "--data",
-                str(npz),
-                "--split",
-                "test",
-                "--out",
-                str(out),
-                "--bootstrap",
-                "200",
-            ]
-        )
-        == 0
+        evaluate_cli(model=model, data=npz, split="test", out=out, bootstrap="200") == 0
     )
     report = json.loads((out / "report.json").read_text())
     assert json.loads(capsys.readouterr().out) == report
@@ -166,22 +151,7 @@ def test_evaluate_npz_writes_report_and_figures(tmp_path, capsys, shape, classes
         assert {"sensitivity", "specificity"} <= set(report["metrics"])
     for png in ("roc_curve.png", "confusion_matrix.png", "calibration.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
-    assert (
-        main(
-            [
-                "evaluate",
-                "--model",
-                str(model),
-                "--data",
-                str(npz),
-                "--split",
-                "val",
-                "--bootstrap",
-                "0",
-            ]
-        )
-        == 0
-    )
+    assert evaluate_cli(model=model, data=npz, split="val", bootstrap="0") == 0
     assert json.loads(capsys.readouterr().out)["num_examples"] == 12
 
 
@@ -189,35 +159,22 @@ def test_evaluate_refuses_wrong_channels_dims_and_classes(tmp_path, capsys):
     gray = write_medmnist(tmp_path / "gray.npz")
     model = saved_model(tmp_path, gray)
     rgb = write_medmnist(tmp_path / "rgb.npz", shape=(28, 28, 3))
-    assert main(["evaluate", "--model", str(model), "--data", str(rgb)]) == 2
+    assert evaluate_cli(model=model, data=rgb) == 2
     assert (
         "channel mismatch: the model takes 1-channel images" in capsys.readouterr().err
     )
     vol = write_medmnist(tmp_path / "vol.npz", shape=(8, 8, 8))
-    assert main(["evaluate", "--model", str(model), "--data", str(vol)]) == 2
+    assert evaluate_cli(model=model, data=vol) == 2
     assert "shape mismatch: the model takes 2D images" in capsys.readouterr().err
     many = write_medmnist(tmp_path / "many.npz", classes=4)
-    assert main(["evaluate", "--model", str(model), "--data", str(many)]) == 2
+    assert evaluate_cli(model=model, data=many) == 2
     assert "class count mismatch" in capsys.readouterr().err
 
 
 def test_evaluate_resizes_to_the_models_input(tmp_path, capsys):
     model = saved_model(tmp_path, write_medmnist(tmp_path / "a.npz"), image_size=32)
     other = write_medmnist(tmp_path / "b.npz", shape=(20, 20))
-    assert (
-        main(
-            [
-                "evaluate",
-                "--model",
-                str(model),
-                "--data",
-                str(other),
-                "--bootstrap",
-                "0",
-            ]
-        )
-        == 0
-    )
+    assert evaluate_cli(model=model, data=other, bootstrap="0") == 0
     assert (
         "resized from 20x20 to 32x32" in json.loads(capsys.readouterr().out)["notes"][0]
     )
@@ -233,19 +190,7 @@ def test_evaluate_image_folder(tmp_path, capsys):
                 rng.integers(0, 255, (40, 40)).astype(np.uint8),
             )
     assert (
-        main(
-            [
-                "evaluate",
-                "--model",
-                str(model),
-                "--data",
-                str(tmp_path / "site"),
-                "--split",
-                "all",
-                "--bootstrap",
-                "0",
-            ]
-        )
+        evaluate_cli(model=model, data=tmp_path / "site", split="all", bootstrap="0")
         == 0
     )
     report = json.loads(capsys.readouterr().out)
@@ -256,18 +201,7 @@ def test_evaluate_per_site_table_and_json(tmp_path, capsys):
     npz = write_medmnist(tmp_path / "d.npz", counts=(80, 10, 10))
     model = saved_model(tmp_path, npz)
     assert (
-        main(
-            [
-                "evaluate",
-                "--model",
-                str(model),
-                "--per-site",
-                "--hospitals",
-                "3",
-                "--out",
-                str(tmp_path / "ps"),
-            ]
-        )
+        evaluate_cli(model=model, per_site=True, hospitals="3", out=tmp_path / "ps")
         == 0
     )
     table = capsys.readouterr().out.splitlines()
@@ -282,5 +216,5 @@ def test_evaluate_per_site_table_and_json(tmp_path, capsys):
     held_out = [len(get_dataset(cfg.data_spec()).hospital(i, 3).val) for i in range(3)]
     assert [r["num_examples"] for r in result["hospitals"].values()] == held_out
     assert 14 <= sum(held_out) <= 18  # about val-fraction 0.2 of the 80 train images
-    assert main(["evaluate", "--model", str(model), "--per-site"]) == 2
+    assert evaluate_cli(model=model, per_site=True) == 2
     assert "pass --hospitals N" in capsys.readouterr().err
