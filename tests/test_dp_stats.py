@@ -127,34 +127,26 @@ def test_combination_falls_back_to_the_public_bounds_where_noise_dominates():
     y = np.zeros(400, dtype=int)
     bounds = FeatureBounds(np.array([0.0, 0.0]), np.array([100.0, 10.0]))
     radius = bounds.radius
-    for _ in range(5):  # very noisy: every statistic stays within the public prior
-        drowned = [
+
+    def releases(epsilon):  # four hospitals, one quarter of the records each
+        return [
             release_cohort_stats(
                 x[i::4],
                 y[i::4],
                 bounds=bounds,
                 num_classes=1,
-                epsilon=0.01,
+                epsilon=epsilon,
                 public_counts=True,
             )
             for i in range(4)
         ]
-        mean, std = combine_releases(drowned, radius=radius)
+
+    for _ in range(5):  # very noisy: every statistic stays within the public prior
+        mean, std = combine_releases(releases(0.01), radius=radius)
         assert np.all(np.abs(mean - bounds.midpoint) <= radius)
         # noise far above any variance: the floor is (almost) the whole half-range
         assert np.all(std >= 0.9 * radius) and np.all(std <= radius)
-    precise = [
-        release_cohort_stats(
-            x[i::4],
-            y[i::4],
-            bounds=bounds,
-            num_classes=1,
-            epsilon=500.0,
-            public_counts=True,
-        )
-        for i in range(4)
-    ]
-    mean, std = combine_releases(precise, radius=radius)
+    mean, std = combine_releases(releases(500.0), radius=radius)
     assert np.allclose(mean, x.mean(axis=0), atol=0.5)
     # the smaller spread (2 of a 50 half-range) is floored at 10% of the range
     assert std[0] == pytest.approx(0.1 * radius[0], rel=0.05)
