@@ -687,25 +687,39 @@ def _cost_plot(
     return save_figure(fig, out_dir, "cost-wall-time.png")
 
 
-def flwr_run_timing(config: Mapping[str, Any], num_hospitals: int) -> dict[str, float]:
-    """Wall time of a real ``flwr run`` simulation and of its rounds alone."""
+def timed_flwr_run(
+    config: Mapping[str, Any],
+    num_hospitals: int,
+    monitor: contextlib.AbstractContextManager[Any] | None = None,
+) -> tuple[float, dict[str, Any]]:
+    """Seconds of one real ``flwr run`` simulation (inside ``monitor``), its history.
+
+    Raises RuntimeError with the run's log tail when it did not complete.
+    """
     from scripts.flower_env import run_simulation
 
-    with tempfile.TemporaryDirectory(prefix="medflower-cost-") as tmp:
-        run_config = _run_config_string({**config, "output-dir": tmp, "report": False})
+    with tempfile.TemporaryDirectory(prefix="medflower-bench-") as tmp:
+        run_config = _run_config_string({**config, "output-dir": tmp})
         start = time.perf_counter()
-        outcome = run_simulation(
-            app_dir=project_root(),
-            num_hospitals=num_hospitals,
-            run_config=run_config,
-            echo=False,
-        )
+        with monitor or contextlib.nullcontext():
+            outcome = run_simulation(
+                app_dir=project_root(),
+                num_hospitals=num_hospitals,
+                run_config=run_config,
+                echo=False,
+            )
         total = time.perf_counter() - start
         if not outcome.ok:
             raise RuntimeError(
-                f"flwr run ended with {outcome.status}:\n{outcome.log[-3000:]}"
+                f"flwr run with {num_hospitals} hospitals ended with "
+                f"{outcome.status}:\n{outcome.log[-3000:]}"
             )
-        history = _history_of(Path(tmp), outcome.run_id)
+        return total, _history_of(Path(tmp), outcome.run_id)
+
+
+def flwr_run_timing(config: Mapping[str, Any], num_hospitals: int) -> dict[str, float]:
+    """Wall time of a real ``flwr run`` simulation and of its rounds alone."""
+    total, history = timed_flwr_run({**config, "report": False}, num_hospitals)
     elapsed = [r["elapsed_s"] for r in history["rounds"]]
     return {"flwr_run_s": total, "flwr_rounds_s": elapsed[-1] - elapsed[0]}
 
@@ -798,26 +812,8 @@ class TreeMemory:
 
 def scale_run(num_hospitals: int) -> dict[str, Any]:
     """One real ``flwr run`` simulation with ``num_hospitals`` SuperNodes."""
-    from scripts.flower_env import run_simulation
-
-    with tempfile.TemporaryDirectory(prefix="medflower-scale-") as tmp:
-        config = _run_config_string({**SCALE_CONFIG, "output-dir": tmp})
-        start = time.perf_counter()
-        with TreeMemory() as memory:
-            outcome = run_simulation(
-                app_dir=project_root(),
-                num_hospitals=num_hospitals,
-                run_config=config,
-                echo=False,
-            )
-        total = time.perf_counter() - start
-        if not outcome.ok:
-            raise RuntimeError(
-                f"flwr run with {num_hospitals} hospitals ended with "
-                f"{outcome.status}:\n"
-                f"{outcome.log[-3000:]}"
-            )
-        history = _history_of(Path(tmp), outcome.run_id)
+    memory = TreeMemory()
+    total, history = timed_flwr_run(SCALE_CONFIG, num_hospitals, monitor=memory)
     elapsed = [r["elapsed_s"] for r in history["rounds"]]
     per_round = np.diff(elapsed)  # round 0 is the initial evaluation
     trained = [len(r.get("hospitals", {})) for r in history["rounds"][1:]]
