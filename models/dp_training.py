@@ -5,10 +5,12 @@ The caller carries the accountant history across rounds.
 Model-agnostic: any module Opacus' ModuleValidator accepts (no BatchNorm, no
 in-place ops on hooked activations) trains here, tabular or imaging. Per-sample
 gradients come from :mod:`models.per_sample` (``grad_sampler="layers"``, the
-default: computed inside each layer's backward, no summed weight gradient) or
-from Opacus' own hooks (``"opacus"``, and for any model with a layer the first
-has no rule for); Opacus does the sampling, clipping, noise and accounting either
-way. State-dict keys are unchanged because the model is never wrapped.
+default: computed inside each layer's backward, no summed weight gradient,
+book-keeping for convolutions on small feature maps) or from Opacus' own hooks
+(``"opacus"``, also used for any model with a layer ``models.per_sample`` has no
+rule for). Opacus does the Poisson sampling, noise and accounting either way, and
+the clipping rule is Opacus'. State-dict keys are unchanged because the model is
+never wrapped.
 """
 
 from __future__ import annotations
@@ -199,9 +201,10 @@ def private_training(
     """Yield Opacus' engine, DP optimiser and Poisson loader for ``model``.
 
     The engine's accountant starts from ``history``. Inside the block a backward
-    pass of a mean-reduced loss fills each parameter's ``grad_sample``, the way
-    ``dp.grad_sampler`` says; on exit the model is as it was (no hooks, no
-    per-sample attributes, its own layers), whatever happened inside.
+    pass of a mean-reduced loss prepares each parameter's per-sample gradients the
+    way ``dp.grad_sampler`` says, and the optimiser's step clips, noises and
+    accounts for them; on exit the model is as it was (no hooks, no per-sample
+    attributes, its own layers), whatever happened inside.
     """
     problems = unsupported_layers(model) if dp.grad_sampler == "layers" else []
     if problems:
