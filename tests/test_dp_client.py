@@ -122,3 +122,46 @@ def test_hospital_with_exhausted_budget_is_left_out_and_the_run_goes_on(tmp_path
         assert entry["hospitals"]["hospital-0"]["train"]["dp-epsilon"] == eps[-1]
     assert eps[0] < eps[1]
     assert history["privacy"]["epsilon"] == {"hospital-0": eps[-1]}
+
+
+@pytest.mark.parametrize("sampler", ["layers", "opacus"])
+def test_imaging_federation_with_local_dp(tmp_path, sampler):
+    """poolcnn under DP-SGD in every hospital, with either per-sample engine."""
+    from imaging_helpers import write_medmnist
+
+    from models.checkpoint import load_model
+
+    npz = write_medmnist(tmp_path / "tiny.npz", counts=(64, 8, 16))
+    run_config = make_run_config(
+        tmp_path,
+        **{
+            "task": "imaging",
+            "dataset": "medmnist",
+            "data-path": str(npz),
+            "num-server-rounds": 2,
+            "batch-size": 8,
+            "seed": 3,
+            "dp": "local",
+            "dp-noise-multiplier": 1.0,
+            "dp-delta": 1e-3,
+            "dp-grad-sampler": sampler,
+        },
+    )
+    run_inprocess(
+        server_app.app, client_app.app, num_hospitals=2, run_config=run_config
+    )
+    run_dir = tmp_path / "outputs" / "test-run"
+    history = json.loads((run_dir / "history.json").read_text())
+    assert history["status"] == "completed" and history["model"] == "poolcnn"
+    first, second = (r["privacy"]["epsilon"] for r in history["rounds"][1:])
+    assert set(first) == {"hospital-0", "hospital-1"}
+    # 32 records, batch 8: q = 1/4, 4 Poisson steps per round at sigma = 1
+    accountant = PRVAccountant()
+    for steps in (4, 8):
+        accountant.history = [(1.0, 0.25, steps)]
+        expected = accountant.get_epsilon(delta=1e-3)
+        assert (first if steps == 4 else second)["hospital-0"] == pytest.approx(
+            expected, rel=0.01
+        )
+    model, _ = load_model(run_dir / "final_model.pt")
+    assert all(k.startswith(("features.", "head.")) for k in model.state_dict())
