@@ -280,7 +280,8 @@ def privacy_benchmark(
         "Step time: the default tabular and imaging models at the default batch "
         "size, median over alternating plain and DP-SGD steps (see `medflower "
         "benchmark dp-step`); DP includes Poisson sampling, per-sample gradients, "
-        "clipping and noise (Opacus hooks).",
+        "clipping and noise, per-sample gradients by the default engine "
+        "(dp-grad-sampler 'layers'; 'opacus' hooks in `benchmark dp-step`).",
     ]
     return BenchmarkResult("privacy", rows, summary, notes)
 
