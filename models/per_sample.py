@@ -450,7 +450,12 @@ def _undo_mean_reduction(
     once at the output (instead of in every layer) makes each row of every
     ``grad_sample`` that record's own gradient, as DP-SGD clips it.
     """
-    if isinstance(output, torch.Tensor) and output.requires_grad and len(output):
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(
+            "per-sample gradients of a mean-reduced loss need a model returning one "
+            f"tensor of per-record outputs, got {type(output).__name__}"
+        )
+    if output.requires_grad and len(output):
         batch = len(output)
         output.register_hook(lambda grad: grad * batch)
 
