@@ -38,6 +38,7 @@ from app.secure_aggregation import register as register_secure_aggregation
 from app.secure_aggregation import secure_train_mod
 from app.vertical_client import register as register_vertical
 from data.base import standardized
+from data.preprocessing import GLOBAL_NORMALISATIONS
 from data.spec import DataError, HospitalData
 from models.personalization import LocalNorm, personalization_metrics, prefixed
 from models.privacy import PrivacyBudgetExhausted
@@ -74,10 +75,12 @@ def _setup(
     config = msg.content.config_records.get("config", ConfigRecord())
     info = check_contract(site, config)
     scaler = message_scaler(config)
-    if scaler is not None:  # normalisation = "dp-global": the federation's statistics
+    if scaler is not None:  # a global normalisation: the federation's transform
         site = standardized(site, scaler)
-    elif cfg.normalisation == "dp-global":
-        raise ValueError("normalisation='dp-global' but no global statistics were sent")
+    elif cfg.normalisation in GLOBAL_NORMALISATIONS:
+        raise ValueError(
+            f"normalisation='{cfg.normalisation}' but no global statistics were sent"
+        )
     try:
         model = model_spec(cfg, info).build()
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())

@@ -1,4 +1,5 @@
-"""Global standardisation from DP cohort statistics (``normalisation="dp-global"``).
+"""Global standardisation from DP cohort statistics (``normalisation="dp-global"``)
+or from the dataset's public bounds (``normalisation="public-bounds"``).
 
 Before round 1 the server sends every connected hospital a ``query.cohort_stats``
 Message naming what to release and at which epsilon. Each hospital clips its
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,6 +183,49 @@ class GlobalNormalisation:
         }
 
 
+@dataclass
+class PublicBoundsNormalisation(GlobalNormalisation):
+    """Every site maps its features from the dataset's public bounds onto [-1, 1].
+
+    Nothing about any hospital's data goes into the transform, so no hospital
+    releases anything and none spends epsilon on it; all sites still share one
+    transform (what per-site standardisation lacks).
+    """
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {
+            "standardize": "global",
+            **self.scaler.to_dict(),
+            "note": (
+                "every site maps features with these fixed means/stds: the "
+                "dataset's public a-priori bounds onto [-1, 1] (no data statistics)"
+            ),
+        }
+
+    def history(self) -> dict[str, Any]:
+        return {
+            "mode": "public-bounds",
+            "epsilon_per_hospital": 0.0,
+            "source": "the dataset's public a-priori feature bounds",
+            **self.scaler.to_dict(),
+        }
+
+
+def public_bounds(
+    grid: Grid, cfg: RunConfig, contract: Mapping[str, Any], num_classes: int
+) -> GlobalNormalisation:
+    """The dataset's public bounds as the federation's transform (asks no one)."""
+    bounds = dataset_bounds(cfg.dataset)
+    log.info(
+        "Global standardisation from the public feature bounds of '%s' (no data "
+        "statistics, no privacy cost).",
+        cfg.dataset,
+    )
+    return PublicBoundsNormalisation(
+        Standardizer.from_bounds(bounds.lower, bounds.upper), epsilon=0.0
+    )
+
+
 def _release_of(
     content: RecordDict, bounds: FeatureBounds, num_classes: int, epsilon: float
 ) -> CohortRelease:
@@ -283,6 +327,12 @@ def harmonise(
         out.noisy_records,
     )
     return out
+
+
+# Run-config ``normalisation`` -> how the server obtains the one global transform.
+GLOBAL_NORMALISERS: dict[
+    str, Callable[[Grid, RunConfig, Mapping[str, Any], int], GlobalNormalisation]
+] = {"dp-global": harmonise, "public-bounds": public_bounds}
 
 
 def reply_content(site: HospitalData, record: ConfigRecord) -> RecordDict:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from data.preprocessing import NORMALISATIONS
+from data.preprocessing import GLOBAL_NORMALISATIONS, NORMALISATIONS
 from data.registry import DATASET_TASKS, DATASETS, TASKS
 from data.spec import DataSpec
 from models import DEFAULT_MODELS, MODEL_TASKS, MODELS
@@ -162,8 +162,9 @@ class RunConfig:
     dp_grad_sampler: str = _opt(
         "layers", "dp-grad-sampler", choices=("layers", "opacus")
     )
-    # Feature standardisation: each site's own statistics, or global statistics
-    # combined from the hospitals' Laplace-noised cohort sums (app/cohort_stats.py).
+    # Feature standardisation: each site's own statistics, global statistics
+    # combined from the hospitals' Laplace-noised cohort sums (app/cohort_stats.py),
+    # or the dataset's public a-priori bounds (no data statistics at all).
     normalisation: str = _opt("per-site", "normalisation", choices=NORMALISATIONS)
     dp_stats_epsilon: float = _opt(0.0, "dp-stats-epsilon", low=0.0, high=1000.0)
     report: bool = _opt(True, "report")
@@ -225,30 +226,35 @@ class RunConfig:
         self._check_normalisation()
 
     def _check_normalisation(self) -> None:
-        """Refuse a ``dp-global`` run that could not keep its privacy promise."""
+        """Refuse a global normalisation the task or dataset cannot support, and a
+        ``dp-global`` run that could not keep its privacy promise.
+        """
+        if self.normalisation != "dp-global" and self.dp_stats_epsilon:
+            raise ConfigError(
+                f"'dp-stats-epsilon' = {self.dp_stats_epsilon} has no effect with "
+                f"normalisation='{self.normalisation}'; set "
+                "normalisation='dp-global' or leave it unset."
+            )
+        if self.normalisation not in GLOBAL_NORMALISATIONS:
+            return
+        mode = f"normalisation='{self.normalisation}'"
+        if self.task != "tabular":
+            raise ConfigError(
+                f"{mode} standardises tabular features; "
+                f"'task' = {self.task!r} is not supported."
+            )
+        if DATASETS[self.dataset].feature_bounds is None:
+            raise ConfigError(
+                f"{mode} needs public a-priori feature bounds, "
+                f"and dataset='{self.dataset}' declares none (bounds taken from the "
+                "data would leak it); use normalisation='per-site'."
+            )
         if self.normalisation != "dp-global":
-            if self.dp_stats_epsilon:
-                raise ConfigError(
-                    f"'dp-stats-epsilon' = {self.dp_stats_epsilon} has no effect with "
-                    f"normalisation='{self.normalisation}'; set "
-                    "normalisation='dp-global' or leave it unset."
-                )
             return
         if self.dp_stats_epsilon <= 0:
             raise ConfigError(
                 "normalisation='dp-global' needs 'dp-stats-epsilon' > 0 (the "
                 "epsilon each hospital spends on releasing its cohort statistics)."
-            )
-        if self.task != "tabular":
-            raise ConfigError(
-                f"normalisation='dp-global' standardises tabular features; "
-                f"'task' = {self.task!r} is not supported."
-            )
-        if DATASETS[self.dataset].feature_bounds is None:
-            raise ConfigError(
-                f"normalisation='dp-global' needs public a-priori feature bounds, "
-                f"and dataset='{self.dataset}' declares none (bounds taken from the "
-                "data would leak it); use normalisation='per-site'."
             )
         if self.dp == "central":
             raise ConfigError(

@@ -27,7 +27,7 @@ from app.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
-from app.cohort_stats import GlobalNormalisation, harmonise
+from app.cohort_stats import GLOBAL_NORMALISERS, GlobalNormalisation
 from app.config import RunConfig
 from app.hospital import model_spec, task_contract
 from app.privacy import PrivacyReport, with_privacy
@@ -57,7 +57,7 @@ SaveFn = Callable[[Path, ArrayRecord], None]
 
 # What a site must do to its data before applying the saved model, per task.
 PREPROCESSING: dict[str, dict[str, Any]] = {
-    "tabular": {  # normalisation = "dp-global" records its global statistics instead
+    "tabular": {  # a global normalisation records its means/stds instead
         "standardize": "per-site",
         "note": "each site standardises features with its own training statistics",
     },
@@ -263,7 +263,7 @@ def run_federation(
         torch.set_num_threads(cfg.torch_threads)
     dataset = get_dataset(cfg.data_spec())
     info = dataset.info()
-    # dp-global: replaced by the globally standardised test set once known
+    # global normalisation: replaced by the globally standardised test set once known
     test = (
         dataset.server_test()
         if cfg.server_eval and cfg.normalisation == "per-site"
@@ -330,9 +330,11 @@ def run_federation(
 
     contract = task_contract(info)
     norm: GlobalNormalisation | None = None
-    if cfg.normalisation == "dp-global":
+    if cfg.normalisation in GLOBAL_NORMALISERS:
         try:
-            norm = harmonise(grid, cfg, contract, info.num_classes)
+            norm = GLOBAL_NORMALISERS[cfg.normalisation](
+                grid, cfg, contract, info.num_classes
+            )
         except FederationStopped as stop:
             recorder.finish("stopped", stop_reason=str(stop), last_round=0)
             log.error("Run stopped before round 1: %s", stop)

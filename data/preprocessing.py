@@ -1,9 +1,12 @@
-"""Feature standardisation: per site (own statistics) or global (DP statistics).
+"""Feature standardisation: per site (own statistics) or global (one transform).
 
 ``per-site``: each hospital (and the server, for its own held-out set) fits a
 :class:`Standardizer` on its own training data. ``dp-global``: every site applies
 one global :class:`Standardizer` the server combined from the hospitals'
 differentially private cohort statistics (:mod:`app.cohort_stats`).
+``public-bounds``: every site maps each feature from the dataset's public a-priori
+bounds onto [-1, 1] (:meth:`Standardizer.from_bounds`): no statistic of any
+hospital's data is used, so nothing is released and no epsilon is spent.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from typing import Any
 import numpy as np
 
 # Run-config ``normalisation`` values.
-NORMALISATIONS = ("per-site", "dp-global")
+NORMALISATIONS = ("per-site", "dp-global", "public-bounds")
+# The modes in which every site applies one transform the server sends.
+GLOBAL_NORMALISATIONS = ("dp-global", "public-bounds")
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,18 @@ class Standardizer:
         scale = x.std(axis=0)
         scale = np.where(scale < 1e-12, 1.0, scale)
         return cls(mean=mean, scale=scale)
+
+    @classmethod
+    def from_bounds(cls, lower: np.ndarray, upper: np.ndarray) -> Standardizer:
+        """The affine map of ``[lower, upper]`` onto ``[-1, 1]``, feature by feature.
+
+        Values outside the bounds map outside [-1, 1] (nothing is clipped): the
+        bounds fix the scale, they do not censor the data.
+        """
+        lower, upper = np.asarray(lower, float), np.asarray(upper, float)
+        if lower.shape != upper.shape or not np.all(upper > lower):
+            raise ValueError("bounds need equal shapes with upper > lower.")
+        return cls(mean=(lower + upper) / 2, scale=(upper - lower) / 2)
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         return ((np.asarray(x, dtype=np.float64) - self.mean) / self.scale).astype(
