@@ -104,3 +104,35 @@ def make_message(
         }
     )
     return Message(content=content, message_type=message_type, dst_node_id=dst_node_id)
+
+
+# Wide, data-independent public bounds for WDBC (it ships none), so the global
+# normalisations (dp-global, public-bounds) can run on the bundled data.
+WDBC_BOUNDS = tuple((0.0, 5000.0) for _ in range(30))
+
+
+@pytest.fixture
+def wdbc_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Declare public bounds for WDBC for the duration of a test."""
+    from data.tabular import WDBCDataset
+
+    monkeypatch.setattr(WDBCDataset, "feature_bounds", WDBC_BOUNDS)
+
+
+def dp_federation_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """A short local-DP logistic-regression federation (epsilon 1, delta 1e-3)."""
+    return make_run_config(
+        tmp_path,
+        dp="local",
+        **{
+            "dp-target-epsilon": 1.0,
+            "dp-delta": 1e-3,
+            "num-server-rounds": 2,
+            "batch-size": 64,
+            "learning-rate": 0.2,
+            "momentum": 0.5,
+            "model": "logreg",
+            "report": False,
+            **overrides,
+        },
+    )

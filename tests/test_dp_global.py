@@ -18,18 +18,16 @@ from app.hospital import model_spec
 from app.inprocess import run_inprocess
 from data.base import raw_splits
 from data.registry import get_dataset
-from data.tabular import WDBCDataset
 from scripts import cli
-from tests.conftest import make_context, make_message, make_run_config
+from tests.conftest import (
+    WDBC_BOUNDS,
+    dp_federation_config,
+    make_context,
+    make_message,
+    make_run_config,
+)
 
 GLOBAL = {"normalisation": "dp-global", "dp-stats-epsilon": 0.3}
-WDBC_BOUNDS = tuple((0.0, 5000.0) for _ in range(30))  # wide, data-independent
-
-
-@pytest.fixture
-def wdbc_bounds(monkeypatch):
-    """Declare public bounds for WDBC (it ships none) so dp-global can run on it."""
-    monkeypatch.setattr(WDBCDataset, "feature_bounds", WDBC_BOUNDS)
 
 
 def _query(run_config, context, epsilon=0.3):
@@ -153,19 +151,6 @@ def test_reported_epsilon_is_accountant_plus_stats_epsilon(
     assert metrics["dp-epsilon"] == pytest.approx(sgd + 0.3, rel=0.01)
 
 
-def test_train_without_global_statistics_fails_cleanly(
-    wdbc_bounds, tmp_path, task_identity
-):
-    run_config = make_run_config(tmp_path, **GLOBAL)
-    cfg = RunConfig.from_run_config(run_config)
-    model = model_spec(cfg, get_dataset(cfg.data_spec()).info()).build()
-    reply = client_app.app(
-        make_message(model, MessageType.TRAIN, {"server-round": 1}),
-        make_context(run_config, 0, 2),
-    )
-    assert reply.has_error()
-
-
 def _fail_stats_of(node_id):
     def on_deliver(node, message):
         if node == node_id and message.metadata.message_type == f"query.{QUERY}":
@@ -178,21 +163,7 @@ def _fail_stats_of(node_id):
 def test_federation_composes_budget_and_evaluate_reproduces(
     wdbc_bounds, tmp_path, capsys
 ):
-    run_config = make_run_config(
-        tmp_path,
-        **GLOBAL,
-        dp="local",
-        **{
-            "dp-target-epsilon": 1.0,
-            "dp-delta": 1e-3,
-            "num-server-rounds": 2,
-            "batch-size": 64,
-            "learning-rate": 0.2,
-            "momentum": 0.5,
-            "model": "logreg",
-            "report": False,
-        },
-    )
+    run_config = dp_federation_config(tmp_path, **GLOBAL)
     # Hospital 2 (node 103) fails the statistics query; the run carries on.
     run_inprocess(
         server_app.app,

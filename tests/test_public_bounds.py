@@ -16,17 +16,16 @@ from app.hospital import model_spec
 from app.inprocess import run_inprocess
 from data.preprocessing import Standardizer
 from data.registry import get_dataset
-from data.tabular import HEART_BOUNDS, HEART_FEATURES, WDBCDataset, read_heart_file
-from tests.conftest import evaluate_cli, make_context, make_message, make_run_config
+from data.tabular import HEART_BOUNDS, HEART_FEATURES, read_heart_file
+from tests.conftest import (
+    dp_federation_config,
+    evaluate_cli,
+    make_context,
+    make_message,
+    make_run_config,
+)
 
 PUBLIC = {"normalisation": "public-bounds"}
-WDBC_BOUNDS = tuple((0.0, 5000.0) for _ in range(30))  # wide, data-independent
-
-
-@pytest.fixture
-def wdbc_bounds(monkeypatch):
-    """Declare public bounds for WDBC (it ships none) so public-bounds can run."""
-    monkeypatch.setattr(WDBCDataset, "feature_bounds", WDBC_BOUNDS)
 
 
 def test_bounds_map_onto_minus_one_to_one():
@@ -55,10 +54,13 @@ def test_unsupported_setups_are_refused_before_the_run(tmp_path, overrides, matc
         RunConfig.from_run_config(make_run_config(tmp_path, **overrides))
 
 
-def test_hospital_without_the_transform_refuses_to_train(
-    wdbc_bounds, tmp_path, task_identity
+@pytest.mark.parametrize(
+    "normalisation", [PUBLIC, {"normalisation": "dp-global", "dp-stats-epsilon": 0.3}]
+)
+def test_hospital_without_the_global_transform_refuses_to_train(
+    wdbc_bounds, tmp_path, task_identity, normalisation
 ):
-    run_config = make_run_config(tmp_path, **PUBLIC)
+    run_config = make_run_config(tmp_path, **normalisation)
     cfg = RunConfig.from_run_config(run_config)
     model = model_spec(cfg, get_dataset(cfg.data_spec()).info()).build()
     reply = client_app.app(
@@ -73,20 +75,7 @@ def test_hospital_without_the_transform_refuses_to_train(
 def test_federation_asks_no_statistics_spends_no_epsilon_and_evaluate_reproduces(
     wdbc_bounds, tmp_path, capsys
 ):
-    run_config = make_run_config(
-        tmp_path,
-        **PUBLIC,
-        dp="local",
-        **{
-            "dp-target-epsilon": 1.0,
-            "dp-delta": 1e-3,
-            "num-server-rounds": 2,
-            "batch-size": 64,
-            "learning-rate": 0.3,
-            "model": "logreg",
-            "report": False,
-        },
-    )
+    run_config = dp_federation_config(tmp_path, **PUBLIC)
     grid = run_inprocess(
         server_app.app, client_app.app, num_hospitals=2, run_config=run_config
     )
