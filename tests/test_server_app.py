@@ -17,9 +17,19 @@ def read_history(tmp_path):
     return json.loads((tmp_path / "outputs" / "test-run" / "history.json").read_text())
 
 
-def test_server_app_writes_history_model_and_latest(tmp_path):
+@pytest.mark.parametrize("keep_delivered", [True, False])
+def test_server_app_writes_history_model_and_latest(tmp_path, keep_delivered):
     run_config = make_run_config(tmp_path, **{"num-server-rounds": 3})
-    run_inprocess(server_app, real_client, num_hospitals=3, run_config=run_config)
+    grid = run_inprocess(
+        server_app,
+        real_client,
+        num_hospitals=3,
+        run_config=run_config,
+        keep_delivered=keep_delivered,
+    )
+    # Without keep_delivered the grid holds no message copies, only their sizes.
+    assert len(grid.delivered) == (3 * 3 * 2 if keep_delivered else 0)
+    assert sum(t.direction == "down" for t in grid.traffic) == 3 * 3 * 2
     history = read_history(tmp_path)
     assert history["status"] == "completed"
     assert [r["round"] for r in history["rounds"]] == [0, 1, 2, 3]
