@@ -155,6 +155,7 @@ def _train(msg: Message, context: Context) -> Message:
         weight_decay=cfg.weight_decay,
         proximal_mu=float(config.get("proximal-mu", 0.0)),
         seed=cfg.seed,
+        max_steps=cfg.local_steps,
     )
     seed = hospital_seed(
         cfg.seed, int(config.get("server-round", 0)), context.node_config

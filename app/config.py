@@ -93,6 +93,7 @@ class RunConfig:
     num_malicious: int = _opt(0, "num-malicious", low=0, high=100_000)
     num_to_keep: int = _opt(0, "num-to-keep", low=0, high=100_000)
     local_epochs: int = _opt(1, "local-epochs", low=1, high=1000)
+    local_steps: int = _opt(0, "local-steps", low=0, high=1_000_000)
     batch_size: int = _opt(32, "batch-size", low=1, high=65_536)
     learning_rate: float = _opt(
         0.05, "learning-rate", low=0.0, high=10.0, low_open=True
@@ -312,6 +313,12 @@ class RunConfig:
                 f"'dp-target-epsilon' = {self.dp_target_epsilon} exceeds "
                 f"'dp-epsilon-budget' = {self.dp_epsilon_budget}: the planned run "
                 "would be refused before its last round."
+            )
+        if self.dp == "local" and self.local_steps:
+            raise ConfigError(
+                f"'local-steps' = {self.local_steps} is not supported with "
+                "dp='local': the privacy accountant counts whole local epochs; use "
+                "'local-epochs'."
             )
         if self.dp == "local" and self.proximal_mu > 0:
             raise ConfigError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +28,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     proximal_mu: float = 0.0
     seed: int = 0
+    max_steps: int = 0  # > 0: exactly this many optimizer steps instead of epochs
 
 
 OPTIMIZERS = {
@@ -113,6 +114,30 @@ def proximal_term(
     return 0.5 * mu * sq
 
 
+def training_batches(loader: DataLoader, settings: TrainSettings) -> Iterator:
+    """The batches of one local training call.
+
+    ``settings.epochs`` passes over ``loader``, or with ``max_steps > 0`` exactly
+    that many batches: passes are repeated (each reshuffled by the loader) until
+    enough are drawn, so every hospital takes the same number of steps whatever
+    the size of its data.
+    """
+    if settings.max_steps <= 0:
+        for _ in range(settings.epochs):
+            yield from loader
+        return
+    drawn = 0
+    while drawn < settings.max_steps:
+        before = drawn
+        for batch in loader:
+            yield batch
+            drawn += 1
+            if drawn == settings.max_steps:
+                return
+        if drawn == before:  # an empty loader: nothing to repeat
+            return
+
+
 def train_epochs(
     model: nn.Module,
     loader: DataLoader,
@@ -120,10 +145,11 @@ def train_epochs(
     device: torch.device,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> dict[str, float]:
-    """Train in place for ``settings.epochs``; return mean training loss and steps.
+    """Train in place for ``settings.epochs`` (or ``settings.max_steps`` batches).
 
-    With ``proximal_mu > 0`` the FedProx proximal term against the weights the
-    model had on entry is added to every batch loss.
+    Returns the mean training loss and the number of steps. With
+    ``proximal_mu > 0`` the FedProx proximal term against the weights the model
+    had on entry is added to every batch loss.
     """
     model.to(device).train()
     if optimizer is None:
@@ -131,23 +157,20 @@ def train_epochs(
     global_params = [p.detach().clone() for p in model.parameters()]
     criterion = nn.CrossEntropyLoss()
     total, count, steps = 0.0, 0, 0
-    for _ in range(settings.epochs):
-        for x, y in loader:
-            if len(y) == 0:  # Poisson sampling can draw an empty batch
-                continue
-            x, y = x.to(device), y.to(device)
-            optimizer.zero_grad()
-            loss = criterion(model(x), y)
-            objective = loss
-            if settings.proximal_mu > 0:
-                objective = loss + proximal_term(
-                    model, global_params, settings.proximal_mu
-                )
-            objective.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(y)
-            count += len(y)
-            steps += 1
+    for x, y in training_batches(loader, settings):
+        if len(y) == 0:  # Poisson sampling can draw an empty batch
+            continue
+        x, y = x.to(device), y.to(device)
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        objective = loss
+        if settings.proximal_mu > 0:
+            objective = loss + proximal_term(model, global_params, settings.proximal_mu)
+        objective.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(y)
+        count += len(y)
+        steps += 1
     if count == 0:
         raise RuntimeError("Local training saw no records.")
     return {"train_loss": total / count, "steps": float(steps)}
