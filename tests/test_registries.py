@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+from app.cohort_stats import GLOBAL_NORMALISERS
+from data.preprocessing import GLOBAL_NORMALISATIONS, NORMALISATIONS
 from data.registry import DATASET_TASKS, DATASETS
 from models import IMAGING_MODEL_NAMES, MODEL_TASKS, MODELS
 from models.imaging import IMAGING_MODELS
@@ -13,6 +15,13 @@ def test_dataset_tasks_match_the_classes():
     for name, task in DATASET_TASKS.items():
         assert DATASETS[name].name == name
         assert DATASETS[name].task == task
+
+
+def test_every_global_normalisation_has_a_server_side_normaliser():
+    # The config validates against data.preprocessing's names (it cannot import
+    # the app layer); the federation looks the mode up in app.cohort_stats.
+    assert set(GLOBAL_NORMALISERS) == set(GLOBAL_NORMALISATIONS)
+    assert set(GLOBAL_NORMALISATIONS) < set(NORMALISATIONS)
 
 
 def test_imaging_model_entries_match_models_imaging():
