@@ -153,6 +153,7 @@ def _train(msg: Message, context: Context) -> Message:
         optimizer=cfg.optimizer,
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
+        label_smoothing=cfg.label_smoothing,
         proximal_mu=float(config.get("proximal-mu", 0.0)),
         seed=cfg.seed,
         max_steps=cfg.local_steps,
@@ -224,6 +225,7 @@ def _personalized(
             batch_size=cfg.batch_size,
             learning_rate=cfg.learning_rate,
             momentum=cfg.momentum,
+            label_smoothing=cfg.label_smoothing,
             seed=cfg.seed,
         )
         metrics.update(

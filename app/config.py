@@ -104,6 +104,7 @@ class RunConfig:
     tta: str = _opt("none", "tta", choices=("none", "flip"))
     momentum: float = _opt(0.9, "momentum", low=0.0, high=0.999)
     weight_decay: float = _opt(0.0, "weight-decay", low=0.0, high=1.0)
+    label_smoothing: float = _opt(0.0, "label-smoothing", low=0.0, high=0.99)
     fraction_train: float = _opt(
         1.0, "fraction-train", low=0.0, high=1.0, low_open=True
     )

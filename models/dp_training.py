@@ -267,7 +267,7 @@ def train_dp(
     noise_generator = None
     if not dp.secure_rng:
         noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
-    criterion = nn.CrossEntropyLoss()
+    criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
     total, count, steps = 0.0, 0, 0
     with private_training(
         model,

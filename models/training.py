@@ -26,6 +26,7 @@ class TrainSettings:
     optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 0.0
+    label_smoothing: float = 0.0  # cross-entropy target smoothing (0: hard labels)
     proximal_mu: float = 0.0
     seed: int = 0
     max_steps: int = 0  # > 0: exactly this many optimizer steps instead of epochs
@@ -155,7 +156,7 @@ def train_epochs(
     if optimizer is None:
         optimizer = OPTIMIZERS[settings.optimizer](model.parameters(), settings)
     global_params = [p.detach().clone() for p in model.parameters()]
-    criterion = nn.CrossEntropyLoss()
+    criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
     total, count, steps = 0.0, 0, 0
     for x, y in training_batches(loader, settings):
         if len(y) == 0:  # Poisson sampling can draw an empty batch

@@ -84,6 +84,8 @@ class Setup:
     beta_1: float = 0.9
     beta_2: float = 0.999
     tau: float = 1e-8
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
     select_best: str = "none"
     tta: str = "none"
     augment: bool = True
@@ -122,6 +124,8 @@ class Setup:
                 "beta-1": self.beta_1,
                 "beta-2": self.beta_2,
                 "tau": self.tau,
+                "weight-decay": self.weight_decay,
+                "label-smoothing": self.label_smoothing,
                 "select-best": self.select_best,
                 "tta": self.tta,
                 "augment": self.augment,
@@ -216,12 +220,20 @@ def centralized(setup: Setup, data: Path, work: Path, seed: int) -> dict[str, An
     model = model_spec(cfg, dataset.info()).build()
     if setup.server_optimizer:
         base_rate, batch_size = setup.eta, setup.hospitals * setup.batch_size
-        settings = TrainSettings(batch_size=batch_size, max_steps=1, seed=seed)
+        settings = TrainSettings(
+            batch_size=batch_size,
+            max_steps=1,
+            label_smoothing=setup.label_smoothing,
+            seed=seed,
+        )
+        # The hospitals' L2 term (weight-decay) is part of the gradient they send,
+        # so the server's Adam sees it coupled, as torch's Adam weight_decay is.
         optimizer: torch.optim.Optimizer = torch.optim.Adam(
             model.parameters(),
             lr=setup.eta,
             betas=(setup.beta_1, setup.beta_2),
             eps=setup.tau,
+            weight_decay=setup.weight_decay,
         )
     elif setup.local_steps == 0:
         base_rate, batch_size = setup.learning_rate, setup.batch_size
@@ -232,6 +244,7 @@ def centralized(setup: Setup, data: Path, work: Path, seed: int) -> dict[str, An
             optimizer=setup.optimizer,
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
+            label_smoothing=cfg.label_smoothing,
             seed=seed,
         )
         optimizer = OPTIMIZERS[setup.optimizer](model.parameters(), settings)
