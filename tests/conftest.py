@@ -136,3 +136,20 @@ def dp_federation_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
             **overrides,
         },
     )
+
+
+@pytest.fixture
+def client_training(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, dict]]:
+    """Record every ClientApp training call: ``(TrainSettings, returned stats)``."""
+    import app.client_app as client_module
+
+    calls: list[tuple[Any, dict]] = []
+    train = client_module.train_epochs
+
+    def spy(model, loader, settings, device, optimizer=None):  # noqa: ANN001
+        out = train(model, loader, settings, device, optimizer)
+        calls.append((settings, out))
+        return out
+
+    monkeypatch.setattr(client_module, "train_epochs", spy)
+    return calls

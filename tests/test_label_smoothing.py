@@ -8,7 +8,6 @@ import torch
 from conftest import make_run_config
 from torch import nn
 
-import app.client_app as client_module
 from app.client_app import app as client_app
 from app.config import ConfigError, RunConfig
 from app.inprocess import run_inprocess
@@ -99,17 +98,9 @@ def test_label_smoothing_out_of_range_is_refused_by_name():
         RunConfig.from_run_config({"label-smoothing": -0.1})
 
 
-def test_hospitals_train_with_the_configured_smoothing(tmp_path, monkeypatch):
-    seen: list[float] = []
-    train = client_module.train_epochs
-
-    def spy(model, loader, settings, device, optimizer=None):
-        seen.append(settings.label_smoothing)
-        return train(model, loader, settings, device, optimizer)
-
-    monkeypatch.setattr(client_module, "train_epochs", spy)
+def test_hospitals_train_with_the_configured_smoothing(tmp_path, client_training):
     run_config = make_run_config(
         tmp_path, **{"num-server-rounds": 1, "label-smoothing": 0.1}
     )
     run_inprocess(server_app, client_app, num_hospitals=2, run_config=run_config)
-    assert seen == [0.1, 0.1]
+    assert [s.label_smoothing for s, _ in client_training] == [0.1, 0.1]

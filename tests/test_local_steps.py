@@ -7,7 +7,6 @@ import pytest
 import torch
 from conftest import make_run_config
 
-import app.client_app as client_module
 from app.client_app import app as client_app
 from app.config import ConfigError, RunConfig
 from app.inprocess import run_inprocess
@@ -55,16 +54,7 @@ def test_local_steps_is_refused_with_local_dp():
         RunConfig(local_steps=1, dp="local", dp_noise_multiplier=1.0)
 
 
-def test_every_hospital_takes_local_steps_whatever_its_size(tmp_path, monkeypatch):
-    steps: list[float] = []
-    train = client_module.train_epochs
-
-    def spy(model, loader, settings, device, optimizer=None):
-        out = train(model, loader, settings, device, optimizer)
-        steps.append(out["steps"])
-        return out
-
-    monkeypatch.setattr(client_module, "train_epochs", spy)
+def test_every_hospital_takes_local_steps_whatever_its_size(tmp_path, client_training):
     run_config = make_run_config(
         tmp_path,
         **{
@@ -77,4 +67,5 @@ def test_every_hospital_takes_local_steps_whatever_its_size(tmp_path, monkeypatc
         },
     )
     run_inprocess(server_app, client_app, num_hospitals=3, run_config=run_config)
-    assert steps == [3.0] * 6  # 3 hospitals x 2 rounds, local-epochs unused
+    # 3 hospitals x 2 rounds, local-epochs unused
+    assert [out["steps"] for _, out in client_training] == [3.0] * 6

@@ -8,7 +8,6 @@ import torch
 from conftest import make_run_config
 from flwr.app import ArrayRecord
 
-import app.client_app as client_module
 from app.client_app import app as client_app
 from app.config import ConfigError, RunConfig
 from app.federation import BestRound
@@ -43,15 +42,9 @@ def test_select_best_needs_hospitals_to_evaluate():
         RunConfig(select_best="auc", fraction_evaluate=0.0)
 
 
-def test_cosine_rates_reach_hospitals_and_best_round_is_saved(tmp_path, monkeypatch):
-    seen: list[float] = []
-    train_epochs = client_module.train_epochs
-
-    def spy(model, loader, settings, device, optimizer=None):
-        seen.append(settings.learning_rate)
-        return train_epochs(model, loader, settings, device, optimizer)
-
-    monkeypatch.setattr(client_module, "train_epochs", spy)
+def test_cosine_rates_reach_hospitals_and_best_round_is_saved(
+    tmp_path, client_training
+):
     rounds = 4
     run_config = make_run_config(
         tmp_path,
@@ -64,6 +57,7 @@ def test_cosine_rates_reach_hospitals_and_best_round_is_saved(tmp_path, monkeypa
     )
     run_inprocess(server_app, client_app, num_hospitals=2, run_config=run_config)
     expected = [scheduled_learning_rate("cosine", 0.2, r, rounds) for r in range(1, 5)]
+    seen = [settings.learning_rate for settings, _ in client_training]
     assert seen == pytest.approx(np.repeat(expected, 2))  # two hospitals per round
 
     run_dir = tmp_path / "outputs" / "test-run"
