@@ -409,6 +409,16 @@ class RunConfig:
                     f"task='vertical' splits tabular columns; dataset='{self.dataset}' "
                     "is not tabular (use wdbc, heart-disease or csv)."
                 )
+            for key, active in (
+                ("local-steps", self.local_steps > 0),
+                ("label-smoothing", self.label_smoothing > 0),
+            ):
+                if active:  # the split network trains one epoch per round
+                    raise ConfigError(
+                        f"'{key}' applies to horizontal local training; "
+                        "task='vertical' trains its split network one epoch per "
+                        "round with plain cross-entropy."
+                    )
             return
         data_task = DATASET_TASKS[self.dataset]
         if data_task != self.task:

@@ -104,3 +104,11 @@ def test_hospitals_train_with_the_configured_smoothing(tmp_path, client_training
     )
     run_inprocess(server_app, client_app, num_hospitals=2, run_config=run_config)
     assert [s.label_smoothing for s, _ in client_training] == [0.1, 0.1]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("label-smoothing", 0.1), ("local-steps", 1)]
+)
+def test_vertical_runs_refuse_horizontal_training_keys(key, value):
+    with pytest.raises(ConfigError, match=f"'{key}'.*task='vertical'"):
+        RunConfig.from_run_config({"task": "vertical", key: value})
