@@ -30,6 +30,7 @@ from app.hospital import (
     hospital_seed,
     load_hospital,
     model_spec,
+    train_settings,
 )
 from app.local_dp import hospital_budget, local_dp_round
 from app.logs import route_to_flower
@@ -43,7 +44,6 @@ from data.spec import DataError, HospitalData
 from models.personalization import LocalNorm, personalization_metrics, prefixed
 from models.privacy import PrivacyBudgetExhausted
 from models.training import (
-    TrainSettings,
     evaluate_split,
     make_loader,
     pick_device,
@@ -145,18 +145,11 @@ def _defined(metrics: dict[str, float], prefix: str) -> dict[str, float]:
 def _train(msg: Message, context: Context) -> Message:
     cfg, site, model = _setup(msg, context)
     config = msg.content["config"]
-    settings = TrainSettings(
-        epochs=cfg.local_epochs,
-        batch_size=cfg.batch_size,
+    settings = train_settings(
+        cfg,
         # the server sends each round's rate (lr-schedule); older servers do not
         learning_rate=float(config.get("learning-rate", cfg.learning_rate)),
-        optimizer=cfg.optimizer,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        label_smoothing=cfg.label_smoothing,
         proximal_mu=float(config.get("proximal-mu", 0.0)),
-        seed=cfg.seed,
-        max_steps=cfg.local_steps,
     )
     seed = hospital_seed(
         cfg.seed, int(config.get("server-round", 0)), context.node_config
@@ -220,13 +213,13 @@ def _personalized(
     if cfg.local_norm and LocalNorm(model, context.state).use_local():
         metrics.update(prefixed(evaluate_split(model, site.val, device), "local_norm_"))
     if cfg.personalize_epochs > 0:
-        settings = TrainSettings(
+        # fine-tuning: plain SGD without weight decay, whole epochs
+        settings = train_settings(
+            cfg,
             epochs=cfg.personalize_epochs,
-            batch_size=cfg.batch_size,
-            learning_rate=cfg.learning_rate,
-            momentum=cfg.momentum,
-            label_smoothing=cfg.label_smoothing,
-            seed=cfg.seed,
+            optimizer="sgd",
+            weight_decay=0.0,
+            max_steps=0,
         )
         metrics.update(
             personalization_metrics(model, site.train, site.val, settings, device)

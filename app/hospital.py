@@ -14,6 +14,7 @@ from app.config import RunConfig
 from data.registry import DATASETS, get_dataset, local_kinds
 from data.spec import DataError, DatasetInfo, HospitalData
 from models import MODEL_OPTIONS, ModelSpec, input_kwargs
+from models.training import TrainSettings
 
 
 def hospital_name(node_config: Mapping[str, Any]) -> str:
@@ -99,6 +100,28 @@ def model_spec(cfg: RunConfig, info: DatasetInfo) -> ModelSpec:
     for arg, field_name in MODEL_OPTIONS[name].items():
         kwargs[arg] = getattr(cfg, field_name)
     return ModelSpec(name, kwargs)
+
+
+def train_settings(cfg: RunConfig, **overrides: Any) -> TrainSettings:
+    """The hospitals' local training settings of this run, with ``overrides``.
+
+    The one place that maps run-config keys (``local-epochs``, ``local-steps``,
+    ``batch-size``, optimiser, ``label-smoothing``, ``seed``) to
+    :class:`~models.training.TrainSettings`; callers override what their
+    training differs in (a round's scheduled rate, a whole-run epoch count).
+    """
+    settings = TrainSettings(
+        epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        optimizer=cfg.optimizer,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        label_smoothing=cfg.label_smoothing,
+        seed=cfg.seed,
+        max_steps=cfg.local_steps,
+    )
+    return dataclasses.replace(settings, **overrides)
 
 
 def hospital_seed(seed: int, server_round: int, node_config: Mapping[str, Any]) -> int:

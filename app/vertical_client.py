@@ -16,12 +16,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordD
 from flwr.clientapp import ClientApp
 
 from app.config import RunConfig
-from app.hospital import hospital_name
+from app.hospital import hospital_name, train_settings
 from app.logs import route_to_flower
 from data.spec import DataError
 from data.vertical import load_party
 from models.split_party import PartySession, PartyState, VerticalSettings
-from models.training import TrainSettings
 from strategies.psi import PSI_ACTIONS, PsiError
 
 log = logging.getLogger(__name__)
@@ -43,14 +42,9 @@ def vertical_settings(cfg: RunConfig) -> VerticalSettings:
         hidden=cfg.mlp_hidden,
         test_fraction=cfg.test_fraction,
         seed=cfg.seed,
-        train=TrainSettings(
-            batch_size=cfg.batch_size,
-            learning_rate=cfg.learning_rate,
-            optimizer=cfg.optimizer,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            seed=cfg.seed,
-        ),
+        # one epoch of the split network per round (the config refuses
+        # local-steps and label-smoothing for task='vertical')
+        train=train_settings(cfg, epochs=1),
     )
 
 

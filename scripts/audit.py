@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from app.config import RunConfig
+from app.hospital import train_settings
 from data.base import standardized
 from data.preprocessing import Standardizer
 from data.registry import get_dataset
@@ -31,7 +32,7 @@ from models.shadow import (
     shadow_attack,
     split_attacker_data,
 )
-from models.training import TrainSettings, pick_device
+from models.training import pick_device
 
 ATTACKS = ("loss", "shadow")
 
@@ -86,14 +87,8 @@ def shadow_recipe(cfg: RunConfig, payload: dict[str, Any], device: Any):
     trained without DP (the attacker's best guess of a memorising model).
     """
     spec = ModelSpec(**payload["model"])
-    settings = TrainSettings(
-        epochs=cfg.num_server_rounds * cfg.local_epochs,
-        batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        optimizer=cfg.optimizer,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        seed=cfg.seed,
+    settings = train_settings(
+        cfg, epochs=cfg.num_server_rounds * cfg.local_epochs, max_steps=0
     )
     return recipe_trainer(spec.build, settings, device)
 

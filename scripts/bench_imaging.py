@@ -27,7 +27,7 @@ import torch
 from app.client_app import app as client_app
 from app.config import RunConfig
 from app.federation import BestRound
-from app.hospital import model_spec
+from app.hospital import model_spec, train_settings
 from app.inprocess import full_run_config, run_inprocess
 from app.server_app import app as server_app
 from data.registry import get_dataset
@@ -36,7 +36,6 @@ from data.transforms import ImageSplit
 from models.checkpoint import load_model
 from models.training import (
     OPTIMIZERS,
-    TrainSettings,
     evaluate_split,
     make_loader,
     predict_proba,
@@ -222,12 +221,8 @@ def centralized(setup: Setup, data: Path, work: Path, seed: int) -> dict[str, An
     model = model_spec(cfg, dataset.info()).build()
     if setup.server_optimizer:
         base_rate, batch_size = setup.eta, setup.hospitals * setup.batch_size
-        settings = TrainSettings(
-            batch_size=batch_size,
-            max_steps=1,
-            label_smoothing=setup.label_smoothing,
-            seed=seed,
-        )
+        # one step of the hospitals' loss on a pooled batch; the Adam below steps
+        settings = train_settings(cfg, batch_size=batch_size, max_steps=1)
         # The hospitals' L2 term (weight-decay) is part of the gradient they send,
         # so the server's Adam sees it coupled, as torch's Adam weight_decay is.
         optimizer: torch.optim.Optimizer = torch.optim.Adam(
@@ -239,16 +234,7 @@ def centralized(setup: Setup, data: Path, work: Path, seed: int) -> dict[str, An
         )
     elif setup.local_steps == 0:
         base_rate, batch_size = setup.learning_rate, setup.batch_size
-        settings = TrainSettings(
-            epochs=setup.local_epochs,
-            batch_size=setup.batch_size,
-            learning_rate=setup.learning_rate,
-            optimizer=setup.optimizer,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            label_smoothing=cfg.label_smoothing,
-            seed=seed,
-        )
+        settings = train_settings(cfg)  # cfg is this setup's run config
         optimizer = OPTIMIZERS[setup.optimizer](model.parameters(), settings)
     else:
         raise AssertionError("unreachable: checked above")

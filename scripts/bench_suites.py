@@ -29,13 +29,13 @@ from matplotlib.figure import Figure
 
 from app.client_app import app as client_app
 from app.config import RunConfig
-from app.hospital import model_spec
+from app.hospital import model_spec, train_settings
 from app.inprocess import InProcessGrid, full_run_config, run_inprocess
 from app.server_app import app as server_app
 from data.registry import get_dataset
 from data.spec import HospitalData, Split
 from models.checkpoint import load_model
-from models.training import TrainSettings, evaluate_split, make_loader, train_epochs
+from models.training import evaluate_split, make_loader, train_epochs
 from scripts.bench_dp_step import StepCase, step_times
 from scripts.benchmark import BenchmarkResult, default_data_root, register
 from scripts.flower_env import project_root
@@ -132,19 +132,6 @@ def federated_run(
     return FederatedRun(history, model, grid, seconds)
 
 
-def train_settings(cfg: RunConfig, epochs: int) -> TrainSettings:
-    """Return the hospitals' training settings of ``cfg``, for ``epochs`` epochs."""
-    return TrainSettings(
-        epochs=epochs,
-        batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        optimizer=cfg.optimizer,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        seed=cfg.seed,
-    )
-
-
 def pool(splits: Sequence[Split]) -> Split:
     """Concatenate splits (each already standardised by its own site)."""
     return Split(
@@ -159,7 +146,7 @@ def train_centrally(
     torch.manual_seed(cfg.seed)
     model = model_spec(cfg, sites[0].info).build()
     loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    train_epochs(model, loader, train_settings(cfg, epochs), CPU)
+    train_epochs(model, loader, train_settings(cfg, epochs=epochs, max_steps=0), CPU)
     return model
 
 
@@ -518,7 +505,7 @@ def centralized_timing(
     start = time.perf_counter()
     for r in range(cfg.num_server_rounds):
         loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed + r)
-        train_epochs(model, loader, train_settings(cfg, cfg.local_epochs), CPU)
+        train_epochs(model, loader, train_settings(cfg, max_steps=0), CPU)
         if test is not None:
             evaluate_split(model, test, CPU)
     return time.perf_counter() - start, model

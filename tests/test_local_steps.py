@@ -69,3 +69,14 @@ def test_every_hospital_takes_local_steps_whatever_its_size(tmp_path, client_tra
     run_inprocess(server_app, client_app, num_hospitals=3, run_config=run_config)
     # 3 hospitals x 2 rounds, local-epochs unused
     assert [out["steps"] for _, out in client_training] == [3.0] * 6
+
+
+def test_train_settings_map_the_run_config_and_take_overrides():
+    from app.hospital import train_settings
+
+    cfg = RunConfig(local_steps=2, label_smoothing=0.1, batch_size=8, seed=5)
+    settings = train_settings(cfg)
+    assert (settings.max_steps, settings.label_smoothing) == (2, 0.1)
+    assert (settings.batch_size, settings.seed) == (8, 5)
+    whole_run = train_settings(cfg, epochs=7, max_steps=0)
+    assert (whole_run.epochs, whole_run.max_steps, whole_run.batch_size) == (7, 0, 8)
