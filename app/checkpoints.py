@@ -13,7 +13,7 @@ import os
 import random
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,7 @@ class Checkpoint:
     strategy_state: dict[str, Any]
     rng: dict[str, Any]
     run_config: dict[str, Any]
+    averaging_state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def run_dir(self) -> Path:
@@ -117,6 +118,7 @@ def save_checkpoint(
     strategy_state: Mapping[str, Any],
     run_config: Mapping[str, Any],
     keep: int,
+    averaging_state: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``<run_dir>/checkpoints/round-NNNN.pt`` atomically; keep the last N."""
     directory = run_dir / DIRNAME
@@ -126,6 +128,7 @@ def save_checkpoint(
         "round": server_round,
         "arrays": {k: torch.from_numpy(a.numpy().copy()) for k, a in arrays.items()},
         "strategy": _to_storable(strategy_state),
+        "averaging": _to_storable(dict(averaging_state or {})),
         "rng": _to_storable(rng_state()),
         "run_config": dict(run_config),
     }
@@ -183,6 +186,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         arrays=arrays,
         strategy_state=_from_storable(payload["strategy"]),
         rng=_from_storable(payload["rng"]),
+        averaging_state=_from_storable(payload.get("averaging", {})),
         run_config=dict(payload["run_config"]),
     )
 

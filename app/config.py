@@ -101,6 +101,7 @@ class RunConfig:
     optimizer: str = _opt("sgd", "optimizer", choices=("sgd", "adam"))
     lr_schedule: str = _opt("constant", "lr-schedule", choices=("constant", "cosine"))
     select_best: str = _opt("none", "select-best", choices=("none", "auc", "loss"))
+    model_ema: float = _opt(0.0, "model-ema", low=0.0, high=0.9999)
     tta: str = _opt("none", "tta", choices=("none", "flip"))
     momentum: float = _opt(0.9, "momentum", low=0.0, high=0.999)
     weight_decay: float = _opt(0.0, "weight-decay", low=0.0, high=1.0)
@@ -409,15 +410,23 @@ class RunConfig:
                     f"task='vertical' splits tabular columns; dataset='{self.dataset}' "
                     "is not tabular (use wdbc, heart-disease or csv)."
                 )
-            for key, active in (
-                ("local-steps", self.local_steps > 0),
-                ("label-smoothing", self.label_smoothing > 0),
+            split_network = (
+                "task='vertical' trains its split network one epoch per round "
+                "with plain cross-entropy."
+            )
+            for key, active, why in (
+                ("local-steps", self.local_steps > 0, split_network),
+                ("label-smoothing", self.label_smoothing > 0, split_network),
+                (
+                    "model-ema",
+                    self.model_ema > 0,
+                    "task='vertical' has no global model to average (each party "
+                    "keeps its own part of the split network).",
+                ),
             ):
-                if active:  # the split network trains one epoch per round
+                if active:
                     raise ConfigError(
-                        f"'{key}' applies to horizontal local training; "
-                        "task='vertical' trains its split network one epoch per "
-                        "round with plain cross-entropy."
+                        f"'{key}' applies to horizontal federations; {why}"
                     )
             return
         data_task = DATASET_TASKS[self.dataset]

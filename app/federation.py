@@ -46,6 +46,7 @@ from models.training import (
     set_deterministic,
 )
 from strategies import STRATEGY_OPTIONS, build_strategy
+from strategies.averaging import ModelEMA
 from strategies.runner import RoundHook, RoundRunner, RunResult
 from strategies.sampling import FederationStopped
 from strategies.screening import FEDERATED_EVALUATE, Screened
@@ -216,13 +217,16 @@ class BestRound:
             self.arrays = ArrayRecord(state)
             self.recorder.history["selected_round"] = selected
 
-    def __call__(self, server_round: int, arrays: ArrayRecord) -> None:
+    def __call__(
+        self, server_round: int, arrays: ArrayRecord, model: ArrayRecord
+    ) -> None:
+        del arrays  # the round's model (the weight average under model-ema) is kept
         ledger = self.strategy.ledger.rounds.get(server_round, {})
         value = ledger.get(FEDERATED_EVALUATE, {}).get(self.metric)
         if value is None or not math.isfinite(value) or not self._better(value):
             return
-        self.round, self.value, self.arrays = server_round, float(value), arrays
-        self.save(self.path, arrays)
+        self.round, self.value, self.arrays = server_round, float(value), model
+        self.save(self.path, model)
         self.recorder.note(selected_round=self.summary())
         log.info(
             "[round %d] federated held-out %s=%.4f: best so far, selected",
@@ -317,13 +321,19 @@ def run_federation(
     )
 
     strategy.summary()
+    averaging = ModelEMA(cfg.model_ema)
+    if resume is not None:
+        averaging.load_state_dict(resume.averaging_state)
 
-    def checkpoint(server_round: int, round_arrays: ArrayRecord) -> None:
+    def checkpoint(
+        server_round: int, round_arrays: ArrayRecord, _: ArrayRecord
+    ) -> None:
         save_checkpoint(
             recorder.dir,
             server_round=server_round,
             arrays=round_arrays,
             strategy_state=strategy.state_dict(),
+            averaging_state=averaging.state_dict(),
             run_config=cfg.to_run_config(),
             keep=cfg.checkpoint_keep,
         )
@@ -383,6 +393,7 @@ def run_federation(
                 cfg.lr_schedule, cfg.learning_rate, r, cfg.num_server_rounds
             )
         },
+        averaging=averaging,
     )
     if resume is not None:
         # Last, so nothing above (model init, data) consumes the restored state.
@@ -410,7 +421,7 @@ def run_federation(
             recorder.dir,
         )
         return FederationOutcome("stopped", recorder, result)
-    final_arrays = result.arrays
+    final_arrays = result.model or result.arrays
     final_round = recorder.history["rounds"][-1] if recorder.history["rounds"] else {}
     if selection is not None and selection.arrays is not None:
         final_arrays = selection.arrays

@@ -11,26 +11,38 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
+from strategies.averaging import ModelEMA
 from strategies.sampling import FederationStopped
 from strategies.screening import Screened
 
 log = logging.getLogger(__name__)
 
-RoundHook = Callable[[int, ArrayRecord], None]
+# (round, global arrays the next round trains from, the round's model). The two
+# differ only under weight averaging (``model-ema``), where the model is the average.
+RoundHook = Callable[[int, ArrayRecord, ArrayRecord], None]
 
 
 @dataclass
 class RunResult:
-    """Final global arrays, the last round completed, and why the run stopped early."""
+    """Final arrays, the last round completed, and why the run stopped early.
+
+    ``arrays`` are the global arrays training would continue from; ``model`` is
+    the run's model (the weight average under ``model-ema``, else ``arrays``).
+    """
 
     arrays: ArrayRecord
     last_round: int
     stopped: str | None = None
+    model: ArrayRecord | None = None
+
+    def __post_init__(self) -> None:
+        if self.model is None:
+            self.model = self.arrays
 
 
 @dataclass
@@ -54,10 +66,15 @@ class RoundRunner:
     round_config
         Per-round additions to ``train_config`` (the round's learning rate).
     evaluate_fn
-        Server-side evaluation and reporting after each round (and round 0 on a
-        fresh start); its return value is not used here.
+        Server-side evaluation and reporting of each round's model (and round 0
+        on a fresh start); its return value is not used here.
     after_round
-        Hooks called after each completed round (checkpointing), in order.
+        Hooks called after each completed round (selection, checkpointing), in
+        order, with the round's training arrays and its model.
+    averaging
+        Server-side weight averaging (``model-ema``): each round's model is the
+        average, evaluated by the hospitals and the server; training continues
+        from the raw global arrays. Off (``decay=0``) by default.
     """
 
     strategy: Screened
@@ -70,6 +87,7 @@ class RoundRunner:
     evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None
     after_round: Sequence[RoundHook] = ()
     round_config: Callable[[int], dict[str, float]] | None = None
+    averaging: ModelEMA = field(default_factory=lambda: ModelEMA(0.0))
     clock: Callable[[], float] = time.monotonic
 
     def _exchange(
@@ -110,17 +128,20 @@ class RoundRunner:
         """Run rounds ``start_round..num_rounds`` starting from global ``arrays``."""
         if start_round == 1 and self.evaluate_fn is not None:
             self.evaluate_fn(0, arrays)
+        model = self.averaging.model(arrays)  # a resumed run's average
         below_min_since: float | None = None
         for server_round in range(start_round, self.num_rounds + 1):
             log.info("[ROUND %d/%d]", server_round, self.num_rounds)
             started = self.clock()
             try:
-                arrays = self._train(server_round, arrays)
+                trained = self._train(server_round, arrays)
             except FederationStopped as stop:
-                return self._stopped(arrays, server_round - 1, str(stop))
+                return self._stopped(arrays, model, server_round - 1, str(stop))
+            if trained is not arrays:  # a skipped round leaves the average as it was
+                arrays, model = trained, self.averaging.update(trained)
             stop_reason = None
             try:
-                self._evaluate(server_round, arrays)
+                self._evaluate(server_round, model)
             except FederationStopped as stop:
                 stop_reason = str(stop)
             if self.strategy.round_skipped(server_round):
@@ -137,14 +158,16 @@ class RoundRunner:
             else:
                 below_min_since = None
             if self.evaluate_fn is not None:
-                self.evaluate_fn(server_round, arrays)
+                self.evaluate_fn(server_round, model)
             for hook in self.after_round:
-                hook(server_round, arrays)
+                hook(server_round, arrays, model)
             if stop_reason is not None:
-                return self._stopped(arrays, server_round, stop_reason)
-        return RunResult(arrays, self.num_rounds)
+                return self._stopped(arrays, model, server_round, stop_reason)
+        return RunResult(arrays, self.num_rounds, model=model)
 
     @staticmethod
-    def _stopped(arrays: ArrayRecord, last_round: int, reason: str) -> RunResult:
+    def _stopped(
+        arrays: ArrayRecord, model: ArrayRecord, last_round: int, reason: str
+    ) -> RunResult:
         log.error("Federation stopped after round %d: %s", last_round, reason)
-        return RunResult(arrays, last_round, stopped=reason)
+        return RunResult(arrays, last_round, stopped=reason, model=model)

@@ -114,7 +114,9 @@ def test_best_round_keeps_the_best_not_the_last_and_survives_resume(tmp_path):
         recorder.record_round({"round": r, "server": {}})
         if auc == auc:
             strategy.ledger.rounds[r] = {FEDERATED_EVALUATE: {"auc": auc}}
-        selection(r, arrays_of(float(r)))
+        # training arrays (-1) and the round's model (r) differ under model-ema:
+        # the selection keeps the model
+        selection(r, arrays_of(-1.0), arrays_of(float(r)))
     assert selection.round == 2 and selection.value == 0.9
     first = next(iter(selection.arrays.to_torch_state_dict().values()))
     assert torch.all(first == 2.0)
@@ -134,5 +136,5 @@ def test_best_round_keeps_the_best_not_the_last_and_survives_resume(tmp_path):
     loss = BestRound("loss", Strategy(), RunRecorder(cfg, 4, tmp_path / "l"), save)
     for r, value in enumerate([0.5, 0.3, 0.4], start=1):
         loss.strategy.ledger.rounds[r] = {FEDERATED_EVALUATE: {"loss": value}}
-        loss(r, arrays_of(float(r)))
+        loss(r, arrays_of(-1.0), arrays_of(float(r)))
     assert loss.round == 2

@@ -79,13 +79,16 @@ def test_thirty_percent_failing_in_round_two_finishes_close_to_clean(
     assert abs(acc_clean - acc_faulty) <= 0.01, (acc_clean, acc_faulty)
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
+@pytest.mark.parametrize(
+    ("strategy", "ema"), [("fedavg", 0.0), ("fedadam", 0.0), ("fedavg", 0.8)]
+)
 def test_killed_and_resumed_run_ends_bit_identical(
-    tmp_path: Path, strategy: str
+    tmp_path: Path, strategy: str, ema: float
 ) -> None:
     base = {
         "num-server-rounds": 4,
         "strategy": strategy,
+        "model-ema": ema,  # the weight average, too, continues from the checkpoint
         "deterministic": True,
         "fraction-train": 0.75,
         "checkpoint-keep": 2,
@@ -130,6 +133,9 @@ def test_killed_and_resumed_run_ends_bit_identical(
     if strategy == "fedadam":
         state = load_checkpoint(killed_dir).strategy_state
         assert set(state["m_t"]) == set(a) and set(state["v_t"]) == set(a)
+    if ema:  # the saved model is the average, not the last global arrays
+        raw = load_checkpoint(killed_dir).arrays.to_torch_state_dict()
+        assert not all(torch.equal(raw[k], b[k]) for k in b)
 
 
 def test_resume_refuses_a_changed_run_config(tmp_path: Path) -> None:
