@@ -17,12 +17,14 @@ import argparse
 import json
 import tempfile
 import time
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from flwr.app import ArrayRecord
 
 from app.client_app import app as client_app
 from app.config import RunConfig
@@ -44,6 +46,7 @@ from models.training import (
 )
 from scripts.benchmark import BenchmarkResult, default_data_root, register
 from scripts.evaluate import clinical_report
+from strategies.averaging import ModelEMA
 
 GOAL_AUC = 0.90
 REFERENCE = "MedMNIST v2 centralized ResNet-18 (28x28): test AUC 0.901, accuracy 0.863"
@@ -88,6 +91,7 @@ class Setup:
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     select_best: str = "none"
+    model_ema: float = 0.0
     tta: str = "none"
     augment: bool = True
 
@@ -128,6 +132,7 @@ class Setup:
                 "weight-decay": self.weight_decay,
                 "label-smoothing": self.label_smoothing,
                 "select-best": self.select_best,
+                "model-ema": self.model_ema,
                 "tta": self.tta,
                 "augment": self.augment,
                 "min-hospitals": self.hospitals,
@@ -239,6 +244,7 @@ def centralized(setup: Setup, data: Path, work: Path, seed: int) -> dict[str, An
     else:
         raise AssertionError("unreachable: checked above")
     device = torch.device("cpu")
+    averaging = ModelEMA(setup.model_ema)  # one update per step, as per round
     higher = BestRound.HIGHER_IS_BETTER.get(setup.select_best, True)
     best: tuple[int, float, dict[str, torch.Tensor]] | None = None
     wall, cpu = time.monotonic(), time.process_time()
@@ -249,11 +255,15 @@ def centralized(setup: Setup, data: Path, work: Path, seed: int) -> dict[str, An
             )
         loader = make_loader(pooled, batch_size, shuffle=True, seed=seed + r)
         train_epochs(model, loader, settings, device, optimizer=optimizer)
+        if averaging.enabled:
+            averaging.update(ArrayRecord(model.state_dict()))
         if setup.select_best != "none":
-            value = evaluate_split(model, held_out, device)[setup.select_best]
+            scored = averaged(model, averaging)
+            value = evaluate_split(scored, held_out, device)[setup.select_best]
             if best is None or (value > best[1] if higher else value < best[1]):
-                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
                 best = (r, value, state)
+    model = averaged(model, averaging)
     if best is not None:
         model.load_state_dict(best[2])
     wall, cpu = time.monotonic() - wall, time.process_time() - cpu
@@ -269,6 +279,16 @@ def centralized(setup: Setup, data: Path, work: Path, seed: int) -> dict[str, An
     return {"row": row}
 
 
+def averaged(model: torch.nn.Module, averaging: ModelEMA) -> torch.nn.Module:
+    """``model`` itself, or a copy holding the weight average under ``model-ema``."""
+    if not averaging.enabled:
+        return model
+    copy = deepcopy(model)
+    state = averaging.model(ArrayRecord(model.state_dict())).to_torch_state_dict()
+    copy.load_state_dict(state)
+    return copy
+
+
 @register(
     "imaging",
     "BreastMNIST over 5 hospitals (Dirichlet 0.5): federated vs centralized test AUC",
@@ -281,7 +301,8 @@ def imaging_benchmark(args: argparse.Namespace) -> BenchmarkResult:
     torch.set_num_threads(1)
     rows, curves = [], {}
     with tempfile.TemporaryDirectory(prefix="medflower-bench-imaging-") as tmp:
-        for seed in range(42, 42 + (args.seeds or 1)):
+        first = getattr(args, "first_seed", 42)
+        for seed in range(first, first + (args.seeds or 1)):
             fed = federated(setup, data, Path(tmp), seed)
             cen = centralized(setup, data, Path(tmp), seed)
             rows += [fed["row"], cen["row"]]
@@ -325,7 +346,8 @@ def imaging_benchmark(args: argparse.Namespace) -> BenchmarkResult:
     notes = [
         f"model {setup.model}, image size {setup.image_size or 28}, {recipe}, "
         f"augmentation {'on' if setup.augment else 'off'}, "
-        f"select-best={setup.select_best}, tta={setup.tta}; 1 torch thread.",
+        f"select-best={setup.select_best}, model-ema={setup.model_ema}, "
+        f"tta={setup.tta}; 1 torch thread.",
         "Federated = real ServerApp/strategy/ClientApp code over the in-process "
         "Grid; test = the npz test split (156 images); each hospital holds out "
         "val-fraction of its share for its own evaluation.",

@@ -128,6 +128,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output folder (default: outputs/benchmarks/<suite>)",
     )
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds")
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=42,
+        help="imaging: the first seed of --seeds consecutive ones (default 42)",
+    )
     parser.add_argument("--quick", action="store_true", help="smaller, faster settings")
 
 
