@@ -150,23 +150,31 @@ def test_resume_refuses_a_changed_run_config(tmp_path: Path) -> None:
         run({**config, "resume-from": str(tmp_path / "nowhere")}, 2)
 
 
+@pytest.mark.parametrize("ema", [0.0, 0.9])
 def test_round_below_min_hospitals_is_skipped_and_the_run_continues(
-    tmp_path: Path,
+    tmp_path: Path, ema: float
 ) -> None:
     def break_three(node_id: int, msg: Message) -> None:
-        if node_id != 101 and round_of(msg) == 2:
+        if node_id != 101 and round_of(msg) == 3:
             raise RuntimeError("network down")
 
     config = make_run_config(
         tmp_path,
-        **{"num-server-rounds": 3, "min-hospitals": 2, "fraction-evaluate": 0.0},
+        **{
+            "num-server-rounds": 4,
+            "min-hospitals": 2,
+            "fraction-evaluate": 0.0,
+            # a skipped round does not move the average either (round 3: the
+            # average of rounds 1-2 differs from round 2's global model)
+            "model-ema": ema,
+        },
     )
     outcome, _ = run(config, 4, on_deliver=break_three)
     assert outcome.status == "completed"
     rounds = history(outcome.recorder.dir)["rounds"]
-    assert "min-hospitals=2" in rounds[2]["skipped"]
-    assert rounds[2]["server"] == rounds[1]["server"]  # the global model was kept
-    assert "skipped" not in rounds[3] and rounds[3]["server"] != rounds[2]["server"]
+    assert "min-hospitals=2" in rounds[3]["skipped"]
+    assert rounds[3]["server"] == rounds[2]["server"]  # the global model was kept
+    assert "skipped" not in rounds[4] and rounds[4]["server"] != rounds[3]["server"]
 
 
 def test_hospital_that_never_answers_is_named_and_left_out(tmp_path: Path) -> None:
