@@ -66,10 +66,11 @@ class Setup:
     cross-entropy with label smoothing 0.1 (``label-smoothing``; see README for
     how it was chosen). The saved model is the server's exponential moving
     average of the global model over rounds (``model-ema`` 0.995, a half-life of
-    138 rounds); the centralized baseline averages its steps alike. 660 rounds of 5 x 16 records = 120 passes over the
-    pooled training records (330 rounds = 60 passes, as many as the previous
-    recipe: 20 rounds x 3 local epochs of Adam at every hospital, federated test
-    AUC 0.863 / 0.815 / 0.758 at seeds 42-44, collapsing to one class under
+    138 rounds); the centralized baseline averages its steps alike. 660 rounds
+    of 5 x 16 records = 120 passes over the pooled training records (330 rounds
+    = 60 passes, as many as the previous recipe: 20 rounds x 3 local epochs of
+    Adam at every hospital, federated test AUC 0.863 / 0.815 / 0.758 at seeds
+    42-44, collapsing to one class under
     label skew; see README for everything tried).
     """
 
