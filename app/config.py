@@ -415,6 +415,7 @@ class RunConfig:
                 "with plain cross-entropy."
             )
             for key, active, why in (
+                ("local-epochs", self.local_epochs != 1, split_network),
                 ("local-steps", self.local_steps > 0, split_network),
                 ("label-smoothing", self.label_smoothing > 0, split_network),
                 (

@@ -107,7 +107,8 @@ def test_hospitals_train_with_the_configured_smoothing(tmp_path, client_training
 
 
 @pytest.mark.parametrize(
-    ("key", "value"), [("label-smoothing", 0.1), ("local-steps", 1)]
+    ("key", "value"),
+    [("label-smoothing", 0.1), ("local-steps", 1), ("local-epochs", 3)],
 )
 def test_vertical_runs_refuse_horizontal_training_keys(key, value):
     with pytest.raises(ConfigError, match=f"'{key}'.*task='vertical'"):
