@@ -421,7 +421,7 @@ def run_federation(
             recorder.dir,
         )
         return FederationOutcome("stopped", recorder, result)
-    final_arrays = result.model if result.model is not None else result.arrays
+    final_arrays = result.model
     final_round = recorder.history["rounds"][-1] if recorder.history["rounds"] else {}
     if selection is not None and selection.arrays is not None:
         final_arrays = selection.arrays

@@ -42,8 +42,8 @@ def vertical_settings(cfg: RunConfig) -> VerticalSettings:
         hidden=cfg.mlp_hidden,
         test_fraction=cfg.test_fraction,
         seed=cfg.seed,
-        # one epoch of the split network per round (the config refuses
-        # local-steps and label-smoothing for task='vertical')
+        # one epoch of the split network per round (for task='vertical' the
+        # config refuses local-epochs other than 1, local-steps, label-smoothing)
         train=train_settings(cfg, epochs=1),
     )
 

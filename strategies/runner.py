@@ -31,18 +31,19 @@ RoundHook = Callable[[int, ArrayRecord, ArrayRecord], None]
 class RunResult:
     """Final arrays, the last round completed, and why the run stopped early.
 
-    ``arrays`` are the global arrays training would continue from; ``model`` is
-    the run's model (the weight average under ``model-ema``, else ``arrays``).
+    ``arrays`` are the global arrays training would continue from; ``averaged``
+    the weight average under ``model-ema`` (None without averaging).
     """
 
     arrays: ArrayRecord
     last_round: int
     stopped: str | None = None
-    model: ArrayRecord | None = None
+    averaged: ArrayRecord | None = None
 
-    def __post_init__(self) -> None:
-        if self.model is None:
-            self.model = self.arrays
+    @property
+    def model(self) -> ArrayRecord:
+        """The run's model: the weight average, else the global arrays."""
+        return self.arrays if self.averaged is None else self.averaged
 
 
 @dataclass
@@ -136,7 +137,9 @@ class RoundRunner:
             try:
                 trained = self._train(server_round, arrays)
             except FederationStopped as stop:
-                return self._stopped(arrays, model, server_round - 1, str(stop))
+                return self._stopped(
+                    arrays, self._average(model), server_round - 1, str(stop)
+                )
             if trained is not arrays:  # a skipped round leaves the average as it was
                 arrays, model = trained, self.averaging.update(trained)
             stop_reason = None
@@ -162,12 +165,20 @@ class RoundRunner:
             for hook in self.after_round:
                 hook(server_round, arrays, model)
             if stop_reason is not None:
-                return self._stopped(arrays, model, server_round, stop_reason)
-        return RunResult(arrays, self.num_rounds, model=model)
+                return self._stopped(
+                    arrays, self._average(model), server_round, stop_reason
+                )
+        return RunResult(arrays, self.num_rounds, averaged=self._average(model))
+
+    def _average(self, model: ArrayRecord) -> ArrayRecord | None:
+        return model if self.averaging.enabled else None
 
     @staticmethod
     def _stopped(
-        arrays: ArrayRecord, model: ArrayRecord, last_round: int, reason: str
+        arrays: ArrayRecord,
+        averaged: ArrayRecord | None,
+        last_round: int,
+        reason: str,
     ) -> RunResult:
         log.error("Federation stopped after round %d: %s", last_round, reason)
-        return RunResult(arrays, last_round, stopped=reason, model=model)
+        return RunResult(arrays, last_round, stopped=reason, averaged=averaged)
