@@ -1,0 +1,51 @@
+"""One real ``flwr run`` simulation end to end (local SuperLink, Ray, 3 hospitals)."""
+
+import json
+
+import pytest
+from support.federation import REPO
+
+from scripts.flower_env import flower_env, run_simulation, superlinks_of
+
+
+@pytest.mark.slow
+def test_flwr_run_two_rounds_three_hospitals(tmp_path):
+    env = flower_env(tmp_path / "flwr-home")
+    outputs = tmp_path / "outputs"
+    outcome = run_simulation(
+        app_dir=REPO,
+        num_hospitals=3,
+        run_config=f"num-server-rounds=2 output-dir='{outputs}' run-name='e2e'",
+        env=env,
+        echo=False,
+    )
+    assert outcome.ok, outcome.log[-3000:]
+    history = json.loads((outputs / "e2e" / "history.json").read_text())
+    assert history["status"] == "completed"
+    assert [r["round"] for r in history["rounds"]] == [0, 1, 2]
+    assert len(history["rounds"][2]["hospitals"]) == 3
+    assert history["rounds"][2]["server"]["accuracy"] > 0.9
+    assert (outputs / "latest" / "final_model.pt").is_file()
+    assert (outputs / "e2e" / "report.html").is_file()
+    # Progress: one summary line per round (round 0 = initial model), with an ETA.
+    progress = [line for line in outcome.log.splitlines() if "] elapsed " in line]
+    assert len(progress) == 3, progress
+    assert "[round 2/2]" in progress[-1] and " eta " in progress[-1]
+    # the SuperLink this run started is gone
+    assert not superlinks_of(tmp_path / "flwr-home")
+
+
+@pytest.mark.slow
+def test_failed_run_is_reported_as_failed(tmp_path):
+    env = flower_env(tmp_path / "flwr-home")
+    outcome = run_simulation(
+        app_dir=REPO,
+        num_hospitals=2,
+        # valid for Flower, invalid for medflower: the ServerApp refuses to start
+        run_config=f"num-server-rounds=1 learning-rate=-1.0 output-dir='{tmp_path}'",
+        env=env,
+        echo=False,
+    )
+    assert not outcome.ok
+    assert outcome.status.startswith("finished:failed")
+    assert not superlinks_of(tmp_path / "flwr-home")
