@@ -21,10 +21,7 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from app.cohort_stats import QUERY as COHORT_STATS_QUERY
-from app.cohort_stats import message_scaler, release_reply, reply_content
-from app.config import RunConfig
-from app.hospital import (
+from app.client.hospital import (
     check_contract,
     hospital_name,
     hospital_seed,
@@ -32,17 +29,19 @@ from app.hospital import (
     model_spec,
     train_settings,
 )
-from app.local_dp import hospital_budget, local_dp_round
+from app.config import RunConfig
 from app.logs import route_to_flower
-from app.poisoning import is_poisoned, poison_update
-from app.secure_aggregation import register as register_secure_aggregation
-from app.secure_aggregation import secure_train_mod
-from app.vertical_client import register as register_vertical
+from app.privacy.accounting import PrivacyBudgetExhausted
+from app.privacy.cohort_stats import QUERY as COHORT_STATS_QUERY
+from app.privacy.cohort_stats import message_scaler, release_reply, reply_content
+from app.privacy.local_dp import hospital_budget, local_dp_round
+from app.secagg.client_mod import register as register_secure_aggregation
+from app.secagg.client_mod import secure_train_mod
+from app.vertical.client import register as register_vertical
 from data.base import standardized
 from data.preprocessing import GLOBAL_NORMALISATIONS
 from data.spec import DataError, HospitalData
 from models.personalization import LocalNorm, personalization_metrics, prefixed
-from models.privacy import PrivacyBudgetExhausted
 from models.training import (
     evaluate_split,
     make_loader,
@@ -50,6 +49,7 @@ from models.training import (
     set_deterministic,
     train_epochs,
 )
+from scripts.harness.poisoning import is_poisoned, poison_update
 from strategies.fedavg import HOSPITAL_RECORD
 from strategies.screening import ERROR_PREFIX, label_count_metrics
 

@@ -27,7 +27,8 @@ STRATEGY_NAMES = (
 )
 
 
-# Vertical runs build models/split.py's bottom and top networks, not a MODELS entry.
+# Vertical runs build app/vertical/split.py's bottom and top networks,
+# not a MODELS entry.
 VERTICAL_MODEL = "split-nn"
 
 
@@ -166,7 +167,8 @@ class RunConfig:
         "layers", "dp-grad-sampler", choices=("layers", "opacus")
     )
     # Feature standardisation: each site's own statistics, global statistics
-    # combined from the hospitals' Laplace-noised cohort sums (app/cohort_stats.py),
+    # combined from the hospitals' Laplace-noised cohort sums
+    # (app/privacy/cohort_stats.py),
     # or the dataset's public a-priori bounds (no data statistics at all).
     normalisation: str = _opt("per-site", "normalisation", choices=NORMALISATIONS)
     dp_stats_epsilon: float = _opt(0.0, "dp-stats-epsilon", low=0.0, high=1000.0)
@@ -498,7 +500,7 @@ class RunConfig:
 
 
 def _check_secure_aggregation(cfg: RunConfig) -> None:
-    from strategies.secagg import SECURE_STRATEGIES, params_from_config
+    from app.secagg.registry import SECURE_STRATEGIES, params_from_config
 
     if cfg.task == "vertical":
         raise ConfigError(

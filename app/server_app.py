@@ -1,4 +1,4 @@
-"""medflower ServerApp: a thin shell around :func:`app.federation.run_federation`."""
+"""medflower ServerApp: a thin shell around the task's server path."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from app.config import RunConfig
-from app.federation import PREPROCESSING, RoundReporter, run_federation
 from app.logs import route_to_flower
-from app.vertical_server import run_vertical
+from app.server.federation import PREPROCESSING, RoundReporter, run_federation
+from app.vertical.server import run_vertical
 
 __all__ = ["PREPROCESSING", "TASK_RUNNERS", "RoundReporter", "app", "main"]
 

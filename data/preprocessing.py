@@ -3,7 +3,7 @@
 ``per-site``: each hospital (and the server, for its own held-out set) fits a
 :class:`Standardizer` on its own training data. ``dp-global``: every site applies
 one global :class:`Standardizer` the server combined from the hospitals'
-differentially private cohort statistics (:mod:`app.cohort_stats`).
+differentially private cohort statistics (:mod:`app.privacy.cohort_stats`).
 ``public-bounds``: every site maps each feature from the dataset's public a-priori
 bounds onto [-1, 1] (:meth:`Standardizer.from_bounds`): no statistic of any
 hospital's data is used, so nothing is released and no epsilon is spent.

@@ -221,7 +221,8 @@ def set_deterministic(enabled: bool) -> None:
     """Make torch pick deterministic kernels (and fail loudly where none exists).
 
     Called by the ServerApp and every ClientApp when ``deterministic = true``; seeds
-    are derived per round and hospital elsewhere (``app.hospital.hospital_seed``).
+    are derived per round and hospital elsewhere
+    (``app.client.hospital.hospital_seed``).
     """
     if not enabled:
         return

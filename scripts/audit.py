@@ -2,7 +2,7 @@
 
 Members are a hospital's training records, non-members its held-out records (never
 trained on). ``--attack loss`` (default): loss and confidence thresholds.
-``--attack shadow``: a shadow-model attack (:mod:`models.shadow`) whose attacker
+``--attack shadow``: a shadow-model attack (:mod:`app.privacy.shadow`) whose attacker
 holds half of every hospital's held-out records; the attack is scored on the other
 half. Run it where those records are (at the hospital): it prints only attack
 metrics.
@@ -17,21 +17,21 @@ from typing import Any
 
 import numpy as np
 
+from app.client.hospital import train_settings
 from app.config import RunConfig
-from app.hospital import train_settings
+from app.privacy.membership import AttackResult, audit_model
+from app.privacy.shadow import (
+    fit_shadow_attack,
+    recipe_trainer,
+    shadow_attack,
+    split_attacker_data,
+)
 from data.base import standardized
 from data.preprocessing import Standardizer
 from data.registry import get_dataset
 from data.spec import HospitalData, Split
 from models import ModelSpec
 from models.checkpoint import load_model
-from models.membership import AttackResult, audit_model
-from models.shadow import (
-    fit_shadow_attack,
-    recipe_trainer,
-    shadow_attack,
-    split_attacker_data,
-)
 from models.training import pick_device
 
 ATTACKS = ("loss", "shadow")

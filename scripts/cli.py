@@ -6,7 +6,9 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from scripts import audit, benchmark, deploy, evaluate, simulate
+from scripts import audit, evaluate, simulate
+from scripts.benchmarks import core as benchmark
+from scripts.deploy import cli as deploy
 
 # Subcommand name -> (registers its arguments, runs it). Other modules add theirs.
 COMMANDS: dict[

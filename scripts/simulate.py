@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from app.report import REPORT_NAME
+from app.server.report import REPORT_NAME
 from scripts.flower_env import project_root, run_simulation
 
 

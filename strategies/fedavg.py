@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -21,8 +21,10 @@ from strategies.screening import (
     hospital_of,
     weighted_metrics,
 )
-from strategies.secagg.aggregator import SecureAggregator, SecureSum
 from strategies.validation import reply_problem
+
+if TYPE_CHECKING:  # app.secagg's server side imports strategies.screening
+    from app.secagg.aggregator import SecureAggregator, SecureSum
 
 __all__ = [
     "HOSPITAL_RECORD",

@@ -26,7 +26,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from models.privacy import HistoryEntry, compose, epsilon_of, plan_noise_multiplier
+from app.privacy.accounting import (
+    HistoryEntry,
+    compose,
+    epsilon_of,
+    plan_noise_multiplier,
+)
 from strategies.screening import Screened, weighted_metrics
 
 log = logging.getLogger(__name__)

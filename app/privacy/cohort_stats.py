@@ -5,7 +5,8 @@ Before round 1 the server sends every connected hospital a ``query.cohort_stats`
 Message naming what to release and at which epsilon. Each hospital clips its
 *training* features to the dataset's public a-priori bounds and releases its label
 counts, feature sums and sums of squares with Laplace noise
-(:func:`data.dp_stats.release_cohort_stats`, pure epsilon-DP, record-level). The
+(:func:`app.privacy.cohort_release.release_cohort_stats`, pure epsilon-DP,
+record-level). The
 server combines the releases into global means and standard deviations
 (post-processing: no further privacy cost) and sends them with every train and
 evaluate instruction; hospitals, the server's test set and the saved model's
@@ -14,7 +15,7 @@ preprocessing record all use them.
 A hospital releases once per run: the noisy release is kept in its
 ``context.state`` and a repeated query gets the same values back (no new spend).
 The epsilon spent is added to the hospital's reported DP-SGD epsilon
-(:mod:`app.local_dp`).
+(:mod:`app.privacy.local_dp`).
 """
 
 from __future__ import annotations
@@ -30,18 +31,18 @@ from flwr.app import ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from app.config import RunConfig
-from data.base import raw_splits
-from data.dp_stats import (
+from app.privacy.accounting import PrivacyBudgetExhausted
+from app.privacy.cohort_release import (
     CohortRelease,
     FeatureBounds,
     combine_releases,
     feature_noise_std,
     release_cohort_stats,
 )
+from data.base import raw_splits
 from data.preprocessing import Standardizer
 from data.registry import DATASETS
 from data.spec import HospitalData
-from models.privacy import PrivacyBudgetExhausted
 from strategies.sampling import FederationStopped, NodeSampler
 from strategies.screening import HOSPITAL_RECORD, hospital_of
 

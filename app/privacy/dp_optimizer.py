@@ -1,6 +1,6 @@
 """Opacus' DP optimiser, extended to per-record gradients kept implicit (book-keeping).
 
-:func:`models.per_sample.per_sample_layers` with ``book_keeping`` leaves some
+:func:`app.privacy.per_sample.per_sample_layers` with ``book_keeping`` leaves some
 convolution weights without ``grad_sample``: their per-record gradients would be
 larger than the layer's activations, so the layer keeps its input, its output
 gradient and each record's squared gradient norm (from Gram matrices) instead.
@@ -19,7 +19,7 @@ import torch
 from opacus.optimizers import DPOptimizer
 from torch import nn
 
-from models.per_sample import Deferred
+from app.privacy.per_sample import Deferred
 
 
 def _deferred(param: nn.Parameter) -> Deferred | None:

@@ -4,10 +4,10 @@ The caller carries the accountant history across rounds.
 
 Model-agnostic: any module Opacus' ModuleValidator accepts (no BatchNorm, no
 in-place ops on hooked activations) trains here, tabular or imaging. Per-sample
-gradients come from :mod:`models.per_sample` (``grad_sampler="layers"``, the
+gradients come from :mod:`app.privacy.per_sample` (``grad_sampler="layers"``, the
 default: computed inside each layer's backward, no summed weight gradient,
 book-keeping for convolutions on small feature maps) or from Opacus' own hooks
-(``"opacus"``, also used for any model with a layer ``models.per_sample`` has no
+(``"opacus"``, also used for any model with a layer ``app.privacy.per_sample`` has no
 rule for). Opacus does the Poisson sampling, noise and accounting either way, and
 the clipping rule is Opacus'. State-dict keys are unchanged because the model is
 never wrapped.
@@ -28,10 +28,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from data.spec import Split
-from models.dp_optimizer import BookKeepingDPOptimizer
-from models.per_sample import per_sample_layers, unsupported_layers
-from models.privacy import (
+from app.privacy.accounting import (
     HistoryEntry,
     PrivacyBudgetExhausted,
     compose,
@@ -39,6 +36,9 @@ from models.privacy import (
     new_accountant,
     plan_noise_multiplier,
 )
+from app.privacy.dp_optimizer import BookKeepingDPOptimizer
+from app.privacy.per_sample import per_sample_layers, unsupported_layers
+from data.spec import Split
 from models.training import OPTIMIZERS, TrainSettings, make_loader
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ def private_training(
         max_grad_norm=dp.max_grad_norm,
         poisson_sampling=True,
         noise_generator=noise_generator,
-        # "no_op": Opacus leaves per-sample gradients to us (models.per_sample).
+        # "no_op": Opacus leaves per-sample gradients to us (app.privacy.per_sample).
         grad_sample_mode="no_op" if layers else "hooks",
         wrap_model=False,
     )

@@ -5,7 +5,8 @@ rounds (the accountant history, the planned noise multiplier) is kept in one
 ConfigRecord of the node's ``context.state``, which never leaves the hospital.
 
 With ``normalisation = "dp-global"`` the hospital has also released its cohort
-statistics with the Laplace mechanism (pure ``eps_stats``-DP, :mod:`app.cohort_stats`).
+statistics with the Laplace mechanism (pure ``eps_stats``-DP,
+:mod:`app.privacy.cohort_stats`).
 By basic sequential composition the hospital's total guarantee is
 ``(eps_sgd(delta) + eps_stats, delta)``: the reported epsilon, the budget check and
 the planned noise all use this total.
@@ -22,17 +23,17 @@ import torch
 from flwr.app import ConfigRecord, RecordDict
 from torch import nn
 
-from app.cohort_stats import stats_epsilon_spent
 from app.config import RunConfig
-from data.spec import Split
-from models.dp_training import (
+from app.privacy.accounting import epsilon_of, history_from_record, history_to_record
+from app.privacy.cohort_stats import stats_epsilon_spent
+from app.privacy.dp_sgd import (
     DPSettings,
     check_budget,
     planned_noise_multiplier,
     sample_rate,
     train_dp,
 )
-from models.privacy import epsilon_of, history_from_record, history_to_record
+from data.spec import Split
 from models.training import TrainSettings
 
 log = logging.getLogger(__name__)

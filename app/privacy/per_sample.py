@@ -19,7 +19,8 @@ feature maps with many channels, where each record's gradient is larger than
 the layer's activations, keep only each record's squared gradient norm (from
 Gram matrices: ghost norms, Li et al. 2022, Bu et al. 2022) plus the
 layer's input and output gradient; the clipped sum is formed after clipping, in
-one weight-gradient pass (book-keeping, Bu et al. 2023; :mod:`models.dp_optimizer`).
+one weight-gradient pass (book-keeping, Bu et al. 2023;
+:mod:`app.privacy.dp_optimizer`).
 
 The replacements hold the very same ``Parameter`` objects under the same names,
 so optimiser references and ``state_dict`` keys do not change, and
@@ -476,7 +477,7 @@ def per_sample_layers(
     loss combines records ("mean" or "sum"), as for Opacus. With ``book_keeping``,
     convolutions whose per-record gradients cost more than their Gram matrices
     leave ``param.deferred`` (a :class:`Deferred`) instead of ``param.grad_sample``:
-    only an optimiser that understands it (``models.dp_optimizer``) may step then.
+    only an optimiser that understands it (``app.privacy.dp_optimizer``) may step then.
 
     Raises
     ------

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.config import RunConfig
-from strategies.central_dp import CentralDP, GaussianNoise
+from app.privacy.central_dp import CentralDP, GaussianNoise
 
 BUDGET_REASON = "privacy budget exhausted"
 COMPOSITION = (

@@ -9,7 +9,7 @@ its "out" set), so it knows membership for the shadow models. An attack classifi
 learns to tell "in" from "out" from a shadow model's output on a record (sorted
 class probabilities, the probability and loss of the true class, the true class);
 applied to the target model's outputs it scores the target's members against its
-non-members (ROC AUC and TPR at 1% FPR, :func:`models.membership.score_attack`).
+non-members (ROC AUC and TPR at 1% FPR, :func:`app.privacy.membership.score_attack`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import torch
 from sklearn.ensemble import HistGradientBoostingClassifier
 from torch import nn
 
+from app.privacy.membership import AttackResult, score_attack
 from data.spec import Split
-from models.membership import AttackResult, score_attack
 from models.training import TrainSettings, make_loader, predict_proba, train_epochs
 
 # Train a fresh model of the target's architecture on a split (the recipe).

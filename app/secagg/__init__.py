@@ -3,67 +3,14 @@
 With ``secure-aggregation = true`` the server learns only the sum of the updates.
 
 ``aggregation-encryption`` picks the mechanism: ``masking`` (SecAgg+, default) or
-``ckks`` (TenSEAL homomorphic encryption). Adding one = one module + one line here.
+``ckks`` (TenSEAL homomorphic encryption). Adding one = one module + one line
+in ``registry``.
+
+- ``registry``: aggregators by name, built from the run config
+- ``protocol``: wire names shared by both parties; ``params``: validated parameters
+- ``vectors``: flat update vectors, fixed-point encoding, pseudo-random masks
+- ``aggregator``: what every secure aggregator gives the strategy (only a sum)
+- ``secaggplus`` / ``secaggplus_client``: SecAgg+ server and hospital stages
+- ``ckks`` / ``ckks_client``: CKKS server and hospital stages
+- ``client_mod``: the ClientApp's train mod and ``query.*`` handlers
 """
-
-from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any
-
-from strategies.secagg.aggregator import SecureAggregator, SecureSum
-from strategies.secagg.params import SecAggParams
-
-
-def _secaggplus(params: SecAggParams, timeout: float | None) -> SecureAggregator:
-    from strategies.secagg.secaggplus import SecAggPlusAggregator
-
-    return SecAggPlusAggregator(params, timeout=timeout)
-
-
-def _ckks(params: SecAggParams, timeout: float | None) -> SecureAggregator:
-    from strategies.secagg.ckks import CKKSAggregator
-
-    return CKKSAggregator(params, timeout=timeout)
-
-
-# Strategies whose aggregate is a weighted sum of updates, all secure aggregation
-# can reveal; robust ones (median, Krum, ...) and server optimisers are not.
-SECURE_STRATEGIES = ("fedavg", "fedprox")
-
-AGGREGATORS: dict[str, Callable[[SecAggParams, float | None], SecureAggregator]] = {
-    "masking": _secaggplus,
-    "ckks": _ckks,
-}
-
-
-def params_from_config(cfg: Any, **overrides: Any) -> SecAggParams:
-    """SecAggParams from a RunConfig's ``secagg-*`` keys (raises ValueError)."""
-    values = {
-        "num_shares": cfg.secagg_num_shares,
-        "threshold": cfg.secagg_reconstruction_threshold,
-        "clipping_range": cfg.secagg_clipping_range,
-        "quantization_range": cfg.secagg_quantization_range,
-        "max_weight": cfg.secagg_max_weight,
-    }
-    values.update(overrides)
-    return SecAggParams(**values)
-
-
-def secure_aggregator(cfg: Any, **overrides: Any) -> SecureAggregator | None:
-    """Build the aggregator a RunConfig asks for (None when it is off)."""
-    if not cfg.secure_aggregation:
-        return None
-    factory = AGGREGATORS[cfg.aggregation_encryption]
-    return factory(params_from_config(cfg, **overrides), cfg.round_timeout)
-
-
-__all__ = [
-    "AGGREGATORS",
-    "SECURE_STRATEGIES",
-    "SecAggParams",
-    "SecureAggregator",
-    "SecureSum",
-    "params_from_config",
-    "secure_aggregator",
-]

@@ -11,8 +11,8 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from app.secagg.vectors import Layout
 from strategies.screening import hospital_of, note_problem
-from strategies.secagg.vectors import Layout
 
 log = logging.getLogger(__name__)
 

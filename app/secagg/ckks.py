@@ -23,12 +23,12 @@ import tenseal as ts
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from app.secagg import protocol as P
+from app.secagg.aggregator import SecureSum, StagedExchange
+from app.secagg.params import SecAggParams
+from app.secagg.vectors import Layout
 from strategies.fedavg import hospital_of
 from strategies.screening import note_problem
-from strategies.secagg import protocol as P
-from strategies.secagg.aggregator import SecureSum, StagedExchange
-from strategies.secagg.params import SecAggParams
-from strategies.secagg.vectors import Layout
 
 log = logging.getLogger(__name__)
 

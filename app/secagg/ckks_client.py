@@ -37,11 +37,11 @@ from flwr.supercore.primitives.asymmetric import (
     public_key_to_bytes,
 )
 
-from app.hospital import hospital_name
+from app.client.hospital import hospital_name
+from app.secagg import protocol as P
+from app.secagg.ckks import fingerprint
+from app.secagg.vectors import Layout, protect_update
 from strategies.fedavg import HOSPITAL_RECORD
-from strategies.secagg import protocol as P
-from strategies.secagg.ckks import fingerprint
-from strategies.secagg.vectors import Layout, protect_update
 
 log = logging.getLogger(__name__)
 RECORD = P.CKKS_RECORD

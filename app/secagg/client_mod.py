@@ -7,8 +7,8 @@ from collections.abc import Callable
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from app import secagg_client
-from strategies.secagg import protocol as P
+from app.secagg import protocol as P
+from app.secagg import secaggplus_client as secagg_client
 
 Handler = Callable[[Message, Context], Message]
 TrainWrapper = Callable[[Message, Context, Handler], Message]
@@ -19,7 +19,7 @@ TRAIN_WRAPPERS: dict[str, TrainWrapper] = {P.RECORD: secagg_client.masked_train}
 QUERY_HANDLERS: dict[str, Handler] = dict(secagg_client.QUERY_HANDLERS)
 
 try:  # CKKS needs the optional ``he`` extra (TenSEAL)
-    from app import ckks_client
+    from app.secagg import ckks_client
 except ImportError:  # pragma: no cover - exercised only without tenseal
     ckks_client = None  # type: ignore[assignment]
 else:

@@ -32,11 +32,11 @@ from flwr.supercore.primitives.asymmetric import (
     bytes_to_public_key,
 )
 
+from app.secagg import protocol as P
+from app.secagg.aggregator import SecureSum, StagedExchange
+from app.secagg.params import SecAggParams
+from app.secagg.vectors import Layout, decode_sum, mask
 from strategies.screening import note_problem
-from strategies.secagg import protocol as P
-from strategies.secagg.aggregator import SecureSum, StagedExchange
-from strategies.secagg.params import SecAggParams
-from strategies.secagg.vectors import Layout, decode_sum, mask
 
 log = logging.getLogger(__name__)
 

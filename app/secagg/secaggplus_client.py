@@ -41,10 +41,10 @@ from flwr.supercore.primitives.asymmetric import (
     public_key_to_bytes,
 )
 
-from app.hospital import hospital_name
+from app.client.hospital import hospital_name
+from app.secagg import protocol as P
+from app.secagg.vectors import Layout, encode, mask, protect_update, weight_level
 from strategies.fedavg import HOSPITAL_RECORD
-from strategies.secagg import protocol as P
-from strategies.secagg.vectors import Layout, encode, mask, protect_update, weight_level
 
 log = logging.getLogger(__name__)
 SECAGG_ERROR_CODE = 4101

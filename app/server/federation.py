@@ -20,20 +20,23 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid
 
-from app.checkpoints import (
+from app.client.hospital import model_spec, task_contract
+from app.config import RunConfig
+from app.privacy.cohort_stats import GLOBAL_NORMALISERS, GlobalNormalisation
+from app.privacy.server import PrivacyReport, with_privacy
+from app.secagg.registry import secure_aggregator
+from app.server.averaging import ModelEMA
+from app.server.checkpoints import (
     Checkpoint,
     check_resumable,
     load_checkpoint,
     save_checkpoint,
     set_rng_state,
 )
-from app.cohort_stats import GLOBAL_NORMALISERS, GlobalNormalisation
-from app.config import RunConfig
-from app.hospital import model_spec, task_contract
-from app.privacy import PrivacyReport, with_privacy
-from app.report import roc_curves, write_report
-from app.run_outputs import RunRecorder
-from app.tensorboard_log import TensorBoardLogger
+from app.server.outputs import RunRecorder
+from app.server.report import roc_curves, write_report
+from app.server.runner import RoundHook, RoundRunner, RunResult
+from app.server.tensorboard import TensorBoardLogger
 from data.registry import get_dataset
 from data.spec import Split
 from models.checkpoint import load_model, save_model
@@ -46,11 +49,8 @@ from models.training import (
     set_deterministic,
 )
 from strategies import STRATEGY_OPTIONS, build_strategy
-from strategies.averaging import ModelEMA
-from strategies.runner import RoundHook, RoundRunner, RunResult
 from strategies.sampling import FederationStopped
 from strategies.screening import FEDERATED_EVALUATE, Screened
-from strategies.secagg import secure_aggregator
 
 log = logging.getLogger(__name__)
 

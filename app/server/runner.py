@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
-from strategies.averaging import ModelEMA
+from app.server.averaging import ModelEMA
 from strategies.sampling import FederationStopped
 from strategies.screening import Screened
 

@@ -1,6 +1,6 @@
 """ClientApp handlers for vertical FL (``query.vfl_*`` and ``query.psi_*`` messages).
 
-Each handler translates one Message into a :class:`models.split_party.PartySession`
+Each handler translates one Message into a :class:`app.vertical.party.PartySession`
 call. The party's PSI candidates, models and optimizer buffers live in
 ``context.state`` between messages and never leave the node. Replies carry
 counts, PSI bytes, embeddings, gradients or aggregate metrics only.
@@ -15,13 +15,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from app.client.hospital import hospital_name, train_settings
 from app.config import RunConfig
-from app.hospital import hospital_name, train_settings
 from app.logs import route_to_flower
+from app.vertical.data import load_party
+from app.vertical.party import PartySession, PartyState, VerticalSettings
+from app.vertical.psi import PSI_ACTIONS, PsiError
 from data.spec import DataError
-from data.vertical import load_party
-from models.split_party import PartySession, PartyState, VerticalSettings
-from strategies.psi import PSI_ACTIONS, PsiError
 
 log = logging.getLogger(__name__)
 

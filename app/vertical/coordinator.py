@@ -19,8 +19,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from data.vertical import split_positions
-from strategies.psi import AlignmentReport, run_alignment
+from app.vertical.data import split_positions
+from app.vertical.psi import AlignmentReport, run_alignment
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.vertical import VerticalParty, split_positions, standardized_features
-from models.metrics import classification_metrics
-from models.split import (
+from app.vertical.data import VerticalParty, split_positions, standardized_features
+from app.vertical.psi import (
+    PSI_ACTIONS,
+    PsiError,
+    PsiPartyState,
+    aligned_rows,
+    handle_psi,
+    normalise_ids,
+)
+from app.vertical.split import (
     BottomModel,
     BottomStep,
     TopModel,
@@ -27,15 +34,8 @@ from models.split import (
     make_optimizer,
     optimizer_state,
 )
+from models.metrics import classification_metrics
 from models.training import TrainSettings
-from strategies.psi import (
-    PSI_ACTIONS,
-    PsiError,
-    PsiPartyState,
-    aligned_rows,
-    handle_psi,
-    normalise_ids,
-)
 
 Tensors = dict[str, torch.Tensor]
 

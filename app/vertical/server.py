@@ -19,9 +19,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from flwr.serverapp import Grid
 
 from app.config import RunConfig
-from app.run_outputs import RunRecorder
-from app.vertical_client import PAYLOAD, TENSORS
-from strategies.vertical import (
+from app.server.outputs import RunRecorder
+from app.vertical.client import PAYLOAD, TENSORS
+from app.vertical.coordinator import (
     Tensors,
     VerticalPlan,
     VerticalProtocolError,

@@ -100,14 +100,14 @@ def _load_suites() -> None:
 
 # Modules holding suites; one line per module.
 SUITE_MODULES: list[str] = [
-    "scripts.bench_vertical",
-    "scripts.bench_personalization",
-    "scripts.bench_poisoning",
-    "scripts.bench_secagg",
-    "scripts.benchmark_privacy",
-    "scripts.bench_dp_step",
-    "scripts.bench_suites",
-    "scripts.bench_imaging",
+    "scripts.benchmarks.vertical",
+    "scripts.benchmarks.personalization",
+    "scripts.benchmarks.poisoning",
+    "scripts.benchmarks.secagg",
+    "scripts.benchmarks.privacy",
+    "scripts.benchmarks.dp_step",
+    "scripts.benchmarks.suites",
+    "scripts.benchmarks.imaging",
 ]
 
 

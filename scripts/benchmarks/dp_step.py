@@ -2,7 +2,7 @@
 
 For the default model of each task (``models.DEFAULT_MODELS``) at the run config's
 default batch size, in one process: a plain optimiser step against a DP-SGD step
-set up exactly as ``models.dp_training.train_dp`` does (``private_training``:
+set up exactly as ``app.privacy.dp_sgd.train_dp`` does (``private_training``:
 Poisson sampling, Opacus' DPOptimizer), both on the same synthetic inputs, once
 per way of computing per-sample gradients (``dp-grad-sampler``: ``layers``, the
 default, and Opacus' ``hooks``). Plain and DP steps alternate, so a busy machine
@@ -24,17 +24,17 @@ import torch
 from torch import nn
 
 from app.config import RunConfig
-from data.spec import DatasetInfo, Split
-from models import DEFAULT_MODELS, build_model, input_kwargs
-from models.dp_training import (
+from app.privacy.dp_sgd import (
     DEFAULT_GRAD_SAMPLER,
     GRAD_SAMPLERS,
     DPSettings,
     check_dp_compatible,
     private_training,
 )
+from data.spec import DatasetInfo, Split
+from models import DEFAULT_MODELS, build_model, input_kwargs
 from models.training import make_loader, pick_device
-from scripts.benchmark import BenchmarkResult, register
+from scripts.benchmarks.core import BenchmarkResult, register
 
 GOAL_RATIO = 1.5
 
@@ -213,7 +213,7 @@ def run_suite(args: argparse.Namespace) -> BenchmarkResult:
         "Median over alternating plain and DP steps after a warm-up; synthetic "
         "inputs of the real shapes (heart disease 13 features, BreastMNIST 1x28x28).",
         "DP step = per-sample gradients in backward (grad_sampler 'layers': "
-        "models.per_sample, the default; 'opacus': Opacus hooks) + Opacus "
+        "app.privacy.per_sample, the default; 'opacus': Opacus hooks) + Opacus "
         "DPOptimizer (per-sample clipping, Gaussian noise) with Poisson batches of "
         "the same expected size, as local DP training runs it.",
     ]

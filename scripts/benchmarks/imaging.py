@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
+from app.client.hospital import model_spec, train_settings
 from app.client_app import app as client_app
 from app.config import RunConfig
-from app.federation import BestRound
-from app.hospital import model_spec, train_settings
-from app.inprocess import full_run_config, run_inprocess
+from app.server.averaging import ModelEMA
+from app.server.federation import BestRound
 from app.server_app import app as server_app
 from data.registry import get_dataset
 from data.spec import Split
@@ -44,9 +44,9 @@ from models.training import (
     scheduled_learning_rate,
     train_epochs,
 )
-from scripts.benchmark import BenchmarkResult, default_data_root, register
+from scripts.benchmarks.core import BenchmarkResult, default_data_root, register
 from scripts.evaluate import clinical_report
-from strategies.averaging import ModelEMA
+from scripts.harness.inprocess import full_run_config, run_inprocess
 
 GOAL_AUC = 0.90
 REFERENCE = "MedMNIST v2 centralized ResNet-18 (28x28): test AUC 0.901, accuracy 0.863"

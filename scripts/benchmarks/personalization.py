@@ -24,9 +24,9 @@ import torch
 from flwr.app import Message
 
 from app.client_app import app as client_app
-from app.inprocess import InProcessGrid, full_run_config, server_context
 from app.server_app import app as server_app
-from scripts.benchmark import BenchmarkResult, default_data_root, register
+from scripts.benchmarks.core import BenchmarkResult, default_data_root, register
+from scripts.harness.inprocess import InProcessGrid, full_run_config, server_context
 from strategies.fedavg import hospital_of
 
 SOURCE = ("processed.cleveland.data", "processed.hungarian.data")

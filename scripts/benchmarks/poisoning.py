@@ -1,8 +1,10 @@
 """Benchmark suite ``poisoning``: robust aggregation against poisoning hospitals.
 
-Runs the real ServerApp and ClientApp in-process (:mod:`app.inprocess`) on WDBC
+Runs the real ServerApp and ClientApp in-process
+(:mod:`scripts.harness.inprocess`) on WDBC
 with 10 hospitals, once clean and once with 20% of the hospitals (the lowest
-partition ids) sending sign-flipped, 10x-scaled updates (:mod:`app.poisoning`,
+partition ids) sending sign-flipped, 10x-scaled updates
+(:mod:`scripts.harness.poisoning`,
 a simulation-only test harness), for FedAvg and each robust strategy.
 Reported: final server-side test accuracy (mean over seeds) and its drop.
 """
@@ -15,7 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from scripts.benchmark import BenchmarkResult, register
+from scripts.benchmarks.core import BenchmarkResult, register
 from scripts.flower_env import project_root
 
 STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum")
@@ -44,8 +46,8 @@ def poisoning(args: argparse.Namespace) -> BenchmarkResult:
     import torch
 
     from app.client_app import app as client_app
-    from app.inprocess import full_run_config, run_inprocess
     from app.server_app import app as server_app
+    from scripts.harness.inprocess import full_run_config, run_inprocess
 
     torch.set_num_threads(1)
     rounds = 5 if args.quick else 10

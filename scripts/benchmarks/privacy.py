@@ -28,19 +28,19 @@ import numpy as np
 import torch
 
 from app import client_app, server_app
-from app.cohort_stats import dataset_bounds
 from app.config import RunConfig
-from app.inprocess import full_run_config, run_inprocess
-from data.dp_stats import combine_releases, release_cohort_stats
+from app.privacy.cohort_release import combine_releases, release_cohort_stats
+from app.privacy.cohort_stats import dataset_bounds
+from app.privacy.membership import audit_model
+from app.privacy.shadow import fit_shadow_attack, shadow_attack, split_attacker_data
 from data.spec import Split
 from data.tabular import read_heart_file
 from models.checkpoint import load_model
-from models.membership import audit_model
-from models.shadow import fit_shadow_attack, shadow_attack, split_attacker_data
 from scripts.audit import all_sites, preprocessed, shadow_recipe
-from scripts.bench_dp_step import default_row, dp_step_rows
-from scripts.benchmark import BenchmarkResult, default_data_root, register
+from scripts.benchmarks.core import BenchmarkResult, default_data_root, register
+from scripts.benchmarks.dp_step import default_row, dp_step_rows
 from scripts.flower_env import project_root
+from scripts.harness.inprocess import full_run_config, run_inprocess
 
 # Hyperparameters shared by the DP and non-DP runs (only the dp-* keys differ).
 TASK = {

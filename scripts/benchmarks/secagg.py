@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from app.client_app import app as client_app
-from app.inprocess import full_run_config, run_inprocess
 from app.server_app import app as server_app
-from scripts.benchmark import BenchmarkResult, default_data_root, register
+from scripts.benchmarks.core import BenchmarkResult, default_data_root, register
+from scripts.harness.inprocess import full_run_config, run_inprocess
 
 
 def _modes() -> dict[str, dict[str, Any]]:

@@ -1,7 +1,8 @@
 """Benchmark suites ``heart``, ``cost`` and ``scale`` (``medflower benchmark <suite>``).
 
 Federated runs go through the real ServerApp and ClientApp: in-process with
-:func:`app.inprocess.run_inprocess` (messages serialised as on the wire, no Ray)
+:func:`scripts.harness.inprocess.run_inprocess` (messages serialised as on the
+wire, no Ray)
 for ``heart`` and ``cost``, and as real ``flwr run`` simulations for ``scale``.
 Baselines (pooled, local-only) reuse the same model, preprocessing, optimiser and
 training loop (``models.training``) for the same number of epochs.
@@ -27,18 +28,18 @@ import sklearn
 import torch
 from matplotlib.figure import Figure
 
+from app.client.hospital import model_spec, train_settings
 from app.client_app import app as client_app
 from app.config import RunConfig
-from app.hospital import model_spec, train_settings
-from app.inprocess import InProcessGrid, full_run_config, run_inprocess
 from app.server_app import app as server_app
 from data.registry import get_dataset
 from data.spec import HospitalData, Split
 from models.checkpoint import load_model
 from models.training import evaluate_split, make_loader, train_epochs
-from scripts.bench_dp_step import StepCase, step_times
-from scripts.benchmark import BenchmarkResult, default_data_root, register
+from scripts.benchmarks.core import BenchmarkResult, default_data_root, register
+from scripts.benchmarks.dp_step import StepCase, step_times
 from scripts.flower_env import project_root
+from scripts.harness.inprocess import InProcessGrid, full_run_config, run_inprocess
 
 log = logging.getLogger(__name__)
 CPU = torch.device("cpu")

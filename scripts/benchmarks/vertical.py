@@ -21,22 +21,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.vertical import (
+from app.vertical.data import (
     VerticalParty,
     simulate_parties,
     split_positions,
     standardized_features,
 )
-from models.metrics import classification_metrics
-from models.split import BottomModel, SplitNetwork, TopModel
-from scripts.benchmark import BenchmarkResult, default_data_root, register
-from strategies.psi import (
+from app.vertical.psi import (
     align_in_memory,
     client_intersect,
     client_request,
     server_response,
     server_setup,
 )
+from app.vertical.split import BottomModel, SplitNetwork, TopModel
+from models.metrics import classification_metrics
+from scripts.benchmarks.core import BenchmarkResult, default_data_root, register
 
 PSI_IDS_PER_PARTY = 10_000
 PSI_BUDGET_S = 10.0
@@ -97,8 +97,8 @@ def run_federated(cfg: dict[str, Any], num_parties: int) -> dict[str, Any]:
     from flwr.app import Context, RecordDict
 
     from app.client_app import app as client_app
-    from app.inprocess import InProcessGrid
     from app.server_app import app as server_app
+    from scripts.harness.inprocess import InProcessGrid
 
     with tempfile.TemporaryDirectory() as tmp:
         run_cfg = {**cfg, "output-dir": tmp, "run-name": "vertical"}
@@ -168,7 +168,7 @@ def benchmark_vertical(
 ) -> BenchmarkResult:
     """Run every comparison (WDBC, and heart disease when its folder is given)."""
     torch.set_num_threads(1)
-    from app.inprocess import full_run_config
+    from scripts.harness.inprocess import full_run_config
 
     datasets = [("wdbc", "")] + ([("heart-disease", heart_path)] if heart_path else [])
     rows = []

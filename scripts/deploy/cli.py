@@ -29,8 +29,8 @@ from pathlib import Path
 
 import tomli_w
 
-from scripts import deploy_procs as procs
-from scripts.deploy_pki import (
+from scripts.deploy import processes as procs
+from scripts.deploy.pki import (
     CAFiles,
     DeployError,
     HospitalKeyFiles,
@@ -413,8 +413,8 @@ def check_local_data(
     name: str, data_path: Path, dataset: str, label_column: str
 ) -> str:
     """Load the hospital's data as its ClientApp will; return a one-line summary."""
+    from app.client.hospital import load_local_hospital
     from app.config import RunConfig  # imported late: pulls in torch
-    from app.hospital import load_local_hospital
     from data.spec import DataError
 
     cfg = RunConfig(

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from scripts.deploy_pki import DeployError
+from scripts.deploy.pki import DeployError
 
 RUN_DIR = "run"
 LOG_DIR = "logs"

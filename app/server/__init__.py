@@ -1,0 +1,10 @@
+"""The server's side of a horizontal federation, from run config to final model.
+
+- ``federation``: build, resume, run the rounds, finalize (``ServerApp.main``)
+- ``runner``: the round loop (bounded sampling waits, per-phase timeouts, hooks)
+- ``averaging``: the model-ema average of the global model
+- ``checkpoints``: per-round checkpoints and ``resume-from``
+- ``outputs``: the run's folder (run_config.json, history.json, final_model.pt)
+- ``report``: report.html and its plots, from the run's history
+- ``tensorboard``: optional TensorBoard event files
+"""
