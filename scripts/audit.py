@@ -11,7 +11,6 @@ metrics.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from app.client.hospital import train_settings
 from app.config import RunConfig
+from app.jsonio import dumps
 from app.privacy.membership import AttackResult, audit_model
 from app.privacy.shadow import (
     fit_shadow_attack,
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         },
     }
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(dumps(report), end="")
         return 0
     print(f"Membership-inference audit of {args.model} (dp={cfg.dp})")
     print(

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from app.config import RunConfig
+from app.jsonio import dumps, json_safe, write_json
 from data.base import standardized
 from data.imaging import ImageFolderDataset, MedMNISTDataset, SyntheticLesionsDataset
 from data.preprocessing import Standardizer
@@ -345,19 +346,6 @@ def _print_summary(report: dict[str, Any]) -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe copy: NaN becomes null, numpy scalars plain numbers."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    if isinstance(value, float) and value != value:
-        return None
-    return value
-
-
 # ------------------------------------------------------------------ per site
 
 
@@ -412,17 +400,14 @@ def per_site(args: argparse.Namespace, model: Any, payload: dict[str, Any]) -> i
             for k in keys
         )
         print(f"{name:<{width}}{cells}")
-    result = _clean(
-        {
-            "model": str(args.model),
-            "dataset": cfg.dataset,
-            "data_path": cfg.data_path,
-            "hospitals": rows,
-        }
-    )
+    result = {
+        "model": str(args.model),
+        "dataset": cfg.dataset,
+        "data_path": cfg.data_path,
+        "hospitals": rows,
+    }
     for target in filter(None, (args.json, args.out and args.out / "per_site.json")):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(target, result)
     return 0
 
 
@@ -461,11 +446,10 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         report["figures"] = write_figures(args.out, y, probs, names)
-    report = _clean(report)
-    text = json.dumps(report, indent=2)
+    report = json_safe(report)
     for target in filter(None, (args.json, args.out and args.out / "report.json")):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text + "\n")
-    print(text)  # stdout: the machine-readable report; stderr: the human summary
+        write_json(target, report)
+    # stdout: the machine-readable report; stderr: the human summary
+    print(dumps(report), end="")
     _print_summary(report)
     return 0

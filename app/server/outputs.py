@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from app.config import RunConfig
+from app.jsonio import write_json
 
 OUTPUT_ROOT_ENV = "MEDFLOWER_HOME"
 
@@ -24,26 +24,6 @@ def resolve_output_root(output_dir: str) -> Path:
         return path
     base = os.environ.get(OUTPUT_ROOT_ENV) or os.getcwd()
     return Path(base) / path
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe copy: NaN/inf become null, numpy scalars become floats."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if hasattr(value, "item"):
-        return _clean(value.item())
-    return value
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Write atomically, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(payload), indent=2, sort_keys=False))
-    tmp.replace(path)
 
 
 class RunRecorder:

@@ -8,7 +8,6 @@ and prints the table. Adding a suite is one function plus one registry line.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.jsonio import write_json
 from scripts.flower_env import project_root
 
 
@@ -62,7 +62,7 @@ def write_result(result: BenchmarkResult, out_dir: Path, seconds: float) -> str:
         "plots": result.plots,
         "details": result.details,
     }
-    (out_dir / "results.json").write_text(json.dumps(payload, indent=2, default=str))
+    write_json(out_dir / "results.json", payload)
     text = f"# Benchmark: {result.suite}\n\n" + markdown_table(result.rows)
     if result.summary:
         text += "\n" + "\n".join(f"- {k}: {_fmt(v)}" for k, v in result.summary.items())

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from app.jsonio import write_json
 from scripts.deploy.pki import DeployError
 
 RUN_DIR = "run"
@@ -125,7 +126,7 @@ def start_background(
             start_new_session=True,
         )
     record = ProcessRecord(name, proc.pid, list(argv), str(logf), port)
-    pidf.write_text(json.dumps(asdict(record), indent=2) + "\n")
+    write_json(pidf, asdict(record))
     return record
 
 

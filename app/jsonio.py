@@ -1,0 +1,44 @@
+"""The one JSON writer of medflower: history.json, results.json, reports, pid files.
+
+Every machine-readable output goes through :func:`write_json`, so all of them treat
+non-finite numbers alike (NaN and +-inf become ``null``: JSON has no such numbers)
+and a reader never sees half a file (write to a temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def json_safe(value: Any) -> Any:
+    """A JSON-safe copy: NaN/inf become None, numpy scalars and arrays plain values.
+
+    Paths and other unknown objects become their ``str``.
+    """
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "tolist"):  # numpy scalars and arrays, torch tensors
+        return json_safe(value.tolist())
+    return str(value)
+
+
+def dumps(payload: Any) -> str:
+    """``payload`` as indented JSON text (after :func:`json_safe`), newline-ended."""
+    return json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n"
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write ``payload`` to ``path`` atomically; parent folders are created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(dumps(payload))
+    tmp.replace(path)
