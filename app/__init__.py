@@ -1,1 +1,14 @@
-"""Flower ServerApp and ClientApp of medflower (thin Message <-> Python handlers)."""
+"""medflower's Flower apps and every feature that serves them, one home each.
+
+- ``server_app``, ``client_app``: the thin Flower ServerApp and ClientApp
+  (Message <-> Python only; ``pyproject.toml`` names them)
+- ``config``: the run configuration, parsed once into a frozen, validated record
+- ``server/``: the federation loop, round runner, model averaging, checkpoints,
+  run outputs (history.json, final_model.pt) and the report
+- ``client/``: which data a hospital reads and which model it builds
+- ``privacy/``: accounting, DP-SGD, per-sample gradients, central DP, cohort
+  statistics, membership-inference audits
+- ``secagg/``: secure aggregation (SecAgg+ and CKKS), server and hospital stages
+- ``vertical/``: vertical FL (PSI, split networks, parties, coordinator)
+- ``logs``, ``jsonio``: log routing and the one JSON writer
+"""
