@@ -5,7 +5,8 @@ trained on). ``--attack loss`` (default): loss and confidence thresholds.
 ``--attack shadow``: a shadow-model attack (:mod:`app.privacy.shadow`) whose attacker
 holds half of every hospital's held-out records; the attack is scored on the other
 half. Run it where those records are (at the hospital): it prints only attack
-metrics.
+metrics. Its arguments are declared in :mod:`scripts.audit_cli` (light, for
+``--help``).
 """
 
 from __future__ import annotations
@@ -33,42 +34,6 @@ from data.spec import HospitalData, Split
 from models import ModelSpec
 from models.checkpoint import load_model
 from models.training import pick_device
-
-ATTACKS = ("loss", "shadow")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Membership-inference audit of a saved final_model.pt."
-    parser.add_argument("--model", required=True, type=Path, help="a final_model.pt")
-    parser.add_argument(
-        "--data",
-        default=None,
-        help="dataset of the run: 'wdbc' or a heart-disease directory "
-        "(default: the one recorded in the model file)",
-    )
-    parser.add_argument(
-        "--hospitals",
-        type=int,
-        default=None,
-        help="hospitals in the federation (default: number of "
-        "heart-disease files, else 4)",
-    )
-    parser.add_argument(
-        "--hospital",
-        default="all",
-        help="audit one hospital (index or name) or 'all' (default)",
-    )
-    parser.add_argument(
-        "--attack",
-        choices=ATTACKS,
-        default="loss",
-        help="loss: loss/confidence thresholds (default); shadow: shadow models",
-    )
-    parser.add_argument(
-        "--shadow-models", type=int, default=4, help="--attack shadow: how many"
-    )
-    parser.add_argument("--json", action="store_true", help="print JSON only")
-    parser.add_argument("--device", default="auto")
 
 
 def audit_sites(

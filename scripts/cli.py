@@ -1,37 +1,64 @@
-"""``medflower``: the project's command line (``simulate``, ``evaluate``)."""
+"""``medflower``: the project's command line (``simulate``, ``evaluate``, ...).
+
+Commands are registered by module name and imported only when chosen, so
+``medflower --help`` answers at once: a command's module must keep its
+``add_arguments`` free of torch, MONAI and Flower imports (import them in ``run``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Sequence
+from types import ModuleType
 
-from scripts import audit, evaluate, simulate
-from scripts.benchmarks import core as benchmark
-from scripts.deploy import cli as deploy
+# openmined-psi pins a protobuf runtime newer than the one Flower's generated code
+# was built for: harmless, but each process printed the mismatch nine times. Filtered
+# here, where the process starts and before anything imports protobuf (so this
+# module imports only the standard library); Flower's own processes (SuperLink,
+# simulation, Ray workers) get the same filter through PYTHONWARNINGS.
+warnings.filterwarnings("ignore", "Protobuf gencode version", UserWarning)
 
-# Subcommand name -> (registers its arguments, runs it). Other modules add theirs.
-COMMANDS: dict[
-    str,
-    tuple[
-        Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]
-    ],
-] = {
-    "simulate": (simulate.add_arguments, simulate.run),
-    "evaluate": (evaluate.add_arguments, evaluate.run),
-    "deploy": (deploy.add_arguments, deploy.run),
-    "benchmark": (benchmark.add_arguments, benchmark.run),
-    "audit": (audit.add_arguments, audit.run),
+# Subcommand -> (module defining ``add_arguments(parser)`` and ``run(args) -> int``,
+# one-line help). Adding a command = one module + one line here.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "simulate": ("scripts.simulate", "simulate N hospitals with `flwr run --stream`"),
+    "evaluate": ("scripts.evaluate_cli", "evaluate a saved model on held-out data"),
+    "audit": ("scripts.audit_cli", "membership-inference audit of a saved model"),
+    "deploy": ("scripts.deploy.cli", "run across hospitals with Flower's engine"),
+    "benchmark": ("scripts.benchmarks.core", "run a benchmark suite"),
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def command_module(name: str) -> ModuleType:
+    """Import the module that implements subcommand ``name``."""
+    return importlib.import_module(COMMANDS[name][0])
+
+
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (its first positional), if any."""
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    return first if first in COMMANDS else None
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The parser for ``argv``: every command listed, only the chosen one filled in."""
     parser = argparse.ArgumentParser(prog="medflower", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (add_arguments, _) in COMMANDS.items():
-        add_arguments(sub.add_parser(name))
-    args = parser.parse_args(argv)
-    return COMMANDS[args.command][1](args)
+    chosen = chosen_command(argv)
+    for name, (_, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            command_module(name).add_arguments(command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    return command_module(args.command).run(args)
 
 
 if __name__ == "__main__":
