@@ -347,25 +347,13 @@ class SecAggPlusAggregator(StagedExchange):
         masked: dict[int, np.ndarray],
         ledger_entry: dict,
     ) -> SecureSum:
+        """Unmask the sum of the survivors' masked vectors (SecAgg+ round 4)."""
         survivors = set(masked)
         dropped = set(state.holds) - survivors
         state.report.update(masked=len(survivors), dropped_after_keys=len(dropped))
         if len(survivors) < 2:
             raise ProtocolAbort(f"only {len(survivors)} masked update(s) arrived")
-        # Pairwise masks to cancel: survivor j masked with every node whose share it
-        # holds; for a dropped d, both ends never cancel, so sk1(d) is rebuilt.
-        needed_dead = {d for j in survivors for d in state.holds[j] if d in dropped}
-        holders_of: dict[int, set[int]] = {n: set() for n in state.holds}
-        for holder, owners in state.holds.items():
-            for owner in owners:
-                holders_of[owner].add(holder)
-        for nid in survivors | needed_dead:
-            if len(holders_of[nid] & survivors) < state.threshold:
-                raise ProtocolAbort(
-                    f"a {'dropped' if nid in dropped else 'surviving'} hospital's "
-                    "secret "
-                    f"has fewer than {state.threshold} surviving share holders"
-                )
+        needed_dead = _recoverable_dead(state, survivors, dropped)
         records = {
             j: ConfigRecord(
                 {
@@ -379,47 +367,8 @@ class SecAggPlusAggregator(StagedExchange):
             state, self._ask(state, P.UNMASK, records), "unmask", ledger_entry
         )
         state.report["unmask_answers"] = len(answers)
-        shares: dict[int, list[bytes]] = {n: [] for n in survivors | needed_dead}
-        for holder, record in answers.items():
-            ids = cast(list[int], record.get(P.NODE_IDS, []))
-            values = cast(list[bytes], record.get(P.SHARES, []))
-            expected = set(records[holder][P.ACTIVE]) | set(records[holder][P.DEAD])  # type: ignore[arg-type]
-            if len(ids) != len(values) or not set(ids) <= expected:
-                continue
-            for owner, share in zip(ids, values, strict=True):
-                if owner in shares:
-                    shares[owner].append(share)
-        length = state.layout.size + 1
-        total = np.zeros(length, dtype=np.uint64)
-        for vector in masked.values():
-            total += vector  # uint64 wrap-around is arithmetic mod 2**64
-        for nid, owner_shares in shares.items():
-            if len(owner_shares) < state.threshold:
-                raise ProtocolAbort(
-                    f"{len(owner_shares)} shares arrived for a secret that needs "
-                    f"{state.threshold}"
-                )
-            try:
-                secret = combine_shares(owner_shares[: state.threshold])
-            except ValueError as err:
-                raise ProtocolAbort(f"share reconstruction failed: {err}") from None
-            if nid in survivors:
-                total -= mask(secret, length)
-                continue
-            sk1 = bytes_to_private_key(secret)
-            for j in survivors:
-                if nid not in state.holds[j]:
-                    continue
-                pairwise = mask(
-                    generate_shared_key(
-                        sk1, bytes_to_public_key(state.public_keys[j][0])
-                    ),
-                    length,
-                )
-                if j > nid:
-                    total -= pairwise  # j added it
-                else:
-                    total += pairwise  # j subtracted it
+        shares = _collect_shares(answers, records, survivors | needed_dead)
+        total = _remove_masks(state, masked, shares)
         weighted, total_weight = decode_sum(
             total,
             len(survivors),
@@ -448,3 +397,90 @@ class SecAggPlusAggregator(StagedExchange):
         ledger_entry["skipped"] = f"secure aggregation: {reason}"
         if state is not None:
             ledger_entry["secure_aggregation"] = state.report
+
+
+def _recoverable_dead(
+    state: _RoundState, survivors: set[int], dropped: set[int]
+) -> set[int]:
+    """The dropped hospitals whose key must be rebuilt; aborts if a secret can't be.
+
+    Pairwise masks to cancel: survivor j masked with every node whose share it
+    holds; for a dropped d, both ends never cancel, so sk1(d) is rebuilt.
+    """
+    needed_dead = {d for j in survivors for d in state.holds[j] if d in dropped}
+    holders_of: dict[int, set[int]] = {n: set() for n in state.holds}
+    for holder, owners in state.holds.items():
+        for owner in owners:
+            holders_of[owner].add(holder)
+    for nid in survivors | needed_dead:
+        if len(holders_of[nid] & survivors) < state.threshold:
+            raise ProtocolAbort(
+                f"a {'dropped' if nid in dropped else 'surviving'} hospital's "
+                "secret "
+                f"has fewer than {state.threshold} surviving share holders"
+            )
+    return needed_dead
+
+
+def _collect_shares(
+    answers: dict[int, ConfigRecord],
+    records: dict[int, ConfigRecord],
+    owners: set[int],
+) -> dict[int, list[bytes]]:
+    """Shares per owner from the unmask answers; an answer naming an owner it was
+    not asked about is ignored whole.
+    """
+    shares: dict[int, list[bytes]] = {n: [] for n in owners}
+    for holder, record in answers.items():
+        ids = cast(list[int], record.get(P.NODE_IDS, []))
+        values = cast(list[bytes], record.get(P.SHARES, []))
+        expected = set(records[holder][P.ACTIVE]) | set(records[holder][P.DEAD])  # type: ignore[arg-type]
+        if len(ids) != len(values) or not set(ids) <= expected:
+            continue
+        for owner, share in zip(ids, values, strict=True):
+            if owner in shares:
+                shares[owner].append(share)
+    return shares
+
+
+def _remove_masks(
+    state: _RoundState,
+    masked: dict[int, np.ndarray],
+    shares: dict[int, list[bytes]],
+) -> np.ndarray:
+    """Sum the masked vectors and take off every mask the shares rebuild.
+
+    A survivor's share rebuilds its self mask; a dropped hospital's rebuilds its
+    key, hence the pairwise masks the survivors left uncancelled.
+    """
+    survivors = set(masked)
+    length = state.layout.size + 1
+    total = np.zeros(length, dtype=np.uint64)
+    for vector in masked.values():
+        total += vector  # uint64 wrap-around is arithmetic mod 2**64
+    for nid, owner_shares in shares.items():
+        if len(owner_shares) < state.threshold:
+            raise ProtocolAbort(
+                f"{len(owner_shares)} shares arrived for a secret that needs "
+                f"{state.threshold}"
+            )
+        try:
+            secret = combine_shares(owner_shares[: state.threshold])
+        except ValueError as err:
+            raise ProtocolAbort(f"share reconstruction failed: {err}") from None
+        if nid in survivors:
+            total -= mask(secret, length)
+            continue
+        sk1 = bytes_to_private_key(secret)
+        for j in survivors:
+            if nid not in state.holds[j]:
+                continue
+            pairwise = mask(
+                generate_shared_key(sk1, bytes_to_public_key(state.public_keys[j][0])),
+                length,
+            )
+            if j > nid:
+                total -= pairwise  # j added it
+            else:
+                total += pairwise  # j subtracted it
+    return total
