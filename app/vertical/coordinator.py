@@ -72,45 +72,10 @@ def run_vertical_training(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> VerticalResult:
     """Align the parties' patients by PSI, then train the split model."""
-    infos = [r[0] for r in transport([(p, "vfl_info", {}, {}) for p in parties])]
-    labels = [
-        p for p, info in zip(parties, infos, strict=True) if info["role"] == "label"
-    ]
-    if len(labels) != 1:
-        raise VerticalProtocolError(
-            f"vertical FL needs exactly one label holder; {len(labels)} of "
-            f"{len(parties)} parties hold the label column."
-        )
-    label = labels[0]
-    others = [p for p in parties if p != label]
-    if not others:
-        raise VerticalProtocolError(
-            "vertical FL needs at least one party besides the label holder."
-        )
-    sizes = {p: int(info["count"]) for p, info in zip(parties, infos, strict=True)}
-    num_classes = int(next(i for i in infos if i["role"] == "label")["num-classes"])
-
-    def psi_send(
-        requests: list[tuple[int, str, dict[str, Any]]],
-    ) -> list[dict[str, Any]]:
-        return [
-            r[0] for r in transport([(p, a, payload, {}) for p, a, payload in requests])
-        ]
-
-    report = run_alignment(psi_send, label, others, sizes)
-    log.info(
-        "PSI alignment: %d shared patients (chain counts %s, %.1f s, %d bytes relayed)",
-        report.intersection_size,
-        report.chain_counts,
-        report.seconds,
-        report.bytes_relayed,
-    )
+    label, others, sizes, num_classes = _roles(transport, parties)
+    report = _align(transport, label, others, sizes, plan)
     result = VerticalResult(report, label, others)
     n = report.intersection_size
-    if n < plan.min_aligned:
-        raise VerticalProtocolError(
-            f"only {n} patients are held by every party (need >= {plan.min_aligned})."
-        )
     init = {"num-remote": len(others), "num-classes": num_classes}
     counts = transport([(p, "vfl_init", dict(init), {}) for p in [label, *others]])
     if any(int(c[0]["count"]) != n for c in counts):
@@ -128,37 +93,9 @@ def run_vertical_training(
             order[i : i + plan.batch_size].tolist()
             for i in range(0, len(order), plan.batch_size)
         ]
-        grads: list[torch.Tensor] = []
-        previous: list[int] = []
-        total, seen = 0.0, 0
-        for batch in [*batches, []]:  # the last, empty step only flushes gradients
-            requests = [
-                (
-                    p,
-                    "vfl_bottom",
-                    {"backward": previous, "forward": batch},
-                    {"grad": grads[i]} if previous else {},
-                )
-                for i, p in enumerate(others)
-            ]
-            replies = transport(requests)
-            result.bytes_relayed_training += sum(_nbytes(r[1]) for r in replies)
-            result.bytes_relayed_training += sum(_nbytes(r[3]) for r in requests)
-            if not batch:
-                break
-            embeddings = {
-                f"embedding.{i}": r[1]["embedding"] for i, r in enumerate(replies)
-            }
-            ((metrics, tensors),) = transport(
-                [(label, "vfl_top", {"positions": batch, "phase": "train"}, embeddings)]
-            )
-            grads = [tensors[f"grad.{i}"] for i in range(len(others))]
-            previous = batch
-            total += float(metrics["loss"]) * len(batch)
-            seen += len(batch)
         entry: dict[str, Any] = {
             "round": epoch,
-            "train_loss": total / max(seen, 1),
+            "train_loss": train_epoch(transport, label, others, batches, result),
             "server": evaluate(transport, label, others, test_pos.tolist()),
             "elapsed_s": time.monotonic() - start,
         }
@@ -166,6 +103,106 @@ def run_vertical_training(
         if on_epoch is not None:
             on_epoch(entry)
     return result
+
+
+def _roles(
+    transport: Transport, parties: Sequence[int]
+) -> tuple[int, list[int], dict[int, int], int]:
+    """The label holder, the feature parties, every record count, the classes."""
+    infos = [r[0] for r in transport([(p, "vfl_info", {}, {}) for p in parties])]
+    labels = [
+        p for p, info in zip(parties, infos, strict=True) if info["role"] == "label"
+    ]
+    if len(labels) != 1:
+        raise VerticalProtocolError(
+            f"vertical FL needs exactly one label holder; {len(labels)} of "
+            f"{len(parties)} parties hold the label column."
+        )
+    label = labels[0]
+    others = [p for p in parties if p != label]
+    if not others:
+        raise VerticalProtocolError(
+            "vertical FL needs at least one party besides the label holder."
+        )
+    sizes = {p: int(info["count"]) for p, info in zip(parties, infos, strict=True)}
+    num_classes = int(next(i for i in infos if i["role"] == "label")["num-classes"])
+    return label, others, sizes, num_classes
+
+
+def _align(
+    transport: Transport,
+    label: int,
+    others: list[int],
+    sizes: dict[int, int],
+    plan: VerticalPlan,
+) -> AlignmentReport:
+    """PSI over the transport; refuses fewer than ``plan.min_aligned`` patients."""
+
+    def psi_send(
+        requests: list[tuple[int, str, dict[str, Any]]],
+    ) -> list[dict[str, Any]]:
+        return [
+            r[0] for r in transport([(p, a, payload, {}) for p, a, payload in requests])
+        ]
+
+    report = run_alignment(psi_send, label, others, sizes)
+    log.info(
+        "PSI alignment: %d shared patients (chain counts %s, %.1f s, %d bytes relayed)",
+        report.intersection_size,
+        report.chain_counts,
+        report.seconds,
+        report.bytes_relayed,
+    )
+    if report.intersection_size < plan.min_aligned:
+        raise VerticalProtocolError(
+            f"only {report.intersection_size} patients are held by every party "
+            f"(need >= {plan.min_aligned})."
+        )
+    return report
+
+
+def train_epoch(
+    transport: Transport,
+    label: int,
+    others: Sequence[int],
+    batches: list[list[int]],
+    result: VerticalResult,
+) -> float:
+    """One pipelined pass over ``batches``; the mean training loss.
+
+    The feature parties' request for batch ``t`` carries their gradients of batch
+    ``t - 1``; a last, empty step only flushes those. Relayed tensor bytes are
+    added to ``result``.
+    """
+    grads: list[torch.Tensor] = []
+    previous: list[int] = []
+    total, seen = 0.0, 0
+    for batch in [*batches, []]:
+        requests = [
+            (
+                p,
+                "vfl_bottom",
+                {"backward": previous, "forward": batch},
+                {"grad": grads[i]} if previous else {},
+            )
+            for i, p in enumerate(others)
+        ]
+        replies = transport(requests)
+        result.bytes_relayed_training += sum(_nbytes(r[1]) for r in replies)
+        result.bytes_relayed_training += sum(_nbytes(r[3]) for r in requests)
+        if not batch:
+            break
+        embeddings = {
+            f"embedding.{i}": r[1]["embedding"] for i, r in enumerate(replies)
+        }
+        ((metrics, tensors),) = transport(
+            [(label, "vfl_top", {"positions": batch, "phase": "train"}, embeddings)]
+        )
+        grads = [tensors[f"grad.{i}"] for i in range(len(others))]
+        previous = batch
+        total += float(metrics["loss"]) * len(batch)
+        seen += len(batch)
+    return total / max(seen, 1)
 
 
 def evaluate(
