@@ -1,31 +1,30 @@
-"""A name -> object registry whose entries are imported on first use.
+"""Registry records whose object is imported on first use.
 
 Why: a ClientApp process in deployment starts fresh for every message; importing
-MONAI (seconds of CPU) for a tabular hospital would be paid on every round.
+MONAI (seconds of CPU) for a tabular hospital would be paid on every round. So the
+strategy, model and dataset registries hold ``"package.module:attribute"`` strings
+and the facts the run config checks (task, options), never the objects themselves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
 
 
-class LazyRegistry(Mapping[str, Any]):
-    """Maps each name to ``"package.module:attribute"``, imported when looked up."""
+def load(target: str) -> Any:
+    """Import ``"package.module:attribute"`` and return the attribute."""
+    module, _, attribute = target.partition(":")
+    return getattr(import_module(module), attribute)
 
-    def __init__(self, paths: Mapping[str, str]) -> None:
-        self._paths = dict(paths)
-        self._loaded: dict[str, Any] = {}
 
-    def __getitem__(self, name: str) -> Any:
-        if name not in self._loaded:
-            module, _, attribute = self._paths[name].partition(":")
-            self._loaded[name] = getattr(import_module(module), attribute)
-        return self._loaded[name]
+@dataclass(frozen=True)
+class LazyTarget:
+    """A registry record naming its object as ``"package.module:attribute"``."""
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._paths)
+    target: str
 
-    def __len__(self) -> int:
-        return len(self._paths)
+    def load(self) -> Any:
+        """Import the record's object (Python caches the module)."""
+        return load(self.target)

@@ -16,10 +16,17 @@ from typing import Any
 
 import numpy as np
 
-# Run-config ``normalisation`` values.
-NORMALISATIONS = ("per-site", "dp-global", "public-bounds")
+# Run-config ``normalisation`` -> how the server builds the one transform every
+# site then applies ("module:function", imported by the server only), or None where
+# each site fits its own. The server side lives with the privacy code because
+# ``dp-global`` releases DP statistics.
+NORMALISATIONS: dict[str, str | None] = {
+    "per-site": None,
+    "dp-global": "app.privacy.cohort_stats:harmonise",
+    "public-bounds": "app.privacy.cohort_stats:public_bounds",
+}
 # The modes in which every site applies one transform the server sends.
-GLOBAL_NORMALISATIONS = ("dp-global", "public-bounds")
+GLOBAL_NORMALISATIONS = tuple(name for name, how in NORMALISATIONS.items() if how)
 
 
 @dataclass(frozen=True)

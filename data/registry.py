@@ -1,49 +1,59 @@
-"""Name -> dataset class. Adding a dataset is one module plus one line here."""
+"""Name -> dataset record. Adding a dataset is one module plus one line here."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from data.base import FederatedDataset
-from data.lazy import LazyRegistry
+from data.lazy import LazyTarget
 from data.spec import DataSpec
 
+
+@dataclass(frozen=True)
+class DatasetRecord(LazyTarget):
+    """One registered dataset: its class (imported on first use) and its task.
+
+    The task is declared here so the run config can check it without importing
+    the class (a test checks it against the class's own ``task``).
+    """
+
+    task: str = "tabular"
+
+
 # Imported on first use, so a tabular hospital never imports MONAI.
-DATASETS: LazyRegistry = LazyRegistry(
-    {
-        "wdbc": "data.tabular:WDBCDataset",
-        "heart-disease": "data.tabular:HeartDiseaseDataset",
-        "csv": "data.tabular:CSVDataset",
-        "medmnist": "data.imaging:MedMNISTDataset",
-        "image-folder": "data.imaging:ImageFolderDataset",
-        "synthetic-lesions": "data.imaging:SyntheticLesionsDataset",
-    }
-)
-# Each dataset's task, known without importing it (a test checks it against .task).
-DATASET_TASKS: dict[str, str] = {
-    "wdbc": "tabular",
-    "heart-disease": "tabular",
-    "csv": "tabular",
-    "medmnist": "imaging",
-    "image-folder": "imaging",
-    "synthetic-lesions": "imaging",
+DATASETS: dict[str, DatasetRecord] = {
+    "wdbc": DatasetRecord("data.tabular:WDBCDataset", "tabular"),
+    "heart-disease": DatasetRecord("data.tabular:HeartDiseaseDataset", "tabular"),
+    "csv": DatasetRecord("data.tabular:CSVDataset", "tabular"),
+    "medmnist": DatasetRecord("data.imaging:MedMNISTDataset", "imaging"),
+    "image-folder": DatasetRecord("data.imaging:ImageFolderDataset", "imaging"),
+    "synthetic-lesions": DatasetRecord(
+        "data.imaging:SyntheticLesionsDataset", "imaging"
+    ),
 }
 
 # The kinds of data a run can train on (the run-config key ``task``).
-TASKS: tuple[str, ...] = tuple(dict.fromkeys(DATASET_TASKS.values()))
+TASKS: tuple[str, ...] = tuple(dict.fromkeys(rec.task for rec in DATASETS.values()))
+
+
+def dataset_class(name: str) -> type[FederatedDataset]:
+    """The class of the registered dataset ``name`` (KeyError when unknown)."""
+    return DATASETS[name].load()
 
 
 def local_kinds() -> tuple[str, ...]:
     """Dataset kinds a deployed hospital can read from its own file or folder."""
     return tuple(
         name
-        for name, cls in DATASETS.items()
-        if cls.local_hospital is not FederatedDataset.local_hospital
+        for name in DATASETS
+        if dataset_class(name).local_hospital is not FederatedDataset.local_hospital
     )
 
 
 def get_dataset(spec: DataSpec) -> FederatedDataset:
     """Instantiate the dataset named by ``spec.dataset``."""
     try:
-        cls = DATASETS[spec.dataset]
+        cls = dataset_class(spec.dataset)
     except KeyError:
         raise ValueError(
             f"Unknown dataset {spec.dataset!r}; known: {', '.join(sorted(DATASETS))}"

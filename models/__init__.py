@@ -1,62 +1,73 @@
-"""Model registry: tabular and imaging nets built from a serialisable spec."""
+"""Model registry: tabular and imaging nets built from a serialisable spec.
+
+One :class:`ModelRecord` per network; its class is imported only when one is built,
+so a tabular hospital never imports MONAI and the run config checks a model name
+without importing torch.
+"""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from data.lazy import LazyRegistry
+from data.lazy import LazyTarget
 from data.spec import DatasetInfo
 
-ModelFactory = Callable[..., nn.Module]
+if TYPE_CHECKING:
+    from torch import nn
 
-# MONAI networks (models/imaging.py), imported only when one is built; a test checks
-# this tuple against models.imaging.IMAGING_MODELS.
-IMAGING_MODEL_NAMES: tuple[str, ...] = (
-    "poolcnn",
-    "poolcnn-small",
-    "smallcnn",
-    "resnet10",
-    "resnet18",
-    "densenet121",
-    "efficientnet-b0",
-)
 
-MODELS: LazyRegistry = LazyRegistry(
-    {
-        "logreg": "models.tabular:LogisticRegression",
-        "mlp": "models.tabular:TabularMLP",
-        "mlp-norm": "models.tabular:NormMLP",
-        "poolcnn": "models.imaging:PoolCNN",
-        "poolcnn-small": "models.imaging:poolcnn_small",
-        "smallcnn": "models.imaging:SmallCNN",
-        "resnet10": "models.imaging:resnet10",
-        "resnet18": "models.imaging:resnet18",
-        "densenet121": "models.imaging:densenet121",
-        "efficientnet-b0": "models.imaging:efficientnet_b0",
-    }
-)
+@dataclass(frozen=True)
+class ModelRecord(LazyTarget):
+    """One registered network.
 
-# Constructor argument -> run-config field, per model (beyond the data's shape).
-MODEL_OPTIONS: dict[str, dict[str, str]] = {
-    "logreg": {},
-    "mlp": {"hidden": "mlp_hidden", "layers": "mlp_layers"},
-    "mlp-norm": {"hidden": "mlp_hidden", "layers": "mlp_layers"},
-    **{name: {"tta": "tta"} for name in IMAGING_MODEL_NAMES},
+    Attributes
+    ----------
+    target
+        ``"module:factory"`` building the network.
+    task
+        The kind of data it takes (``tabular`` or ``imaging``).
+    options
+        Constructor argument -> run-config field, beyond the data's shape.
+    default
+        The network ``model = "auto"`` builds for its task.
+    """
+
+    task: str = "tabular"
+    options: Mapping[str, str] = field(default_factory=dict)
+    default: bool = False
+
+
+_MLP = {"hidden": "mlp_hidden", "layers": "mlp_layers"}
+# Test-time augmentation is kept on the module, not passed to the factory
+# (see build_model).
+_TTA = {"tta": "tta"}
+
+
+def _imaging(target: str, default: bool = False) -> ModelRecord:
+    # MONAI networks (models/imaging.py): a test checks each against IMAGING_MODELS.
+    return ModelRecord(f"models.imaging:{target}", "imaging", _TTA, default)
+
+
+MODELS: dict[str, ModelRecord] = {
+    "logreg": ModelRecord("models.tabular:LogisticRegression", default=True),
+    "mlp": ModelRecord("models.tabular:TabularMLP", options=_MLP),
+    "mlp-norm": ModelRecord("models.tabular:NormMLP", options=_MLP),
+    "poolcnn": _imaging("PoolCNN", default=True),
+    "poolcnn-small": _imaging("poolcnn_small"),
+    "smallcnn": _imaging("SmallCNN"),
+    "resnet10": _imaging("resnet10"),
+    "resnet18": _imaging("resnet18"),
+    "densenet121": _imaging("densenet121"),
+    "efficientnet-b0": _imaging("efficientnet_b0"),
 }
 
-# Which task (kind of data) each model takes, and each task's default model.
-MODEL_TASKS: dict[str, str] = {
-    "logreg": "tabular",
-    "mlp": "tabular",
-    "mlp-norm": "tabular",
-    **{name: "imaging" for name in IMAGING_MODEL_NAMES},
-}
-DEFAULT_MODELS: dict[str, str] = {"tabular": "logreg", "imaging": "poolcnn"}
+
+def default_model(task: str) -> str:
+    """The network ``model = "auto"`` builds for ``task``."""
+    return next(n for n, rec in MODELS.items() if rec.task == task and rec.default)
 
 
 def _tabular_inputs(name: str, info: DatasetInfo) -> dict[str, Any]:
@@ -87,7 +98,7 @@ def input_kwargs(name: str, info: DatasetInfo) -> dict[str, Any]:
     Raises ``ValueError`` naming the mismatch when the model does not take this
     kind of data or the images are smaller than the network accepts.
     """
-    task = MODEL_TASKS[name]
+    task = MODELS[name].task
     if info.task != task:
         raise ValueError(f"model '{name}' is a {task} model; the data are {info.task}.")
     return INPUT_ARGS[task](name, info)
@@ -120,7 +131,7 @@ def architecture_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """
     if name not in MODELS:
         return dict(kwargs)
-    params = inspect.signature(MODELS[name]).parameters.values()
+    params = inspect.signature(MODELS[name].load()).parameters.values()
     defaults = {
         p.name: p.default
         for p in params
@@ -138,7 +149,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     keys) are the same with and without test-time augmentation.
     """
     try:
-        factory = MODELS[name]
+        factory = MODELS[name].load()
     except KeyError:
         raise ValueError(
             f"Unknown model {name!r}; known: {', '.join(sorted(MODELS))}"

@@ -3,57 +3,78 @@
 Every strategy combines :class:`strategies.screening.Screened` with a Flower
 message-API strategy, so all of them sample with a bounded wait, screen replies,
 skip rounds below ``min-hospitals`` and report anomalies. Adding one = one file
-plus one line in each table below.
+plus one :class:`StrategyRecord` below. The records name their class as a string,
+so the run config can check a strategy name without importing Flower's strategies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from strategies.fedadam import MedFedAdam
-from strategies.fedavg import MedFedAvg
-from strategies.fedmedian import MedFedMedian
-from strategies.fedprox import MedFedProx
-from strategies.fedtrimmedavg import MedFedTrimmedAvg
-from strategies.fedyogi import MedFedYogi
-from strategies.krum import MedKrum
-from strategies.multikrum import MedMultiKrum
-from strategies.screening import Screened
+from data.lazy import LazyTarget
 
-STRATEGIES: dict[str, Callable[..., Screened]] = {
-    "fedavg": MedFedAvg,
-    "fedprox": MedFedProx,
-    "fedadam": MedFedAdam,
-    "fedyogi": MedFedYogi,
-    "fedmedian": MedFedMedian,
-    "fedtrimmedavg": MedFedTrimmedAvg,
-    "krum": MedKrum,
-    "multikrum": MedMultiKrum,
+if TYPE_CHECKING:
+    from strategies.screening import Screened
+
+
+@dataclass(frozen=True)
+class StrategyRecord(LazyTarget):
+    """One registered strategy.
+
+    Attributes
+    ----------
+    target
+        ``"module:class"`` of the strategy, imported when one is built.
+    options
+        Its keyword arguments beyond the common ones, taken from the run config by
+        field name.
+    robust
+        Its aggregate resists a minority of arbitrary (Byzantine) updates.
+    weighted_mean
+        Its aggregate is the weighted mean of the updates: secure aggregation can
+        compute it from their sum, and central DP can replace it by a clipped,
+        noised mean. Robust rules and server optimisers need each update.
+    """
+
+    options: tuple[str, ...] = ()
+    robust: bool = False
+    weighted_mean: bool = False
+
+
+_SERVER_OPTIMISER = ("eta", "beta_1", "beta_2", "tau", "learning_rate")
+
+STRATEGIES: dict[str, StrategyRecord] = {
+    "fedavg": StrategyRecord("strategies.fedavg:MedFedAvg", weighted_mean=True),
+    "fedprox": StrategyRecord(
+        "strategies.fedprox:MedFedProx", ("proximal_mu",), weighted_mean=True
+    ),
+    "fedadam": StrategyRecord("strategies.fedadam:MedFedAdam", _SERVER_OPTIMISER),
+    "fedyogi": StrategyRecord("strategies.fedyogi:MedFedYogi", _SERVER_OPTIMISER),
+    "fedmedian": StrategyRecord("strategies.fedmedian:MedFedMedian", robust=True),
+    "fedtrimmedavg": StrategyRecord(
+        "strategies.fedtrimmedavg:MedFedTrimmedAvg", ("trim_beta",), robust=True
+    ),
+    "krum": StrategyRecord("strategies.krum:MedKrum", ("num_malicious",), robust=True),
+    "multikrum": StrategyRecord(
+        "strategies.multikrum:MedMultiKrum",
+        ("num_malicious", "num_to_keep"),
+        robust=True,
+    ),
 }
 
-# Strategy-specific keyword arguments, taken from the run config by field name.
-STRATEGY_OPTIONS: dict[str, tuple[str, ...]] = {
-    "fedavg": (),
-    "fedprox": ("proximal_mu",),
-    "fedadam": ("eta", "beta_1", "beta_2", "tau", "learning_rate"),
-    "fedyogi": ("eta", "beta_1", "beta_2", "tau", "learning_rate"),
-    "fedmedian": (),
-    "fedtrimmedavg": ("trim_beta",),
-    "krum": ("num_malicious",),
-    "multikrum": ("num_malicious", "num_to_keep"),
-}
 
-# Strategies whose aggregate resists a minority of arbitrary (Byzantine) updates.
-ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum")
+def weighted_mean_strategies() -> tuple[str, ...]:
+    """Names of the strategies whose aggregate is a weighted mean of updates."""
+    return tuple(name for name, rec in STRATEGIES.items() if rec.weighted_mean)
 
 
 def build_strategy(name: str, **kwargs: Any) -> Screened:
     """Instantiate the registered strategy ``name``."""
     try:
-        factory = STRATEGIES[name]
+        record = STRATEGIES[name]
     except KeyError:
         raise ValueError(
             f"Unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}"
         ) from None
-    return factory(**kwargs)
+    return record.load()(**kwargs)

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from app.config import RunConfig
-from data.registry import DATASETS, get_dataset, local_kinds
+from data.registry import dataset_class, get_dataset, local_kinds
 from data.spec import DataError, DatasetInfo, HospitalData
-from models import MODEL_OPTIONS, ModelSpec, input_kwargs
+from models import MODELS, ModelSpec, input_kwargs
 from models.training import TrainSettings
 
 
@@ -41,7 +41,7 @@ def load_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> HospitalDat
             "'num-partitions' (simulation).",
             "the SuperNode was started without a data-path",
         )
-    if DATASETS[cfg.dataset].needs_path and not cfg.data_path:
+    if dataset_class(cfg.dataset).needs_path and not cfg.data_path:
         raise DataError(
             f"dataset '{cfg.dataset}' needs the run-config key 'data-path' in "
             "simulation (in deployment, each SuperNode's node config names its data).",
@@ -97,7 +97,7 @@ def model_spec(cfg: RunConfig, info: DatasetInfo) -> ModelSpec:
     """The network for this run's model name and the data's shape."""
     name = cfg.model_name
     kwargs = input_kwargs(name, info)
-    for arg, field_name in MODEL_OPTIONS[name].items():
+    for arg, field_name in MODELS[name].options.items():
         kwargs[arg] = getattr(cfg, field_name)
     return ModelSpec(name, kwargs)
 

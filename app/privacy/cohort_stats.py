@@ -41,7 +41,7 @@ from app.privacy.cohort_release import (
 )
 from data.base import raw_splits
 from data.preprocessing import Standardizer
-from data.registry import DATASETS
+from data.registry import dataset_class
 from data.spec import HospitalData
 from strategies.sampling import FederationStopped, NodeSampler
 from strategies.screening import HOSPITAL_RECORD, hospital_of
@@ -59,7 +59,7 @@ MEAN_KEY, STD_KEY = "feature-mean", "feature-std"
 
 def dataset_bounds(dataset: str) -> FeatureBounds:
     """The public feature bounds ``dataset`` declares; ValueError if none."""
-    bounds = DATASETS[dataset].feature_bounds
+    bounds = dataset_class(dataset).feature_bounds
     if bounds is None:
         raise ValueError(f"dataset '{dataset}' declares no public feature bounds.")
     return FeatureBounds(
@@ -330,10 +330,11 @@ def harmonise(
     return out
 
 
-# Run-config ``normalisation`` -> how the server obtains the one global transform.
-GLOBAL_NORMALISERS: dict[
-    str, Callable[[Grid, RunConfig, Mapping[str, Any], int], GlobalNormalisation]
-] = {"dp-global": harmonise, "public-bounds": public_bounds}
+# How the server obtains the one global transform; data.preprocessing.NORMALISATIONS
+# names the function (harmonise, public_bounds) for each run-config ``normalisation``.
+GlobalNormaliser = Callable[
+    [Grid, RunConfig, Mapping[str, Any], int], GlobalNormalisation
+]
 
 
 def reply_content(site: HospitalData, record: ConfigRecord) -> RecordDict:

@@ -21,10 +21,6 @@ def _ckks(params: SecAggParams, timeout: float | None) -> SecureAggregator:
     return CKKSAggregator(params, timeout=timeout)
 
 
-# Strategies whose aggregate is a weighted sum of updates, all secure aggregation
-# can reveal; robust ones (median, Krum, ...) and server optimisers are not.
-SECURE_STRATEGIES = ("fedavg", "fedprox")
-
 AGGREGATORS: dict[str, Callable[[SecAggParams, float | None], SecureAggregator]] = {
     "masking": _secaggplus,
     "ckks": _ckks,
@@ -54,7 +50,6 @@ def secure_aggregator(cfg: Any, **overrides: Any) -> SecureAggregator | None:
 
 __all__ = [
     "AGGREGATORS",
-    "SECURE_STRATEGIES",
     "SecAggParams",
     "SecureAggregator",
     "SecureSum",

@@ -22,7 +22,7 @@ from flwr.serverapp import Grid
 
 from app.client.hospital import model_spec, task_contract
 from app.config import RunConfig
-from app.privacy.cohort_stats import GLOBAL_NORMALISERS, GlobalNormalisation
+from app.privacy.cohort_stats import GlobalNormalisation
 from app.privacy.server import PrivacyReport, with_privacy
 from app.secagg.registry import secure_aggregator
 from app.server.averaging import ModelEMA
@@ -37,6 +37,8 @@ from app.server.outputs import RunRecorder
 from app.server.report import roc_curves, write_report
 from app.server.runner import RoundHook, RoundRunner, RunResult
 from app.server.tensorboard import TensorBoardLogger
+from data.lazy import load
+from data.preprocessing import NORMALISATIONS
 from data.registry import get_dataset
 from data.spec import Split
 from models.checkpoint import load_model, save_model
@@ -48,7 +50,7 @@ from models.training import (
     scheduled_learning_rate,
     set_deterministic,
 )
-from strategies import STRATEGY_OPTIONS, build_strategy
+from strategies import STRATEGIES, build_strategy
 from strategies.sampling import FederationStopped
 from strategies.screening import FEDERATED_EVALUATE, Screened
 
@@ -284,7 +286,7 @@ def run_federation(
         min_hospitals=cfg.min_hospitals,
         wait_for_hospitals=cfg.wait_for_hospitals,
         seed=cfg.seed,
-        **{name: getattr(cfg, name) for name in STRATEGY_OPTIONS[cfg.strategy]},
+        **{name: getattr(cfg, name) for name in STRATEGIES[cfg.strategy].options},
         **({"secure": secure} if (secure := secure_aggregator(cfg)) else {}),
     )
     strategy = with_privacy(cfg, strategy)
@@ -340,11 +342,10 @@ def run_federation(
 
     contract = task_contract(info)
     norm: GlobalNormalisation | None = None
-    if cfg.normalisation in GLOBAL_NORMALISERS:
+    normaliser = NORMALISATIONS[cfg.normalisation]
+    if normaliser is not None:
         try:
-            norm = GLOBAL_NORMALISERS[cfg.normalisation](
-                grid, cfg, contract, info.num_classes
-            )
+            norm = load(normaliser)(grid, cfg, contract, info.num_classes)
         except FederationStopped as stop:
             recorder.finish("stopped", stop_reason=str(stop), last_round=0)
             log.error("Run stopped before round 1: %s", stop)

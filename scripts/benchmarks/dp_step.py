@@ -1,6 +1,6 @@
 """``medflower benchmark dp-step``: DP-SGD step time / plain step time.
 
-For the default model of each task (``models.DEFAULT_MODELS``) at the run config's
+For the default model of each task (``models.default_model``) at the run config's
 default batch size, in one process: a plain optimiser step against a DP-SGD step
 set up exactly as ``app.privacy.dp_sgd.train_dp`` does (``private_training``:
 Poisson sampling, Opacus' DPOptimizer), both on the same synthetic inputs, once
@@ -32,7 +32,7 @@ from app.privacy.dp_sgd import (
     private_training,
 )
 from data.spec import DatasetInfo, Split
-from models import DEFAULT_MODELS, build_model, input_kwargs
+from models import build_model, default_model, input_kwargs
 from models.training import make_loader, pick_device
 from scripts.benchmarks.core import BenchmarkResult, register
 
@@ -50,7 +50,7 @@ class StepCase:
 
     @property
     def model(self) -> str:
-        return self.model_name or DEFAULT_MODELS[self.task]
+        return self.model_name or default_model(self.task)
 
     def build(self) -> nn.Module:
         info = DatasetInfo(self.task, self.input_shape, self.num_classes)

@@ -113,15 +113,15 @@ def test_heart_quick_has_every_method(tmp_path):
 
 
 def test_dp_step_times_the_default_models_and_splits_the_dp_step():
-    from models import DEFAULT_MODELS
+    from models import default_model
     from scripts.benchmarks.dp_step import default_row, dp_step_rows
 
     rows = dp_step_rows(steps=3)
     assert [(r["model"], r["grad_sampler"]) for r in rows] == [
-        (DEFAULT_MODELS["tabular"], "layers"),
-        (DEFAULT_MODELS["tabular"], "opacus"),
-        (DEFAULT_MODELS["imaging"], "layers"),
-        (DEFAULT_MODELS["imaging"], "opacus"),
+        (default_model("tabular"), "layers"),
+        (default_model("tabular"), "opacus"),
+        (default_model("imaging"), "layers"),
+        (default_model("imaging"), "opacus"),
     ]
     assert default_row(rows, "imaging") is rows[2]
     for row in rows:

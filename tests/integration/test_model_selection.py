@@ -23,7 +23,7 @@ from strategies.screening import FEDERATED_EVALUATE
 
 
 def test_schedules_match_the_config_choices():
-    assert set(LR_SCHEDULES) == set(RunConfig.keys()["lr-schedule"].metadata["choices"])
+    assert set(LR_SCHEDULES) == set(RunConfig.keys()["lr-schedule"].choices)
 
 
 def test_cosine_schedule_decays_from_the_base_rate():

@@ -79,23 +79,3 @@ def test_defaults_derive_from_the_round_size():
     with pytest.raises(ValueError, match="strict majority"):
         explicit.for_round(3)  # 3 shares cannot honour an explicit threshold of 4
 
-
-def test_pyproject_defaults_match_runconfig():
-    import tomllib
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    table = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
-        "config"
-    ]
-    cfg = RunConfig()
-    for key in (
-        "secure-aggregation",
-        "aggregation-encryption",
-        "secagg-num-shares",
-        "secagg-reconstruction-threshold",
-        "secagg-clipping-range",
-        "secagg-quantization-range",
-        "secagg-max-weight",
-    ):
-        assert table[key] == cfg.to_run_config()[key], key

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from app.client.hospital import model_spec
 from app.config import ConfigError, RunConfig
 from data.spec import DatasetInfo
-from models import MODEL_TASKS, build_model
+from models import MODELS, build_model
 from models.imaging import IMAGING_MODELS, check_input_size
 from models.training import predict_proba
 
@@ -137,7 +137,7 @@ def test_model_spec_from_dataset_info():
 
 
 def test_every_imaging_model_is_registered_for_the_imaging_task():
-    assert {n for n, t in MODEL_TASKS.items() if t == "imaging"} == set(IMAGING_MODELS)
+    assert {n for n, r in MODELS.items() if r.task == "imaging"} == set(IMAGING_MODELS)
 
 
 def test_flip_tta_averages_the_mirror_view_with_the_same_weights():

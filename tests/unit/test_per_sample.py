@@ -18,7 +18,7 @@ from app.privacy.per_sample import (
     unsupported_layers,
 )
 from data.spec import Split
-from models import MODEL_TASKS, build_model
+from models import MODELS, build_model
 from models.imaging import IMAGING_MODELS
 from models.training import TrainSettings
 
@@ -35,7 +35,7 @@ def _no_dropout(model: nn.Module) -> nn.Module:
 
 def _case(name: str, dims: int = 2) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
-    if MODEL_TASKS[name] == "tabular":
+    if MODELS[name].task == "tabular":
         model, x = build_model(name, in_features=7, num_classes=3), torch.randn(5, 7)
     else:
         side = max(16, IMAGING_MODELS[name].min_size) if dims == 2 else 8
@@ -69,7 +69,7 @@ def _assert_close(ours, reference):
         assert float((grad - ref).abs().max()) <= 1e-4 * scale, name
 
 
-CASES = [(name, 2) for name in sorted(MODEL_TASKS)] + [
+CASES = [(name, 2) for name in sorted(MODELS)] + [
     (name, 3) for name in ("poolcnn", "poolcnn-small", "resnet10")
 ]
 

@@ -1,35 +1,46 @@
-"""The lazy registries agree with the modules they point to."""
+"""The registry records agree with the modules they name."""
 
 import subprocess
 import sys
 
-from app.privacy.cohort_stats import GLOBAL_NORMALISERS
+import pytest
+
+from data.lazy import load
 from data.preprocessing import GLOBAL_NORMALISATIONS, NORMALISATIONS
-from data.registry import DATASET_TASKS, DATASETS
-from models import IMAGING_MODEL_NAMES, MODEL_TASKS, MODELS
+from data.registry import DATASETS, dataset_class
+from models import MODELS, default_model
 from models.imaging import IMAGING_MODELS
+from strategies import STRATEGIES, weighted_mean_strategies
+from strategies.screening import Screened
 
 
-def test_dataset_tasks_match_the_classes():
-    assert set(DATASET_TASKS) == set(DATASETS)
-    for name, task in DATASET_TASKS.items():
-        assert DATASETS[name].name == name
-        assert DATASETS[name].task == task
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_dataset_records_name_their_class_and_task(name):
+    cls = dataset_class(name)
+    assert cls.name == name
+    assert cls.task == DATASETS[name].task
 
 
-def test_every_global_normalisation_has_a_server_side_normaliser():
-    # The config validates against data.preprocessing's names (it cannot import
-    # the app layer); the federation looks the mode up in app.privacy.cohort_stats.
-    assert set(GLOBAL_NORMALISERS) == set(GLOBAL_NORMALISATIONS)
+def test_global_normalisations_name_a_server_side_normaliser():
+    # The config validates the names without importing the server side.
     assert set(GLOBAL_NORMALISATIONS) < set(NORMALISATIONS)
+    for name in GLOBAL_NORMALISATIONS:
+        assert callable(load(NORMALISATIONS[name]))
 
 
-def test_imaging_model_entries_match_models_imaging():
-    assert set(IMAGING_MODEL_NAMES) == set(IMAGING_MODELS)
-    for name in IMAGING_MODEL_NAMES:
-        assert MODELS[name] is IMAGING_MODELS[name].factory
-        assert MODEL_TASKS[name] == "imaging"
-    assert set(MODEL_TASKS) == set(MODELS)
+def test_model_records_name_their_factory():
+    for name, record in MODELS.items():
+        assert callable(record.load()), name
+        if record.task == "imaging":
+            assert record.load() is IMAGING_MODELS[name].factory
+    assert {n for n, r in MODELS.items() if r.task == "imaging"} == set(IMAGING_MODELS)
+    assert (default_model("tabular"), default_model("imaging")) == ("logreg", "poolcnn")
+
+
+def test_strategy_records_name_a_screened_strategy():
+    for name, record in STRATEGIES.items():
+        assert issubclass(record.load(), Screened), name
+    assert weighted_mean_strategies() == ("fedavg", "fedprox")
 
 
 def test_tabular_client_app_does_not_import_monai():

@@ -1,0 +1,761 @@
+"""The run-config keys: one declaration each (type, default, range, help, group).
+
+:class:`app.config.RunConfig`, the check of ``pyproject.toml`` and
+``docs/configuration.md`` (:mod:`app.config.docs`) are all derived from these
+declarations. Adding a key = one field below (its name is the key in snake case,
+its annotation the type) plus its line in ``[tool.flwr.app.config]``; then
+regenerate the docs: ``python -m app.config.docs > docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from data.preprocessing import NORMALISATIONS
+from data.registry import DATASETS, TASKS
+from models import MODELS
+from strategies import STRATEGIES
+
+# Sections of docs/configuration.md, in order.
+GROUPS = (
+    "data",
+    "model",
+    "training",
+    "strategy",
+    "evaluation",
+    "reliability",
+    "outputs",
+    "privacy",
+    "secure aggregation",
+    "vertical",
+    "personalization",
+    "test harness",
+)
+
+
+class ConfigError(ValueError):
+    """A run-config key is unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """The declaration of one run-config key and its validation rule."""
+
+    name: str
+    default: Any
+    group: str
+    help: str
+    choices: tuple[str, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+
+    @property
+    def type(self) -> type:
+        """``bool``, ``int``, ``float`` or ``str``: the type of the default."""
+        return type(self.default)
+
+    @property
+    def attr(self) -> str:
+        """The RunConfig field: the key in snake case."""
+        return self.name.replace("-", "_")
+
+    def parse(self, value: Any) -> Any:
+        """Check one value's type; ints are accepted where floats are expected."""
+        key, expected = self.name, self.type
+        if expected is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"'{key}' must be true or false, got {value!r}.")
+            return value
+        if expected is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"'{key}' must be an integer, got {value!r}.")
+            return value
+        if expected is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"'{key}' must be a number, got {value!r}.")
+            return float(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"'{key}' must be a string, got {value!r}.")
+        return value
+
+    def check(self, value: Any) -> None:
+        """Refuse a value outside the declared choices or range, naming the key."""
+        key = self.name
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(
+                f"'{key}' must be one of {', '.join(self.choices)}; got {value!r}."
+            )
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"'{key}' must be finite, got {value!r}.")
+        low, high = self.low, self.high
+        if low is not None and (value <= low if self.low_open else value < low):
+            bound = f"> {low}" if self.low_open else f">= {low}"
+            raise ConfigError(f"'{key}' must be {bound}, got {value!r}.")
+        if high is not None and value > high:
+            raise ConfigError(f"'{key}' must be <= {high}, got {value!r}.")
+
+
+def key(
+    default: Any,
+    group: str,
+    *,
+    help: str,  # noqa: A002 - mirrors argparse
+    choices: tuple[str, ...] | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> Any:
+    """Declare one run-config key as a dataclass field (see :func:`declared_keys`).
+
+    Parameters
+    ----------
+    default
+        The value when the key is not given; its type is the key's type.
+    group
+        The section of docs/configuration.md, one of ``GROUPS``.
+    help
+        One sentence saying what the key does.
+    choices, low, high, low_open
+        The allowed values: a set of names, or the range ``[low, high]`` (``low``
+        excluded when ``low_open``; an omitted bound is unbounded).
+    """
+    if group not in GROUPS:
+        raise ValueError(f"unknown run-config group {group!r}; one of {GROUPS}.")
+    rule = {"choices": choices, "low": low, "high": high, "low_open": low_open}
+    return dataclasses.field(
+        default=default, metadata={"group": group, "help": help, **rule}
+    )
+
+
+def declared_keys(cls: type) -> dict[str, Key]:
+    """Map each run-config key of the dataclass ``cls`` to its :class:`Key`."""
+    return {
+        (name := f.name.replace("_", "-")): Key(name, f.default, **f.metadata)
+        for f in dataclasses.fields(cls)
+    }
+
+
+@dataclass(frozen=True)
+class RunConfigKeys:
+    """Every key of ``[tool.flwr.app.config]``: the field ``num_server_rounds`` is
+    the key ``num-server-rounds``. :class:`app.config.RunConfig` adds parsing,
+    the cross-key checks and derived settings.
+    """
+
+    num_server_rounds: int = key(
+        5, "training", low=1, high=10_000, help="Federated rounds."
+    )
+    task: str = key(
+        "tabular",
+        "data",
+        choices=(*TASKS, "vertical"),
+        help=(
+            "`tabular`, `imaging` (see the README's Imaging section) or `vertical` "
+            "(split learning over PSI-aligned patients, docs/vertical.md)."
+        ),
+    )
+    dataset: str = key(
+        "wdbc",
+        "data",
+        choices=tuple(DATASETS),
+        help=(
+            "The data; tabular: `wdbc` (bundled), `heart-disease` (directory of UCI "
+            "hospital files), `csv` (one CSV file); imaging: `medmnist` (a MedMNIST "
+            "`.npz`), `image-folder` (`root/<class>/<images>`: PNG/JPEG, DICOM, "
+            "NIfTI), `synthetic-lesions` (generated, no file)."
+        ),
+    )
+    data_path: str = key(
+        "",
+        "data",
+        help=(
+            "Data location for `heart-disease` / `csv` / `medmnist` / "
+            "`image-folder` (absolute path)."
+        ),
+    )
+    label_column: str = key(
+        "target", "data", help="Label column of a CSV (class indices 0, 1, ...)."
+    )
+    feature_columns: str = key(
+        "",
+        "data",
+        help=(
+            "`csv`: comma-separated feature columns, in order, every hospital must "
+            "have (empty = all but the label); with `num-classes` it lets a "
+            "coordinator without data build the model."
+        ),
+    )
+    num_classes: int = key(
+        0,
+        "data",
+        low=0,
+        high=100_000,
+        help=(
+            "`csv`: number of classes (0 = infer from the data); labels must lie in "
+            "0..num-classes-1."
+        ),
+    )
+    partitioner: str = key(
+        "iid",
+        "data",
+        choices=("iid", "dirichlet"),
+        help=(
+            "`iid` or `dirichlet` label skew across simulated hospitals (pooled "
+            "datasets)."
+        ),
+    )
+    dirichlet_alpha: float = key(
+        0.5,
+        "data",
+        low=0.0,
+        low_open=True,
+        help="Dirichlet concentration (smaller = more skew).",
+    )
+    val_fraction: float = key(
+        0.2,
+        "data",
+        low=0.05,
+        high=0.5,
+        help="Share of each hospital's records held out for its local evaluation.",
+    )
+    test_fraction: float = key(
+        0.2,
+        "data",
+        low=0.05,
+        high=0.5,
+        help=(
+            "Global held-out test share (`wdbc`, `csv`); each hospital's held-out "
+            "share (`heart-disease`)."
+        ),
+    )
+    image_size: int = key(
+        0,
+        "data",
+        low=0,
+        high=1024,
+        help="Imaging: resize images to this side length (0 keeps the data's size).",
+    )
+    augment: bool = key(
+        True,
+        "data",
+        help=(
+            "Imaging: seeded random flip / small rotation, zoom, shift / gain on "
+            "training batches."
+        ),
+    )
+    class_names: str = key(
+        "",
+        "data",
+        help=(
+            "Imaging: comma-separated class names in label order (image folders: "
+            "fixes the label order; default sorted folder names)."
+        ),
+    )
+    model: str = key(
+        "auto",
+        "model",
+        choices=("auto", *MODELS),
+        help=(
+            "The network: `auto` (the task's default), or one of the models below "
+            "(`mlp-norm`: MLP with LayerNorm, for `local-norm`; `densenet121` and "
+            "`efficientnet-b0` need >= 32 px)."
+        ),
+    )
+    mlp_hidden: int = key(
+        64, "model", low=1, high=4096, help="Hidden units per MLP layer."
+    )
+    mlp_layers: int = key(2, "model", low=1, high=8, help="Hidden layers of the MLP.")
+    strategy: str = key(
+        "fedavg",
+        "strategy",
+        choices=tuple(STRATEGIES),
+        help=(
+            "Aggregation rule, one of the strategies below (see docs/reliability.md)."
+        ),
+    )
+    proximal_mu: float = key(
+        0.0,
+        "strategy",
+        low=0.0,
+        high=100.0,
+        help="FedProx mu (must be > 0 with `fedprox`).",
+    )
+    eta: float = key(
+        0.1,
+        "strategy",
+        low=0.0,
+        high=10.0,
+        low_open=True,
+        help="FedAdam/FedYogi server learning rate.",
+    )
+    beta_1: float = key(
+        0.9, "strategy", low=0.0, high=0.999, help="FedAdam/FedYogi first-moment decay."
+    )
+    beta_2: float = key(
+        0.99,
+        "strategy",
+        low=0.0,
+        high=0.9999,
+        help="FedAdam/FedYogi second-moment decay.",
+    )
+    tau: float = key(
+        1e-3,
+        "strategy",
+        low=0.0,
+        high=10.0,
+        low_open=True,
+        help="FedAdam/FedYogi adaptivity.",
+    )
+    trim_beta: float = key(
+        0.2,
+        "strategy",
+        low=0.0,
+        high=0.49,
+        help="FedTrimmedAvg: fraction cut at each end per coordinate.",
+    )
+    num_malicious: int = key(
+        0,
+        "strategy",
+        low=0,
+        high=100_000,
+        help="Krum/MultiKrum: assumed number of malicious hospitals f.",
+    )
+    num_to_keep: int = key(
+        0,
+        "strategy",
+        low=0,
+        high=100_000,
+        help="MultiKrum: replies averaged (0 = n - f each round).",
+    )
+    local_epochs: int = key(
+        1,
+        "training",
+        low=1,
+        high=1000,
+        help=(
+            "Local epochs per round; `task='vertical'` refuses any other value than "
+            "1 (its split network trains one epoch per round)."
+        ),
+    )
+    local_steps: int = key(
+        0,
+        "training",
+        low=0,
+        high=1_000_000,
+        help=(
+            "0: each round trains `local-epochs` passes over the hospital's data; N "
+            ">= 1: exactly N optimizer steps (mini-batches of `batch-size`, passes "
+            "repeated and reshuffled as needed) whatever the hospital's size, "
+            "`local-epochs` unused; with N = 1, `optimizer='sgd'`, `momentum=0`, "
+            "`learning-rate=1` and `strategy='fedadam'` the server runs Adam on the "
+            "pooled mini-batch gradient (FedSGD with a server optimizer); not with "
+            "`dp='local'` or `task='vertical'`."
+        ),
+    )
+    batch_size: int = key(32, "training", low=1, high=65_536, help="Local batch size.")
+    learning_rate: float = key(
+        0.05, "training", low=0.0, high=10.0, low_open=True, help="Local learning rate."
+    )
+    optimizer: str = key(
+        "sgd", "training", choices=("sgd", "adam"), help="Local optimizer."
+    )
+    lr_schedule: str = key(
+        "constant",
+        "training",
+        choices=("constant", "cosine"),
+        help=(
+            "`constant`, or `cosine`: the server sends each round's rate, decaying "
+            "from `learning-rate` towards 0 over `num-server-rounds`."
+        ),
+    )
+    select_best: str = key(
+        "none",
+        "evaluation",
+        choices=("none", "auc", "loss"),
+        help=(
+            "`none` saves the last round's model; `auc` / `loss` save the round "
+            "whose model had the best federated held-out metric (the hospitals' "
+            "evaluation, weighted by their held-out sizes; never the server's test "
+            "set), recorded as `selected_round` in `history.json`."
+        ),
+    )
+    model_ema: float = key(
+        0.0,
+        "strategy",
+        low=0.0,
+        high=0.9999,
+        help=(
+            "Server-side weight averaging: d in (0, 1) keeps an exponential moving "
+            "average of the global model over rounds (round i's model weighted by d "
+            "** (t - i) after round t, normalised), which the hospitals and the "
+            "server evaluate, `select-best` compares and `final_model.pt` holds, "
+            "while training continues from the raw global model; post-processing, "
+            "no privacy cost; 0 = off; not with `task='vertical'`."
+        ),
+    )
+    tta: str = key(
+        "none",
+        "evaluation",
+        choices=("none", "flip"),
+        help=(
+            "Imaging: test-time augmentation wherever the model predicts (server "
+            "and hospital evaluation, `medflower evaluate`): `flip` averages the "
+            "probabilities of each image and its left-right mirror; saved with the "
+            "model."
+        ),
+    )
+    momentum: float = key(0.9, "training", low=0.0, high=0.999, help="SGD momentum.")
+    weight_decay: float = key(
+        0.0, "training", low=0.0, high=1.0, help="L2 weight decay."
+    )
+    label_smoothing: float = key(
+        0.0,
+        "training",
+        low=0.0,
+        high=0.99,
+        help=(
+            "Training cross-entropy against targets smoothed by this much (0.1: 0.9 "
+            "+ 0.1 / classes on the true class, the rest spread evenly); evaluation "
+            "losses stay plain cross-entropy; not with `task='vertical'`."
+        ),
+    )
+    fraction_train: float = key(
+        1.0,
+        "strategy",
+        low=0.0,
+        high=1.0,
+        low_open=True,
+        help="Share of hospitals sampled for training each round.",
+    )
+    fraction_evaluate: float = key(
+        1.0,
+        "strategy",
+        low=0.0,
+        high=1.0,
+        help="Share sampled for federated evaluation (0 = none).",
+    )
+    min_hospitals: int = key(
+        2,
+        "strategy",
+        low=1,
+        high=100_000,
+        help=(
+            "Hospitals required to start a round and sound replies required to "
+            "aggregate it (fewer: round skipped, model kept)."
+        ),
+    )
+    round_timeout: float = key(
+        3600.0,
+        "reliability",
+        low=0.0,
+        low_open=True,
+        help=(
+            "Seconds to wait for replies in each train/evaluate phase; late "
+            "hospitals are left out of the round."
+        ),
+    )
+    wait_for_hospitals: float = key(
+        600.0,
+        "reliability",
+        low=0.0,
+        help=(
+            "Seconds the federation may stay below `min-hospitals` before the run "
+            "stops (status `stopped`, last checkpoint kept)."
+        ),
+    )
+    checkpoint_keep: int = key(
+        3,
+        "reliability",
+        low=1,
+        high=10_000,
+        help="Per-round checkpoints kept in `outputs/<run>/checkpoints/`.",
+    )
+    resume_from: str = key(
+        "",
+        "reliability",
+        help=(
+            "Run folder or checkpoint file to continue (same settings; see "
+            "docs/reliability.md)."
+        ),
+    )
+    deterministic: bool = key(
+        False,
+        "reliability",
+        help=(
+            "Deterministic torch kernels; with per-round, per-hospital seeds a "
+            "resumed run is bit-identical."
+        ),
+    )
+    poison_fraction: float = key(
+        0.0,
+        "test harness",
+        low=0.0,
+        high=0.99,
+        help=(
+            "Simulation only: share of hospitals (lowest partition ids) sending "
+            "poisoned updates."
+        ),
+    )
+    poison_scale: float = key(
+        10.0,
+        "test harness",
+        low=0.0,
+        high=1e6,
+        low_open=True,
+        help="Poisoned update = `w_global - scale * (w_local - w_global)`.",
+    )
+    server_eval: bool = key(
+        True,
+        "evaluation",
+        help=(
+            "Evaluate on the server's held-out test set every round; `false` in a "
+            "deployment whose coordinator holds no data (`data-path` may then stay "
+            "empty)."
+        ),
+    )
+    seed: int = key(
+        42,
+        "training",
+        low=0,
+        high=2**31 - 1,
+        help="Seed of splits, partitions, initialisation and shuffling.",
+    )
+    device: str = key(
+        "auto",
+        "training",
+        choices=("auto", "cpu", "cuda"),
+        help="`auto` (CUDA when present, else CPU), `cpu` or `cuda`.",
+    )
+    torch_threads: int = key(
+        1,
+        "training",
+        low=0,
+        high=256,
+        help="Torch threads per process (0 = torch's default).",
+    )
+    output_dir: str = key(
+        "outputs",
+        "outputs",
+        help=(
+            "Where runs are written; relative paths are taken under "
+            "`$MEDFLOWER_HOME` (set by the Makefile to the repository)."
+        ),
+    )
+    run_name: str = key(
+        "",
+        "outputs",
+        help="Run folder name (default: time, dataset, strategy, run id).",
+    )
+    id_column: str = key(
+        "patient_id",
+        "vertical",
+        help=(
+            "Patient-ID column of each hospital's CSV (node config `id-column` "
+            "overrides)."
+        ),
+    )
+    vertical_overlap: float = key(
+        0.8,
+        "vertical",
+        low=0.0,
+        high=1.0,
+        help="Simulation: share of patients held by every hospital.",
+    )
+    vertical_embedding: int = key(
+        8,
+        "vertical",
+        low=1,
+        high=4096,
+        help="Embedding width of each hospital's bottom model.",
+    )
+    init_model: str = key(
+        "",
+        "personalization",
+        help=(
+            "Transfer: a `final_model.pt` whose weights start the federation (must "
+            "match model and features)."
+        ),
+    )
+    personalize_epochs: int = key(
+        0,
+        "personalization",
+        low=0,
+        high=1000,
+        help=(
+            "Local epochs fine-tuning the head at evaluation (0 = off); metrics "
+            "before and after."
+        ),
+    )
+    local_norm: bool = key(
+        False,
+        "personalization",
+        help=(
+            "FedBN-style: normalisation layers stay local to each hospital (`model "
+            '= "mlp-norm"`).'
+        ),
+    )
+    secure_aggregation: bool = key(
+        False,
+        "secure aggregation",
+        help=(
+            "The server sees only the sum of hospital updates (SecAgg+; see "
+            "docs/secure-aggregation.md)."
+        ),
+    )
+    aggregation_encryption: str = key(
+        "masking",
+        "secure aggregation",
+        choices=("masking", "ckks"),
+        help="`masking` (SecAgg+) or `ckks` (TenSEAL; `pip install .[he]`).",
+    )
+    secagg_num_shares: int = key(
+        0,
+        "secure aggregation",
+        low=0,
+        high=100_000,
+        help="Shares per secret; 0 = derived from the hospitals in the round.",
+    )
+    secagg_reconstruction_threshold: int = key(
+        0,
+        "secure aggregation",
+        low=0,
+        high=100_000,
+        help="Shares to rebuild a secret (strict majority); 0 = derived.",
+    )
+    secagg_clipping_range: float = key(
+        2.0,
+        "secure aggregation",
+        low=0.0,
+        high=1e6,
+        low_open=True,
+        help="Hospitals clip each update coordinate to +/- this before masking.",
+    )
+    secagg_quantization_range: int = key(
+        2**30,
+        "secure aggregation",
+        low=2**8,
+        high=2**30,
+        help="Fixed-point levels over the clipping range.",
+    )
+    secagg_max_weight: float = key(
+        100_000.0,
+        "secure aggregation",
+        low=0.0,
+        high=1e12,
+        low_open=True,
+        help="Public cap on a hospital's weight (`num-examples`).",
+    )
+    dp: str = key(
+        "none",
+        "privacy",
+        choices=("none", "local", "central"),
+        help=(
+            "Differential privacy: `none`, `local` (Opacus DP-SGD in each hospital) "
+            "or `central` (server-side clipping + noise)."
+        ),
+    )
+    dp_noise_multiplier: float = key(
+        0.0,
+        "privacy",
+        low=0.0,
+        high=1000.0,
+        help="DP noise std / clip norm; give this or `dp-target-epsilon`.",
+    )
+    dp_target_epsilon: float = key(
+        0.0,
+        "privacy",
+        low=0.0,
+        high=1000.0,
+        help="Plan the noise to spend this epsilon over the whole run.",
+    )
+    dp_epsilon_budget: float = key(
+        0.0,
+        "privacy",
+        low=0.0,
+        high=1000.0,
+        help="Local DP: a hospital refuses rounds past this epsilon (0: the target).",
+    )
+    dp_delta: float = key(
+        1e-5,
+        "privacy",
+        low=0.0,
+        high=0.1,
+        low_open=True,
+        help="Delta of the reported (epsilon, delta).",
+    )
+    dp_max_grad_norm: float = key(
+        1.0,
+        "privacy",
+        low=0.0,
+        low_open=True,
+        help="Local DP: per-sample gradient clip norm.",
+    )
+    dp_update_clip_norm: float = key(
+        1.0,
+        "privacy",
+        low=0.0,
+        low_open=True,
+        help="Central DP: per-hospital update clip norm.",
+    )
+    dp_accountant: str = key(
+        "prv",
+        "privacy",
+        choices=("prv", "rdp"),
+        help="Opacus accountant: `prv` or `rdp`.",
+    )
+    dp_secure_rng: bool = key(
+        False,
+        "privacy",
+        help=(
+            "Cryptographically secure DP noise (local: torchcsprng; central: OpenDP)."
+        ),
+    )
+    dp_grad_sampler: str = key(
+        "layers",
+        "privacy",
+        choices=("layers", "opacus"),
+        help=(
+            "Local DP: per-sample gradients computed inside each layer (`layers`, "
+            "faster) or by Opacus' hooks (`opacus`); same mechanism and accounting."
+        ),
+    )
+    normalisation: str = key(
+        "per-site",
+        "data",
+        choices=tuple(NORMALISATIONS),
+        help=(
+            "Tabular standardisation: `per-site` (each site's own statistics), "
+            "`public-bounds` (every site maps each feature from the dataset's "
+            "public a-priori bounds onto [-1, 1]; no statistics, no epsilon) or "
+            "`dp-global` (global statistics from the hospitals' Laplace-noised "
+            "cohort statistics, app/privacy/cohort_stats.py)."
+        ),
+    )
+    dp_stats_epsilon: float = key(
+        0.0,
+        "privacy",
+        low=0.0,
+        high=1000.0,
+        help=(
+            "`dp-global`: epsilon each hospital spends on its statistics release "
+            "(part of `dp-target-epsilon` under local DP)."
+        ),
+    )
+    report: bool = key(
+        True,
+        "outputs",
+        help="Write `report.html` (plots, ROC curve) at the end of the run.",
+    )
+    tensorboard: bool = key(
+        False,
+        "outputs",
+        help=(
+            "Also write TensorBoard event files to `<run>/tensorboard/` (needs the "
+            "`tensorboard` package)."
+        ),
+    )
