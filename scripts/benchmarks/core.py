@@ -1,13 +1,17 @@
 """``medflower benchmark <suite>``: measured comparisons that print their numbers.
 
-Each suite is a function ``(args) -> BenchmarkResult`` registered in ``BENCHMARKS``;
-this module writes ``outputs/benchmarks/<suite>/results.json`` and ``results.md``
-and prints the table. Adding a suite is one function plus one registry line.
+Each suite is a function ``(args) -> BenchmarkResult``, declared in ``SUITES`` by
+name, module and description, and registered by ``@register`` in its module, which
+is imported only when that suite runs (listing the suites imports no torch or
+Flower). :func:`write_result` writes ``outputs/benchmarks/<suite>/results.json``
+(numbers) and ``results.md`` (the formatted table) and the command prints the table.
+Adding a suite is one function plus one ``SUITES`` line.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -16,12 +20,66 @@ from pathlib import Path
 from typing import Any
 
 from app.jsonio import write_json
-from scripts.flower_env import project_root
+from scripts.flower.env import project_root
+
+# Suite name -> (module that defines it, one-line description). Declared here so
+# that listing the suites needs no import of the suites (torch, MONAI, Flower).
+SUITES: dict[str, tuple[str, str]] = {
+    "heart": (
+        "scripts.benchmarks.suites",
+        "Fed-Heart-Disease (4 real hospitals): pooled vs local-only vs "
+        "FedAvg/FedProx/FedYogi, accuracy mean ± std over seeds",
+    ),
+    "cost": (
+        "scripts.benchmarks.suites",
+        "cost of federation: simulation / centralized wall time, DP-SGD / plain "
+        "step time, bytes per hospital per round / model size",
+    ),
+    "scale": (
+        "scripts.benchmarks.suites",
+        "10/50/100 simulated hospitals under `flwr run`: wall time per round and "
+        "peak memory of the whole process tree",
+    ),
+    "imaging": (
+        "scripts.benchmarks.imaging",
+        "BreastMNIST over 5 hospitals (Dirichlet 0.5): federated vs centralized "
+        "test AUC",
+    ),
+    "privacy": (
+        "scripts.benchmarks.privacy",
+        "local DP-SGD on heart disease: accuracy, step time, MIA AUC",
+    ),
+    "dp-step": (
+        "scripts.benchmarks.dp_step",
+        "DP-SGD step time / plain step time of the default models",
+    ),
+    "personalization": (
+        "scripts.benchmarks.personalization",
+        "per-hospital accuracy before/after personalization",
+    ),
+    "poisoning": (
+        "scripts.benchmarks.poisoning",
+        "FedAvg vs robust strategies, clean and 20% poisoning hospitals",
+    ),
+    "secagg": (
+        "scripts.benchmarks.secagg",
+        "secure aggregation (SecAgg+, CKKS) vs plain FedAvg: time, accuracy",
+    ),
+    "vertical": (
+        "scripts.benchmarks.vertical",
+        "vertical FL (PSI + split NN) vs label holder alone vs centralised",
+    ),
+}
 
 
 @dataclass
 class BenchmarkResult:
-    """A suite's table (rows of equal keys), headline figures and notes."""
+    """A suite's table (rows of equal keys), headline figures and notes.
+
+    Cells and summary values are numbers, booleans, labels or the typed values
+    below (:class:`MeanSD`, :class:`Values`): results.json keeps them as numbers,
+    results.md and the printed table format them.
+    """
 
     suite: str
     rows: list[dict[str, Any]]
@@ -31,10 +89,57 @@ class BenchmarkResult:
     details: dict[str, Any] = field(default_factory=dict)  # results.json only
 
 
+@dataclass(frozen=True)
+class MeanSD:
+    """A mean and its standard deviation: ``{"mean", "sd"}`` in results.json."""
+
+    mean: float
+    sd: float
+
+    def __str__(self) -> str:
+        if math.isnan(self.mean):
+            return "n/a"
+        return f"{self.mean:.3f} ± {self.sd:.3f}"
+
+    def to_json(self) -> dict[str, float]:
+        return {"mean": self.mean, "sd": self.sd}
+
+
+@dataclass(frozen=True)
+class Values:
+    """Several values shown in one cell (``fmt`` each, joined by ``sep``).
+
+    results.json holds the list; an empty one shows as ``-``.
+    """
+
+    values: tuple[Any, ...]
+    fmt: str = ".3f"
+    sep: str = " "
+
+    def __str__(self) -> str:
+        if not self.values:
+            return "-"
+        return self.sep.join(format(v, self.fmt) for v in self.values)
+
+    def to_json(self) -> list[Any]:
+        return list(self.values)
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4f}"
     return str(value)
+
+
+def plain(value: Any) -> Any:
+    """``value`` with every typed value (``to_json``) replaced by its numbers."""
+    if hasattr(value, "to_json"):
+        return value.to_json()
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -51,7 +156,11 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def write_result(result: BenchmarkResult, out_dir: Path, seconds: float) -> str:
-    """Write results.json and results.md; return the Markdown text."""
+    """Write results.json and results.md; return the Markdown text.
+
+    The one writer of benchmark results: every suite returns a
+    :class:`BenchmarkResult` and the command hands it here.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {
         "suite": result.suite,
@@ -62,7 +171,7 @@ def write_result(result: BenchmarkResult, out_dir: Path, seconds: float) -> str:
         "plots": result.plots,
         "details": result.details,
     }
-    write_json(out_dir / "results.json", payload)
+    write_json(out_dir / "results.json", plain(payload))
     text = f"# Benchmark: {result.suite}\n\n" + markdown_table(result.rows)
     if result.summary:
         text += "\n" + "\n".join(f"- {k}: {_fmt(v)}" for k, v in result.summary.items())
@@ -76,45 +185,40 @@ def write_result(result: BenchmarkResult, out_dir: Path, seconds: float) -> str:
 
 SuiteFn = Callable[[argparse.Namespace], BenchmarkResult]
 
-# Suite name -> (description, function). Suites register themselves here.
-BENCHMARKS: dict[str, tuple[str, SuiteFn]] = {}
+# Suite name -> function, filled by ``@register`` as a suite's module is imported.
+_FUNCTIONS: dict[str, SuiteFn] = {}
 
 
-def register(name: str, description: str) -> Callable[[SuiteFn], SuiteFn]:
-    """Decorator adding a suite to ``BENCHMARKS``."""
+def register(name: str) -> Callable[[SuiteFn], SuiteFn]:
+    """Decorator naming the function of suite ``name`` (declared in ``SUITES``)."""
+    if name not in SUITES:
+        raise KeyError(f"benchmark suite {name!r} is not declared in SUITES")
 
     def wrap(fn: SuiteFn) -> SuiteFn:
-        BENCHMARKS[name] = (description, fn)
+        _FUNCTIONS[name] = fn
         return fn
 
     return wrap
 
 
-def _load_suites() -> None:
-    """Import the modules that define suites (each registers itself)."""
-    import importlib
-
-    for module in SUITE_MODULES:
-        importlib.import_module(module)
-
-
-# Modules holding suites; one line per module.
-SUITE_MODULES: list[str] = [
-    "scripts.benchmarks.vertical",
-    "scripts.benchmarks.personalization",
-    "scripts.benchmarks.poisoning",
-    "scripts.benchmarks.secagg",
-    "scripts.benchmarks.privacy",
-    "scripts.benchmarks.dp_step",
-    "scripts.benchmarks.suites",
-    "scripts.benchmarks.imaging",
-]
+def suite_function(name: str) -> SuiteFn:
+    """The function of suite ``name``, importing its module on first use."""
+    module, _ = SUITES[name]
+    importlib.import_module(module)
+    if name not in _FUNCTIONS:
+        raise LookupError(f"{module} does not register benchmark suite {name!r}")
+    return _FUNCTIONS[name]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    _load_suites()
     parser.description = "Run a benchmark suite and print its table."
-    parser.add_argument("suite", choices=sorted(BENCHMARKS))
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    width = max(len(name) for name in SUITES)
+    parser.epilog = "suites:\n" + "\n".join(
+        f"  {name:<{width}}  {description}"
+        for name, (_, description) in SUITES.items()
+    )
+    parser.add_argument("suite", choices=list(SUITES))
     parser.add_argument(
         "--data-root",
         type=Path,
@@ -141,11 +245,20 @@ def default_data_root(args: argparse.Namespace) -> Path:
     return args.data_root or project_root().parent / "shared" / "data"
 
 
+def suite_dir(args: argparse.Namespace, suite: str) -> Path:
+    """Where ``medflower benchmark`` writes this suite's files (plots go there too)."""
+    out = (
+        getattr(args, "out", None) or project_root() / "outputs" / "benchmarks" / suite
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
-    _, fn = BENCHMARKS[args.suite]
+    fn = suite_function(args.suite)
     start = time.monotonic()
     result = fn(args)
-    out_dir = args.out or project_root() / "outputs" / "benchmarks" / args.suite
+    out_dir = suite_dir(args, args.suite)
     text = write_result(result, out_dir, time.monotonic() - start)
     print(text)
     print(f"written to {out_dir}")

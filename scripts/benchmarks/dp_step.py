@@ -198,7 +198,7 @@ def default_row(rows: list[dict[str, Any]], task: str) -> dict[str, Any]:
     )
 
 
-@register("dp-step", "DP-SGD step time / plain step time of the default models")
+@register("dp-step")
 def run_suite(args: argparse.Namespace) -> BenchmarkResult:
     """Benchmark suite entry point (``medflower benchmark dp-step``)."""
     rows = dp_step_rows(steps=10 if args.quick else 40)

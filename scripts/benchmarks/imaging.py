@@ -14,7 +14,6 @@ centralized ResNet-18 at 28x28), on CPU within 15 minutes.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from copy import deepcopy
@@ -27,26 +26,30 @@ import torch
 from flwr.app import ArrayRecord
 
 from app.client.hospital import model_spec, train_settings
-from app.client_app import app as client_app
 from app.config import RunConfig
 from app.server.averaging import ModelEMA
 from app.server.federation import BestRound
-from app.server_app import app as server_app
 from data.registry import get_dataset
 from data.spec import Split
 from data.transforms import ImageSplit
-from models.checkpoint import load_model
 from models.training import (
     OPTIMIZERS,
+    TrainSettings,
     evaluate_split,
     make_loader,
     predict_proba,
     scheduled_learning_rate,
     train_epochs,
 )
-from scripts.benchmarks.core import BenchmarkResult, default_data_root, register
+from scripts.benchmarks.core import (
+    BenchmarkResult,
+    Values,
+    default_data_root,
+    register,
+)
+from scripts.benchmarks.federation import CPU, federate, pool
 from scripts.evaluate import clinical_report
-from scripts.harness.inprocess import full_run_config, run_inprocess
+from scripts.harness.inprocess import full_run_config
 
 GOAL_AUC = 0.90
 REFERENCE = "MedMNIST v2 centralized ResNet-18 (28x28): test AUC 0.901, accuracy 0.863"
@@ -155,9 +158,9 @@ def _scores(y: np.ndarray, probs: np.ndarray, seed: int) -> dict[str, Any]:
     m, ci = report["metrics"], report["confidence_intervals"]
     return {
         "test_auc": m["auc"],
-        "auc_95ci": f"{ci['auc'][0]:.3f}-{ci['auc'][1]:.3f}",
+        "auc_95ci": Values(tuple(ci["auc"]), sep="-"),
         "accuracy": m["accuracy"],
-        "acc_95ci": f"{ci['accuracy'][0]:.3f}-{ci['accuracy'][1]:.3f}",
+        "acc_95ci": Values(tuple(ci["accuracy"]), sep="-"),
         "balanced_accuracy": m["balanced_accuracy"],
         "sensitivity": m["sensitivity"],
         "specificity": m["specificity"],
@@ -167,28 +170,23 @@ def _scores(y: np.ndarray, probs: np.ndarray, seed: int) -> dict[str, Any]:
 def federated(setup: Setup, data: Path, work: Path, seed: int) -> dict[str, Any]:
     """Train through ServerApp + strategy + ClientApps in-process; score on test."""
     run_config = setup.run_config(data, work, seed)
-    wall, cpu = time.monotonic(), time.process_time()
-    run_inprocess(
-        server_app,
-        client_app,
-        num_hospitals=setup.hospitals,
-        run_config=run_config,
+    run = federate(
+        run_config,
+        setup.hospitals,
+        out_dir=work,
+        name=run_config["run-name"],
         keep_delivered=False,  # hundreds of rounds: no copies of every message
     )
-    wall, cpu = time.monotonic() - wall, time.process_time() - cpu
-    run_dir = work / f"federated-seed{seed}"
-    model, _ = load_model(run_dir / "final_model.pt")
     test = get_dataset(RunConfig.from_run_config(run_config).data_spec()).server_test()
-    history = json.loads((run_dir / "history.json").read_text())
-    curve = [round(r["server"].get("auc", float("nan")), 4) for r in history["rounds"]]
-    selected = history.get("selected_round", {}).get("round", setup.rounds)
+    curve = [round(r["server"].get("auc", float("nan")), 4) for r in run.rounds]
+    selected = run.history.get("selected_round", {}).get("round", setup.rounds)
     row = {
         "setting": f"federated ({setup.hospitals} hospitals, Dirichlet {setup.alpha})",
         "seed": seed,
-        **_scores(test.y, predict_proba(model, test.x, torch.device("cpu")), seed),
+        **_scores(test.y, predict_proba(run.model, test.x, CPU), seed),
         "selected_round": selected,
-        "wall_s": round(wall, 1),
-        "cpu_s": round(cpu, 1),
+        "wall_s": round(run.seconds, 1),
+        "cpu_s": round(run.cpu_seconds, 1),
     }
     return {"row": row, "auc_by_round": curve}
 
@@ -221,14 +219,31 @@ def centralized(setup: Setup, data: Path, work: Path, seed: int) -> dict[str, An
         np.concatenate([s.train.y for s in sites]),
         augment_seed=seed if setup.augment else None,
     )
-    held_out = Split(
-        np.concatenate([s.val.x for s in sites]),
-        np.concatenate([s.val.y for s in sites]),
-    )
     torch.manual_seed(cfg.seed)  # as the ServerApp does before building the model
     model = model_spec(cfg, dataset.info()).build()
+    wall, cpu = time.monotonic(), time.process_time()
+    model, selected = train_rounds(
+        setup, cfg, model, pooled, pool([s.val for s in sites])
+    )
+    wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    test = dataset.server_test()
+    row = {
+        "setting": "centralized (pooled hospitals' training records)",
+        "seed": seed,
+        **_scores(test.y, predict_proba(model, test.x, CPU), seed),
+        "selected_round": selected,
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+    }
+    return {"row": row}
+
+
+def pooled_optimizer(
+    setup: Setup, cfg: RunConfig, model: torch.nn.Module
+) -> tuple[float, int, TrainSettings, torch.optim.Optimizer]:
+    """Base learning rate, batch size, settings and optimizer of the pooled run."""
     if setup.server_optimizer:
-        base_rate, batch_size = setup.eta, setup.hospitals * setup.batch_size
+        batch_size = setup.hospitals * setup.batch_size
         # one step of the hospitals' loss on a pooled batch; the Adam below steps
         settings = train_settings(cfg, batch_size=batch_size, max_steps=1)
         # The hospitals' L2 term (weight-decay) is part of the gradient they send,
@@ -240,46 +255,44 @@ def centralized(setup: Setup, data: Path, work: Path, seed: int) -> dict[str, An
             eps=setup.tau,
             weight_decay=setup.weight_decay,
         )
-    elif setup.local_steps == 0:
-        base_rate, batch_size = setup.learning_rate, setup.batch_size
-        settings = train_settings(cfg)  # cfg is this setup's run config
-        optimizer = OPTIMIZERS[setup.optimizer](model.parameters(), settings)
-    else:
-        raise AssertionError("unreachable: checked above")
-    device = torch.device("cpu")
+        return setup.eta, batch_size, settings, optimizer
+    settings = train_settings(cfg)  # cfg is this setup's run config
+    optimizer = OPTIMIZERS[setup.optimizer](model.parameters(), settings)
+    return setup.learning_rate, setup.batch_size, settings, optimizer
+
+
+def train_rounds(
+    setup: Setup,
+    cfg: RunConfig,
+    model: torch.nn.Module,
+    pooled: ImageSplit,
+    held_out: Split,
+) -> tuple[torch.nn.Module, int]:
+    """Train ``setup.rounds`` pooled rounds; the model to score and its round."""
+    base_rate, batch_size, settings, optimizer = pooled_optimizer(setup, cfg, model)
     averaging = ModelEMA(setup.model_ema)  # one update per step, as per round
     higher = BestRound.HIGHER_IS_BETTER.get(setup.select_best, True)
     best: tuple[int, float, dict[str, torch.Tensor]] | None = None
-    wall, cpu = time.monotonic(), time.process_time()
     for r in range(1, setup.rounds + 1):
         for group in optimizer.param_groups:
             group["lr"] = scheduled_learning_rate(
                 setup.lr_schedule, base_rate, r, setup.rounds
             )
-        loader = make_loader(pooled, batch_size, shuffle=True, seed=seed + r)
-        train_epochs(model, loader, settings, device, optimizer=optimizer)
+        loader = make_loader(pooled, batch_size, shuffle=True, seed=cfg.seed + r)
+        train_epochs(model, loader, settings, CPU, optimizer=optimizer)
         if averaging.enabled:
             averaging.update(ArrayRecord(model.state_dict()))
         if setup.select_best != "none":
             scored = averaged(model, averaging)
-            value = evaluate_split(scored, held_out, device)[setup.select_best]
+            value = evaluate_split(scored, held_out, CPU)[setup.select_best]
             if best is None or (value > best[1] if higher else value < best[1]):
                 state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
                 best = (r, value, state)
     model = averaged(model, averaging)
-    if best is not None:
-        model.load_state_dict(best[2])
-    wall, cpu = time.monotonic() - wall, time.process_time() - cpu
-    test = dataset.server_test()
-    row = {
-        "setting": "centralized (pooled hospitals' training records)",
-        "seed": seed,
-        **_scores(test.y, predict_proba(model, test.x, device), seed),
-        "selected_round": best[0] if best is not None else setup.rounds,
-        "wall_s": round(wall, 1),
-        "cpu_s": round(cpu, 1),
-    }
-    return {"row": row}
+    if best is None:
+        return model, setup.rounds
+    model.load_state_dict(best[2])
+    return model, best[0]
 
 
 def averaged(model: torch.nn.Module, averaging: ModelEMA) -> torch.nn.Module:
@@ -292,10 +305,7 @@ def averaged(model: torch.nn.Module, averaging: ModelEMA) -> torch.nn.Module:
     return copy
 
 
-@register(
-    "imaging",
-    "BreastMNIST over 5 hospitals (Dirichlet 0.5): federated vs centralized test AUC",
-)
+@register("imaging")
 def imaging_benchmark(args: argparse.Namespace) -> BenchmarkResult:
     data = default_data_root(args) / "medmnist" / "breastmnist.npz"
     if not data.is_file():

@@ -10,7 +10,8 @@ disease before and after personalization, and transfer from a source population.
   of Switzerland + Long Beach VA (target) via ``init-model``, compared with the
   same short federation from scratch.
 
-Every run goes through the real ServerApp and ClientApp (in process).
+Every run goes through the real ServerApp and ClientApp (in process); a hospital's
+figures are its evaluate metrics of the last round, as history.json records them.
 """
 
 from __future__ import annotations
@@ -21,60 +22,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import Message
 
-from app.client_app import app as client_app
-from app.server_app import app as server_app
 from scripts.benchmarks.core import BenchmarkResult, default_data_root, register
-from scripts.harness.inprocess import InProcessGrid, full_run_config, server_context
-from strategies.fedavg import hospital_of
+from scripts.benchmarks.federation import FederatedRun, federate
 
 SOURCE = ("processed.cleveland.data", "processed.hungarian.data")
 TARGET = ("processed.switzerland.data", "processed.va.data")
 FLAMBY = "FLamby (fine-tuning): mean per-client accuracy 0.718 -> 0.735"
 
 
-class ReplyCapture(InProcessGrid):
-    """Keeps each hospital's evaluate metrics of the latest round."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.evaluations: dict[str, dict[str, float]] = {}
-
-    def push_messages(self, messages: Any) -> Any:
-        ids = list(super().push_messages(messages))
-        for i in ids:
-            reply: Message | None = self._replies.get(i)
-            if (
-                reply is not None
-                and reply.has_content()
-                and reply.metadata.message_type.startswith("evaluate")
-            ):
-                metrics = next(iter(reply.content.metric_records.values()))
-                self.evaluations[hospital_of(reply)] = dict(metrics)
-        return ids
-
-
-def federate(
+def personal_run(
     data_dir: Path, out: Path, name: str, num_hospitals: int, **overrides: Any
-) -> tuple[dict[str, dict[str, float]], Path]:
-    """One federation; each hospital's final evaluate metrics and the model file."""
-    config = full_run_config(
-        **{
-            "dataset": "heart-disease",
-            "data-path": str(data_dir),
-            "output-dir": str(out),
-            "run-name": name,
-            "batch-size": 16,
-            **overrides,
-        }
-    )
-    grid = ReplyCapture(client_app, num_hospitals, config)
-    server_app(
-        grid,
-        server_context(config),
-    )
-    return grid.evaluations, out / name / "final_model.pt"
+) -> FederatedRun:
+    """One heart-disease federation (batch 16) kept in ``out/name``."""
+    config = {
+        "dataset": "heart-disease",
+        "data-path": str(data_dir),
+        "batch-size": 16,
+        **overrides,
+    }
+    return federate(config, num_hospitals, out_dir=out, name=name)
 
 
 def _subset(root: Path, files: tuple[str, ...], into: Path) -> Path:
@@ -87,68 +54,11 @@ def _subset(root: Path, files: tuple[str, ...], into: Path) -> Path:
 
 def benchmark_personalization(heart: Path, *, rounds: int = 20) -> BenchmarkResult:
     torch.set_num_threads(1)
-    rows: list[dict[str, Any]] = []
+    common = {"num-server-rounds": rounds, "learning-rate": 0.05, "seed": 42}
+    short = {**common, "num-server-rounds": max(2, rounds // 10)}
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        common = {"num-server-rounds": rounds, "learning-rate": 0.05, "seed": 42}
-        fedavg, _ = federate(
-            heart,
-            out,
-            "fedavg",
-            4,
-            model="logreg",
-            **{"personalize-epochs": 5},
-            **common,
-        )
-        fedbn, _ = federate(
-            heart,
-            out,
-            "fedbn",
-            4,
-            model="mlp-norm",
-            **{
-                "local-norm": True,
-                "personalize-epochs": 5,
-                "mlp-hidden": 16,
-                "mlp-layers": 1,
-            },
-            **common,
-        )
-        for site in sorted(fedavg):
-            a, b = fedavg[site], fedbn.get(site, {})
-            rows.append(
-                {
-                    "hospital": site,
-                    "test records": int(a["num-examples"]),
-                    "FedAvg logreg": a["accuracy"],
-                    "+ head fine-tuned": a.get("personal_accuracy", float("nan")),
-                    "FedBN mlp-norm (global norm)": b.get("accuracy", float("nan")),
-                    "+ local norm": b.get("local_norm_accuracy", float("nan")),
-                    "+ local norm + head": b.get("personal_accuracy", float("nan")),
-                }
-            )
-        mean = {
-            "hospital": "mean (unweighted)",
-            "test records": sum(r["test records"] for r in rows),
-        }
-        for key in list(rows[0])[2:]:
-            mean[key] = sum(r[key] for r in rows) / len(rows)
-        rows.append(mean)
-
-        source = _subset(heart, SOURCE, out / "source-data")
-        target = _subset(heart, TARGET, out / "target-data")
-        _, source_model = federate(source, out, "source", 2, model="logreg", **common)
-        short = {**common, "num-server-rounds": max(2, rounds // 10)}
-        scratch, _ = federate(target, out, "scratch", 2, model="logreg", **short)
-        transfer, _ = federate(
-            target,
-            out,
-            "transfer",
-            2,
-            model="logreg",
-            **{"init-model": str(source_model)},
-            **short,
-        )
+        rows = personalization_rows(heart, Path(tmp), common)
+        scratch, transfer = transfer_runs(heart, Path(tmp), common, short)
     summary: dict[str, Any] = {
         "rounds": rounds,
         "transfer_rounds": short["num-server-rounds"],
@@ -168,7 +78,71 @@ def benchmark_personalization(heart: Path, *, rounds: int = 20) -> BenchmarkResu
     return BenchmarkResult("personalization", rows, summary, notes)
 
 
-@register("personalization", "per-hospital accuracy before/after personalization")
+def personalization_rows(
+    heart: Path, out: Path, common: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Per hospital: FedAvg + fine-tuned head, FedBN + local norm; a mean row."""
+    fedavg = personal_run(
+        heart, out, "fedavg", 4, model="logreg", **{"personalize-epochs": 5}, **common
+    ).last_evaluations()
+    fedbn = personal_run(
+        heart,
+        out,
+        "fedbn",
+        4,
+        model="mlp-norm",
+        **{
+            "local-norm": True,
+            "personalize-epochs": 5,
+            "mlp-hidden": 16,
+            "mlp-layers": 1,
+        },
+        **common,
+    ).last_evaluations()
+    rows: list[dict[str, Any]] = []
+    for site in sorted(fedavg):
+        a, b = fedavg[site], fedbn.get(site, {})
+        rows.append(
+            {
+                "hospital": site,
+                "test records": int(a["num-examples"]),
+                "FedAvg logreg": a["accuracy"],
+                "+ head fine-tuned": a.get("personal_accuracy", float("nan")),
+                "FedBN mlp-norm (global norm)": b.get("accuracy", float("nan")),
+                "+ local norm": b.get("local_norm_accuracy", float("nan")),
+                "+ local norm + head": b.get("personal_accuracy", float("nan")),
+            }
+        )
+    mean = {
+        "hospital": "mean (unweighted)",
+        "test records": sum(r["test records"] for r in rows),
+    }
+    for key in list(rows[0])[2:]:
+        mean[key] = sum(r[key] for r in rows) / len(rows)
+    return [*rows, mean]
+
+
+def transfer_runs(
+    heart: Path, out: Path, common: dict[str, Any], short: dict[str, Any]
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Target hospitals' evaluations: from scratch, and from the source's model."""
+    source = _subset(heart, SOURCE, out / "source-data")
+    target = _subset(heart, TARGET, out / "target-data")
+    source_run = personal_run(source, out, "source", 2, model="logreg", **common)
+    scratch = personal_run(target, out, "scratch", 2, model="logreg", **short)
+    transfer = personal_run(
+        target,
+        out,
+        "transfer",
+        2,
+        model="logreg",
+        **{"init-model": str(source_run.model_path)},
+        **short,
+    )
+    return scratch.last_evaluations(), transfer.last_evaluations()
+
+
+@register("personalization")
 def personalization_suite(args: argparse.Namespace) -> BenchmarkResult:
     heart = default_data_root(args) / "heart-disease"
     if not heart.is_dir():

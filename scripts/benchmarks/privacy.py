@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import statistics
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from app import client_app, server_app
 from app.config import RunConfig
 from app.privacy.cohort_release import combine_releases, release_cohort_stats
 from app.privacy.cohort_stats import dataset_bounds
@@ -37,10 +35,16 @@ from data.spec import Split
 from data.tabular import read_heart_file
 from models.checkpoint import load_model
 from scripts.audit import all_sites, preprocessed, shadow_recipe
-from scripts.benchmarks.core import BenchmarkResult, default_data_root, register
+from scripts.benchmarks.core import (
+    BenchmarkResult,
+    MeanSD,
+    Values,
+    default_data_root,
+    register,
+    suite_dir,
+)
 from scripts.benchmarks.dp_step import default_row, dp_step_rows
-from scripts.flower_env import project_root
-from scripts.harness.inprocess import full_run_config, run_inprocess
+from scripts.benchmarks.federation import federate
 
 # Hyperparameters shared by the DP and non-DP runs (only the dp-* keys differ).
 TASK = {
@@ -70,27 +74,6 @@ OVERFIT = {
     "learning-rate": 0.05,
     "momentum": 0.9,
 }
-
-
-def federated_run(
-    data_dir: Path, out_dir: Path, name: str, seed: int, **overrides: Any
-) -> tuple[dict[str, Any], Path]:
-    """Run the 4-hospital federation in-process; return history.json and model path."""
-    config = full_run_config(
-        **{
-            **TASK,
-            "data-path": str(data_dir),
-            "output-dir": str(out_dir),
-            "run-name": name,
-            "seed": seed,
-            **overrides,
-        }
-    )
-    run_inprocess(server_app.app, client_app.app, num_hospitals=4, run_config=config)
-    history = json.loads((out_dir / name / "history.json").read_text())
-    if history["status"] != "completed":
-        raise RuntimeError(f"benchmark run {name} ended {history['status']}")
-    return history, out_dir / name / "final_model.pt"
 
 
 def membership_auc(model_path: Path) -> dict[str, float]:
@@ -153,12 +136,64 @@ def dp_standardisation_error(data_dir: Path, epsilon: float) -> dict[str, float]
     }
 
 
-def _mean_sd(acc: dict[str, float], sd: dict[str, float], key: str) -> str:
-    return f"{acc[key]:.3f} +- {sd[key]:.3f}"
+# Runs: label -> run-config changes (the same TASK, seeds and split otherwise).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "logreg, per-site, no DP": {},
+    "logreg, per-site, local DP eps=1": {**LOCAL_DP, "dp-target-epsilon": 1.0},
+    "logreg, public-bounds, no DP": dict(PUBLIC_BOUNDS),
+    "logreg, public-bounds, local DP eps=1": {
+        **PUBLIC_BOUNDS,
+        **LOCAL_DP,
+        "dp-target-epsilon": 1.0,
+    },
+    "logreg, dp-global, no DP": dict(DP_GLOBAL),
+    # eps=1 in total: DP-SGD is planned for 1 - dp-stats-epsilon.
+    "logreg, dp-global, local DP eps=1": {
+        **DP_GLOBAL,
+        **LOCAL_DP,
+        "dp-target-epsilon": 1.0,
+    },
+    "overfit MLP, no DP": dict(OVERFIT),
+    "overfit MLP, local DP eps=3": {
+        **OVERFIT,
+        **LOCAL_DP,
+        "dp-target-epsilon": 3.0,
+    },
+}
 
 
-def _pair(a: float, b: float) -> str:
-    return f"{a:.2e}/{b:.2e}"
+def variant_row(
+    label: str, data_dir: Path, runs_dir: Path, *, seeds: int
+) -> dict[str, Any]:
+    """Federate variant ``label`` once per seed; its accuracy, epsilon and MIA row."""
+    overrides = VARIANTS[label]
+    accs, aucs, site_aucs, tprs, eps, shadow = [], [], [], [], [], []
+    for seed in range(seeds):
+        name = f"{label.replace(' ', '').replace(',', '_').replace('=', '')}-s{seed}"
+        config = {**TASK, "data-path": str(data_dir), "seed": 42 + seed, **overrides}
+        run = federate(config, 4, out_dir=runs_dir, name=name)
+        accs.append(run.final_metrics["accuracy"])
+        assert run.model_path is not None  # runs_dir is kept
+        mia = membership_auc(run.model_path)
+        aucs.append(mia["mia_auc"])
+        site_aucs.append(mia["mia_auc_site_mean"])
+        tprs.append(mia["mia_tpr_at_1pct_fpr"])
+        shadow.append(mia["mia_shadow_auc"])
+        if run.history.get("privacy"):
+            eps.append(max(run.history["privacy"]["epsilon"].values()))
+    return {
+        "run": label,
+        "seeds": seeds,
+        "accuracies": Values(tuple(accs)),
+        "pooled_test_accuracy": statistics.fmean(accs),
+        "accuracy_sd": statistics.stdev(accs) if seeds > 1 else float("nan"),
+        "stats_epsilon": overrides.get("dp-stats-epsilon", 0.0),
+        "max_hospital_epsilon": max(eps) if eps else float("nan"),
+        "mia_auc": statistics.fmean(aucs),
+        "mia_auc_site_mean": statistics.fmean(site_aucs),
+        "mia_tpr_at_1pct_fpr": statistics.fmean(tprs),
+        "mia_shadow_auc": statistics.fmean(shadow),
+    }
 
 
 def privacy_benchmark(
@@ -169,106 +204,16 @@ def privacy_benchmark(
     if not (data_dir / "processed.cleveland.data").is_file():
         raise SystemExit(f"heart-disease data not found in {data_dir}")
     torch.set_num_threads(1)
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    runs_dir = out_dir / "runs"
-    variants = {
-        "logreg, per-site, no DP": {},
-        "logreg, per-site, local DP eps=1": {**LOCAL_DP, "dp-target-epsilon": 1.0},
-        "logreg, public-bounds, no DP": dict(PUBLIC_BOUNDS),
-        "logreg, public-bounds, local DP eps=1": {
-            **PUBLIC_BOUNDS,
-            **LOCAL_DP,
-            "dp-target-epsilon": 1.0,
-        },
-        "logreg, dp-global, no DP": dict(DP_GLOBAL),
-        # eps=1 in total: DP-SGD is planned for 1 - dp-stats-epsilon.
-        "logreg, dp-global, local DP eps=1": {
-            **DP_GLOBAL,
-            **LOCAL_DP,
-            "dp-target-epsilon": 1.0,
-        },
-        "overfit MLP, no DP": dict(OVERFIT),
-        "overfit MLP, local DP eps=3": {
-            **OVERFIT,
-            **LOCAL_DP,
-            "dp-target-epsilon": 3.0,
-        },
-    }
-    rows = []
-    for label, overrides in variants.items():
-        accs, aucs, site_aucs, tprs, eps, shadow = [], [], [], [], [], []
-        for seed in range(seeds):
-            name = (
-                f"{label.replace(' ', '').replace(',', '_').replace('=', '')}-s{seed}"
-            )
-            history, model_path = federated_run(
-                data_dir, runs_dir, name, 42 + seed, **overrides
-            )
-            accs.append(history["final_server_metrics"]["accuracy"])
-            mia = membership_auc(model_path)
-            aucs.append(mia["mia_auc"])
-            site_aucs.append(mia["mia_auc_site_mean"])
-            tprs.append(mia["mia_tpr_at_1pct_fpr"])
-            shadow.append(mia["mia_shadow_auc"])
-            if history.get("privacy"):
-                eps.append(max(history["privacy"]["epsilon"].values()))
-        rows.append(
-            {
-                "run": label,
-                "seeds": seeds,
-                "accuracies": " ".join(f"{a:.3f}" for a in accs),
-                "pooled_test_accuracy": statistics.fmean(accs),
-                "accuracy_sd": statistics.stdev(accs) if seeds > 1 else float("nan"),
-                "stats_epsilon": overrides.get("dp-stats-epsilon", 0.0),
-                "max_hospital_epsilon": max(eps) if eps else float("nan"),
-                "mia_auc": statistics.fmean(aucs),
-                "mia_auc_site_mean": statistics.fmean(site_aucs),
-                "mia_tpr_at_1pct_fpr": statistics.fmean(tprs),
-                "mia_shadow_auc": statistics.fmean(shadow),
-            }
-        )
+    rows = [
+        variant_row(label, data_dir, out_dir / "runs", seeds=seeds)
+        for label in VARIANTS
+    ]
     steps = dp_step_rows(steps=10 if quick else 40)
-    tabular, imaging = default_row(steps, "tabular"), default_row(steps, "imaging")
     stats = dp_standardisation_error(data_dir, epsilon=STATS_EPSILON)
-    by_run = {r["run"]: r for r in rows}
-    acc = {k: r["pooled_test_accuracy"] for k, r in by_run.items()}
-    sd = {k: r["accuracy_sd"] for k, r in by_run.items()}
-    dp_global = "logreg, dp-global, local DP eps=1"
-    public = "logreg, public-bounds, local DP eps=1"
-    summary = {
-        "accuracy_public_bounds_no_dp": _mean_sd(
-            acc, sd, "logreg, public-bounds, no DP"
-        ),
-        "accuracy_public_bounds_local_dp_eps1": _mean_sd(acc, sd, public),
-        "goal_accuracy_dp>=0.77": acc[public] >= 0.77,
-        "accuracy_dp_global_no_dp": _mean_sd(acc, sd, "logreg, dp-global, no DP"),
-        "accuracy_dp_global_local_dp_eps1": _mean_sd(acc, sd, dp_global),
-        "accuracy_per_site_no_dp": _mean_sd(acc, sd, "logreg, per-site, no DP"),
-        "accuracy_per_site_local_dp_eps1": _mean_sd(
-            acc, sd, "logreg, per-site, local DP eps=1"
-        ),
-        f"step_time_ratio_{tabular['model']}_b{tabular['batch']}": tabular["ratio"],
-        f"step_s_{tabular['model']}_plain/dp": _pair(
-            tabular["plain_step_s"], tabular["dp_step_s"]
-        ),
-        f"step_time_ratio_{imaging['model']}_28px_b{imaging['batch']}": imaging[
-            "ratio"
-        ],
-        f"step_s_{imaging['model']}_plain/dp": _pair(
-            imaging["plain_step_s"], imaging["dp_step_s"]
-        ),
-        "mia_loss_auc_logreg_no_dp/dp_eps1": (
-            f"{by_run['logreg, public-bounds, no DP']['mia_auc']:.3f}/"
-            f"{by_run[public]['mia_auc']:.3f}"
-        ),
-        "mia_loss_auc_overfit_mlp_no_dp/dp_eps3": (
-            f"{by_run['overfit MLP, no DP']['mia_auc']:.3f}/"
-            f"{by_run['overfit MLP, local DP eps=3']['mia_auc']:.3f}"
-        ),
-        "mia_shadow_auc_overfit_mlp_no_dp/dp_eps3": (
-            f"{by_run['overfit MLP, no DP']['mia_shadow_auc']:.3f}/"
-            f"{by_run['overfit MLP, local DP eps=3']['mia_shadow_auc']:.3f}"
-        ),
+    summary = accuracy_summary({r["run"]: r for r in rows})
+    summary |= step_summary(steps)
+    summary |= mia_summary({r["run"]: r for r in rows})
+    summary |= {
         f"dp_global_stats_eps{STATS_EPSILON:g}_mean_error_in_sd": stats[
             "mean_error_in_sd"
         ],
@@ -276,40 +221,96 @@ def privacy_benchmark(
             "sd_relative_error"
         ],
     }
-    notes = [
-        "Federations run in-process (same ServerApp/ClientApp/strategy code as flwr "
-        "run, in-memory Grid); hyperparameters are identical with and without DP: "
-        + json.dumps(TASK),
-        "Local DP: record-level, per hospital, PRV accountant, delta=1e-3, noise "
-        "planned over all rounds x local epochs at each hospital's sample rate.",
-        "public-bounds: every site maps each feature from the dataset's public "
-        "a-priori bounds onto [-1, 1]; no statistic of any hospital is used or "
-        "released, so the whole epsilon = 1 goes to DP-SGD.",
-        f"dp-global: before round 1 each hospital releases Laplace-noised feature "
-        f"sums at dp-stats-epsilon={STATS_EPSILON:g} (OpenDP noise, not seeded); "
-        "the server standardises everyone with the combined statistics. In the DP "
-        "rows the reported epsilon (<= 1) is DP-SGD epsilon + this, so DP-SGD is "
-        f"planned for {1 - STATS_EPSILON:g}.",
-        "accuracy_sd: sample standard deviation over seeds (each seed also redraws "
-        "every hospital's train/test split).",
-        "MIA: loss-threshold attack, members = each hospital's training records, "
-        "non-members = its held-out records (the pooled test set). Shadow attack: "
-        "4 shadow models of the same architecture/recipe (centralised, no DP) on "
-        "halves of an attacker set = half of the pooled held-out records; scored on "
-        "all training records vs the other held-out half.",
-        "Step time: the default tabular and imaging models at the default batch "
-        "size, median over alternating plain and DP-SGD steps (see `medflower "
-        "benchmark dp-step`); DP includes Poisson sampling, per-sample gradients, "
-        "clipping and noise, per-sample gradients by the default engine "
-        "(dp-grad-sampler 'layers'; 'opacus' hooks in `benchmark dp-step`).",
-    ]
-    return BenchmarkResult("privacy", rows, summary, notes)
+    return BenchmarkResult("privacy", rows, summary, NOTES)
 
 
-@register("privacy", "local DP-SGD on heart disease: accuracy, step time, MIA AUC")
+def accuracy_summary(by_run: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Pooled-test accuracy (mean and sd over seeds) of the logreg runs."""
+
+    def acc(label: str) -> MeanSD:
+        row = by_run[label]
+        return MeanSD(row["pooled_test_accuracy"], row["accuracy_sd"])
+
+    public = "logreg, public-bounds, local DP eps=1"
+    return {
+        "accuracy_public_bounds_no_dp": acc("logreg, public-bounds, no DP"),
+        "accuracy_public_bounds_local_dp_eps1": acc(public),
+        "goal_accuracy_dp>=0.77": by_run[public]["pooled_test_accuracy"] >= 0.77,
+        "accuracy_dp_global_no_dp": acc("logreg, dp-global, no DP"),
+        "accuracy_dp_global_local_dp_eps1": acc("logreg, dp-global, local DP eps=1"),
+        "accuracy_per_site_no_dp": acc("logreg, per-site, no DP"),
+        "accuracy_per_site_local_dp_eps1": acc("logreg, per-site, local DP eps=1"),
+    }
+
+
+def step_summary(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """DP-SGD / plain step time of the default tabular and imaging models."""
+    tabular, imaging = default_row(steps, "tabular"), default_row(steps, "imaging")
+
+    def seconds(row: dict[str, Any]) -> Values:
+        return Values((row["plain_step_s"], row["dp_step_s"]), fmt=".2e", sep="/")
+
+    return {
+        f"step_time_ratio_{tabular['model']}_b{tabular['batch']}": tabular["ratio"],
+        f"step_s_{tabular['model']}_plain/dp": seconds(tabular),
+        f"step_time_ratio_{imaging['model']}_28px_b{imaging['batch']}": imaging[
+            "ratio"
+        ],
+        f"step_s_{imaging['model']}_plain/dp": seconds(imaging),
+    }
+
+
+def mia_summary(by_run: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Membership-inference AUC without and with DP, for logreg and the overfit MLP."""
+
+    def pair(key: str, no_dp: str, dp: str) -> Values:
+        return Values((by_run[no_dp][key], by_run[dp][key]), sep="/")
+
+    mlp = ("overfit MLP, no DP", "overfit MLP, local DP eps=3")
+    return {
+        "mia_loss_auc_logreg_no_dp/dp_eps1": pair(
+            "mia_auc",
+            "logreg, public-bounds, no DP",
+            "logreg, public-bounds, local DP eps=1",
+        ),
+        "mia_loss_auc_overfit_mlp_no_dp/dp_eps3": pair("mia_auc", *mlp),
+        "mia_shadow_auc_overfit_mlp_no_dp/dp_eps3": pair("mia_shadow_auc", *mlp),
+    }
+
+
+NOTES = [
+    "Federations run in-process (same ServerApp/ClientApp/strategy code as flwr "
+    "run, in-memory Grid); hyperparameters are identical with and without DP: "
+    + json.dumps(TASK),
+    "Local DP: record-level, per hospital, PRV accountant, delta=1e-3, noise "
+    "planned over all rounds x local epochs at each hospital's sample rate.",
+    "public-bounds: every site maps each feature from the dataset's public "
+    "a-priori bounds onto [-1, 1]; no statistic of any hospital is used or "
+    "released, so the whole epsilon = 1 goes to DP-SGD.",
+    f"dp-global: before round 1 each hospital releases Laplace-noised feature "
+    f"sums at dp-stats-epsilon={STATS_EPSILON:g} (OpenDP noise, not seeded); "
+    "the server standardises everyone with the combined statistics. In the DP "
+    "rows the reported epsilon (<= 1) is DP-SGD epsilon + this, so DP-SGD is "
+    f"planned for {1 - STATS_EPSILON:g}.",
+    "accuracy_sd: sample standard deviation over seeds (each seed also redraws "
+    "every hospital's train/test split).",
+    "MIA: loss-threshold attack, members = each hospital's training records, "
+    "non-members = its held-out records (the pooled test set). Shadow attack: "
+    "4 shadow models of the same architecture/recipe (centralised, no DP) on "
+    "halves of an attacker set = half of the pooled held-out records; scored on "
+    "all training records vs the other held-out half.",
+    "Step time: the default tabular and imaging models at the default batch "
+    "size, median over alternating plain and DP-SGD steps (see `medflower "
+    "benchmark dp-step`); DP includes Poisson sampling, per-sample gradients, "
+    "clipping and noise, per-sample gradients by the default engine "
+    "(dp-grad-sampler 'layers'; 'opacus' hooks in `benchmark dp-step`).",
+]
+
+
+@register("privacy")
 def run_suite(args: argparse.Namespace) -> BenchmarkResult:
     """Benchmark suite entry point (``medflower benchmark privacy``)."""
-    out = args.out or project_root() / "outputs" / "benchmarks" / "privacy"
+    out = suite_dir(args, "privacy")
     seeds = args.seeds or (1 if args.quick else 3)
     return privacy_benchmark(
         default_data_root(args), out, seeds=seeds, quick=args.quick

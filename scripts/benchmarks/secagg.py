@@ -1,22 +1,17 @@
 """``medflower benchmark secagg``: secure aggregation against plain FedAvg.
 
-Wall time and accuracy on the same federation (in-process, wire serialisation on).
+Wall time and accuracy on the same federation (in-process, wire serialisation on,
+through :func:`scripts.benchmarks.federation.federate`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
-from app.client_app import app as client_app
-from app.server_app import app as server_app
 from scripts.benchmarks.core import BenchmarkResult, default_data_root, register
-from scripts.harness.inprocess import full_run_config, run_inprocess
+from scripts.benchmarks.federation import federate
 
 
 def _modes() -> dict[str, dict[str, Any]]:
@@ -43,73 +38,70 @@ def _federations(args: argparse.Namespace) -> list[tuple[str, int, dict[str, Any
     return feds
 
 
-def _run(overrides: dict[str, Any], hospitals: int, out: Path) -> dict[str, Any]:
-    config = full_run_config(
-        **{
-            "output-dir": str(out),
-            "run-name": "bench",
-            "server-eval": True,
-            **overrides,
-        }
-    )
-    start = time.perf_counter()
-    grid = run_inprocess(
-        server_app, client_app, num_hospitals=hospitals, run_config=config
-    )
-    seconds = time.perf_counter() - start
-    history = json.loads((out / "bench" / "history.json").read_text())
-    final = history["rounds"][-1]
+def _run(overrides: dict[str, Any], hospitals: int) -> dict[str, Any]:
+    run = federate({"server-eval": True, **overrides}, hospitals)
+    final = run.rounds[-1]
     rounds = overrides["num-server-rounds"]
     return {
-        "seconds": seconds,
+        "seconds": run.seconds,
         "accuracy": final["server"].get("accuracy", float("nan")),
         "auc": final["server"].get("auc", float("nan")),
-        "failed_rounds": sum(1 for r in history["rounds"] if "failed" in r),
-        "kb_up_per_hospital_round": sum(grid.bytes_per_node("up").values())
+        "failed_rounds": sum(1 for r in run.rounds if "skipped" in r),
+        "kb_up_per_hospital_round": sum(run.grid.bytes_per_node("up").values())
         / hospitals
         / rounds
         / 1024,
     }
 
 
-@register(
-    "secagg", "secure aggregation (SecAgg+, CKKS) vs plain FedAvg: time, accuracy"
-)
+def federation_rows(
+    fed: str, hospitals: int, data: dict[str, Any], *, rounds: int, repeats: int
+) -> list[dict[str, Any]]:
+    """One row per mode on federation ``fed``: median wall time over ``repeats``."""
+    base = {"num-server-rounds": rounds, **data}
+    _run({**base, "num-server-rounds": 1}, hospitals)  # warm-up
+    per_mode: dict[str, list[dict[str, Any]]] = {m: [] for m in _modes()}
+    for _ in range(repeats):
+        for mode, extra in _modes().items():
+            per_mode[mode].append(_run({**base, **extra}, hospitals))
+    plain_time = statistics.median(r["seconds"] for r in per_mode["plain"])
+    plain_acc = per_mode["plain"][0]["accuracy"]
+    rows = []
+    for mode, runs in per_mode.items():
+        seconds = statistics.median(r["seconds"] for r in runs)
+        rows.append(
+            {
+                "federation": f"{fed} ({hospitals} hospitals, {rounds} rounds)",
+                "mode": mode,
+                "median_seconds": seconds,
+                "time_ratio_vs_plain": seconds / plain_time,
+                "accuracy": runs[0]["accuracy"],
+                "accuracy_diff_points": 100 * (runs[0]["accuracy"] - plain_acc),
+                "auc": runs[0]["auc"],
+                "kb_up_per_hospital_round": runs[0]["kb_up_per_hospital_round"],
+                "failed_rounds": runs[0]["failed_rounds"],
+            }
+        )
+    return rows
+
+
+@register("secagg")
 def secagg_suite(args: argparse.Namespace) -> BenchmarkResult:
     """Median wall time over ``--seeds`` repetitions per mode; ratio secure / plain."""
     rounds = 3 if args.quick else 5
     repeats = args.seeds or (1 if args.quick else 3)
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for fed, hospitals, data in _federations(args):
-            base = {"num-server-rounds": rounds, **data}
-            _run({**base, "num-server-rounds": 1}, hospitals, Path(tmp) / "warm")
-            per_mode: dict[str, list[dict[str, Any]]] = {m: [] for m in _modes()}
-            for rep in range(repeats):
-                for mode, extra in _modes().items():
-                    out = Path(tmp) / f"{fed}-{mode}-{rep}"
-                    per_mode[mode].append(_run({**base, **extra}, hospitals, out))
-            plain_time = statistics.median(r["seconds"] for r in per_mode["plain"])
-            plain_acc = per_mode["plain"][0]["accuracy"]
-            for mode, runs in per_mode.items():
-                seconds = statistics.median(r["seconds"] for r in runs)
-                row = {
-                    "federation": f"{fed} ({hospitals} hospitals, {rounds} rounds)",
-                    "mode": mode,
-                    "median_seconds": seconds,
-                    "time_ratio_vs_plain": seconds / plain_time,
-                    "accuracy": runs[0]["accuracy"],
-                    "accuracy_diff_points": 100 * (runs[0]["accuracy"] - plain_acc),
-                    "auc": runs[0]["auc"],
-                    "kb_up_per_hospital_round": runs[0]["kb_up_per_hospital_round"],
-                    "failed_rounds": runs[0]["failed_rounds"],
-                }
-                rows.append(row)
-                if mode != "plain":
-                    summary[f"{fed}: wall-time ratio {mode} / plain"] = (
-                        seconds / plain_time
-                    )
+    for fed, hospitals, data in _federations(args):
+        fed_rows = federation_rows(
+            fed, hospitals, data, rounds=rounds, repeats=repeats
+        )
+        rows += fed_rows
+        for row in fed_rows:
+            if row["mode"] != "plain":
+                summary[f"{fed}: wall-time ratio {row['mode']} / plain"] = row[
+                    "time_ratio_vs_plain"
+                ]
     return BenchmarkResult(
         "secagg",
         rows,

@@ -1,25 +1,21 @@
 """Benchmark suites ``heart``, ``cost`` and ``scale`` (``medflower benchmark <suite>``).
 
 Federated runs go through the real ServerApp and ClientApp: in-process with
-:func:`scripts.harness.inprocess.run_inprocess` (messages serialised as on the
-wire, no Ray)
-for ``heart`` and ``cost``, and as real ``flwr run`` simulations for ``scale``.
-Baselines (pooled, local-only) reuse the same model, preprocessing, optimiser and
-training loop (``models.training``) for the same number of epochs.
+:func:`scripts.benchmarks.federation.federate` (messages serialised as on the
+wire, no Ray) for ``heart`` and ``cost``, and as real ``flwr run`` simulations for
+``scale``. Baselines (pooled, local-only) reuse the same model, preprocessing,
+optimiser and training loop (``models.training``) for the same number of epochs.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import logging
 import math
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,32 +25,31 @@ import torch
 from matplotlib.figure import Figure
 
 from app.client.hospital import model_spec, train_settings
-from app.client_app import app as client_app
 from app.config import RunConfig
-from app.server_app import app as server_app
 from data.registry import get_dataset
 from data.spec import HospitalData, Split
-from models.checkpoint import load_model
 from models.training import evaluate_split, make_loader, train_epochs
-from scripts.benchmarks.core import BenchmarkResult, default_data_root, register
+from scripts.benchmarks.core import (
+    BenchmarkResult,
+    MeanSD,
+    default_data_root,
+    register,
+    suite_dir,
+)
 from scripts.benchmarks.dp_step import StepCase, step_times
-from scripts.flower_env import project_root
-from scripts.harness.inprocess import InProcessGrid, full_run_config, run_inprocess
-
-log = logging.getLogger(__name__)
-CPU = torch.device("cpu")
-
+from scripts.benchmarks.federation import (
+    CPU,
+    FederatedRun,
+    federate,
+    local_only,
+    pool,
+    read_history,
+    train_pooled,
+)
+from scripts.flower.env import project_root
+from scripts.harness.inprocess import InProcessGrid, full_run_config
 
 # --------------------------------------------------------------------- helpers
-
-
-def suite_dir(args: argparse.Namespace, suite: str) -> Path:
-    """Where ``medflower benchmark`` writes this suite's files (plots go there too)."""
-    out = (
-        getattr(args, "out", None) or project_root() / "outputs" / "benchmarks" / suite
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -65,90 +60,15 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
-def pm(values: Sequence[float]) -> str:
-    """``mean ± std`` with three decimals, as the tables show it."""
-    mean, std = mean_std(values)
-    return "n/a" if mean != mean else f"{mean:.3f} ± {std:.3f}"
-
-
-@contextlib.contextmanager
-def quiet_flower(level: int = logging.ERROR) -> Iterator[None]:
-    """Raise Flower's console handler (which our loggers share) to ``level``.
-
-    In-process benchmark runs would otherwise print every round of every seed.
-    """
-    from flwr.common.logger import console_handler
-
-    old = console_handler.level
-    console_handler.setLevel(level)
-    try:
-        yield
-    finally:
-        console_handler.setLevel(old)
+def mean_sd(values: Sequence[float]) -> MeanSD:
+    """:func:`mean_std` as a table cell (``mean ± sd``, three decimals)."""
+    return MeanSD(*mean_std(values))
 
 
 def save_figure(fig: Figure, out_dir: Path, name: str) -> str:
     """Save a figure as ``out_dir/name`` (PNG) and return the file name."""
     fig.savefig(out_dir / name, dpi=110)
     return name
-
-
-@dataclass(frozen=True)
-class FederatedRun:
-    """The outcome of one in-process federated run."""
-
-    history: dict[str, Any]
-    model: torch.nn.Module
-    grid: InProcessGrid
-    seconds: float
-
-
-def federated_run(
-    run_config: Mapping[str, Any], num_hospitals: int, *, quiet: bool = True
-) -> FederatedRun:
-    """Run the real ServerApp against in-process ClientApps; return history and model.
-
-    Outputs go to a temporary folder (``output-dir`` is overridden); the run
-    report is skipped unless ``report`` is set in ``run_config``.
-    """
-    with tempfile.TemporaryDirectory(prefix="medflower-bench-") as tmp:
-        config = {"report": False, **run_config, "output-dir": tmp, "run-name": "run"}
-        ctx = quiet_flower() if quiet else contextlib.nullcontext()
-        start = time.perf_counter()
-        with ctx:
-            grid = run_inprocess(
-                server_app,
-                client_app,
-                num_hospitals=num_hospitals,
-                run_config=full_run_config(**config),
-            )
-        seconds = time.perf_counter() - start
-        run_dir = Path(tmp) / "run"
-        history = json.loads((run_dir / "history.json").read_text())
-        if history.get("status") != "completed":
-            raise RuntimeError(
-                f"federated run ended with status {history.get('status')}"
-            )
-        model, _ = load_model(run_dir / "final_model.pt")
-    return FederatedRun(history, model, grid, seconds)
-
-
-def pool(splits: Sequence[Split]) -> Split:
-    """Concatenate splits (each already standardised by its own site)."""
-    return Split(
-        np.concatenate([s.x for s in splits]), np.concatenate([s.y for s in splits])
-    )
-
-
-def train_centrally(
-    cfg: RunConfig, sites: Sequence[HospitalData], train: Split, epochs: int
-) -> torch.nn.Module:
-    """Train a fresh model of ``cfg`` on ``train`` for ``epochs`` epochs."""
-    torch.manual_seed(cfg.seed)
-    model = model_spec(cfg, sites[0].info).build()
-    loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    train_epochs(model, loader, train_settings(cfg, epochs=epochs, max_steps=0), CPU)
-    return model
 
 
 # ----------------------------------------------------------------------- heart
@@ -218,70 +138,65 @@ def heart_seed(
     sites = [dataset.hospital(i, len(names)) for i in range(len(names))]
     test = dataset.server_test()
     epochs = cfg.num_server_rounds * cfg.local_epochs
-
-    def scores(model: torch.nn.Module) -> dict[str, Any]:
-        pooled = evaluate_split(model, test, CPU)
-        out: dict[str, Any] = {
-            "pooled": pooled["accuracy"],
-            "pooled_auc": pooled["auc"],
-        }
-        for site in sites:
-            out[site.name] = evaluate_split(model, site.val, CPU)["accuracy"]
-        return out
-
     results: dict[str, dict[str, Any]] = {}
     if "pooled" in methods:
-        model = train_centrally(cfg, sites, pool([s.train for s in sites]), epochs)
-        results["pooled"] = scores(model)
+        model = train_pooled(cfg, sites, pool([s.train for s in sites]), epochs)
+        results["pooled"] = heart_scores(model, test, sites)
     if "local-only" in methods:
-        # Each hospital trains alone. Hospital columns: its own model on its own
-        # held-out rows; pooled: every test record scored by its hospital's model.
-        local: dict[str, Any] = {}
-        correct, total, across = 0.0, 0, []
-        for site in sites:
-            model = train_centrally(cfg, sites, site.train, epochs)
-            local[site.name] = evaluate_split(model, site.val, CPU)["accuracy"]
-            correct += local[site.name] * len(site.val)
-            total += len(site.val)
-            across.append(evaluate_split(model, test, CPU)["accuracy"])
-        results["local-only"] = {
-            "pooled": correct / total,
-            **local,
-            "pooled_mean_of_local_models": float(np.mean(across)),
-        }
-    for method, changes in FEDERATED.items():
-        if method not in methods and not (
-            method == "fedavg" and "fedavg+finetune" in methods
-        ):
-            continue
-        run_config = {**config, **changes}
-        personal = method == "fedavg" and "fedavg+finetune" in methods
-        if personal:  # the hospitals' own evaluation, after local fine-tuning
-            run_config.update(
-                {"personalize-epochs": FINETUNE_EPOCHS, "fraction-evaluate": 1.0}
-            )
-        run = federated_run(run_config, len(sites))
-        results[method] = scores(run.model)
-        results[method]["rounds_accuracy"] = [
-            r["server"].get("accuracy", math.nan) for r in run.history["rounds"]
-        ]
-        if personal:
-            results["fedavg+finetune"] = personalised_scores(run.history)
+        results["local-only"] = local_only(cfg, sites, test, epochs)
+    results |= heart_federated(config, methods, test, sites)
     return results
 
 
-def personalised_scores(history: Mapping[str, Any]) -> dict[str, Any]:
+def heart_scores(
+    model: torch.nn.Module, test: Split, sites: Sequence[HospitalData]
+) -> dict[str, Any]:
+    """Accuracy and AUC on the pooled test set, accuracy on each hospital's."""
+    pooled = evaluate_split(model, test, CPU)
+    out: dict[str, Any] = {"pooled": pooled["accuracy"], "pooled_auc": pooled["auc"]}
+    for site in sites:
+        out[site.name] = evaluate_split(model, site.val, CPU)["accuracy"]
+    return out
+
+
+def heart_federated(
+    config: Mapping[str, Any],
+    methods: Sequence[str],
+    test: Split,
+    sites: Sequence[HospitalData],
+) -> dict[str, dict[str, Any]]:
+    """The federated methods among ``methods`` (fedavg+finetune rides on fedavg)."""
+    personal = "fedavg+finetune" in methods
+    results: dict[str, dict[str, Any]] = {}
+    for method, changes in FEDERATED.items():
+        finetune = method == "fedavg" and personal
+        if method not in methods and not finetune:
+            continue
+        run_config = {**config, **changes}
+        if finetune:  # the hospitals' own evaluation, after local fine-tuning
+            run_config.update(
+                {"personalize-epochs": FINETUNE_EPOCHS, "fraction-evaluate": 1.0}
+            )
+        run = federate(run_config, len(sites))
+        results[method] = heart_scores(run.model, test, sites)
+        results[method]["rounds_accuracy"] = [
+            r["server"].get("accuracy", math.nan) for r in run.rounds
+        ]
+        if finetune:
+            results["fedavg+finetune"] = personalised_scores(run.last_evaluations())
+    return results
+
+
+def personalised_scores(evaluations: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Score the last round's per-hospital evaluation after fine-tuning, pooled.
 
     Each hospital reports ``personal_accuracy`` (``personalize-epochs``: a local
     copy of the global model fine-tuned on its own training split) on its
     held-out rows; pooled = weighted by those rows.
     """
-    last = history["rounds"][-1]["hospitals"]
     out: dict[str, Any] = {}
     correct = total = 0.0
-    for name, phases in last.items():
-        ev = phases["evaluate"]
+    for name, ev in evaluations.items():
         out[name] = ev["personal_accuracy"]
         correct += ev["personal_accuracy"] * ev["num-examples"]
         total += ev["num-examples"]
@@ -367,11 +282,7 @@ def heart_data_dir(args: argparse.Namespace) -> Path:
     return path
 
 
-@register(
-    "heart",
-    "Fed-Heart-Disease (4 real hospitals): pooled vs local-only vs "
-    "FedAvg/FedProx/FedYogi, accuracy mean ± std over seeds",
-)
+@register("heart")
 def heart(args: argparse.Namespace) -> BenchmarkResult:
     data_dir = heart_data_dir(args)
     quick = bool(getattr(args, "quick", False))
@@ -392,41 +303,64 @@ def heart(args: argparse.Namespace) -> BenchmarkResult:
             flush=True,
         )
     hospitals = [h for h in per_seed[0]["pooled"] if h not in ("pooled", "pooled_auc")]
-    rows, figures = [], {}
-    for method in HEART_METHODS:
-        accs = [s[method]["pooled"] for s in per_seed]
-        row: dict[str, Any] = {"method": method, "pooled test acc": pm(accs)}
-        row["pooled AUC"] = pm(
+    rows = [heart_row(method, per_seed, hospitals) for method in HEART_METHODS]
+    figures = {m: heart_figures(m, per_seed, hospitals) for m in HEART_METHODS}
+    settings = {**HEART_CONFIG, **overrides}
+    summary = heart_summary(figures, settings, n_seeds)
+    return BenchmarkResult(
+        suite="heart",
+        rows=rows,
+        summary=summary,
+        notes=heart_notes(settings, summary["total_epochs"]),
+        plots=_heart_plots(suite_dir(args, "heart"), per_seed, hospitals),
+        details={"settings": settings, "methods": figures, "per_seed": per_seed},
+    )
+
+
+def heart_row(
+    method: str, per_seed: list[dict[str, dict[str, Any]]], hospitals: list[str]
+) -> dict[str, Any]:
+    """The table row of ``method``: mean ± sd over seeds of every figure."""
+    row: dict[str, Any] = {
+        "method": method,
+        "pooled test acc": mean_sd([s[method]["pooled"] for s in per_seed]),
+        "pooled AUC": mean_sd(
             [s[method].get("pooled_auc", math.nan) for s in per_seed]
-        )
-        for h in hospitals:
-            row[h] = pm([s[method][h] for s in per_seed])
-        row["FLamby"] = FLAMBY_ANCHORS.get(method, "")
-        rows.append(row)
-        mean, std = mean_std(accs)
-        figures[method] = {
-            "pooled_accuracy": {"mean": mean, "std": std, "per_seed": accs},
-            "pooled_auc": mean_std(
-                [s[method].get("pooled_auc", math.nan) for s in per_seed]
-            ),
-            "hospitals": {
-                h: dict(
-                    zip(
-                        ("mean", "std"),
-                        mean_std([s[method][h] for s in per_seed]),
-                        strict=True,
-                    )
-                )
-                for h in hospitals
-            },
-        }
+        ),
+    }
+    for h in hospitals:
+        row[h] = mean_sd([s[method][h] for s in per_seed])
+    row["FLamby"] = FLAMBY_ANCHORS.get(method, "")
+    return row
+
+
+def heart_figures(
+    method: str, per_seed: list[dict[str, dict[str, Any]]], hospitals: list[str]
+) -> dict[str, Any]:
+    """results.json's figures of ``method``: mean and sd, per-seed accuracies."""
+    accs = [s[method]["pooled"] for s in per_seed]
+    mean, sd = mean_std(accs)
+    return {
+        "pooled_accuracy": {"mean": mean, "sd": sd, "per_seed": accs},
+        "pooled_auc": mean_sd(
+            [s[method].get("pooled_auc", math.nan) for s in per_seed]
+        ),
+        "hospitals": {
+            h: mean_sd([s[method][h] for s in per_seed]) for h in hospitals
+        },
+    }
+
+
+def heart_summary(
+    figures: dict[str, dict[str, Any]], settings: Mapping[str, Any], n_seeds: int
+) -> dict[str, Any]:
+    """The headline figures: the best federated method against the goal."""
     federated = {
         m: figures[m]["pooled_accuracy"]["mean"]
         for m in (*FEDERATED, "fedavg+finetune")
     }
     best = max(federated, key=federated.__getitem__)
-    settings = {**HEART_CONFIG, **overrides}
-    summary = {
+    return {
         "seeds": n_seeds,
         "best_federated_method": best,
         "best_federated_pooled_accuracy": federated[best],
@@ -434,8 +368,10 @@ def heart(args: argparse.Namespace) -> BenchmarkResult:
         "goal_best_federated_ge_0.80": federated[best] >= HEART_GOAL,
         "total_epochs": settings["num-server-rounds"] * settings["local-epochs"],
     }
-    out_dir = suite_dir(args, "heart")
-    notes = [
+
+
+def heart_notes(settings: Mapping[str, Any], total_epochs: int) -> list[str]:
+    return [
         "Accuracy of the final model (threshold 0.5). 'pooled test acc' is on the "
         "union of the four hospitals' held-out 34% (FLamby's pooled test); hospital "
         "columns on "
@@ -444,20 +380,12 @@ def heart(args: argparse.Namespace) -> BenchmarkResult:
         "own "
         "test rows, 'pooled' scores every test record with its hospital's model.",
         "Same model (logistic regression, 13 features), per-site standardisation, SGD "
-        f"settings and {summary['total_epochs']} total epochs for every method "
+        f"settings and {total_epochs} total epochs for every method "
         f"(federated: {settings['num-server-rounds']} rounds x "
         f"{settings['local-epochs']} local epoch).",
         "FLamby anchors: pooled 0.795, FedAvg 0.748, FedYogi 0.779 (their splits and "
         "tuning differ; compare trends, not third decimals).",
     ]
-    return BenchmarkResult(
-        suite="heart",
-        rows=rows,
-        summary=summary,
-        notes=notes,
-        plots=_heart_plots(out_dir, per_seed, hospitals),
-        details={"settings": settings, "methods": figures, "per_seed": per_seed},
-    )
 
 
 # ------------------------------------------------------------------------ cost
@@ -538,11 +466,7 @@ def sent_dtypes(grid: InProcessGrid) -> list[str]:
     return sorted(seen)
 
 
-@register(
-    "cost",
-    "Cost of federation: simulation / centralized wall time, DP-SGD / "
-    "plain step time, bytes per hospital per round / model size",
-)
+@register("cost")
 def cost(args: argparse.Namespace) -> BenchmarkResult:
     torch.set_num_threads(1)
     quick = bool(getattr(args, "quick", False))
@@ -557,9 +481,50 @@ def cost(args: argparse.Namespace) -> BenchmarkResult:
     }
     cfg = RunConfig.from_run_config(full_run_config(**config))
     central_s, model = centralized_timing(cfg, COST_HOSPITALS)
-    run = federated_run(config, COST_HOSPITALS)
-    fed_rounds = [r["elapsed_s"] for r in run.history["rounds"]]
+    run = federate(config, COST_HOSPITALS)
+    fed_rounds = [r["elapsed_s"] for r in run.rounds]
     size = model_float32_bytes(model)
+    rows, traffic = cost_traffic(run, central_s, size, rounds=rounds, epochs=epochs)
+    summary: dict[str, Any] = {
+        "workload": workload,
+        "hospitals": COST_HOSPITALS,
+        "model": cfg.model_name,
+        **traffic,
+    }
+    if not quick:
+        sim = flwr_run_timing(config, COST_HOSPITALS)
+        rows.insert(1, cost_flwr_row(sim, central_s))
+        summary.update(sim)
+        summary["time_ratio_flwr_run"] = sim["flwr_run_s"] / central_s
+        summary["time_ratio_flwr_rounds"] = sim["flwr_rounds_s"] / central_s
+    dp_row, dp_summary = cost_dp_step(cfg, steps=10 if quick else 30)
+    rows.append(dp_row)
+    summary.update(dp_summary)
+    out_dir = suite_dir(args, "cost")
+    plots = [
+        _cost_plot(
+            out_dir, central_s, run.seconds, fed_rounds, summary.get("flwr_run_s")
+        )
+    ]
+    notes = [
+        f"Workload '{workload}'. Centralized trains the pooled training data of the "
+        f"same {COST_HOSPITALS} hospitals for the same epochs with the same training "
+        "loop, and "
+        "evaluates on the server's test set once per round, as the ServerApp does.",
+        "Bytes are Flower protobuf messages as serialised on the wire (InProcessGrid); "
+        "the upload carries the model in float32 plus the metric record and site name.",
+        "DP-SGD step measured with Opacus directly (make_private, hooks) on the "
+        "workload's model; machine shared with other jobs, timings are noisy.",
+    ]
+    return BenchmarkResult(
+        suite="cost", rows=rows, summary=summary, notes=notes, plots=plots
+    )
+
+
+def cost_traffic(
+    run: FederatedRun, central_s: float, size: int, *, rounds: int, epochs: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows and summary of the in-process run: time and bytes against the model."""
     up = traffic_per_round(run.grid, "up")
     down = traffic_per_round(run.grid, "down")
     rows: list[dict[str, Any]] = [
@@ -585,9 +550,6 @@ def cost(args: argparse.Namespace) -> BenchmarkResult:
         },
     ]
     summary: dict[str, Any] = {
-        "workload": workload,
-        "hospitals": COST_HOSPITALS,
-        "model": cfg.model_name,
         "model_float32_bytes": size,
         "federated_inprocess_s": run.seconds,
         "centralized_s": central_s,
@@ -596,63 +558,42 @@ def cost(args: argparse.Namespace) -> BenchmarkResult:
         "bytes_ratio_up": up / size,
         "bytes_ratio_down": down / size,
     }
-    if not quick:
-        sim = flwr_run_timing(config, COST_HOSPITALS)
-        summary.update(sim)
-        rows.insert(
-            1,
-            {
-                "measure": "federated (`flwr run`, Ray) / centralized wall time",
-                "value": sim["flwr_run_s"] / central_s,
-                "goal": "<= 1.25",
-                "detail": f"{sim['flwr_run_s']:.1f}s whole command; rounds alone "
-                f"{sim['flwr_rounds_s']:.1f}s "
-                f"({sim['flwr_rounds_s'] / central_s:.2f}x)",
-            },
-        )
-        summary["time_ratio_flwr_run"] = sim["flwr_run_s"] / central_s
-        summary["time_ratio_flwr_rounds"] = sim["flwr_rounds_s"] / central_s
+    return rows, summary
+
+
+def cost_flwr_row(sim: Mapping[str, float], central_s: float) -> dict[str, Any]:
+    """The row of the real ``flwr run`` simulation's wall time."""
+    return {
+        "measure": "federated (`flwr run`, Ray) / centralized wall time",
+        "value": sim["flwr_run_s"] / central_s,
+        "goal": "<= 1.25",
+        "detail": f"{sim['flwr_run_s']:.1f}s whole command; rounds alone "
+        f"{sim['flwr_rounds_s']:.1f}s "
+        f"({sim['flwr_rounds_s'] / central_s:.2f}x)",
+    }
+
+
+def cost_dp_step(
+    cfg: RunConfig, *, steps: int
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Row and summary of a DP-SGD step against a plain one on the workload's model."""
     info = get_dataset(cfg.data_spec()).info()
     case = StepCase(info.task, info.input_shape, info.num_classes, cfg.model_name)
-    dp = step_times(
-        case, batch_size=cfg.batch_size, steps=10 if quick else 30, device=CPU
-    )
-    rows.append(
-        {
-            "measure": "DP-SGD step / plain step",
-            "value": dp["ratio"],
-            "goal": "",
-            "detail": f"{dp['dp_step_s'] * 1e3:.1f} ms / {dp['plain_step_s'] * 1e3:.1f}"
-            f" ms, per-sample gradients by layer, batch {cfg.batch_size}, "
-            f"{cfg.model_name}",
-        }
-    )
-    summary.update(
-        {
-            "dp_step_ratio": dp["ratio"],
-            "dp_step_s": dp["dp_step_s"],
-            "plain_step_s": dp["plain_step_s"],
-        }
-    )
-    out_dir = suite_dir(args, "cost")
-    plots = [
-        _cost_plot(
-            out_dir, central_s, run.seconds, fed_rounds, summary.get("flwr_run_s")
-        )
-    ]
-    notes = [
-        f"Workload '{workload}'. Centralized trains the pooled training data of the "
-        f"same {COST_HOSPITALS} hospitals for the same epochs with the same training "
-        "loop, and "
-        "evaluates on the server's test set once per round, as the ServerApp does.",
-        "Bytes are Flower protobuf messages as serialised on the wire (InProcessGrid); "
-        "the upload carries the model in float32 plus the metric record and site name.",
-        "DP-SGD step measured with Opacus directly (make_private, hooks) on the "
-        "workload's model; machine shared with other jobs, timings are noisy.",
-    ]
-    return BenchmarkResult(
-        suite="cost", rows=rows, summary=summary, notes=notes, plots=plots
-    )
+    dp = step_times(case, batch_size=cfg.batch_size, steps=steps, device=CPU)
+    row = {
+        "measure": "DP-SGD step / plain step",
+        "value": dp["ratio"],
+        "goal": "",
+        "detail": f"{dp['dp_step_s'] * 1e3:.1f} ms / {dp['plain_step_s'] * 1e3:.1f}"
+        f" ms, per-sample gradients by layer, batch {cfg.batch_size}, "
+        f"{cfg.model_name}",
+    }
+    summary = {
+        "dp_step_ratio": dp["ratio"],
+        "dp_step_s": dp["dp_step_s"],
+        "plain_step_s": dp["plain_step_s"],
+    }
+    return row, summary
 
 
 def _cost_plot(
@@ -684,7 +625,7 @@ def timed_flwr_run(
 
     Raises RuntimeError with the run's log tail when it did not complete.
     """
-    from scripts.flower_env import run_simulation
+    from scripts.flower.driver import run_simulation
 
     with tempfile.TemporaryDirectory(prefix="medflower-bench-") as tmp:
         run_config = _run_config_string({**config, "output-dir": tmp})
@@ -731,7 +672,7 @@ def _history_of(output_dir: Path, run_id: str | None) -> dict[str, Any]:
     run_dir = find_run_dir(output_dir, run_id)
     if run_dir is None:
         raise RuntimeError(f"no run folder for Flower run {run_id} in {output_dir}")
-    return json.loads((run_dir / "history.json").read_text())
+    return read_history(run_dir)
 
 
 # ----------------------------------------------------------------------- scale
@@ -821,11 +762,7 @@ def scale_run(num_hospitals: int) -> dict[str, Any]:
     }
 
 
-@register(
-    "scale",
-    "10/50/100 simulated hospitals under `flwr run`: wall time per "
-    "round and peak memory of the whole process tree",
-)
+@register("scale")
 def scale(args: argparse.Namespace) -> BenchmarkResult:
     quick = bool(getattr(args, "quick", False))
     sizes = SCALE_QUICK_HOSPITALS if quick else SCALE_HOSPITALS

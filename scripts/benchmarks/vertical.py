@@ -2,7 +2,8 @@
 centralised model, and the cost of PSI alignment at 10,000 patients per hospital.
 
 The vertical model is trained through the real ServerApp and ClientApp (every
-message serialised as on the wire, in process). The two references are trained
+message serialised as on the wire, in process:
+:func:`scripts.benchmarks.federation.federate`). The two references are trained
 on plaintext data joined by ID, with the same network, initial weights, aligned
 patients, train/test split, batches and optimizer: the centralised one is the
 non-private upper bound, the label holder's the "no federation" baseline.
@@ -11,11 +12,8 @@ non-private upper bound, the label holder's the "no federation" baseline.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +35,8 @@ from app.vertical.psi import (
 from app.vertical.split import BottomModel, SplitNetwork, TopModel
 from models.metrics import classification_metrics
 from scripts.benchmarks.core import BenchmarkResult, default_data_root, register
+from scripts.benchmarks.federation import federate
+from scripts.harness.inprocess import full_run_config
 
 PSI_IDS_PER_PARTY = 10_000
 PSI_BUDGET_S = 10.0
@@ -92,39 +92,6 @@ def train_reference(
     return classification_metrics(y[test_pos], proba)
 
 
-def run_federated(cfg: dict[str, Any], num_parties: int) -> dict[str, Any]:
-    """The vertical app through the ServerApp/ClientApp message path, in process."""
-    from flwr.app import Context, RecordDict
-
-    from app.client_app import app as client_app
-    from app.server_app import app as server_app
-    from scripts.harness.inprocess import InProcessGrid
-
-    with tempfile.TemporaryDirectory() as tmp:
-        run_cfg = {**cfg, "output-dir": tmp, "run-name": "vertical"}
-        grid = InProcessGrid(client_app, num_parties, run_cfg)
-        start = time.perf_counter()
-        server_app(
-            grid,
-            Context(
-                run_id=1,
-                node_id=0,
-                node_config={},
-                state=RecordDict(),
-                run_config=run_cfg,
-            ),
-        )
-        seconds = time.perf_counter() - start
-        history = json.loads((Path(tmp) / "vertical" / "history.json").read_text())
-    return {
-        "metrics": history["final_server_metrics"],
-        "vertical": history["vertical"],
-        "seconds": seconds,
-        "messages": len(grid.traffic),
-        "wire_bytes": sum(t.num_bytes for t in grid.traffic),
-    }
-
-
 def psi_scale(n: int = PSI_IDS_PER_PARTY) -> dict[str, Any]:
     """One PSI and the full two-party alignment, ``n`` IDs per party, half shared."""
     a = [f"MRN-{i:07d}" for i in range(n)]
@@ -159,6 +126,68 @@ def psi_scale(n: int = PSI_IDS_PER_PARTY) -> dict[str, Any]:
     }
 
 
+def vertical_config(dataset: str, path: str, epochs: int) -> dict[str, Any]:
+    """The run config of a vertical federation on ``dataset``."""
+    return full_run_config(
+        **{
+            "task": "vertical",
+            "dataset": dataset,
+            "data-path": path,
+            "num-server-rounds": epochs,
+            "optimizer": "adam",
+            "learning-rate": 0.01,
+            "batch-size": 32,
+            "mlp-hidden": 32,
+            "vertical-embedding": 8,
+            "vertical-overlap": 0.8,
+            "test-fraction": 0.25,
+        }
+    )
+
+
+def compare(
+    dataset: str, path: str, k: int, epochs: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Vertical federation of ``k`` hospitals against the two references.
+
+    Returns the three table rows and the run's details (alignment, traffic).
+    """
+    cfg = vertical_config(dataset, path, epochs)
+    fed = federate(cfg, k, name="vertical")
+    split = simulate_parties(dataset, k, overlap=0.8, seed=cfg["seed"], data_path=path)
+    xs, y = _joined(split)
+    alone = train_reference(xs, y, use=[0], epochs=epochs, cfg=cfg)
+    central = train_reference(xs, y, use=list(range(k)), epochs=epochs, cfg=cfg)
+    vertical = fed.history["vertical"]
+    rows = [
+        {
+            "dataset": dataset,
+            "hospitals": k,
+            "aligned": vertical["aligned_patients"],
+            "aligned test": vertical["test_patients"],
+            "model": model,
+            "accuracy": float(m["accuracy"]),
+            "auc": float(m["auc"]),
+        }
+        for model, m in (
+            ("vertical federated (PSI + split NN)", fed.final_metrics),
+            ("label holder alone", alone),
+            ("centralised, all features", central),
+        )
+    ]
+    details = {
+        "dataset": dataset,
+        "hospitals": k,
+        "feature_groups": [list(p.feature_names) for p in split],
+        "patients_per_hospital": [len(p) for p in split],
+        **vertical,
+        "run_seconds": fed.seconds,
+        "messages": fed.messages,
+        "wire_bytes": fed.wire_bytes,
+    }
+    return rows, details
+
+
 def benchmark_vertical(
     *,
     heart_path: str | None,
@@ -168,80 +197,15 @@ def benchmark_vertical(
 ) -> BenchmarkResult:
     """Run every comparison (WDBC, and heart disease when its folder is given)."""
     torch.set_num_threads(1)
-    from scripts.harness.inprocess import full_run_config
-
     datasets = [("wdbc", "")] + ([("heart-disease", heart_path)] if heart_path else [])
-    rows = []
+    rows: list[dict[str, Any]] = []
     details = []
     for dataset, path in datasets:
         for k in parties:
-            cfg = full_run_config(
-                **{
-                    "task": "vertical",
-                    "dataset": dataset,
-                    "data-path": path or "",
-                    "num-server-rounds": epochs,
-                    "optimizer": "adam",
-                    "learning-rate": 0.01,
-                    "batch-size": 32,
-                    "mlp-hidden": 32,
-                    "vertical-embedding": 8,
-                    "vertical-overlap": 0.8,
-                    "test-fraction": 0.25,
-                }
-            )
-            fed = run_federated(cfg, k)
-            split = simulate_parties(
-                dataset, k, overlap=0.8, seed=cfg["seed"], data_path=path or ""
-            )
-            xs, y = _joined(split)
-            alone = train_reference(xs, y, use=[0], epochs=epochs, cfg=cfg)
-            central = train_reference(xs, y, use=list(range(k)), epochs=epochs, cfg=cfg)
-            for model, m in (
-                ("vertical federated (PSI + split NN)", fed["metrics"]),
-                ("label holder alone", alone),
-                ("centralised, all features", central),
-            ):
-                rows.append(
-                    {
-                        "dataset": dataset,
-                        "hospitals": k,
-                        "aligned (test)": f"{fed['vertical']['aligned_patients']} "
-                        f"({fed['vertical']['test_patients']})",
-                        "model": model,
-                        "accuracy": float(m["accuracy"]),
-                        "auc": float(m["auc"]),
-                    }
-                )
-            details.append(
-                {
-                    "dataset": dataset,
-                    "hospitals": k,
-                    "feature_groups": [list(p.feature_names) for p in split],
-                    "patients_per_hospital": [len(p) for p in split],
-                    **fed["vertical"],
-                    "run_seconds": fed["seconds"],
-                    "messages": fed["messages"],
-                    "wire_bytes": fed["wire_bytes"],
-                }
-            )
-    psi = psi_scale(psi_ids)
-    single, full = psi["single_psi"], psi["alignment"]
-    summary = {
-        "psi_ids_per_hospital": psi["ids_per_party"],
-        "psi_shared_ids": single["intersection"],
-        "one_psi_wall_s": single["wall_s"],
-        "one_psi_cpu_s": single["cpu_s"],
-        "one_psi_bytes": single["bytes"],
-        "alignment_2_hospitals_wall_s": full["wall_s"],
-        "alignment_2_hospitals_cpu_s": full["cpu_s"],
-        "alignment_2_hospitals_critical_path_cpu_s": full["critical_path_cpu_s"],
-        "alignment_2_hospitals_bytes": full["bytes"],
-        "alignment_2_hospitals_messages": full["messages"],
-        "psi_budget_s": PSI_BUDGET_S,
-        "load_average_1min": psi["load_average"],
-        "epochs": epochs,
-    }
+            run_rows, run_details = compare(dataset, path or "", k, epochs)
+            rows += run_rows
+            details.append(run_details)
+    summary = {**psi_summary(psi_scale(psi_ids)), "epochs": epochs}
     notes = [
         "vertical federated = the real ServerApp/ClientApp message path (PSI "
         "alignment, then per-batch embeddings and gradients), run in process.",
@@ -262,12 +226,29 @@ def benchmark_vertical(
             f"{d['run_seconds']:.0f} s, {d['messages']} messages, "
             f"{d['wire_bytes']:,} B."
         )
-    return BenchmarkResult("vertical", rows, summary, notes)
+    return BenchmarkResult("vertical", rows, summary, notes, details={"runs": details})
 
 
-@register(
-    "vertical", "vertical FL (PSI + split NN) vs label holder alone vs centralised"
-)
+def psi_summary(psi: dict[str, Any]) -> dict[str, Any]:
+    """The headline PSI figures: one PSI and the two-hospital alignment."""
+    single, full = psi["single_psi"], psi["alignment"]
+    return {
+        "psi_ids_per_hospital": psi["ids_per_party"],
+        "psi_shared_ids": single["intersection"],
+        "one_psi_wall_s": single["wall_s"],
+        "one_psi_cpu_s": single["cpu_s"],
+        "one_psi_bytes": single["bytes"],
+        "alignment_2_hospitals_wall_s": full["wall_s"],
+        "alignment_2_hospitals_cpu_s": full["cpu_s"],
+        "alignment_2_hospitals_critical_path_cpu_s": full["critical_path_cpu_s"],
+        "alignment_2_hospitals_bytes": full["bytes"],
+        "alignment_2_hospitals_messages": full["messages"],
+        "psi_budget_s": PSI_BUDGET_S,
+        "load_average_1min": psi["load_average"],
+    }
+
+
+@register("vertical")
 def vertical_suite(args: argparse.Namespace) -> BenchmarkResult:
     heart = default_data_root(args) / "heart-disease"
     return benchmark_vertical(

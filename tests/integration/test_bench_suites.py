@@ -10,37 +10,74 @@ import pytest
 from support.federation import shared_data_dir
 
 from scripts.benchmarks.core import (
-    BENCHMARKS,
+    SUITES,
     BenchmarkResult,
+    MeanSD,
+    Values,
     markdown_table,
+    suite_function,
     write_result,
 )
+from scripts.benchmarks.federation import federate
 from scripts.benchmarks.suites import (
     HEART_METHODS,
     TreeMemory,
     _run_config_string,
-    federated_run,
     heart,
+    mean_sd,
     mean_std,
     model_float32_bytes,
-    pm,
     sent_dtypes,
     traffic_per_round,
 )
 
 
-def test_suites_are_registered():
-    from scripts.benchmarks.core import _load_suites
+def test_every_declared_suite_registers_its_function():
+    for name in SUITES:
+        assert callable(suite_function(name)), name
 
-    _load_suites()
-    assert {"heart", "cost", "scale", "dp-step", "privacy"} <= set(BENCHMARKS)
+
+def test_listing_the_suites_imports_neither_torch_nor_flower():
+    code = (
+        "import argparse, sys\n"
+        "from scripts.benchmarks import core\n"
+        "parser = argparse.ArgumentParser()\n"
+        "core.add_arguments(parser)\n"
+        "text = parser.format_help()\n"
+        "assert 'vertical' in text and 'secure aggregation' in text, text\n"
+        "heavy = {'torch', 'flwr', 'monai'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_mean_std_and_plus_minus():
     assert mean_std([0.7, 0.8, 0.9]) == pytest.approx((0.8, 0.1))
     assert mean_std([0.5]) == (0.5, 0.0)
     assert mean_std([0.6, float("nan"), 0.8]) == pytest.approx((0.7, np.sqrt(0.02)))
-    assert pm([0.7, 0.8, 0.9]) == "0.800 ± 0.100"
+    assert str(mean_sd([0.7, 0.8, 0.9])) == "0.800 ± 0.100"
+    assert str(mean_sd([float("nan")])) == "n/a"
+
+
+def test_typed_cells_are_numbers_in_json_and_text_in_markdown(tmp_path):
+    rows = [
+        {
+            "run": "a",
+            "acc": MeanSD(0.75, 0.02),
+            "seeds": Values((0.7, 0.8)),
+            "ci": Values((0.6, 0.9), sep="-"),
+            "flagged": Values((), fmt=""),
+        }
+    ]
+    summary = {"pair": Values((5.57e-4, 7.13e-4), fmt=".2e", sep="/")}
+    text = write_result(BenchmarkResult("unit", rows, summary), tmp_path, 1.0)
+    assert "| a | 0.750 ± 0.020 | 0.700 0.800 | 0.600-0.900 | - |" in text
+    assert "- pair: 5.57e-04/7.13e-04" in text
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["rows"][0]["acc"] == {"mean": 0.75, "sd": 0.02}
+    assert payload["rows"][0]["seeds"] == [0.7, 0.8]
+    assert payload["rows"][0]["flagged"] == []
+    assert payload["summary"]["pair"] == [5.57e-4, 7.13e-4]
 
 
 def test_markdown_table_and_results_files(tmp_path):
@@ -83,7 +120,7 @@ def test_tree_memory_sees_a_child_process():
 
 
 def test_upload_is_the_float32_model_plus_small_overhead():
-    run = federated_run({"num-server-rounds": 1, "fraction-evaluate": 0.0}, 2)
+    run = federate({"num-server-rounds": 1, "fraction-evaluate": 0.0}, 2)
     size = model_float32_bytes(run.model)
     up = traffic_per_round(run.grid, "up")
     assert sent_dtypes(run.grid) == ["float32"]
