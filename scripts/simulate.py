@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from app.server.report import REPORT_NAME
-from scripts.flower_env import project_root, run_simulation
+from scripts.flower.driver import find_run_dir, run_simulation
+from scripts.flower.env import project_root
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,9 +31,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="where runs are written (default: <repo>/outputs)",
     )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="stop the run after this many seconds (default: no limit)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from app.server.report import REPORT_NAME  # imported late: numpy, matplotlib
+
     if args.hospitals < 1:
         raise SystemExit("--hospitals must be >= 1")
     output_dir = (args.output_dir or project_root() / "outputs").resolve()
@@ -46,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         num_hospitals=args.hospitals,
         run_config=run_config,
         cpus_per_hospital=args.cpus_per_hospital,
+        timeout=args.timeout,
+        output_dir=output_dir,
     )
     if not outcome.ok:
         print(f"medflower: run {outcome.run_id} ended with status {outcome.status}")
@@ -56,18 +65,3 @@ def run(args: argparse.Namespace) -> int:
     if report.is_file():
         print(f"medflower: report: {report}")
     return 0
-
-
-def find_run_dir(output_dir: Path, run_id: str | None) -> Path | None:
-    """Find the run folder whose history.json names Flower run ``run_id``."""
-    if run_id is None or not output_dir.is_dir():
-        return None
-    for history in output_dir.glob("*/history.json"):
-        if history.parent.is_symlink():  # outputs/latest
-            continue
-        try:
-            if str(json.loads(history.read_text()).get("flower_run_id")) == str(run_id):
-                return history.parent
-        except (OSError, json.JSONDecodeError):
-            continue
-    return None

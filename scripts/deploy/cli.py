@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +42,9 @@ from scripts.deploy.pki import (
     create_server_cert,
     public_key_fingerprint,
 )
-from scripts.flower_env import RUN_ID_PATTERN, flower_env, project_root, run_status
+from scripts.flower.driver import run_deployed
+from scripts.flower.env import flower_env, project_root
+from scripts.flower.processes import free_port, port_free
 
 DEFAULT_PORT = 9093
 SUPERLINK = "superlink"
@@ -137,8 +137,8 @@ def superlink_argv(root: Path, bind: str, port: int) -> list[str]:
 
 def cmd_start_superlink(args: argparse.Namespace) -> int:
     root = _dir(args)
-    port = args.port or procs.free_port(args.bind)
-    if not procs.port_free(args.bind, port):
+    port = args.port or free_port(args.bind)
+    if not port_free(args.bind, port):
         raise DeployError(
             f"Port {port} on {args.bind} is in use; pick another with --port."
         )
@@ -307,95 +307,16 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_deployed(
-    *,
-    app_dir: Path,
-    connection: str,
-    run_config: str,
-    flwr_home: Path,
-    timeout: float,
-    echo: bool = True,
-) -> tuple[str | None, str, str]:
-    """``flwr run --stream`` on a deployed SuperLink; return (run id, status, log).
-
-    ``flwr run`` exits 0 even when the run fails, so the final status is read back
-    with ``flwr ls``; a run still going after ``timeout`` seconds is stopped.
-    """
-    env = _env(flwr_home)
-    cmd = [_bin("flwr"), "run", str(app_dir), connection, "--stream"]
-    if run_config:
-        cmd += ["--run-config", run_config]
-    proc = subprocess.Popen(
-        cmd,
-        env=env,
-        cwd=app_dir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    run_id: str | None = None
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    try:
-        while True:
-            line = proc.stdout.readline()
-            if line:
-                lines.append(line)
-                if (
-                    echo
-                    and "Protobuf gencode" not in line
-                    and "warnings.warn" not in line
-                ):
-                    sys.stdout.write(line)
-                    sys.stdout.flush()
-                if run_id is None and (m := RUN_ID_PATTERN.search(line)):
-                    run_id = m.group(1)
-                continue
-            if proc.poll() is not None:
-                break
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-    finally:
-        if proc.poll() is None:
-            procs.stop_group(proc.pid, timeout=5)
-        proc.wait()
-    text = "".join(lines)
-    if run_id is None:
-        return None, f"not-started (flwr exit {proc.returncode})", text
-    status = _final_status(run_id, env, app_dir, connection)
-    if not status.startswith("finished") and time.monotonic() > deadline:
-        _flwr(["stop", run_id, connection], flwr_home)
-        return run_id, f"timed-out after {timeout:.0f}s ({status})", text
-    return run_id, status, text
-
-
-def _final_status(
-    run_id: str, env: dict[str, str], app_dir: Path, connection: str
-) -> str:
-    status = run_status(run_id, env, app_dir, connection)
-    for _ in range(50):  # the stream can end a moment before the status flips
-        if status.startswith("finished"):
-            break
-        time.sleep(0.2)
-        status = run_status(run_id, env, app_dir, connection)
-    return status
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    run_id, status, _ = run_deployed(
+    outcome = run_deployed(
         app_dir=Path(args.app).resolve(),
         connection=args.connection,
         run_config=args.run_config,
         flwr_home=_flwr_home(args),
         timeout=args.timeout,
     )
-    print(f"medflower: run {run_id} on {args.connection}: {status}")
-    return 0 if status == "finished:completed" else 1
+    print(f"medflower: run {outcome.run_id} on {args.connection}: {outcome.status}")
+    return 0 if outcome.ok else 1
 
 
 # --- hospital -------------------------------------------------------------------
@@ -446,8 +367,8 @@ def cmd_start_supernode(args: argparse.Namespace) -> int:
             f"Hospital {name}: data OK, "
             f"{check_local_data(name, data_path, args.dataset, args.label_column)}."
         )
-    runtime_port = args.runtime_port or procs.free_port()
-    if not procs.port_free("127.0.0.1", runtime_port):
+    runtime_port = args.runtime_port or free_port()
+    if not port_free("127.0.0.1", runtime_port):
         raise DeployError(
             f"Runtime port {runtime_port} is in use (each SuperNode on a machine needs "
             "its own); pick another with --runtime-port."

@@ -3,16 +3,15 @@
 Start with a pid file and a log file, wait until ready, stop by PID.
 
 Each process gets its own session (process group), so stopping it also stops the
-SuperExec and ``flwr-*app`` processes it spawned. A pid file records the command
-line, so ``stop`` never signals an unrelated process that reused the PID.
+SuperExec and ``flwr-*app`` processes it spawned (``scripts.flower.processes``). A
+pid file records the command line, so ``stop`` never signals an unrelated process
+that reused the PID.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import socket
 import subprocess
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 
 from app.jsonio import write_json
 from scripts.deploy.pki import DeployError
+from scripts.flower.env import is_noise
+from scripts.flower.processes import alive, group_members, reap, stop_group
 
 RUN_DIR = "run"
 LOG_DIR = "logs"
@@ -62,32 +63,6 @@ def is_ours(record: ProcessRecord) -> bool:
     args = [a.decode(errors="replace") for a in cmdline if a]
     executable = Path(record.argv[0]).name
     return any(Path(a).name == executable for a in args[:2])
-
-
-def alive(pid: int) -> bool:
-    """Tell whether ``pid`` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def port_free(host: str, port: int) -> bool:
-    """Tell whether ``host:port`` can be bound right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port on ``host`` that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def start_background(
@@ -158,7 +133,7 @@ def wait_ready(
         if port and _accepts(*port):
             return True
         if not alive(record.pid):
-            _reap(record.pid)
+            reap(record.pid)
             raise DeployError(_died(record, "exited"))
         time.sleep(0.3)
     return False
@@ -181,14 +156,6 @@ def _accepts(host: str, port: int) -> bool:
         return False
 
 
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-NOISE = ("Protobuf gencode version", "warnings.warn(")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -200,7 +167,7 @@ def clean(text: str, lines: int = 15) -> str:
     kept = [
         ANSI.sub("", t)
         for t in text.splitlines()
-        if t.strip() and not any(n in t for n in NOISE)
+        if t.strip() and not is_noise(t)
     ]
     return "\n".join(kept[-lines:])
 
@@ -218,69 +185,6 @@ def _died(record: ProcessRecord, what: str) -> str:
         f"{record.name} (PID {record.pid}) {what}; log {record.log}:\n"
         f"{log_tail(Path(record.log))}"
     )
-
-
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """PID -> (parent PID, process group) of every live, non-zombie process."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            table[int(entry.name)] = (int(fields[1]), int(fields[2]))
-    return table
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live processes whose process group is ``pgid``."""
-    return [pid for pid, (_, group) in _proc_table().items() if group == pgid]
-
-
-def descendants(pid: int) -> set[int]:
-    """Live children, grandchildren, ... of ``pid``."""
-    table = _proc_table()
-    found: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        frontier = {p for p, (ppid, _) in table.items() if ppid in frontier} - found
-        found |= frontier
-    return found
-
-
-def stop_group(pgid: int, timeout: float = 15.0) -> None:
-    """Stop a session we started and everything it spawned.
-
-    The group id is the leader's PID. SIGTERM first, then SIGKILL whatever is
-    left after ``timeout`` seconds.
-
-    Flower detaches a SuperLink's SuperExec into a session of its own, so the
-    leader's descendants are collected first and signalled too; a SuperNode's
-    SuperExec and ``flwr-clientapp`` children must not outlive it either.
-    """
-    tree = descendants(pgid)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            pass
-        live = _proc_table()
-        for pid in tree:
-            if pid in live:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            _reap(pgid)
-            live = _proc_table()
-            if not group_members(pgid) and not tree & set(live):
-                return
-            time.sleep(0.2)
 
 
 def running(state_dir: Path) -> list[tuple[Path, ProcessRecord]]:
@@ -312,7 +216,7 @@ def stop(state_dir: Path, name: str | None = None, timeout: float = 15.0) -> lis
             stop_group(record.pid, timeout=timeout)
             lines.append(f"stopped what {record.name} (PID {record.pid}) left running")
         else:
-            _reap(record.pid)
+            reap(record.pid)
             lines.append(f"{record.name} (PID {record.pid}) was not running")
         path.unlink(missing_ok=True)
     return lines

@@ -18,6 +18,7 @@ from models.checkpoint import load_model
 from scripts.cli import main as medflower
 from scripts.deploy import processes as procs
 from scripts.deploy.cli import READY_SUPERNODE
+from scripts.flower.processes import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,7 @@ class Federation:
         self.root = root
         self.coordinator = root / "coordinator"
         self.flwr_home = root / "submitter-flwr-home"
-        self.port = procs.free_port()
+        self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.ca_cert = self.coordinator / "ca" / "ca.crt"
         self.dirs: list[Path] = [self.coordinator]

@@ -5,7 +5,8 @@ import json
 import pytest
 from support.federation import REPO
 
-from scripts.flower_env import flower_env, run_simulation, superlinks_of
+from scripts.flower.driver import run_simulation, superlinks_of
+from scripts.flower.env import flower_env
 
 
 @pytest.mark.slow

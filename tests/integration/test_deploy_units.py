@@ -38,6 +38,7 @@ from scripts.deploy.pki import (
     create_hospital_keys,
     create_server_cert,
 )
+from scripts.flower.processes import alive, descendants
 from scripts.harness.inprocess import full_run_config, run_inprocess
 
 # --- certificates and keys ---
@@ -349,18 +350,18 @@ def test_background_process_tree_is_stopped_by_pid(tmp_path):
     record = procs.start_background(tmp_path, "worker", argv, env={}, port=None)
     try:
         time.sleep(1.0)
-        tree = procs.descendants(record.pid)
+        tree = descendants(record.pid)
         assert len(tree) == 1
         with pytest.raises(DeployError, match="already running"):
             procs.start_background(tmp_path, "worker", argv, env={})
         lines = procs.stop(tmp_path)
         assert lines == [f"stopped worker (PID {record.pid})"]
-        assert not procs.alive(record.pid)
-        assert not any(procs.alive(p) for p in tree)
+        assert not alive(record.pid)
+        assert not any(alive(p) for p in tree)
         assert not procs.pid_file(tmp_path, "worker").exists()
     finally:
         subprocess.run(
-            ["kill", "-9", str(record.pid), *map(str, procs.descendants(record.pid))],
+            ["kill", "-9", str(record.pid), *map(str, descendants(record.pid))],
             capture_output=True,
             check=False,
         )
@@ -384,4 +385,4 @@ def test_stop_never_signals_a_reused_pid(tmp_path):
         )
     )
     assert procs.stop(tmp_path) == [f"superlink (PID {os.getpid()}) was not running"]
-    assert procs.alive(os.getpid())
+    assert alive(os.getpid())
