@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
-	$(BIN)/python -c "from pathlib import Path; from scripts.flower_env import write_flower_config as w; w(Path('$(FLWR_HOME)'), $(HOSPITALS))"
+	$(BIN)/python -c "from pathlib import Path; from scripts.flower.env import write_flower_config as w; w(Path('$(FLWR_HOME)'), $(HOSPITALS))"
 
 demo: setup
 	$(BIN)/medflower simulate --hospitals $(HOSPITALS) --run-config "num-server-rounds=$(ROUNDS) $(RUN_CONFIG)"
