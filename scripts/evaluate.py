@@ -13,7 +13,6 @@ declared in :mod:`scripts.evaluate_cli` (light, for ``--help``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import numpy as np
 
 from app.config import RunConfig
 from app.jsonio import dumps, json_safe, write_json
+from app.server.history import HistoryError, history_path, read_history
 from data.base import standardized
 from data.imaging import ImageFolderDataset, MedMNISTDataset, SyntheticLesionsDataset
 from data.preprocessing import Standardizer
@@ -303,16 +303,15 @@ def _print_summary(report: dict[str, Any]) -> None:
 
 def hospitals_of_run(model_path: Path) -> int:
     """Count the hospitals in the run that wrote ``model_path`` (its history.json)."""
-    history = model_path.resolve().parent / "history.json"
-    if not history.is_file():
+    path = history_path(model_path.resolve().parent)
+    if not path.is_file():
         raise DataError(f"no history.json beside {model_path}; pass --hospitals N.")
-    names: set[str] = set()
-    for entry in json.loads(history.read_text()).get("rounds", []):
-        names.update(entry.get("hospitals", {}))
-        names.update(entry.get("errors", {}))
-        names.update(entry.get("rejected", {}))
+    try:
+        names = read_history(path).hospitals()
+    except HistoryError as err:
+        raise DataError(f"{err}; pass --hospitals N.") from err
     if not names:
-        raise DataError(f"{history} records no hospital; pass --hospitals N.")
+        raise DataError(f"{path} records no hospital; pass --hospitals N.")
     return len(names)
 
 

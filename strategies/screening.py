@@ -51,6 +51,9 @@ class RoundLedger:
 
     Flower's ``Result`` keeps only aggregates; clinical users need to see each
     site. Values are aggregate metrics only (no records leave a hospital).
+    Besides the phases (``train``, ``evaluate``), an entry's keys are fields of
+    ``app.server.history.RoundEntry`` (``LEDGER_KEYS``), which copies them into
+    history.json and refuses a key it does not declare.
     """
 
     def __init__(self) -> None:

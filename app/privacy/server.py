@@ -1,15 +1,16 @@
 """Server side of differential privacy.
 
 The central-DP wrapper built from the run config, per-round privacy entries for
-history.json and the final privacy log lines.
+history.json (typed in :mod:`app.server.history`) and the final privacy log lines.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from app.config import RunConfig
 from app.privacy.central_dp import CentralDP, GaussianNoise
+from app.server.history import CentralPrivacy, LocalPrivacy, PrivacyEntry
 
 BUDGET_REASON = "privacy budget exhausted"
 COMPOSITION = (
@@ -46,17 +47,17 @@ class PrivacyReport:
         self.cfg = cfg
         self.latest: dict[str, float] = {}  # hospital -> cumulative epsilon so far
         self.refused: set[str] = set()
-        self.central: dict[str, Any] | None = None
+        self.central: CentralPrivacy | None = None
 
     def round_entry(
         self, server_round: int, ledger: dict[str, Any], strategy: Any
-    ) -> dict[str, Any] | None:
+    ) -> PrivacyEntry | None:
         """Return the ``privacy`` field of a round's history entry (None without DP)."""
         if self.cfg.dp == "none" or server_round == 0:  # round 0: initial model only
             return None
         if self.cfg.dp == "central":
             report_fn = getattr(strategy, "privacy_report", lambda _: None)
-            report = report_fn(server_round)
+            report = cast("CentralPrivacy | None", report_fn(server_round))
             if report is not None:
                 self.central = report
             return report
@@ -77,8 +78,8 @@ class PrivacyReport:
             "refused_budget": refused,
         }
 
-    def _local(self) -> dict[str, Any]:
-        out = {
+    def _local(self) -> LocalPrivacy:
+        out: LocalPrivacy = {
             "mode": "local",
             "unit": "record",
             "delta": self.cfg.dp_delta,
@@ -92,17 +93,17 @@ class PrivacyReport:
         return out
 
     @staticmethod
-    def short(entry: dict[str, Any]) -> str:
+    def short(entry: PrivacyEntry) -> str:
         """One log line's worth of a round's privacy entry."""
         if entry["mode"] == "central":
             return f"central epsilon={entry['epsilon']:.4f} (delta={entry['delta']:g})"
         eps = " ".join(f"{n}={e:.3f}" for n, e in entry["epsilon"].items())
-        refused = entry["refused_budget"]
+        refused = entry.get("refused_budget", [])
         return f"local epsilon (delta={entry['delta']:g}) {eps or '-'}" + (
             f"; refused: {', '.join(refused)}" if refused else ""
         )
 
-    def final(self) -> dict[str, Any] | None:
+    def final(self) -> PrivacyEntry | None:
         """Return the run's privacy summary for history.json."""
         if self.cfg.dp == "none":
             return None

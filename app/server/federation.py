@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from app.server.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
+from app.server.history import RocCurve, RoundEntry, SelectedRound
 from app.server.outputs import RunRecorder
 from app.server.report import roc_curves, write_report
 from app.server.runner import RoundHook, RoundRunner, RunResult
@@ -40,7 +41,8 @@ from app.server.tensorboard import TensorBoardLogger
 from data.lazy import load
 from data.preprocessing import NORMALISATIONS
 from data.registry import get_dataset
-from data.spec import Split
+from data.spec import DatasetInfo, Split
+from models import ModelSpec
 from models.checkpoint import load_model, save_model
 from models.personalization import load_initial_weights
 from models.training import (
@@ -71,21 +73,9 @@ PREPROCESSING: dict[str, dict[str, Any]] = {
     },
 }
 
-# Ledger keys copied into each history.json round entry (besides per-hospital metrics).
-LEDGER_KEYS = (
-    "federated",
-    "rejected",
-    "errors",
-    "no_reply",
-    "skipped",
-    "anomaly",
-    "secure_aggregation",
-)
-
-
-def _summary(metrics: dict[str, float]) -> str:
+def _summary(metrics: dict[str, float | None]) -> str:
     keys = ("accuracy", "auc", "sensitivity", "specificity", "loss")
-    return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
+    return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if metrics.get(k) is not None)
 
 
 class RoundReporter:
@@ -116,61 +106,44 @@ class RoundReporter:
             metrics = evaluate_split(self.model, self.test, self.device)
         ledger = self.strategy.ledger.rounds.get(server_round, {})
         elapsed = time.monotonic() - self.start
-        entry = {
-            "round": server_round,
-            "server": metrics,
-            **_hospitals(ledger),
-            "elapsed_s": round(elapsed, 3),
-        }
-        if privacy := self.privacy.round_entry(server_round, ledger, self.strategy):
-            entry["privacy"] = privacy
+        entry = RoundEntry.from_ledger(
+            server_round,
+            ledger,
+            server=metrics,
+            elapsed_s=round(elapsed, 3),
+            privacy=self.privacy.round_entry(server_round, ledger, self.strategy),
+        )
         self.recorder.record_round(entry)
         if self.tensorboard is not None:
             self.tensorboard.log_round(entry)
-        total = self.cfg.num_server_rounds
-        done = server_round - self.first_round + 1
-        eta = elapsed / done * (total - server_round) if done > 0 else float("nan")
-        dropped = {
-            *entry.get("rejected", {}),
-            *entry.get("errors", {}),
-            *(n for names in entry.get("no_reply", {}).values() for n in names),
-        }
-        log.info(
-            "[round %d/%d] elapsed %.1fs eta %s | hospitals trained %d, "
-            "dropped %d%s | %s",
-            server_round,
-            total,
-            elapsed,
-            f"{eta:.1f}s" if eta == eta else "-",
-            len(ledger.get("train", {})) if "skipped" not in entry else 0,
-            len(dropped),
-            " | SKIPPED: " + entry["skipped"] if "skipped" in entry else "",
-            _summary(metrics) or "no server-side test set",
-        )
-        if "privacy" in entry:
-            log.info(
-                "[round %d/%d] privacy: %s",
-                server_round,
-                total,
-                self.privacy.short(entry["privacy"]),
-            )
+        self._log(entry, len(ledger.get("train", {})), elapsed)
         clean = {k: v for k, v in metrics.items() if v == v}
         return MetricRecord(clean) if clean else None
 
-
-def _hospitals(ledger: dict[str, Any]) -> dict[str, Any]:
-    """Reshape the strategy ledger into ``{"hospitals": {name: {train, evaluate}}}``."""
-    if not ledger:
-        return {}
-    hospitals: dict[str, dict[str, Any]] = {}
-    for phase in ("train", "evaluate"):
-        for name, metrics in ledger.get(phase, {}).items():
-            hospitals.setdefault(name, {})[phase] = metrics
-    out: dict[str, Any] = {"hospitals": hospitals}
-    for key in LEDGER_KEYS:
-        if ledger.get(key):
-            out[key] = ledger[key]
-    return out
+    def _log(self, entry: RoundEntry, trained: int, elapsed: float) -> None:
+        """The round's progress line (and its privacy line under DP)."""
+        total = self.cfg.num_server_rounds
+        done = entry.round - self.first_round + 1
+        eta = elapsed / done * (total - entry.round) if done > 0 else float("nan")
+        log.info(
+            "[round %d/%d] elapsed %.1fs eta %s | hospitals trained %d, "
+            "dropped %d%s | %s",
+            entry.round,
+            total,
+            elapsed,
+            f"{eta:.1f}s" if eta == eta else "-",
+            trained if entry.skipped is None else 0,
+            len(entry.dropped()),
+            "" if entry.skipped is None else " | SKIPPED: " + entry.skipped,
+            _summary(entry.server) or "no server-side test set",
+        )
+        if entry.privacy is not None:
+            log.info(
+                "[round %d/%d] privacy: %s",
+                entry.round,
+                total,
+                self.privacy.short(entry.privacy),
+            )
 
 
 class BestRound:
@@ -209,15 +182,15 @@ class BestRound:
 
     def _resume(self) -> None:
         """Continue a resumed run's selection from its history and saved model."""
-        selected = self.recorder.history.pop("selected_round", None)
-        if not isinstance(selected, dict) or not self.path.is_file():
+        history = self.recorder.history
+        selected, history.selected_round = history.selected_round, None
+        if selected is None or not self.path.is_file():
             return
-        rounds = {r["round"] for r in self.recorder.history["rounds"]}
-        if selected.get("round") in rounds:  # not a round the resume will re-run
+        if history.round(selected.round) is not None:  # not a round to re-run
             state = load_model(self.path)[1]["state_dict"]
-            self.round, self.value = int(selected["round"]), float(selected["value"])
+            self.round, self.value = int(selected.round), float(selected.value)
             self.arrays = ArrayRecord(state)
-            self.recorder.history["selected_round"] = selected
+            history.selected_round = selected
 
     def __call__(
         self, server_round: int, arrays: ArrayRecord, model: ArrayRecord
@@ -237,12 +210,13 @@ class BestRound:
             value,
         )
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "round": self.round,
-            "metric": f"federated held-out {self.metric}",
-            "value": self.value,
-        }
+    def summary(self) -> SelectedRound:
+        assert self.round is not None, "no round selected yet"
+        return SelectedRound(
+            round=self.round,
+            metric=f"federated held-out {self.metric}",
+            value=self.value,
+        )
 
 
 @dataclass
@@ -254,15 +228,118 @@ class FederationOutcome:
     result: RunResult
 
 
+@dataclass
+class Federation:
+    """A built run: its config, data, model, strategy and run folder.
+
+    ``arrays`` and ``start_round`` are where the rounds begin: the initial model
+    and round 1, or a checkpoint's arrays and the round after it.
+    """
+
+    cfg: RunConfig
+    dataset: Any
+    info: DatasetInfo
+    spec: ModelSpec
+    model: torch.nn.Module
+    strategy: Any  # a Screened strategy, possibly wrapped in central DP
+    recorder: RunRecorder
+    averaging: ModelEMA
+    arrays: ArrayRecord
+    start_round: int = 1
+    test: Split | None = None
+    contract: dict[str, Any] = field(default_factory=dict)
+    norm: GlobalNormalisation | None = None
+    tensorboard: TensorBoardLogger | None = None
+
+    def save(self, path: Path, arrays: ArrayRecord) -> None:
+        """Save ``arrays`` as a model file sites can apply (with its preprocessing)."""
+        save_model(
+            path,
+            arrays.to_torch_state_dict(),
+            self.spec,
+            self.info,
+            run_config=self.cfg.to_run_config(),
+            preprocessing=(
+                PREPROCESSING[self.cfg.task]
+                if self.norm is None
+                else self.norm.preprocessing()
+            ),
+        )
+
+    def checkpoint(
+        self, server_round: int, arrays: ArrayRecord, _: ArrayRecord
+    ) -> None:
+        """Round hook: the checkpoint a run resumes from."""
+        save_checkpoint(
+            self.recorder.dir,
+            server_round=server_round,
+            arrays=arrays,
+            strategy_state=self.strategy.state_dict(),
+            averaging_state=self.averaging.state_dict(),
+            run_config=self.cfg.to_run_config(),
+            keep=self.cfg.checkpoint_keep,
+        )
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
 def run_federation(
     grid: Grid, context: Context, *, after_round: Sequence[RoundHook] = ()
 ) -> FederationOutcome:
-    """Run (or resume) the federation described by ``context.run_config``."""
+    """Run (or resume) the federation described by ``context.run_config``.
+
+    The steps of a run: build it (config, data, model, strategy, run folder),
+    resume it from its checkpoint, agree on a global normalisation, run the
+    rounds, then finalize (final model, ROC curve, privacy log, report).
+    """
     cfg = RunConfig.from_run_config(context.run_config)
-    resume: Checkpoint | None = None
-    if cfg.resume_from:
-        resume = load_checkpoint(cfg.resume_from)
-        check_resumable(cfg.to_run_config(), resume)
+    resume = load_resume(cfg)
+    run = build(cfg, context.run_id, resume)
+    stopped = normalise(run, grid)
+    if stopped is not None:
+        return stopped
+    selection = (
+        BestRound(cfg.select_best, run.strategy, run.recorder, run.save)
+        if cfg.select_best != "none"
+        else None
+    )
+    reporter = RoundReporter(
+        cfg,
+        run.recorder,
+        run.strategy,
+        run.model,
+        run.test,
+        run.start_round,
+        run.tensorboard,
+    )
+    # selection first: the checkpoint then covers the selected model's file
+    hooks = [*([selection] if selection else []), run.checkpoint, *after_round]
+    runner = round_runner(run, grid, reporter, hooks)
+    if resume is not None:
+        # Last, so nothing above (model init, data) consumes the restored state.
+        set_rng_state(resume.rng)
+    result = run_rounds(run, runner)
+    if result.stopped is not None:
+        return stop(run, result)
+    return finalize(run, result, selection, reporter)
+
+
+# ------------------------------------------------------------------ build
+
+
+def load_resume(cfg: RunConfig) -> Checkpoint | None:
+    """The checkpoint ``resume-from`` names, checked against the run config."""
+    if not cfg.resume_from:
+        return None
+    resume = load_checkpoint(cfg.resume_from)
+    check_resumable(cfg.to_run_config(), resume)
+    return resume
+
+
+def build(cfg: RunConfig, run_id: int, resume: Checkpoint | None) -> Federation:
+    """Seed, load the data, build model and strategy, open the run folder."""
     set_deterministic(cfg.deterministic)
     torch.manual_seed(cfg.seed)
     if cfg.torch_threads:
@@ -279,183 +356,215 @@ def run_federation(
     model = spec.build()
     if cfg.init_model:  # transfer: start from a model trained on a source population
         model.load_state_dict(load_initial_weights(cfg.init_model, spec, info))
-    strategy = build_strategy(
-        cfg.strategy,
-        fraction_train=cfg.fraction_train,
-        fraction_evaluate=cfg.fraction_evaluate,
-        min_hospitals=cfg.min_hospitals,
-        wait_for_hospitals=cfg.wait_for_hospitals,
-        seed=cfg.seed,
+    strategy = with_privacy(cfg, build_strategy(cfg.strategy, **strategy_options(cfg)))
+    run = Federation(
+        cfg=cfg,
+        dataset=dataset,
+        info=info,
+        spec=spec,
+        model=model,
+        strategy=strategy,
+        recorder=open_recorder(cfg, run_id, resume),
+        averaging=ModelEMA(cfg.model_ema),
+        arrays=ArrayRecord(model.state_dict()),
+        test=test,
+        contract=task_contract(info),
+    )
+    if resume is not None:
+        resume_from(run, resume)
+    run.recorder.note(class_names=list(info.class_names))
+    # Fails here, before any training, when the tensorboard package is missing.
+    if cfg.tensorboard:
+        run.tensorboard = TensorBoardLogger(run.recorder.dir)
+    _announce(run)
+    return run
+
+
+def strategy_options(cfg: RunConfig) -> dict[str, Any]:
+    """Keyword arguments of ``build_strategy`` from the run config."""
+    return {
+        "fraction_train": cfg.fraction_train,
+        "fraction_evaluate": cfg.fraction_evaluate,
+        "min_hospitals": cfg.min_hospitals,
+        "wait_for_hospitals": cfg.wait_for_hospitals,
+        "seed": cfg.seed,
         **{name: getattr(cfg, name) for name in STRATEGIES[cfg.strategy].options},
         **({"secure": secure} if (secure := secure_aggregator(cfg)) else {}),
-    )
-    strategy = with_privacy(cfg, strategy)
-    arrays = ArrayRecord(model.state_dict())
-    start_round = 1
+    }
+
+
+def open_recorder(
+    cfg: RunConfig, run_id: int, resume: Checkpoint | None
+) -> RunRecorder:
+    """A new run folder, or the resumed run's (its history up to the checkpoint)."""
     if resume is None:
-        recorder = RunRecorder(cfg, context.run_id)
-    else:
-        recorder = RunRecorder.resume(
-            cfg, context.run_id, resume.run_dir, resume.server_round
-        )
-        strategy.load_state_dict(resume.strategy_state)
-        arrays = resume.arrays
-        start_round = resume.server_round + 1
-        log.info(
-            "Resuming run %s from %s (round %d done).",
-            recorder.dir.name,
-            resume.path,
-            resume.server_round,
-        )
-    recorder.history["class_names"] = list(info.class_names)
-    # Fails here, before any training, when the tensorboard package is missing.
-    tensorboard = TensorBoardLogger(recorder.dir) if cfg.tensorboard else None
+        return RunRecorder(cfg, run_id)
+    return RunRecorder.resume(cfg, run_id, resume.run_dir, resume.server_round)
+
+
+def resume_from(run: Federation, resume: Checkpoint) -> None:
+    """Continue from ``resume``: its arrays, strategy and averaging state, round."""
+    run.strategy.load_state_dict(resume.strategy_state)
+    run.arrays = resume.arrays
+    run.start_round = resume.server_round + 1
+    run.averaging.load_state_dict(resume.averaging_state)
+    log.info(
+        "Resuming run %s from %s (round %d done).",
+        run.recorder.dir.name,
+        resume.path,
+        resume.server_round,
+    )
+
+
+def _announce(run: Federation) -> None:
+    cfg, test = run.cfg, run.test
     log.info(
         "medflower run %s: %s, %s on %s (%s test records), writing to %s",
-        recorder.history["run_name"],
+        run.recorder.history.run_name,
         cfg.strategy,
         cfg.model_name,
-        info.description,
+        run.info.description,
         len(test)
         if test is not None
         else ("globally standardised" if cfg.server_eval else "no"),
-        recorder.dir,
+        run.recorder.dir,
     )
+    run.strategy.summary()
 
-    strategy.summary()
-    averaging = ModelEMA(cfg.model_ema)
-    if resume is not None:
-        averaging.load_state_dict(resume.averaging_state)
 
-    def checkpoint(
-        server_round: int, round_arrays: ArrayRecord, _: ArrayRecord
-    ) -> None:
-        save_checkpoint(
-            recorder.dir,
-            server_round=server_round,
-            arrays=round_arrays,
-            strategy_state=strategy.state_dict(),
-            averaging_state=averaging.state_dict(),
-            run_config=cfg.to_run_config(),
-            keep=cfg.checkpoint_keep,
-        )
+def normalise(run: Federation, grid: Grid) -> FederationOutcome | None:
+    """Agree on a global normalisation when the run config asks for one.
 
-    contract = task_contract(info)
-    norm: GlobalNormalisation | None = None
+    Returns the outcome of a run that stopped here (too few hospitals), else None.
+    """
+    cfg = run.cfg
     normaliser = NORMALISATIONS[cfg.normalisation]
-    if normaliser is not None:
-        try:
-            norm = load(normaliser)(grid, cfg, contract, info.num_classes)
-        except FederationStopped as stop:
-            recorder.finish("stopped", stop_reason=str(stop), last_round=0)
-            log.error("Run stopped before round 1: %s", stop)
-            return FederationOutcome(
-                "stopped", recorder, RunResult(arrays, 0, stopped=str(stop))
-            )
-        recorder.history["normalisation"] = norm.history()
-        contract = {**contract, **norm.config()}
-        if cfg.server_eval:
-            raw = dataset.raw_server_test()
-            test = Split(norm.scaler.transform(raw.x), raw.y)
-
-    def save(path: Path, round_arrays: ArrayRecord) -> None:
-        save_model(
-            path,
-            round_arrays.to_torch_state_dict(),
-            spec,
-            info,
-            run_config=cfg.to_run_config(),
-            preprocessing=(
-                PREPROCESSING[cfg.task] if norm is None else norm.preprocessing()
-            ),
+    if normaliser is None:
+        return None
+    try:
+        run.norm = load(normaliser)(grid, cfg, run.contract, run.info.num_classes)
+    except FederationStopped as stop:
+        run.close()
+        run.recorder.finish("stopped", stop_reason=str(stop), last_round=0)
+        log.error("Run stopped before round 1: %s", stop)
+        return FederationOutcome(
+            "stopped", run.recorder, RunResult(run.arrays, 0, stopped=str(stop))
         )
+    run.recorder.note(normalisation=run.norm.history())
+    run.contract = {**run.contract, **run.norm.config()}
+    if cfg.server_eval:
+        raw = run.dataset.raw_server_test()
+        run.test = Split(run.norm.scaler.transform(raw.x), raw.y)
+    return None
 
-    selection = (
-        BestRound(cfg.select_best, strategy, recorder, save)
-        if cfg.select_best != "none"
-        else None
-    )
-    reporter = RoundReporter(
-        cfg, recorder, strategy, model, test, start_round, tensorboard
-    )
-    runner = RoundRunner(
-        strategy=strategy,
+
+# ------------------------------------------------------------------ rounds
+
+
+def round_runner(
+    run: Federation,
+    grid: Grid,
+    reporter: RoundReporter,
+    after_round: Sequence[RoundHook],
+) -> RoundRunner:
+    """The round loop of ``run``: ``reporter`` then ``after_round`` after each round."""
+    cfg = run.cfg
+    return RoundRunner(
+        strategy=run.strategy,
         grid=grid,
         num_rounds=cfg.num_server_rounds,
         round_timeout=cfg.round_timeout,
         wait_for_hospitals=cfg.wait_for_hospitals,
-        train_config=ConfigRecord({"proximal-mu": 0.0, **contract}),
-        evaluate_config=ConfigRecord(dict(contract)),
+        train_config=ConfigRecord({"proximal-mu": 0.0, **run.contract}),
+        evaluate_config=ConfigRecord(dict(run.contract)),
         evaluate_fn=reporter,
-        # selection first: the checkpoint then covers the selected model's file
-        after_round=[*([selection] if selection else []), checkpoint, *after_round],
+        after_round=after_round,
         round_config=lambda r: {
             "learning-rate": scheduled_learning_rate(
                 cfg.lr_schedule, cfg.learning_rate, r, cfg.num_server_rounds
             )
         },
-        averaging=averaging,
+        averaging=run.averaging,
     )
-    if resume is not None:
-        # Last, so nothing above (model init, data) consumes the restored state.
-        set_rng_state(resume.rng)
+
+
+def run_rounds(run: Federation, runner: RoundRunner) -> RunResult:
+    """Run the rounds; a run that raises is recorded as failed (with its report)."""
     try:
-        result = runner.run(arrays, start_round)
+        return runner.run(run.arrays, run.start_round)
     except BaseException:
-        recorder.finish("failed")
-        write_run_report(cfg, recorder)
+        run.recorder.finish("failed")
+        write_run_report(run.cfg, run.recorder)
         raise
     finally:
-        if tensorboard is not None:
-            tensorboard.close()
-    if result.stopped is not None:
-        recorder.finish(
-            "stopped", stop_reason=result.stopped, last_round=result.last_round
-        )
-        write_run_report(cfg, recorder)
-        log.error(
-            "Run stopped: %s The last checkpoint (round %d) is in %s; continue with "
-            "resume-from='%s'.",
-            result.stopped,
-            result.last_round,
-            recorder.dir / "checkpoints",
-            recorder.dir,
-        )
-        return FederationOutcome("stopped", recorder, result)
-    final_arrays = result.model
-    final_round = recorder.history["rounds"][-1] if recorder.history["rounds"] else {}
-    if selection is not None and selection.arrays is not None:
-        final_arrays = selection.arrays
-        final_round = next(
-            r for r in recorder.history["rounds"] if r["round"] == selection.round
-        )
-        log.info(
-            "Saving the round-%d model (best %s); the last round was %d.",
-            selection.round,
-            selection.summary()["metric"],
-            result.last_round,
-        )
-    save(recorder.model_path, final_arrays)
+        run.close()
+
+
+# ------------------------------------------------------------------ finalize
+
+
+def stop(run: Federation, result: RunResult) -> FederationOutcome:
+    """Record a run that stopped early; it can be resumed from its checkpoint."""
+    run.recorder.finish(
+        "stopped", stop_reason=result.stopped, last_round=result.last_round
+    )
+    write_run_report(run.cfg, run.recorder)
+    log.error(
+        "Run stopped: %s The last checkpoint (round %d) is in %s; continue with "
+        "resume-from='%s'.",
+        result.stopped,
+        result.last_round,
+        run.recorder.dir / "checkpoints",
+        run.recorder.dir,
+    )
+    return FederationOutcome("stopped", run.recorder, result)
+
+
+def final_model(
+    run: Federation, result: RunResult, selection: BestRound | None
+) -> tuple[ArrayRecord, RoundEntry | None]:
+    """The model the run ends with (the selected round's, else the last), its round."""
+    history = run.recorder.history
+    if selection is None or selection.arrays is None or selection.round is None:
+        return result.model, history.rounds[-1] if history.rounds else None
+    log.info(
+        "Saving the round-%d model (best %s); the last round was %d.",
+        selection.round,
+        selection.summary().metric,
+        result.last_round,
+    )
+    return selection.arrays, history.round(selection.round)
+
+
+def finalize(
+    run: Federation,
+    result: RunResult,
+    selection: BestRound | None,
+    reporter: RoundReporter,
+) -> FederationOutcome:
+    """Save the final model, its ROC curve and privacy summary; write the report."""
+    arrays, final_round = final_model(run, result, selection)
+    run.save(run.recorder.model_path, arrays)
     if selection is not None:
         selection.path.unlink(missing_ok=True)
-    final = final_round.get("server", {})
-    roc: list[dict[str, Any]] = []
-    if test is not None:  # the final model's ROC curve on the server's test set
-        model.load_state_dict(final_arrays.to_torch_state_dict())
-        probs = predict_proba(model, test.x, pick_device(cfg.device))
-        roc = roc_curves(test.y, probs, info.class_names)
-    recorder.finish(
+    final = final_round.server if final_round is not None else {}
+    roc: list[RocCurve] = []
+    if run.test is not None:  # the final model's ROC curve on the server's test set
+        run.model.load_state_dict(arrays.to_torch_state_dict())
+        probs = predict_proba(run.model, run.test.x, pick_device(run.cfg.device))
+        roc = roc_curves(run.test.y, probs, run.info.class_names)
+    run.recorder.finish(
         "completed",
         final_server_metrics=final,
         privacy=reporter.privacy.final(),
         roc=roc,
     )
-    log.info("Run finished. Outputs: %s", recorder.dir)
+    log.info("Run finished. Outputs: %s", run.recorder.dir)
     log.info("Final server-side metrics: %s", _summary(final) or "none")
     for line in reporter.privacy.lines():
         log.info(line)
-    write_run_report(cfg, recorder)
-    return FederationOutcome("completed", recorder, result)
+    write_run_report(run.cfg, run.recorder)
+    return FederationOutcome("completed", run.recorder, result)
 
 
 def write_run_report(cfg: RunConfig, recorder: RunRecorder) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -10,6 +10,15 @@ from typing import Any
 
 from app.config import RunConfig
 from app.jsonio import write_json
+from app.server.history import (
+    Resume,
+    RoundEntry,
+    RunHistory,
+    RunStatus,
+    history_path,
+    read_history,
+    write_history,
+)
 
 OUTPUT_ROOT_ENV = "MEDFLOWER_HOME"
 
@@ -27,7 +36,11 @@ def resolve_output_root(output_dir: str) -> Path:
 
 
 class RunRecorder:
-    """Creates ``<output-dir>/<run-name>/`` and keeps its history up to date."""
+    """Creates ``<output-dir>/<run-name>/`` and keeps its history up to date.
+
+    ``history`` is the run's :class:`~app.server.history.RunHistory`; every change
+    goes through a method here, which rewrites ``history.json`` at once.
+    """
 
     def __init__(
         self, cfg: RunConfig, run_id: int, run_dir: Path | None = None
@@ -39,19 +52,16 @@ class RunRecorder:
             run_dir = root / name
         self.root = run_dir.parent
         self.dir = run_dir
-        name = run_dir.name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.history: dict[str, Any] = {
-            "run_name": name,
-            "flower_run_id": run_id,
-            "task": cfg.task,
-            "dataset": cfg.dataset,
-            "strategy": cfg.strategy,
-            "model": cfg.model_name,
-            "num_rounds": cfg.num_server_rounds,
-            "status": "running",
-            "rounds": [],
-        }
+        self.history = RunHistory(
+            run_name=run_dir.name,
+            flower_run_id=run_id,
+            task=cfg.task,
+            dataset=cfg.dataset,
+            strategy=cfg.strategy,
+            model=cfg.model_name,
+            num_rounds=cfg.num_server_rounds,
+        )
         write_json(self.dir / "run_config.json", cfg.to_run_config())
 
     @classmethod
@@ -63,55 +73,49 @@ class RunRecorder:
         Rounds recorded after the checkpoint (the run died between writing history
         and its checkpoint) are dropped; they will be run again.
         """
-        previous: dict[str, Any] = {}
-        path = run_dir / "history.json"
-        if path.is_file():
-            previous = json.loads(path.read_text())
+        path = history_path(run_dir)
+        previous = read_history(path) if path.is_file() else None
         recorder = cls(cfg, run_id, run_dir=run_dir)
-        history = recorder.history
-        for key, value in previous.items():
-            if key not in ("rounds", "status", "flower_run_id", "num_rounds"):
-                history.setdefault(key, value)
-        history["run_name"] = previous.get("run_name", history["run_name"])
-        history["rounds"] = [
-            r for r in previous.get("rounds", []) if r["round"] <= after_round
+        if previous is not None:
+            recorder.history = _continued(recorder.history, previous, after_round)
+        recorder.history.resumed = [
+            *(recorder.history.resumed or []),
+            Resume(
+                after_round=after_round,
+                flower_run_id=run_id,
+                previous_status=previous.status if previous else "unknown",
+            ),
         ]
-        history["resumed"] = [
-            *previous.get("resumed", []),
-            {
-                "after_round": after_round,
-                "flower_run_id": run_id,
-                "previous_status": previous.get("status", "unknown"),
-            },
-        ]
-        history.pop("stop_reason", None)
-        write_json(recorder.history_path, history)
+        recorder.history.stop_reason = None
+        recorder.save()
         return recorder
 
     @property
     def history_path(self) -> Path:
-        return self.dir / "history.json"
+        return history_path(self.dir)
 
     @property
     def model_path(self) -> Path:
         return self.dir / "final_model.pt"
 
-    def record_round(self, entry: dict[str, Any]) -> None:
+    def save(self) -> None:
+        """Rewrite history.json from ``history``."""
+        write_history(self.history_path, self.history)
+
+    def record_round(self, entry: RoundEntry) -> None:
         """Append (or replace) one round's entry and rewrite history.json."""
-        rounds = [r for r in self.history["rounds"] if r["round"] != entry["round"]]
-        rounds.append(entry)
-        self.history["rounds"] = sorted(rounds, key=lambda r: r["round"])
-        write_json(self.history_path, self.history)
+        self.history.record_round(entry)
+        self.save()
 
-    def note(self, **extra: Any) -> None:
-        """Add run-level entries (the selected round) and rewrite history.json."""
-        self.history.update(extra)
-        write_json(self.history_path, self.history)
+    def note(self, **fields: Any) -> None:
+        """Set run-level fields (the selected round) and rewrite history.json."""
+        self.history.update(**fields)
+        self.save()
 
-    def finish(self, status: str, **extra: Any) -> None:
-        self.history["status"] = status
-        self.history.update(extra)
-        write_json(self.history_path, self.history)
+    def finish(self, status: RunStatus, **fields: Any) -> None:
+        """Set the final ``status`` and run-level ``fields``; point ``latest`` here."""
+        self.history.update(status=status, **fields)
+        self.save()
         self.point_latest()
 
     def point_latest(self) -> None:
@@ -122,3 +126,28 @@ class RunRecorder:
             tmp.unlink()
         tmp.symlink_to(self.dir.name)
         tmp.replace(latest)
+
+
+# Set by this run, not taken over from the history it resumes.
+_OWN_FIELDS = ("rounds", "status", "flower_run_id", "num_rounds", "run_name")
+
+
+def _continued(
+    fresh: RunHistory, previous: RunHistory, after_round: int
+) -> RunHistory:
+    """``fresh`` with what the stopped run had recorded up to ``after_round``.
+
+    Run-level fields this run has not set yet (class names, the selection, ...)
+    come from ``previous``; its rounds after ``after_round`` are dropped.
+    """
+    taken = {
+        f.name: getattr(previous, f.name)
+        for f in dataclasses.fields(RunHistory)
+        if f.name not in _OWN_FIELDS and getattr(fresh, f.name) is None
+    }
+    return dataclasses.replace(
+        fresh,
+        **taken,
+        run_name=previous.run_name,
+        rounds=[r for r in previous.rounds if r.round <= after_round],
+    )

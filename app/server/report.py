@@ -1,6 +1,7 @@
 """A run's report: ``report.html`` (self-contained) and its PNG plots, from history.
 
-``write_report(history, out_dir)`` is a pure function of the run's history (plus
+``write_report(history, out_dir)`` is a pure function of the run's
+:class:`~app.server.history.RunHistory` (plus
 optional extras): it draws the plots, saves them beside the HTML and embeds them
 as base64 data URIs, so the one file opens anywhere. ``roc_curves`` computes the
 final ROC curve points the ServerApp stores in the history.
@@ -11,17 +12,18 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_auc_score, roc_curve
+
+from app.server.history import RocCurve, RunHistory
 
 REPORT_NAME = "report.html"
 EPSILON_KEY = "dp-epsilon"
@@ -53,7 +55,7 @@ class Plot:
 
 def roc_curves(
     y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str] = ()
-) -> list[dict[str, Any]]:
+) -> list[RocCurve]:
     """ROC curve points of predicted probabilities against true labels.
 
     Two classes: one curve, class 1 (the disease) as positive. More classes: one
@@ -69,7 +71,7 @@ def roc_curves(
         )
     num_classes = probs.shape[1]
     positives = [1] if num_classes == 2 else list(range(num_classes))
-    curves = []
+    curves: list[RocCurve] = []
     for k in positives:
         is_pos = (y_true == k).astype(np.int64)
         n_pos = int(is_pos.sum())
@@ -98,7 +100,7 @@ def roc_curves(
 # ---------------------------------------------------------- history access
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: Any) -> TypeGuard[float]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     return math.isfinite(value)
@@ -107,36 +109,45 @@ def _finite(value: Any) -> bool:
 Series = dict[str, tuple[list[int], list[float]]]
 
 
-def server_series(history: Mapping[str, Any]) -> Series:
+def server_series(history: RunHistory) -> Series:
     """Metric -> (rounds, values) of the server-side evaluation."""
     series: Series = {}
-    for entry in history.get("rounds", []):
-        for key, value in (entry.get("server") or {}).items():
+    for entry in history.rounds:
+        for key, value in entry.server.items():
             if _finite(value):
                 rounds, values = series.setdefault(key, ([], []))
-                rounds.append(int(entry["round"]))
+                rounds.append(entry.round)
                 values.append(float(value))
     return series
 
 
-def hospital_series(history: Mapping[str, Any], phase: str, key: str) -> Series:
+def hospital_series(history: RunHistory, phase: str, key: str) -> Series:
     """Hospital -> (rounds, values) of one metric in one phase (train/evaluate)."""
     series: Series = {}
-    for entry in history.get("rounds", []):
-        for name, phases in (entry.get("hospitals") or {}).items():
+    for entry in history.rounds:
+        for name, phases in (entry.hospitals or {}).items():
             value = (phases.get(phase) or {}).get(key)
             if _finite(value):
                 rounds, values = series.setdefault(name, ([], []))
-                rounds.append(int(entry["round"]))
+                rounds.append(entry.round)
                 values.append(float(value))
     return series
 
 
-def label_distribution(history: Mapping[str, Any]) -> dict[str, dict[int, int]]:
+def reports_epsilon(history: RunHistory) -> bool:
+    """Whether any hospital reported a privacy budget (local DP)."""
+    return any(
+        EPSILON_KEY in (phases.get("train") or {})
+        for entry in history.rounds
+        for phases in (entry.hospitals or {}).values()
+    )
+
+
+def label_distribution(history: RunHistory) -> dict[str, dict[int, int]]:
     """Hospital -> {class: training records}, from its latest train reply."""
     out: dict[str, dict[int, int]] = {}
-    for entry in history.get("rounds", []):
-        for name, phases in (entry.get("hospitals") or {}).items():
+    for entry in history.rounds:
+        for name, phases in (entry.hospitals or {}).items():
             counts = {
                 int(k.removeprefix(LABEL_COUNT_PREFIX)): int(v)
                 for k, v in (phases.get("train") or {}).items()
@@ -147,20 +158,25 @@ def label_distribution(history: Mapping[str, Any]) -> dict[str, dict[int, int]]:
     return out
 
 
-def problems(history: Mapping[str, Any]) -> list[tuple[int, str, str, str]]:
-    """(round, hospital, kind, reason) of every rejected reply or error."""
+def problems(history: RunHistory) -> list[tuple[int, str, str, str]]:
+    """(round, hospital, kind, reason) of every skipped round, silent hospital,
+    rejected reply or error.
+    """
     rows = []
-    for entry in history.get("rounds", []):
-        for kind in ("rejected", "errors"):
-            for name, info in (entry.get(kind) or {}).items():
+    for entry in history.rounds:
+        if entry.skipped is not None:
+            rows.append((entry.round, "-", "skipped round", entry.skipped))
+        for phase, names in (entry.no_reply or {}).items():
+            reason = f"{phase}: no reply within round-timeout"
+            rows += [(entry.round, name, "no reply", reason) for name in names]
+        for kind, found in (("rejected", entry.rejected), ("errors", entry.errors)):
+            for name, info in (found or {}).items():
                 if not isinstance(info, Mapping):
-                    rows.append((int(entry["round"]), name, kind, str(info)))
+                    rows.append((entry.round, name, kind, str(info)))
                     continue
                 for problem in (info, *info.get("more", ())):
                     reason = f"{problem.get('phase', '')}: {problem.get('reason', '')}"
-                    rows.append((int(entry["round"]), name, kind, reason))
-        if entry.get("failed"):
-            rows.append((int(entry["round"]), "-", "failed", str(entry["failed"])))
+                    rows.append((entry.round, name, kind, reason))
     return rows
 
 
@@ -188,7 +204,7 @@ def _line_axes(ax: Any, series: Series, title: str) -> None:
         )
 
 
-def plot_server(history: Mapping[str, Any]) -> Plot | None:
+def plot_server(history: RunHistory) -> Plot | None:
     series = server_series(history)
     if not series:
         return None
@@ -207,7 +223,7 @@ def plot_server(history: Mapping[str, Any]) -> Plot | None:
     )
 
 
-def plot_hospitals(history: Mapping[str, Any]) -> Plot | None:
+def plot_hospitals(history: RunHistory) -> Plot | None:
     panels = [
         (title, hospital_series(history, phase, key))
         for phase, key, title in HOSPITAL_PANELS
@@ -225,7 +241,7 @@ def plot_hospitals(history: Mapping[str, Any]) -> Plot | None:
     )
 
 
-def plot_epsilon(history: Mapping[str, Any]) -> Plot | None:
+def plot_epsilon(history: RunHistory) -> Plot | None:
     series = hospital_series(history, "train", EPSILON_KEY)
     if not series:
         return None
@@ -269,7 +285,7 @@ def plot_labels(
     )
 
 
-def plot_roc(curves: Sequence[Mapping[str, Any]]) -> Plot | None:
+def plot_roc(curves: Sequence[RocCurve]) -> Plot | None:
     if not curves:
         return None
     fig = Figure(figsize=(5.5, 5), layout="constrained")
@@ -328,12 +344,12 @@ def _figure(plot: Plot, src: str) -> str:
     )
 
 
-def _server_table(history: Mapping[str, Any]) -> str:
+def _server_table(history: RunHistory) -> str:
     series = server_series(history)
     keys = [k for k in (*SCORE_METRICS, "loss") if k in series]
     rounds = sorted({r for rs, _ in series.values() for r in rs})
     lookup = {k: dict(zip(*series[k], strict=True)) for k in keys}
-    elapsed = {int(e["round"]): e.get("elapsed_s") for e in history.get("rounds", [])}
+    elapsed = {e.round: e.elapsed_s for e in history.rounds}
     rows = [
         [
             r,
@@ -345,38 +361,163 @@ def _server_table(history: Mapping[str, Any]) -> str:
     return _table(["round", *keys, "elapsed s"], rows)
 
 
-def _hospital_table(history: Mapping[str, Any]) -> str:
-    rounds = history.get("rounds", [])
-    last = next((e for e in reversed(rounds) if e.get("hospitals")), None)
-    if last is None:
+# Columns of the per-hospital table: (phase, metric key).
+HOSPITAL_COLUMNS = (
+    ("train", "num-examples"),
+    ("train", "train_loss"),
+    ("evaluate", "accuracy"),
+    ("evaluate", "auc"),
+    ("evaluate", "sensitivity"),
+    ("evaluate", "specificity"),
+    ("train", EPSILON_KEY),
+)
+
+
+def _hospital_table(history: RunHistory) -> str:
+    last = next((e for e in reversed(history.rounds) if e.hospitals), None)
+    if last is None or last.hospitals is None:
         return '<p class="note">No hospital reported metrics.</p>'
-    cols = [
-        ("train", "num-examples"),
-        ("train", "train_loss"),
-        ("evaluate", "accuracy"),
-        ("evaluate", "auc"),
-        ("evaluate", "sensitivity"),
-        ("evaluate", "specificity"),
-        ("train", EPSILON_KEY),
-    ]
     present = [
         (p, k)
-        for p, k in cols
-        if any(k in (h.get(p) or {}) for h in last["hospitals"].values())
+        for p, k in HOSPITAL_COLUMNS
+        if any(k in (h.get(p) or {}) for h in last.hospitals.values())
     ]
     rows = []
-    for name, phases in sorted(last["hospitals"].items()):
+    for name, phases in sorted(last.hospitals.items()):
         row: list[Any] = [name]
         for phase, key in present:
             v = (phases.get(phase) or {}).get(key)
             row.append(float(v) if _finite(v) else math.nan)
         rows.append(row)
     header = ["hospital", *(k if p == "train" else f"eval {k}" for p, k in present)]
-    return f"<p>Round {last['round']}:</p>" + _table(header, rows)
+    return f"<p>Round {last.round}:</p>" + _table(header, rows)
+
+
+def _label_table(history: RunHistory, class_names: Sequence[str]) -> str:
+    counts = label_distribution(history)
+    if not counts:
+        return ""
+    classes = sorted({k for v in counts.values() for k in v})
+    header = [
+        "hospital",
+        *(class_names[k] if k < len(class_names) else f"class {k}" for k in classes),
+    ]
+    rows = [[n, *(c.get(k, 0) for k in classes)] for n, c in sorted(counts.items())]
+    return _table(header, rows)
+
+
+def _roc_table(curves: Sequence[RocCurve]) -> str:
+    if not curves:
+        return ""
+    rows = [
+        [c["label"], float(c["auc"]), c["positives"], c["negatives"]] for c in curves
+    ]
+    return _table(["curve", "AUC", "positives", "negatives"], rows)
+
+
+def _problems_section(history: RunHistory) -> str:
+    issues = problems(history)
+    return '<h2 id="problems">Skipped rounds, dropped replies and errors</h2>' + (
+        _table(["round", "hospital", "kind", "reason"], issues)
+        if issues
+        else '<p class="note">None: every round trained and every sampled hospital '
+        "replied soundly.</p>"
+    )
+
+
+def _head(history: RunHistory) -> list[str]:
+    """Title, the run's facts and its final server-side metrics."""
+    name = history.run_name or "run"
+    recorded = len([r for r in history.rounds if r.round > 0])
+    skipped = len([r for r in history.skipped_rounds() if r.round > 0])
+    facts = [
+        ("status", history.status),
+        ("task", history.task),
+        ("dataset", history.dataset),
+        ("strategy", history.strategy),
+        ("model", history.model),
+        ("rounds", f"{recorded} of {history.num_rounds}"),
+    ]
+    if skipped:
+        facts.append(("skipped rounds", f"{skipped} (see below)"))
+    parts = [
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+        f"<title>medflower report: {html.escape(name)}</title><style>{STYLE}</style>",
+        "</head><body>",
+        f"<h1>medflower run report: {html.escape(name)}</h1>",
+        _table(["", ""], facts),
+    ]
+    final = history.final_server_metrics or {}
+    if final:
+        keys = [k for k in (*SCORE_METRICS, "loss") if _finite(final.get(k))]
+        parts.append("<p>Final server-side metrics:</p>")
+        parts.append(_table(keys, [[float(final[k]) for k in keys]]))
+    return parts
+
+
+@dataclass(frozen=True)
+class Section:
+    """One ``<h2>`` section: its plot (or a note when there is none) and a table."""
+
+    sid: str
+    title: str
+    plot: str | None
+    empty: str
+    extra: str = ""
+
+    def render(self, plots: Mapping[str, Plot], images: Mapping[str, str]) -> str:
+        parts = [f'<h2 id="{self.sid}">{html.escape(self.title)}</h2>']
+        plot = plots.get(self.plot) if self.plot else None
+        if plot is not None:
+            parts.append(_figure(plot, images[plot.name]))
+        elif self.empty:
+            parts.append(f'<p class="note">{html.escape(self.empty)}</p>')
+        parts.append(self.extra)
+        return "\n".join(parts)
+
+
+def _sections(history: RunHistory, class_names: Sequence[str]) -> list[Section]:
+    dp = reports_epsilon(history)
+    return [
+        Section(
+            "server",
+            "Server metrics per round",
+            "server-metrics",
+            "No server-side evaluation (server-eval = false).",
+            _server_table(history),
+        ),
+        Section(
+            "hospitals",
+            "Per-hospital metrics per round",
+            "hospital-metrics",
+            "No per-hospital metrics were reported.",
+            _hospital_table(history),
+        ),
+        Section(
+            "privacy",
+            "Differential privacy",
+            "dp-epsilon" if dp else None,
+            "" if dp else "No hospital reported a privacy budget (DP off).",
+        ),
+        Section(
+            "labels",
+            "Label distribution per hospital",
+            "label-distribution",
+            "No hospital reported label counts.",
+            _label_table(history, class_names),
+        ),
+        Section(
+            "roc",
+            "Final ROC curve",
+            "roc",
+            "No ROC curve: no server-side test set, or it holds a single class.",
+            _roc_table(history.roc or []),
+        ),
+    ]
 
 
 def render_html(
-    history: Mapping[str, Any],
+    history: RunHistory,
     plots: Sequence[Plot],
     *,
     images: Mapping[str, str],
@@ -385,110 +526,9 @@ def render_html(
 ) -> str:
     """Render the report page; ``images`` maps each plot name to its ``src``."""
     by_name = {p.name: p for p in plots}
-    name = str(history.get("run_name", "run"))
-    status = str(history.get("status", "unknown"))
-    final = history.get("final_server_metrics") or {}
-    facts = [
-        ("status", status),
-        ("task", history.get("task", "")),
-        ("dataset", history.get("dataset", "")),
-        ("strategy", history.get("strategy", "")),
-        ("model", history.get("model", "")),
-        (
-            "rounds",
-            f"{len([r for r in history.get('rounds', []) if r['round'] > 0])}"
-            f" of {history.get('num_rounds', '?')}",
-        ),
-    ]
-    parts = [
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-        f"<title>medflower report: {html.escape(name)}</title><style>{STYLE}</style>",
-        "</head><body>",
-        f"<h1>medflower run report: {html.escape(name)}</h1>",
-        _table(["", ""], facts),
-    ]
-    if final:
-        keys = [k for k in (*SCORE_METRICS, "loss") if _finite(final.get(k))]
-        parts.append("<p>Final server-side metrics:</p>")
-        parts.append(_table(keys, [[float(final[k]) for k in keys]]))
-
-    def section(
-        sid: str, title: str, plot_name: str | None, empty: str, extra: str = ""
-    ) -> None:
-        parts.append(f'<h2 id="{sid}">{html.escape(title)}</h2>')
-        plot = by_name.get(plot_name) if plot_name else None
-        if plot is not None:
-            parts.append(_figure(plot, images[plot.name]))
-        elif empty:
-            parts.append(f'<p class="note">{html.escape(empty)}</p>')
-        parts.append(extra)
-
-    section(
-        "server",
-        "Server metrics per round",
-        "server-metrics",
-        "No server-side evaluation (server-eval = false).",
-        _server_table(history),
-    )
-    section(
-        "hospitals",
-        "Per-hospital metrics per round",
-        "hospital-metrics",
-        "No per-hospital metrics were reported.",
-        _hospital_table(history),
-    )
-    if EPSILON_KEY in json.dumps(history.get("rounds", [])):
-        section("privacy", "Differential privacy", "dp-epsilon", "")
-    else:
-        section(
-            "privacy",
-            "Differential privacy",
-            None,
-            "No hospital reported a privacy budget (DP off).",
-        )
-    counts = label_distribution(history)
-    count_rows = [
-        [n, *(c.get(k, 0) for k in sorted({k for v in counts.values() for k in v}))]
-        for n, c in sorted(counts.items())
-    ]
-    classes = sorted({k for v in counts.values() for k in v})
-    count_header = [
-        "hospital",
-        *(class_names[k] if k < len(class_names) else f"class {k}" for k in classes),
-    ]
-    section(
-        "labels",
-        "Label distribution per hospital",
-        "label-distribution",
-        "No hospital reported label counts.",
-        _table(count_header, count_rows) if counts else "",
-    )
-    curves = history.get("roc") or []
-    roc_table = (
-        _table(
-            ["curve", "AUC", "positives", "negatives"],
-            [
-                [c["label"], float(c["auc"]), c["positives"], c["negatives"]]
-                for c in curves
-            ],
-        )
-        if curves
-        else ""
-    )
-    section(
-        "roc",
-        "Final ROC curve",
-        "roc",
-        "No ROC curve: no server-side test set, or it holds a single class.",
-        roc_table,
-    )
-    issues = problems(history)
-    parts.append('<h2 id="problems">Dropped replies and errors</h2>')
-    parts.append(
-        _table(["round", "hospital", "kind", "reason"], issues)
-        if issues
-        else '<p class="note">None: every sampled hospital replied soundly.</p>'
-    )
+    parts = _head(history)
+    parts += [s.render(by_name, images) for s in _sections(history, class_names)]
+    parts.append(_problems_section(history))
     if run_config:
         parts.append('<h2 id="config">Run configuration</h2>')
         parts.append(_table(["key", "value"], sorted(run_config.items())))
@@ -496,22 +536,20 @@ def render_html(
     return "\n".join(parts)
 
 
-def build_plots(
-    history: Mapping[str, Any], class_names: Sequence[str] = ()
-) -> list[Plot]:
+def build_plots(history: RunHistory, class_names: Sequence[str] = ()) -> list[Plot]:
     """Every plot the history supports (plots without data are left out)."""
     plots = [
         plot_server(history),
         plot_hospitals(history),
         plot_epsilon(history),
         plot_labels(label_distribution(history), class_names),
-        plot_roc(history.get("roc") or []),
+        plot_roc(history.roc or []),
     ]
     return [p for p in plots if p is not None]
 
 
 def write_report(
-    history: Mapping[str, Any],
+    history: RunHistory,
     out_dir: Path,
     *,
     run_config: Mapping[str, Any] | None = None,
@@ -519,12 +557,10 @@ def write_report(
 ) -> Path:
     """Write ``out_dir/report.html`` and ``report-<plot>.png``; return the HTML path.
 
-    ``class_names`` defaults to ``history["class_names"]`` when present.
+    ``class_names`` defaults to the history's ``class_names`` when present.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = tuple(
-        class_names if class_names is not None else history.get("class_names") or ()
-    )
+    names = tuple(class_names if class_names is not None else history.class_names or ())
     plots = build_plots(history, names)
     images = {}
     for plot in plots:

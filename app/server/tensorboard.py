@@ -9,9 +9,10 @@ hospitals (one "run" each) on one chart per metric.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from app.server.history import RoundEntry
 
 TENSORBOARD_DIR = "tensorboard"
 
@@ -56,12 +57,12 @@ class TensorBoardLogger:
             self.writers[folder] = self._writer_cls(log_dir=str(self.log_dir / folder))
         return self.writers[folder]
 
-    def log_round(self, entry: Mapping[str, Any]) -> None:
-        step = int(entry["round"])
-        for key, value in (entry.get("server") or {}).items():
+    def log_round(self, entry: RoundEntry) -> None:
+        step = entry.round
+        for key, value in entry.server.items():
             if (v := _scalar(value)) is not None:
                 self._writer("server").add_scalar(f"server/{key}", v, step)
-        for name, phases in (entry.get("hospitals") or {}).items():
+        for name, phases in (entry.hospitals or {}).items():
             writer = self._writer(_folder(name))
             for phase, metrics in phases.items():
                 for key, value in (metrics or {}).items():

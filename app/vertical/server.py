@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from flwr.serverapp import Grid
 
 from app.config import RunConfig
+from app.server.history import RoundEntry
 from app.server.outputs import RunRecorder
 from app.vertical.client import PAYLOAD, TENSORS
 from app.vertical.coordinator import (
@@ -99,7 +100,7 @@ def run_vertical(grid: Grid, context: Context) -> None:
     recorder = RunRecorder(cfg, context.run_id)
     log.info(
         "medflower vertical run %s: %d hospitals, %d epochs, writing to %s",
-        recorder.history["run_name"],
+        recorder.history.run_name,
         len(nodes),
         cfg.num_server_rounds,
         recorder.dir,
@@ -112,7 +113,7 @@ def run_vertical(grid: Grid, context: Context) -> None:
     )
 
     def on_epoch(entry: dict[str, Any]) -> None:
-        recorder.record_round(entry)
+        recorder.record_round(RoundEntry.from_json(entry, "vertical epoch"))
         m = entry["server"]
         log.info(
             "[epoch %d/%d] train_loss=%.4f accuracy=%.4f auc=%.4f (%.1fs)",

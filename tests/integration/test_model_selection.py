@@ -11,6 +11,7 @@ from support.federation import make_run_config
 from app.client_app import app as client_app
 from app.config import ConfigError, RunConfig
 from app.server.federation import BestRound
+from app.server.history import RoundEntry
 from app.server.outputs import RunRecorder
 from app.server_app import app as server_app
 from data.registry import get_dataset
@@ -111,7 +112,7 @@ def test_best_round_keeps_the_best_not_the_last_and_survives_resume(tmp_path):
     strategy, recorder = Strategy(), RunRecorder(cfg, run_id=1)
     selection = BestRound("auc", strategy, recorder, save)
     for r, auc in enumerate([0.6, 0.9, float("nan"), 0.7], start=1):
-        recorder.record_round({"round": r, "server": {}})
+        recorder.record_round(RoundEntry(round=r))
         if auc == auc:
             strategy.ledger.rounds[r] = {FEDERATED_EVALUATE: {"auc": auc}}
         # training arrays (-1) and the round's model (r) differ under model-ema:
@@ -131,7 +132,7 @@ def test_best_round_keeps_the_best_not_the_last_and_survives_resume(tmp_path):
     # ...but forgets a selection from a round the resume will run again
     rerun = RunRecorder.resume(cfg, 3, recorder.dir, after_round=1)
     assert BestRound("auc", strategy, rerun, save).round is None
-    assert "selected_round" not in rerun.history
+    assert rerun.history.selected_round is None
 
     loss = BestRound("loss", Strategy(), RunRecorder(cfg, 4, tmp_path / "l"), save)
     for r, value in enumerate([0.5, 0.3, 0.4], start=1):

@@ -15,6 +15,8 @@ from support.federation import make_run_config
 from app.client_app import app as client_app
 from app.server.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
 from app.server.federation import run_federation
+from app.server.history import read_history
+from app.server.report import REPORT_NAME
 from scripts.harness.inprocess import SERVER_NODE_ID, InProcessGrid, server_context
 
 
@@ -44,6 +46,8 @@ def run(config: dict[str, Any], hospitals: int, grid_cls=InProcessGrid, **grid_k
 
 
 def history(run_dir: Path) -> dict[str, Any]:
+    """The raw history.json, once the typed reader has accepted every key in it."""
+    read_history(run_dir)
     return json.loads((run_dir / "history.json").read_text())
 
 
@@ -175,6 +179,9 @@ def test_round_below_min_hospitals_is_skipped_and_the_run_continues(
     assert "min-hospitals=2" in rounds[3]["skipped"]
     assert rounds[3]["server"] == rounds[2]["server"]  # the global model was kept
     assert "skipped" not in rounds[4] and rounds[4]["server"] != rounds[3]["server"]
+    # the report shows the skipped round and why
+    problems = (outcome.recorder.dir / REPORT_NAME).read_text().split('id="problems"')
+    assert "skipped round" in problems[1] and rounds[3]["skipped"] in problems[1]
 
 
 def test_hospital_that_never_answers_is_named_and_left_out(tmp_path: Path) -> None:
@@ -196,6 +203,7 @@ def test_hospital_that_never_answers_is_named_and_left_out(tmp_path: Path) -> No
     rounds = history(outcome.recorder.dir)["rounds"]
     assert rounds[1]["no_reply"] == {"train": ["node-104"]}
     assert len(rounds[1]["hospitals"]) == 3
+    assert "node-104" in (outcome.recorder.dir / REPORT_NAME).read_text()
 
 
 def test_federation_below_minimum_too_long_stops_cleanly_with_its_checkpoint(

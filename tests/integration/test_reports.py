@@ -12,6 +12,7 @@ from support.federation import make_run_config
 from app.client.hospital import load_hospital
 from app.client_app import app as real_client
 from app.config import RunConfig
+from app.server.history import RunHistory, read_history
 from app.server.report import REPORT_NAME, label_distribution, roc_curves, write_report
 from app.server.tensorboard import TensorBoardLogger
 from app.server_app import app as server_app
@@ -21,7 +22,7 @@ from strategies.validation import match_dtypes
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def small_history(*, dp: bool = True, roc: bool = True) -> dict:
+def small_history(*, dp: bool = True, roc: bool = True) -> RunHistory:
     rounds = [{"round": 0, "server": {"accuracy": 0.5, "auc": 0.5, "loss": 0.69}}]
     for r in (1, 2, 3):
         hospitals = {}
@@ -65,9 +66,12 @@ def small_history(*, dp: bool = True, roc: bool = True) -> dict:
     }
     history = {
         "run_name": "unit",
+        "flower_run_id": 1,
+        "task": "tabular",
         "status": "completed",
         "strategy": "fedavg",
         "dataset": "heart-disease",
+        "model": "logreg",
         "num_rounds": 3,
         "rounds": rounds,
         "class_names": ["no disease", "disease"],
@@ -79,7 +83,7 @@ def small_history(*, dp: bool = True, roc: bool = True) -> dict:
             np.array([[0.9, 0.1], [0.6, 0.4], [0.65, 0.35], [0.2, 0.8]]),
             ("no disease", "disease"),
         )
-    return history
+    return RunHistory.from_json(history)
 
 
 def embedded_images(page: str) -> list[bytes]:
@@ -130,6 +134,25 @@ def test_report_without_dp_or_roc_says_so(tmp_path):
     assert not (tmp_path / "report-dp-epsilon.png").exists()
 
 
+def test_report_lists_skipped_rounds_and_silent_hospitals(tmp_path):
+    history = small_history(dp=False, roc=False)
+    history.rounds[2].skipped = "1 sound training reply, fewer than min-hospitals=2"
+    history.rounds[3].no_reply = {"train": ["node-104"]}
+    page = write_report(history, tmp_path).read_text()
+    problems = page[page.index('id="problems"') :]
+    assert "skipped round" in problems and "fewer than min-hospitals=2" in problems
+    assert "node-104" in problems and "no reply" in problems
+    assert "<td>skipped rounds</td><td>1 (see below)</td>" in page
+
+
+def test_report_of_a_clean_run_has_no_problems(tmp_path):
+    history = small_history(dp=False, roc=False)
+    for entry in history.rounds:
+        entry.rejected = entry.errors = None
+    page = write_report(history, tmp_path).read_text()
+    assert "None: every round trained" in page and "skipped rounds" not in page
+
+
 def test_label_distribution_takes_latest_counts():
     counts = label_distribution(small_history())
     assert counts == {"cleveland": {0: 60, 1: 40}, "hungarian": {0: 40, 1: 61}}
@@ -166,7 +189,7 @@ def test_tensorboard_logger_writes_readable_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logger = TensorBoardLogger(tmp_path)
-    for entry in small_history()["rounds"]:
+    for entry in small_history().rounds:
         logger.log_round(entry)
     logger.close()
     server = EventAccumulator(str(tmp_path / "tensorboard" / "server")).Reload()
@@ -188,6 +211,7 @@ def test_inprocess_run_writes_report_roc_and_tensorboard(tmp_path):
     )
     run_inprocess(server_app, real_client, num_hospitals=3, run_config=run_config)
     run_dir = tmp_path / "outputs" / "test-run"
+    read_history(run_dir)  # the typed reader takes every key the run wrote
     history = json.loads((run_dir / "history.json").read_text())
     (curve,) = history["roc"]
     assert curve["positives"] + curve["negatives"] > 50

@@ -8,13 +8,17 @@ from flwr.clientapp import ClientApp
 from support.federation import make_run_config
 
 from app.client_app import app as real_client
+from app.server.history import read_history as typed_read_history
 from app.server_app import app as server_app
 from models.checkpoint import load_model
 from scripts.harness.inprocess import run_inprocess
 
 
 def read_history(tmp_path):
-    return json.loads((tmp_path / "outputs" / "test-run" / "history.json").read_text())
+    """The raw history.json, once the typed reader has accepted every key in it."""
+    run_dir = tmp_path / "outputs" / "test-run"
+    typed_read_history(run_dir)
+    return json.loads((run_dir / "history.json").read_text())
 
 
 @pytest.mark.parametrize("keep_delivered", [True, False])
