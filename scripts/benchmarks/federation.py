@@ -4,15 +4,15 @@
 ClientApp in process (:func:`scripts.harness.inprocess.run_inprocess`, every
 message serialised as on the wire), Flower's console quiet, the run's status
 checked, and a :class:`FederatedRun` back with the history, the final model and
-the traffic. :func:`read_history` is the one place the benchmarks read a run's
-``history.json``. The pooled (centralised) and local-only baselines train the same
-model with the same loop (``models.training``) on the same hospitals' records.
+the traffic. Every history the benchmarks read goes through
+:func:`app.server.history.read_history` (typed records). The pooled (centralised)
+and local-only baselines train the same model with the same loop
+(``models.training``) on the same hospitals' records.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import tempfile
 import time
@@ -27,6 +27,7 @@ import torch
 from app.client.hospital import model_spec, train_settings
 from app.client_app import app as client_app
 from app.config import RunConfig
+from app.server.history import RoundEntry, RunHistory, read_history
 from app.server_app import app as server_app
 from data.spec import HospitalData, Split
 from models.checkpoint import load_model
@@ -34,11 +35,6 @@ from models.training import evaluate_split, make_loader, train_epochs
 from scripts.harness.inprocess import InProcessGrid, full_run_config, run_inprocess
 
 CPU = torch.device("cpu")
-
-
-def read_history(run_dir: Path) -> dict[str, Any]:
-    """The run's ``history.json`` (the benchmarks' only reader of it)."""
-    return json.loads((run_dir / "history.json").read_text())
 
 
 @contextlib.contextmanager
@@ -67,7 +63,7 @@ class FederatedRun:
     CPU time.
     """
 
-    history: dict[str, Any]
+    history: RunHistory
     final_model: torch.nn.Module | None
     model_path: Path | None
     grid: InProcessGrid
@@ -84,11 +80,11 @@ class FederatedRun:
     @property
     def final_metrics(self) -> dict[str, Any]:
         """The server's metrics of the final model."""
-        return self.history["final_server_metrics"]
+        return self.history.final_server_metrics or {}
 
     @property
-    def rounds(self) -> list[dict[str, Any]]:
-        return self.history["rounds"]
+    def rounds(self) -> list[RoundEntry]:
+        return self.history.rounds
 
     @property
     def wire_bytes(self) -> int:
@@ -101,7 +97,7 @@ class FederatedRun:
 
     def last_evaluations(self) -> dict[str, dict[str, Any]]:
         """Each hospital's evaluate metrics in the last round, by hospital name."""
-        hospitals = self.rounds[-1].get("hospitals", {})
+        hospitals = self.rounds[-1].hospitals or {}
         return {
             name: phases["evaluate"]
             for name, phases in hospitals.items()
@@ -150,8 +146,8 @@ def federate(
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         run_dir = out_dir / name
         history = read_history(run_dir)
-        if history.get("status") != "completed":
-            raise RuntimeError(f"benchmark run {name} ended {history.get('status')}")
+        if history.status != "completed":
+            raise RuntimeError(f"benchmark run {name} ended {history.status}")
         path = run_dir / "final_model.pt"
         model = load_model(path)[0] if path.is_file() else None
         kept = None if temporary or model is None else path

@@ -178,8 +178,9 @@ def federated(setup: Setup, data: Path, work: Path, seed: int) -> dict[str, Any]
         keep_delivered=False,  # hundreds of rounds: no copies of every message
     )
     test = get_dataset(RunConfig.from_run_config(run_config).data_spec()).server_test()
-    curve = [round(r["server"].get("auc", float("nan")), 4) for r in run.rounds]
-    selected = run.history.get("selected_round", {}).get("round", setup.rounds)
+    curve = [round(r.server.get("auc", float("nan")), 4) for r in run.rounds]
+    chosen = run.history.selected_round
+    selected = setup.rounds if chosen is None else chosen.round
     row = {
         "setting": f"federated ({setup.hospitals} hospitals, Dirichlet {setup.alpha})",
         "seed": seed,

@@ -31,7 +31,7 @@ POISONERS = int(round(POISON_FRACTION * HOSPITALS))
 
 def _flagged(run: FederatedRun) -> list[str]:
     """Hospitals the anomaly report flagged in the last round."""
-    report = run.rounds[-1].get("anomaly", {}).get("hospitals", {})
+    report = (run.rounds[-1].anomaly or {}).get("hospitals", {})
     return sorted(name for name, row in report.items() if row["flagged"])
 
 

@@ -179,8 +179,8 @@ def variant_row(
         site_aucs.append(mia["mia_auc_site_mean"])
         tprs.append(mia["mia_tpr_at_1pct_fpr"])
         shadow.append(mia["mia_shadow_auc"])
-        if run.history.get("privacy"):
-            eps.append(max(run.history["privacy"]["epsilon"].values()))
+        if privacy := run.history.privacy:  # local DP: epsilon per hospital
+            eps.append(max(privacy["epsilon"].values()))  # type: ignore[union-attr]
     return {
         "run": label,
         "seeds": seeds,

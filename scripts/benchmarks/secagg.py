@@ -44,9 +44,9 @@ def _run(overrides: dict[str, Any], hospitals: int) -> dict[str, Any]:
     rounds = overrides["num-server-rounds"]
     return {
         "seconds": run.seconds,
-        "accuracy": final["server"].get("accuracy", float("nan")),
-        "auc": final["server"].get("auc", float("nan")),
-        "failed_rounds": sum(1 for r in run.rounds if "skipped" in r),
+        "accuracy": final.server.get("accuracy", float("nan")),
+        "auc": final.server.get("auc", float("nan")),
+        "failed_rounds": len(run.history.skipped_rounds()),
         "kb_up_per_hospital_round": sum(run.grid.bytes_per_node("up").values())
         / hospitals
         / rounds

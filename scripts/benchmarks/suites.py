@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 
 from app.client.hospital import model_spec, train_settings
 from app.config import RunConfig
+from app.server.history import RunHistory, read_history
 from data.registry import get_dataset
 from data.spec import HospitalData, Split
 from models.training import evaluate_split, make_loader, train_epochs
@@ -43,7 +44,6 @@ from scripts.benchmarks.federation import (
     federate,
     local_only,
     pool,
-    read_history,
     train_pooled,
 )
 from scripts.flower.env import project_root
@@ -180,7 +180,7 @@ def heart_federated(
         run = federate(run_config, len(sites))
         results[method] = heart_scores(run.model, test, sites)
         results[method]["rounds_accuracy"] = [
-            r["server"].get("accuracy", math.nan) for r in run.rounds
+            r.server.get("accuracy", math.nan) for r in run.rounds
         ]
         if finetune:
             results["fedavg+finetune"] = personalised_scores(run.last_evaluations())
@@ -482,7 +482,7 @@ def cost(args: argparse.Namespace) -> BenchmarkResult:
     cfg = RunConfig.from_run_config(full_run_config(**config))
     central_s, model = centralized_timing(cfg, COST_HOSPITALS)
     run = federate(config, COST_HOSPITALS)
-    fed_rounds = [r["elapsed_s"] for r in run.rounds]
+    fed_rounds = [r.elapsed_s for r in run.rounds]
     size = model_float32_bytes(model)
     rows, traffic = cost_traffic(run, central_s, size, rounds=rounds, epochs=epochs)
     summary: dict[str, Any] = {
@@ -620,7 +620,7 @@ def timed_flwr_run(
     config: Mapping[str, Any],
     num_hospitals: int,
     monitor: contextlib.AbstractContextManager[Any] | None = None,
-) -> tuple[float, dict[str, Any]]:
+) -> tuple[float, RunHistory]:
     """Seconds of one real ``flwr run`` simulation (inside ``monitor``), its history.
 
     Raises RuntimeError with the run's log tail when it did not complete.
@@ -649,7 +649,7 @@ def timed_flwr_run(
 def flwr_run_timing(config: Mapping[str, Any], num_hospitals: int) -> dict[str, float]:
     """Wall time of a real ``flwr run`` simulation and of its rounds alone."""
     total, history = timed_flwr_run({**config, "report": False}, num_hospitals)
-    elapsed = [r["elapsed_s"] for r in history["rounds"]]
+    elapsed = [r.elapsed_s for r in history.rounds]
     return {"flwr_run_s": total, "flwr_rounds_s": elapsed[-1] - elapsed[0]}
 
 
@@ -666,7 +666,7 @@ def _run_config_string(config: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={value(v)}" for k, v in config.items())
 
 
-def _history_of(output_dir: Path, run_id: str | None) -> dict[str, Any]:
+def _history_of(output_dir: Path, run_id: str | None) -> RunHistory:
     from scripts.simulate import find_run_dir
 
     run_dir = find_run_dir(output_dir, run_id)
@@ -743,9 +743,9 @@ def scale_run(num_hospitals: int) -> dict[str, Any]:
     """One real ``flwr run`` simulation with ``num_hospitals`` SuperNodes."""
     memory = TreeMemory()
     total, history = timed_flwr_run(SCALE_CONFIG, num_hospitals, monitor=memory)
-    elapsed = [r["elapsed_s"] for r in history["rounds"]]
+    elapsed = [r.elapsed_s for r in history.rounds]
     per_round = np.diff(elapsed)  # round 0 is the initial evaluation
-    trained = [len(r.get("hospitals", {})) for r in history["rounds"][1:]]
+    trained = [len(r.hospitals or {}) for r in history.rounds[1:]]
     return {
         "hospitals": num_hospitals,
         # Round 1 includes starting the Ray actors (each imports torch): shown apart.
@@ -758,7 +758,7 @@ def scale_run(num_hospitals: int) -> dict[str, Any]:
         "peak_pss_gb": memory.peak_pss / 2**30,
         "peak_processes": memory.peak_processes,
         "hospitals_reporting_min": min(trained) if trained else 0,
-        "final_accuracy": history["rounds"][-1]["server"].get("accuracy", math.nan),
+        "final_accuracy": history.rounds[-1].server.get("accuracy", math.nan),
     }
 
 

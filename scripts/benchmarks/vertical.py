@@ -158,7 +158,7 @@ def compare(
     xs, y = _joined(split)
     alone = train_reference(xs, y, use=[0], epochs=epochs, cfg=cfg)
     central = train_reference(xs, y, use=list(range(k)), epochs=epochs, cfg=cfg)
-    vertical = fed.history["vertical"]
+    vertical = fed.history.vertical or {}
     rows = [
         {
             "dataset": dataset,
