@@ -15,6 +15,10 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export MEDFLOWER_HOME := $(CURDIR)
+# Flower's generated protobuf code is older than the runtime openmined-psi pins:
+# harmless, but every Flower process (SuperLink, simulation, Ray workers) printed
+# nine "Protobuf gencode version" warnings. They inherit this filter.
+export PYTHONWARNINGS := ignore:Protobuf gencode version:UserWarning
 export PATH := $(BIN):$(PATH)
 
 .PHONY: setup demo test lint env clean
@@ -39,7 +43,7 @@ lint: setup
 
 # Print the environment the Makefile uses: eval "$(make -s env)"
 env:
-	@echo "export FLWR_HOME='$(FLWR_HOME)' FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 MEDFLOWER_HOME='$(CURDIR)' PATH='$(BIN)':\"\$$PATH\""
+	@echo "export FLWR_HOME='$(FLWR_HOME)' FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 MEDFLOWER_HOME='$(CURDIR)' PYTHONWARNINGS='$(PYTHONWARNINGS)' PATH='$(BIN)':\"\$$PATH\""
 
 clean:
 	rm -rf .flwr outputs .pytest_cache

@@ -3,11 +3,22 @@
 Only model arrays and aggregate metrics leave this process: no record, path or
 identifier. A data problem is logged here in full and answered with a generic
 error the server can act on; so is any other failure during local work.
+``poison-fraction`` is ignored here, with a warning: model poisoning is a test
+harness the in-process Grid wraps around this app (:mod:`scripts.harness.poisoning`).
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
+
+# Flower's generated protobuf code is older than the protobuf runtime openmined-psi
+# pins: harmless, but printed nine times by whatever imports flwr first. Filtered
+# before the flwr imports below, for processes where this module comes first (tests,
+# benchmarks); Flower's own processes import flwr earlier and get the filter from
+# PYTHONWARNINGS (Makefile, scripts.flower_env).
+warnings.filterwarnings("ignore", "Protobuf gencode version", UserWarning)
+# ruff: noqa: E402 - the imports below come after the filter on purpose
 
 import torch
 from flwr.app import (
@@ -49,7 +60,6 @@ from models.training import (
     set_deterministic,
     train_epochs,
 )
-from scripts.harness.poisoning import is_poisoned, poison_update
 from strategies.fedavg import HOSPITAL_RECORD
 from strategies.screening import ERROR_PREFIX, label_count_metrics
 
@@ -57,6 +67,7 @@ log = logging.getLogger(__name__)
 DATA_ERROR_CODE = 4001
 LOCAL_FAILURE_CODE = 4002
 PRIVACY_BUDGET_CODE = 4003
+HARNESS_WARNED = "harness-warned"  # context.state: the ignored settings, warned once
 
 app = ClientApp()
 register_vertical(app)  # query.psi_* / query.vfl_* handlers (task = "vertical")
@@ -142,8 +153,26 @@ def _defined(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {f"{prefix}{k}": v for k, v in metrics.items() if v == v}
 
 
+def _warn_harness_settings(cfg: RunConfig, context: Context) -> None:
+    """Warn once per hospital and run that ``poison-fraction`` is ignored here.
+
+    Poisoning is a test harness (``scripts/harness/poisoning.py``) that only the
+    in-process Grid installs; this ClientApp always sends its honest update, so a
+    run config can never make a real hospital send a corrupted model.
+    """
+    if cfg.poison_fraction > 0 and HARNESS_WARNED not in context.state:
+        ignored = ConfigRecord({"poison-fraction": cfg.poison_fraction})
+        context.state[HARNESS_WARNED] = ignored
+        log.warning(
+            "poison-fraction=%g ignored: poisoning is an in-process test harness "
+            "(scripts/harness/poisoning.py); this hospital sends its honest update.",
+            cfg.poison_fraction,
+        )
+
+
 def _train(msg: Message, context: Context) -> Message:
     cfg, site, model = _setup(msg, context)
+    _warn_harness_settings(cfg, context)
     config = msg.content["config"]
     settings = train_settings(
         cfg,
@@ -156,7 +185,6 @@ def _train(msg: Message, context: Context) -> Message:
     )
     torch.manual_seed(seed)
     device = pick_device(cfg.device)
-    global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     local_norm = LocalNorm(model, context.state) if cfg.local_norm else None
     if local_norm is not None:
         local_norm.use_local()  # FedBN: this hospital's own normalisation layers
@@ -188,12 +216,7 @@ def _train(msg: Message, context: Context) -> Message:
     }
     if local_norm is not None:
         local_norm.keep_and_restore()  # send the received norm values back unchanged
-    model = model.cpu()
-    if is_poisoned(cfg.poison_fraction, context.node_config):
-        model.load_state_dict(
-            poison_update(global_state, model.state_dict(), cfg.poison_scale)
-        )
-    return _reply(msg, site, metrics, model)
+    return _reply(msg, site, metrics, model.cpu())
 
 
 def _evaluate(msg: Message, context: Context) -> Message:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
+# protobuf gencode/runtime mismatch (openmined-psi's pin): see app/client_app.py
+warnings.filterwarnings("ignore", "Protobuf gencode version", UserWarning)
+# ruff: noqa: E402 - the imports below come after the filter on purpose
+
 from collections.abc import Callable
 
 from flwr.app import Context

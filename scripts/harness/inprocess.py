@@ -22,6 +22,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from app.config import RunConfig
+from scripts.harness.poisoning import Handler, with_poisoning
 
 SERVER_NODE_ID = 0
 CLIENT_ERROR_CODE = 1
@@ -47,10 +48,11 @@ class InProcessGrid(Grid):
     ``delivered`` keeps every message as a hospital received it (for tests that
     inspect them); long runs set ``keep_delivered=False``, since each message
     holds a copy of the global model (660 rounds of a 0.3 M-parameter CNN to 5
-    hospitals: ~8 GB).
+    hospitals: ~8 GB). A run config with ``poison-fraction > 0`` wraps
+    ``client_app`` with the poisoning harness (:mod:`scripts.harness.poisoning`).
     """
 
-    client_app: ClientApp
+    client_app: ClientApp | Handler
     num_nodes: int
     run_config: Mapping[str, Any]
     node_configs: list[dict[str, Any]] | None = None
@@ -62,6 +64,7 @@ class InProcessGrid(Grid):
     keep_delivered: bool = True
 
     def __post_init__(self) -> None:
+        self.client_app = with_poisoning(self.client_app, self.run_config)
         self.node_ids = [101 + i for i in range(self.num_nodes)]
         self.contexts: dict[int, Context] = {}
         for i, node_id in enumerate(self.node_ids):

@@ -1,6 +1,10 @@
+import logging
+import subprocess
+import sys
+
 import torch
 from flwr.app import MessageType
-from support.federation import make_context, make_message, make_run_config
+from support.federation import REPO, make_context, make_message, make_run_config
 
 from app.client.hospital import load_hospital, model_spec
 from app.client_app import app as client_app
@@ -79,3 +83,46 @@ def test_reply_carries_only_arrays_metrics_and_site_name(tmp_path, task_identity
     reply = client_app(make_message(model), make_context(run_config, 0, 2))
     assert set(reply.content.keys()) == {"arrays", "metrics", "hospital"}
     assert all(isinstance(v, (int, float)) for v in reply.content["metrics"].values())
+
+
+def test_production_client_app_imports_no_test_harness():
+    code = (
+        "import sys, app.client_app\n"
+        "print(sorted(m for m in sys.modules if m.startswith('scripts.harness')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+class Collect(logging.Handler):
+    """Keep the messages a logger emits (whatever its propagation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_poison_fraction_is_ignored_with_one_warning(tmp_path, task_identity):
+    """Outside the in-process harness a hospital always sends its honest update."""
+    honest_config = make_run_config(tmp_path)
+    poison_config = make_run_config(tmp_path, **{"poison-fraction": 0.5})
+    model, _ = build_global(honest_config)
+    honest = client_app(make_message(model), make_context(honest_config, 0, 2))
+    context = make_context(poison_config, 0, 2)
+    logger, collect = logging.getLogger("app.client_app"), Collect()
+    logger.addHandler(collect)
+    try:
+        replies = [client_app(make_message(model), context) for _ in range(2)]
+    finally:
+        logger.removeHandler(collect)
+    sent = replies[0].content["arrays"].to_torch_state_dict()
+    expected = honest.content["arrays"].to_torch_state_dict()
+    assert all(torch.equal(sent[k], v) for k, v in expected.items())
+    warned = [m for m in collect.messages if "poison-fraction=0.5 ignored" in m]
+    assert len(warned) == 1, collect.messages
