@@ -5,6 +5,7 @@
 - ``averaging``: the model-ema average of the global model
 - ``checkpoints``: per-round checkpoints and ``resume-from``
 - ``outputs``: the run's folder (run_config.json, history.json, final_model.pt)
+- ``history``: history.json as typed records, its one writer and one reader
 - ``report``: report.html and its plots, from the run's history
 - ``tensorboard``: optional TensorBoard event files
 """
