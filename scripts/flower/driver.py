@@ -48,7 +48,9 @@ MARKER_SCAN_S = 5.0  # how often it also scans every process's environment
 # deployed run without a timeout) before the driver stops it.
 SETTLE_S = 30.0
 NOTE_AFTER_S = 10.0  # the status usually flips within a second of the stream's end
-STOP_TIMEOUT_S = 10.0
+# Grace after SIGTERM. A simulation whose Ray head is already gone can spend longer
+# in its exit handlers (ray.shutdown retries); it gets SIGKILL after this.
+STOP_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -453,6 +455,8 @@ class RunDriver:
         outcome = RunOutcome(
             self.run_id, status, "".join(self.lines), frozenset(self.tree.known)
         )
+        if interrupts.pending is not None:
+            self._say(f"run {self.run_id} {status}: stopped, with all it started")
         interrupts.deliver()
         return outcome
 

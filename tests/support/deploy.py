@@ -61,8 +61,9 @@ def hospital_folders(root: Path) -> dict[str, Path]:
     return folders
 
 
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that mention ``text`` (leak check)."""
+def processes_mentioning(text: str, *, environ: bool = False) -> list[str]:
+    """Command lines of live processes that mention ``text`` in their command line
+    (or, with ``environ``, in their environment): a leak check."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -70,9 +71,10 @@ def processes_mentioning(text: str) -> list[str]:
         try:
             raw = (entry / "cmdline").read_bytes()
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            env = (entry / "environ").read_bytes() if environ else b""
         except OSError:
             continue
         cmd = raw.replace(b"\0", b" ").decode(errors="replace")
-        if text in cmd and state != "Z":
+        if state != "Z" and (text in cmd or text.encode() in env):
             found.append(f"{entry.name}: {cmd[:200]}")
     return found
