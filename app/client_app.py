@@ -16,7 +16,7 @@ import warnings
 # pins: harmless, but printed nine times by whatever imports flwr first. Filtered
 # before the flwr imports below, for processes where this module comes first (tests,
 # benchmarks); Flower's own processes import flwr earlier and get the filter from
-# PYTHONWARNINGS (Makefile, scripts.flower_env).
+# PYTHONWARNINGS (Makefile, scripts.flower.env).
 warnings.filterwarnings("ignore", "Protobuf gencode version", UserWarning)
 # ruff: noqa: E402 - the imports below come after the filter on purpose
 
