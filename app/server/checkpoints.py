@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -90,6 +90,25 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """Server-side state saved in every checkpoint and restored on ``resume-from``.
+
+    Strategies implement it (FedOpt moments); a wrapper (e.g. a central-DP wrapper
+    with a privacy accountant) implements it by nesting its inner strategy's state
+    under a key of its own. Values may be plain Python scalars, lists, dicts,
+    numpy arrays or torch tensors.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where the last round ended."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+        ...
 
 
 @dataclass(frozen=True)

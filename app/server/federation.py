@@ -28,6 +28,7 @@ from app.secagg.registry import secure_aggregator
 from app.server.averaging import ModelEMA
 from app.server.checkpoints import (
     Checkpoint,
+    Stateful,
     check_resumable,
     load_checkpoint,
     save_checkpoint,
@@ -404,6 +405,8 @@ def open_recorder(
 
 def resume_from(run: Federation, resume: Checkpoint) -> None:
     """Continue from ``resume``: its arrays, strategy and averaging state, round."""
+    if not isinstance(run.strategy, Stateful):  # a wrapper that forgot its state
+        raise TypeError(f"{type(run.strategy).__name__} cannot restore a checkpoint")
     run.strategy.load_state_dict(resume.strategy_state)
     run.arrays = resume.arrays
     run.start_round = resume.server_round + 1
