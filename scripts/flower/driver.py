@@ -34,7 +34,7 @@ from types import FrameType, TracebackType
 
 import psutil
 
-from app.jsonio import write_json
+from app.server.history import HistoryError, RunStatus, read_history, set_status
 from scripts.flower.env import flower_env, is_noise, write_flower_config
 from scripts.flower.processes import free_port, process_group, terminate
 
@@ -92,26 +92,24 @@ def find_run_dir(output_dir: Path, run_id: str | None) -> Path | None:
         if history.parent.is_symlink():  # outputs/latest
             continue
         try:
-            if str(json.loads(history.read_text()).get("flower_run_id")) == str(run_id):
+            if str(read_history(history).flower_run_id) == str(run_id):
                 return history.parent
-        except (OSError, json.JSONDecodeError):
+        except HistoryError:
             continue
     return None
 
 
-def record_final_status(run_dir: Path, status: str) -> None:
-    """Set history.json's top-level ``status`` (other keys kept).
+def record_final_status(run_dir: Path, status: RunStatus) -> None:
+    """Set history.json's top-level ``status`` (other fields kept).
 
     The ServerApp writes ``running`` while it runs; when the run dies with it (or
-    the driver had to stop it) only the driver can say how it ended.
+    the driver had to stop it) only the driver can say how it ended. A run that
+    died before writing its history has none to update.
     """
-    path = run_dir / "history.json"
     try:
-        history = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        set_status(run_dir, status)
+    except (OSError, HistoryError):
         return
-    history["status"] = status
-    write_json(path, history)
 
 
 # --- the local SuperLink ----------------------------------------------------------

@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from app.server.history import RoundEntry, RunHistory, read_history, write_history
 from scripts.flower import driver as drv
 from scripts.flower.env import flower_env
 from scripts.flower.processes import alive, terminate
@@ -144,8 +145,19 @@ class Fakes:
         """A run folder as the ServerApp leaves it mid-run."""
         run_dir = self.outputs / "run-a"
         run_dir.mkdir()
-        payload = {"flower_run_id": int(RUN_ID), "status": status, "rounds": [1, 2]}
-        (run_dir / "history.json").write_text(json.dumps(payload))
+        history = RunHistory(
+            run_name="run-a",
+            flower_run_id=int(RUN_ID),
+            task="tabular",
+            dataset="wdbc",
+            strategy="fedavg",
+            model="logreg",
+            num_rounds=2,
+            status=status,
+        )
+        for server_round in (0, 1):
+            history.record_round(RoundEntry(round=server_round))
+        write_history(run_dir / "history.json", history)
         return run_dir
 
 
@@ -198,8 +210,9 @@ def test_a_failed_run_marks_its_history_failed_and_keeps_the_other_keys(fakes):
     run_dir = fakes.history()
     outcome = deployed(fakes, "failed", output_dir=fakes.outputs)
     assert not outcome.ok and outcome.status == "finished:failed"
-    history = json.loads((run_dir / "history.json").read_text())
-    assert history == {"flower_run_id": 7, "status": "failed", "rounds": [1, 2]}
+    history = read_history(run_dir)
+    assert history.status == "failed"  # the rest as the ServerApp left it
+    assert history.flower_run_id == 7 and [r.round for r in history.rounds] == [0, 1]
 
 
 def test_a_timed_out_run_is_stopped_with_everything_it_started(fakes):
