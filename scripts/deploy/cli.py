@@ -349,6 +349,16 @@ def check_local_data(
     return f"{len(site.train)} training and {len(site.val)} held-out records"
 
 
+def _check_kind(dataset: str) -> None:
+    from data.registry import local_kinds
+
+    if dataset not in local_kinds():
+        raise DeployError(
+            f"--dataset {dataset!r} cannot be read from a hospital's own data; "
+            f"use one of: {', '.join(local_kinds())}"
+        )
+
+
 def cmd_start_supernode(args: argparse.Namespace) -> int:
     root = _dir(args)
     name = check_name(args.name)
@@ -362,6 +372,7 @@ def cmd_start_supernode(args: argparse.Namespace) -> int:
     if ca is not None and not ca.is_file():
         raise DeployError(f"CA certificate not found: {ca}")
     data_path = Path(args.data_path).expanduser().resolve()
+    _check_kind(args.dataset)
     if args.check_data:
         print(
             f"Hospital {name}: data OK, "
@@ -547,13 +558,14 @@ def _args_start_supernode(p: argparse.ArgumentParser) -> None:
         required=True,
         help="this hospital's data file, or a folder holding exactly one",
     )
-    from data.registry import local_kinds
-
+    # Checked when the command runs (_check_kind): listing the kinds here would
+    # import every dataset class (torch, MONAI) just to print --help.
     p.add_argument(
         "--dataset",
-        choices=local_kinds(),
         default="heart-disease",
-        help="format of the data (default heart-disease)",
+        help="format of the data: a dataset kind that reads a hospital's own file "
+        "or folder, e.g. csv, heart-disease, medmnist, image-folder "
+        "(default heart-disease)",
     )
     p.add_argument(
         "--label-column",

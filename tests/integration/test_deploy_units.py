@@ -386,3 +386,11 @@ def test_stop_never_signals_a_reused_pid(tmp_path):
     )
     assert procs.stop(tmp_path) == [f"superlink (PID {os.getpid()}) was not running"]
     assert alive(os.getpid())
+
+
+def test_start_supernode_refuses_a_dataset_kind_without_local_data():
+    from scripts.deploy.cli import DeployError, _check_kind
+
+    _check_kind("csv")
+    with pytest.raises(DeployError, match="'wdbc'.*heart-disease"):
+        _check_kind("wdbc")
