@@ -9,7 +9,7 @@ ROUNDS ?= 5
 RUN_CONFIG ?=
 PYTEST_ARGS ?=
 
-# Flower offline and project-local (see README "Environment").
+# Flower offline and project-local (see docs/deployment.md "Environment").
 export FLWR_HOME := $(CURDIR)/.flwr
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1

@@ -155,7 +155,7 @@ class RunConfigKeys:
         "data",
         choices=(*TASKS, "vertical"),
         help=(
-            "`tabular`, `imaging` (see the README's Imaging section) or `vertical` "
+            "`tabular`, `imaging` (see docs/imaging.md) or `vertical` "
             "(split learning over PSI-aligned patients, docs/vertical.md)."
         ),
     )

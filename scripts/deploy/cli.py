@@ -12,7 +12,7 @@ Each party keeps its files in its own folder (``--dir``):
   coordinator), ``flwr-home/`` (the SuperNode's Flower state);
 * both: ``run/<process>.pid`` and ``logs/<process>.log``.
 
-See README "Deploy across hospitals" for the step-by-step guide.
+See docs/deployment.md for the step-by-step guide.
 """
 
 from __future__ import annotations
