@@ -21,6 +21,12 @@ from types import ModuleType
 # simulation, Ray workers) get the same filter through PYTHONWARNINGS.
 warnings.filterwarnings("ignore", "Protobuf gencode version", UserWarning)
 
+DESCRIPTION = (
+    "medflower: federated medical diagnosis on Flower. Simulate hospitals on this "
+    "machine, deploy across hospitals, evaluate or audit a saved model, and run the "
+    "benchmarks. `medflower <command> --help` for a command's options."
+)
+
 # Subcommand -> (module defining ``add_arguments(parser)`` and ``run(args) -> int``,
 # one-line help). Adding a command = one module + one line here.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -45,7 +51,7 @@ def chosen_command(argv: Sequence[str]) -> str | None:
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     """The parser for ``argv``: every command listed, only the chosen one filled in."""
-    parser = argparse.ArgumentParser(prog="medflower", description=__doc__)
+    parser = argparse.ArgumentParser(prog="medflower", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     chosen = chosen_command(argv)
     for name, (_, help_text) in COMMANDS.items():
