@@ -3,6 +3,11 @@
 One :class:`ModelRecord` per network; its class is imported only when one is built,
 so a tabular hospital never imports MONAI and the run config checks a model name
 without importing torch.
+
+- ``tabular``, ``imaging``: the networks (imaging: MONAI, DP-safe by construction)
+- ``training``: local training and evaluation loops; ``metrics``: clinical metrics
+- ``checkpoint``: a saved model with all needed to apply it; ``personalization``:
+  transfer, fine-tuning and per-hospital normalisation layers
 """
 
 from __future__ import annotations

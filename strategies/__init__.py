@@ -5,6 +5,12 @@ message-API strategy, so all of them sample with a bounded wait, screen replies,
 skip rounds below ``min-hospitals`` and report anomalies. Adding one = one file
 plus one :class:`StrategyRecord` below. The records name their class as a string,
 so the run config can check a strategy name without importing Flower's strategies.
+
+- one file per strategy: ``fedavg``, ``fedprox``, ``fedadam``, ``fedyogi``,
+  ``fedmedian``, ``fedtrimmedavg``, ``krum``, ``multikrum``
+- helpers they build on: ``screening`` (the ``Screened`` mixin and round ledger),
+  ``sampling`` (bounded waits), ``validation`` (reply checks), ``anomaly`` (update
+  report), ``fedopt`` (server-optimiser state of FedAdam/FedYogi)
 """
 
 from __future__ import annotations
