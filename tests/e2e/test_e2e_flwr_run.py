@@ -1,4 +1,7 @@
-"""One real ``flwr run`` simulation end to end (local SuperLink, Ray, 3 hospitals)."""
+"""One real ``flwr run`` simulation end to end (local SuperLink, Ray, 3 hospitals).
+
+It also checks what a user reads: each log line once, no Protobuf warning.
+"""
 
 import json
 
@@ -32,6 +35,12 @@ def test_flwr_run_two_rounds_three_hospitals(tmp_path):
     progress = [line for line in outcome.log.splitlines() if "] elapsed " in line]
     assert len(progress) == 3, progress
     assert "[round 2/2]" in progress[-1] and " eta " in progress[-1]
+    # Each log line once: Opacus's import-time logging.basicConfig once doubled every
+    # Flower line (a second copy with a date prefix); and no Protobuf warning.
+    lines = outcome.log.splitlines()
+    received = [line for line in lines if "aggregate_train: Received" in line]
+    assert len(received) == 2, received
+    assert "Protobuf gencode" not in outcome.log
     # the SuperLink this run started is gone
     assert not superlinks_of(tmp_path / "flwr-home")
 
