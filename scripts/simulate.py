@@ -61,7 +61,22 @@ def run(args: argparse.Namespace) -> int:
         return 1
     run_dir = find_run_dir(output_dir, outcome.run_id) or output_dir / "latest"
     print(f"medflower: run {outcome.run_id} completed; outputs in {run_dir}")
+    if final := final_metrics(run_dir):
+        print(f"medflower: final server-side metrics: {final}")
     report = run_dir / REPORT_NAME
     if report.is_file():
         print(f"medflower: report: {report}")
     return 0
+
+
+def final_metrics(run_dir: Path) -> str:
+    """The run's final server-side metrics as ``name=value`` text ('' if none)."""
+    from app.server.history import HistoryError, read_history
+
+    try:
+        metrics = read_history(run_dir).final_server_metrics or {}
+    except HistoryError:
+        return ""
+    return " ".join(
+        f"{name}={value:.4f}" for name, value in metrics.items() if value is not None
+    )
