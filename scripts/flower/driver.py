@@ -20,37 +20,36 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
-
-import psutil
 
 from app.server.history import HistoryError, RunStatus, read_history, set_status
 from scripts.flower.env import flower_env, is_noise, write_flower_config
-from scripts.flower.processes import free_port, process_group, terminate
+from scripts.flower.processes import (
+    MARKER_VAR,
+    Interrupts,
+    ProcessTree,
+    RunInterrupted,
+)
+from scripts.flower.superlink import (
+    launch_local_superlink,
+    private_local_superlink,
+    wait_healthy,
+)
 
 RUN_ID_PATTERN = re.compile(r"Successfully started run (\d+)")
-# Every process the driver starts, and every process those start, inherits it.
-MARKER_VAR = "MEDFLOWER_RUN_MARKER"
 POLL_S = 1.0  # how often the driver looks at the run while it streams
-MARKER_SCAN_S = 5.0  # how often it also scans every process's environment
 # After the stream ends, how long `flwr ls` may still say "running" with nothing
 # showing that the run is alive (a simulation whose flwr-simulation is gone, a
 # deployed run without a timeout) before the driver stops it.
 SETTLE_S = 30.0
 NOTE_AFTER_S = 10.0  # the status usually flips within a second of the stream's end
-# Grace after SIGTERM. A simulation whose Ray head is already gone can spend longer
-# in its exit handlers (ray.shutdown retries); it gets SIGKILL after this.
-STOP_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -112,92 +111,6 @@ def record_final_status(run_dir: Path, status: RunStatus) -> None:
         return
 
 
-# --- the local SuperLink ----------------------------------------------------------
-
-
-def private_local_superlink(env: dict[str, str]) -> dict[str, str]:
-    """Give the local SuperLink this run starts ports of its own, so concurrent
-    runs (tests, CI, a user's own `flwr run`) never reuse each other's SuperLink.
-    """
-    env = dict(env)
-    env.setdefault("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", str(free_port()))
-    env.setdefault("FLWR_LOCAL_CONTROL_API_PORT", str(free_port()))
-    return env
-
-
-def _launch_local_superlink(env: dict[str, str]) -> subprocess.Popen:
-    """Start the simulation SuperLink that ``flwr run`` with the ``:local:`` address
-    expects (same flags as Flower's own launcher).
-
-    Flower would start one itself but waits only 15 s for it, which a loaded
-    machine can exceed; starting it here gives it longer and hands us its PID.
-    """
-    home = (Path(env["FLWR_HOME"]) / "local-superlink").resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        "flower-superlink",
-        "--insecure",
-        "--simulation",
-        "--isolation",
-        "subprocess",
-        "--control-api-address",
-        f"127.0.0.1:{env['FLWR_LOCAL_CONTROL_API_PORT']}",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"],
-        "--log-file",
-        str(home / "superlink.log"),
-        "--database",
-        str(home / "state.db"),
-    ]
-    return subprocess.Popen(
-        cmd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
-def _wait_healthy(proc: subprocess.Popen, port: str, timeout: float) -> None:
-    """Return once the SuperLink answers on ``port``; raise RuntimeError if it
-    exits or stays silent for ``timeout`` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"flower-superlink exited with code {proc.returncode}; see its "
-                "superlink.log under $FLWR_HOME/local-superlink"
-            )
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"flower-superlink did not answer within {timeout:.0f} s")
-
-
-def superlinks_of(flwr_home: Path) -> set[int]:
-    """PIDs of live local SuperLinks whose state lives under ``flwr_home``."""
-    prefix = str(flwr_home.resolve())
-    found = set()
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        args = proc.info["cmdline"] or []
-        if (
-            proc.info["status"] == psutil.STATUS_ZOMBIE
-            or not any(a.endswith("flower-superlink") for a in args)
-            or "--simulation" not in args
-            or "--database" not in args[:-1]
-        ):
-            continue
-        if args[args.index("--database") + 1].startswith(prefix):
-            found.add(proc.pid)
-    return found
-
-
 # --- flwr ls ----------------------------------------------------------------------
 
 
@@ -236,149 +149,6 @@ def run_status(
         if str(run.get("run-id")) == run_id:
             return str(run.get("status"))
     raise RuntimeError(f"run {run_id} not found by `flwr ls`")
-
-
-# --- processes and signals --------------------------------------------------------
-
-
-class ProcessTree:
-    """Every process one run started.
-
-    The roots the driver starts, their descendants (walked while they live, so a
-    process re-parented to init later is still known), and every process whose
-    environment carries the run's marker.
-    """
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-        self.known: dict[int, psutil.Process] = {}
-        self._last_marker_scan = 0.0
-
-    def add(self, pid: int) -> None:
-        """Record a process the driver started."""
-        try:
-            self.known.setdefault(pid, psutil.Process(pid))
-        except psutil.Error:
-            pass
-
-    def scan(self, *, environ: bool = False) -> None:
-        """Record the live descendants of every known process; with ``environ``
-        (or every MARKER_SCAN_S seconds) also every process carrying the marker.
-        """
-        now = time.monotonic()
-        environ = environ or now - self._last_marker_scan > MARKER_SCAN_S
-        children: dict[int, list[psutil.Process]] = {}
-        for proc in psutil.process_iter(["ppid"]):
-            children.setdefault(proc.info["ppid"], []).append(proc)
-            if environ and proc.pid not in self.known and self._marked(proc):
-                self.known[proc.pid] = proc
-        if environ:
-            self._last_marker_scan = now
-        frontier = [pid for pid, proc in self.known.items() if _running(proc)]
-        while frontier:
-            found = [c for pid in frontier for c in children.get(pid, [])]
-            found = [c for c in found if c.pid not in self.known]
-            self.known.update((c.pid, c) for c in found)
-            frontier = [c.pid for c in found]
-
-    def _marked(self, proc: psutil.Process) -> bool:
-        try:
-            return proc.environ().get(MARKER_VAR) == self.marker
-        except psutil.Error:  # gone, or another user's process
-            return False
-
-    def running(self, name: str | None = None) -> list[psutil.Process]:
-        """Known processes still running (whose command line mentions ``name``)."""
-        live = [p for p in self.known.values() if _running(p)]
-        if name is None:
-            return live
-        return [p for p in live if any(name in a for a in _cmdline(p))]
-
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> list[int]:
-        """Stop every known process and their process groups (SIGTERM, then
-        SIGKILL after ``timeout`` s); return the PIDs that survived.
-        """
-        for _ in range(3):  # a process may start another while being stopped
-            self.scan(environ=True)
-            live = self.running()
-            if not live:
-                return []
-            groups = {g for p in live if (g := process_group(p.pid)) is not None}
-            terminate(live, groups=groups, timeout=timeout)
-        return [p.pid for p in self.running()]
-
-
-def _running(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _cmdline(proc: psutil.Process) -> list[str]:
-    try:
-        return proc.cmdline()
-    except psutil.Error:
-        return []
-
-
-class RunInterrupted(BaseException):
-    """SIGINT or SIGTERM arrived while the driver ran (a BaseException, like
-    KeyboardInterrupt, so that no ``except Exception`` swallows it).
-    """
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-class Interrupts:
-    """While active, SIGINT and SIGTERM raise RunInterrupted (once): the driver
-    stops the run in order instead of dying with its processes left running.
-
-    Handlers are installed only in the main thread (Python allows no other) and
-    the previous ones are restored on exit; ``pending`` is the first signal seen.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.pending: int | None = None
-        self._holding = False
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> Interrupts:
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.pending is None:
-            self.pending = signum
-        if not self._holding:
-            self._holding = True
-            raise RunInterrupted(signum)
-
-    def hold(self) -> None:
-        """From now on only remember signals (the run is being stopped)."""
-        self._holding = True
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        err: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
-
-    def deliver(self) -> None:
-        """Re-raise the remembered signal under the restored handlers, as if it
-        had arrived after the run was stopped (SIGINT: KeyboardInterrupt).
-        """
-        if self.pending is not None:
-            signal.raise_signal(self.pending)
 
 
 # --- the driver -------------------------------------------------------------------
@@ -461,10 +231,10 @@ class RunDriver:
     # -- steps, in the order a run goes through them
 
     def _start_local_superlink(self) -> None:
-        self.superlink = _launch_local_superlink(self.env)
+        self.superlink = launch_local_superlink(self.env)
         self.tree.add(self.superlink.pid)
         port = self.env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
-        _wait_healthy(self.superlink, port, self.superlink_timeout)
+        wait_healthy(self.superlink, port, self.superlink_timeout)
 
     def _submit_and_follow(self, run_args: Sequence[str]) -> str:
         where = [self.connection] if self.connection else []

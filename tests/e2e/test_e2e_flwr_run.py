@@ -8,8 +8,9 @@ import json
 import pytest
 from support.federation import REPO
 
-from scripts.flower.driver import run_simulation, superlinks_of
+from scripts.flower.driver import run_simulation
 from scripts.flower.env import flower_env
+from scripts.flower.superlink import superlinks_of
 
 
 @pytest.mark.slow

@@ -10,8 +10,9 @@ from app.client_app import app as client_app
 from app.server_app import app as server_app
 from models.checkpoint import load_model
 from scripts.cli import main
-from scripts.flower.driver import run_simulation, superlinks_of
+from scripts.flower.driver import run_simulation
 from scripts.flower.env import flower_env
+from scripts.flower.superlink import superlinks_of
 from scripts.harness.inprocess import run_inprocess
 
 

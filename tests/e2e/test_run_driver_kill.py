@@ -20,9 +20,10 @@ import pytest
 from support.deploy import processes_mentioning
 from support.federation import REPO
 
-from scripts.flower.driver import run_simulation, superlinks_of
+from scripts.flower.driver import run_simulation
 from scripts.flower.env import flower_env
 from scripts.flower.processes import alive
+from scripts.flower.superlink import superlinks_of
 
 pytestmark = pytest.mark.slow
 

@@ -24,6 +24,7 @@ from app.server.history import RoundEntry, RunHistory, read_history, write_histo
 from scripts.flower import driver as drv
 from scripts.flower.env import flower_env
 from scripts.flower.processes import alive, terminate
+from scripts.flower.superlink import superlinks_of
 
 RUN_ID = "7"
 
@@ -232,7 +233,7 @@ def test_a_dead_local_superlink_fails_the_run_and_nothing_outlives_it(fakes):
 
     def kill_superlink() -> None:
         fakes.pid("orphan.pid")  # the run is under way
-        (superlink,) = drv.superlinks_of(fakes.home)
+        (superlink,) = superlinks_of(fakes.home)
         os.kill(superlink, signal.SIGKILL)
 
     killer = threading.Thread(target=kill_superlink)
@@ -251,7 +252,7 @@ def test_a_dead_local_superlink_fails_the_run_and_nothing_outlives_it(fakes):
     superexec = fakes.pid("superexec.pid")  # re-parented to init, own session
     assert superexec in outcome.processes
     assert not any(alive(pid) for pid in outcome.processes)
-    assert not drv.superlinks_of(fakes.home)
+    assert not superlinks_of(fakes.home)
     assert json.loads((run_dir / "history.json").read_text())["status"] == "failed"
 
 
