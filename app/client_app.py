@@ -46,6 +46,7 @@ from app.privacy.accounting import PrivacyBudgetExhausted
 from app.privacy.cohort_stats import QUERY as COHORT_STATS_QUERY
 from app.privacy.cohort_stats import message_scaler, release_reply, reply_content
 from app.privacy.local_dp import hospital_budget, local_dp_round
+from app.recommendation import client as recommendation
 from app.secagg.client_mod import register as register_secure_aggregation
 from app.secagg.client_mod import secure_train_mod
 from app.vertical.client import register as register_vertical
@@ -290,6 +291,8 @@ def cohort_stats(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this hospital's training split."""
     try:
+        if recommendation.is_recommendation(context):
+            return recommendation.train(msg, context)
         return _train(msg, context)
     except Exception as err:  # one hospital's failure must not end the federation
         return _error(msg, context, err)
@@ -299,6 +302,8 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this hospital's held-out split."""
     try:
+        if recommendation.is_recommendation(context):
+            return recommendation.evaluate(msg, context)
         return _evaluate(msg, context)
     except Exception as err:
         return _error(msg, context, err)

@@ -29,6 +29,9 @@ class FederatedDataset(ABC):
     # (run config ``normalisation = "dp-global"``); None = not declared.
     feature_bounds: ClassVar[tuple[tuple[float, float], ...] | None] = None
     needs_path: ClassVar[bool] = False  # whether the run config must give data-path
+    # False where evaluation can only be federated (recommenders: the patients'
+    # vectors stay at their sites), so the server keeps no test set.
+    has_server_test: ClassVar[bool] = True
     shape_hint: ClassVar[str] = (
         "Give the coordinator a 'data-path' (server-eval may stay false)."
     )

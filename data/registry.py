@@ -30,6 +30,10 @@ DATASETS: dict[str, DatasetRecord] = {
     "synthetic-lesions": DatasetRecord(
         "data.imaging:SyntheticLesionsDataset", "imaging"
     ),
+    "interactions": DatasetRecord(
+        "data.interactions:InteractionsDataset", "recommendation"
+    ),
+    "mimic-demo": DatasetRecord("data.mimic:MimicDemoDataset", "recommendation"),
 }
 
 # The kinds of data a run can train on (the run-config key ``task``).

@@ -33,7 +33,7 @@ class ModelRecord(LazyTarget):
     target
         ``"module:factory"`` building the network.
     task
-        The kind of data it takes (``tabular`` or ``imaging``).
+        The kind of data it takes (``tabular``, ``imaging`` or ``recommendation``).
     options
         Constructor argument -> run-config field, beyond the data's shape.
     default
@@ -49,6 +49,7 @@ _MLP = {"hidden": "mlp_hidden", "layers": "mlp_layers"}
 # Test-time augmentation is kept on the module, not passed to the factory
 # (see build_model).
 _TTA = {"tta": "tta"}
+_REC = {"dim": "rec_dim"}
 
 
 def _imaging(target: str, default: bool = False) -> ModelRecord:
@@ -67,6 +68,11 @@ MODELS: dict[str, ModelRecord] = {
     "resnet18": _imaging("resnet18"),
     "densenet121": _imaging("densenet121"),
     "efficientnet-b0": _imaging("efficientnet_b0"),
+    # recommenders: the shared part only (user vectors stay at their site)
+    "mf": ModelRecord(
+        "models.recommender:BiasedMF", "recommendation", _REC, default=True
+    ),
+    "ncf": ModelRecord("models.recommender:NeuralCF", "recommendation", _REC),
 }
 
 
@@ -90,10 +96,15 @@ def _imaging_inputs(name: str, info: DatasetInfo) -> dict[str, Any]:
     }
 
 
+def _recommendation_inputs(name: str, info: DatasetInfo) -> dict[str, Any]:
+    return {"num_items": info.input_shape[0]}
+
+
 # Task -> constructor arguments taken from the data's shape (no data, only shape).
 INPUT_ARGS: dict[str, Callable[[str, DatasetInfo], dict[str, Any]]] = {
     "tabular": _tabular_inputs,
     "imaging": _imaging_inputs,
+    "recommendation": _recommendation_inputs,
 }
 
 

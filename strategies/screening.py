@@ -34,6 +34,7 @@ from flwr.serverapp.exception import AggregationError
 
 from strategies.anomaly import anomaly_report
 from strategies.sampling import NodeSampler
+from strategies.sparse import decode, is_sparse
 from strategies.validation import Reference, match_dtypes, reference_of, reply_problem
 
 log = logging.getLogger(__name__)
@@ -292,7 +293,10 @@ class Screened:
                 note_problem(entry, "errors", name, phase, reason)
                 continue
             self._names[msg.metadata.src_node_id] = name
-            problem = self._reply_problem(server_round, msg.content, is_train=is_train)
+            problem = self._densify(msg) if is_train else None
+            problem = problem or self._reply_problem(
+                server_round, msg.content, is_train=is_train
+            )
             if problem is not None:
                 log.warning(
                     "Round %d %s: dropped the reply of hospital %s: %s",
@@ -307,6 +311,19 @@ class Screened:
             entry[phase][name] = dict(metrics)
             sound.append(msg)
         return sound
+
+    def _densify(self, msg: Message) -> str | None:
+        """Expand a sparse row update (:mod:`strategies.sparse`) in place.
+
+        Returns why the sparse reply is unsound, or None (also for dense replies).
+        """
+        arrays = msg.content.array_records.get(self.arrayrecord_key)
+        if arrays is None or not is_sparse(arrays):
+            return None
+        dense, problem = decode(arrays, self._global)
+        if dense is not None:
+            msg.content[self.arrayrecord_key] = dense
+        return problem
 
     def _reply_problem(
         self, server_round: int, content: RecordDict, *, is_train: bool

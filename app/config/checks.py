@@ -43,6 +43,8 @@ def check_task(cfg: RunConfig) -> None:
     if cfg.task == "vertical":  # feature groups of tabular data, split NN
         check_vertical(cfg)
         return
+    if cfg.task == "recommendation":
+        check_recommendation(cfg)
     data_task = DATASETS[cfg.dataset].task
     if data_task != cfg.task:
         raise ConfigError(
@@ -56,6 +58,35 @@ def check_task(cfg: RunConfig) -> None:
             f"model='{cfg.model}' is a {model_task} model but "
             f"task='{cfg.task}'; use one of {', '.join(fitting)} (or 'auto')."
         )
+
+
+def check_recommendation(cfg: RunConfig) -> None:
+    """``task='recommendation'``: sparse replies only where rows can be sparse."""
+    if cfg.rec_update == "sparse":
+        for key, active, why in (
+            ("dp", cfg.dp != "none", "DP noise changes every item row"),
+            (
+                "secure-aggregation",
+                cfg.secure_aggregation,
+                "secure aggregation sums replies of equal shapes",
+            ),
+        ):
+            if active:
+                raise ConfigError(
+                    f"rec-update='sparse' cannot be used with '{key}': {why}; use "
+                    "rec-update='dense' (or 'auto')."
+                )
+    for key, active in (
+        ("normalisation", cfg.normalisation != "per-site"),
+        ("local-norm", cfg.local_norm),
+        ("personalize-epochs", cfg.personalize_epochs > 0),
+        ("init-model", bool(cfg.init_model)),
+    ):
+        if active:
+            raise ConfigError(
+                f"'{key}' applies to tabular and imaging models, not to "
+                "task='recommendation' (whose patient vectors are already local)."
+            )
 
 
 def check_vertical(cfg: RunConfig) -> None:

@@ -30,6 +30,7 @@ GROUPS = (
     "privacy",
     "secure aggregation",
     "vertical",
+    "recommendation",
     "personalization",
     "test harness",
 )
@@ -155,7 +156,8 @@ class RunConfigKeys:
         "data",
         choices=(*TASKS, "vertical"),
         help=(
-            "`tabular`, `imaging` (see docs/imaging.md) or `vertical` "
+            "`tabular`, `imaging` (see docs/imaging.md), `recommendation` "
+            "(which drug or test next; docs/recommendation.md) or `vertical` "
             "(split learning over PSI-aligned patients, docs/vertical.md)."
         ),
     )
@@ -167,7 +169,9 @@ class RunConfigKeys:
             "The data; tabular: `wdbc` (bundled), `heart-disease` (directory of UCI "
             "hospital files), `csv` (one CSV file); imaging: `medmnist` (a MedMNIST "
             "`.npz`), `image-folder` (`root/<class>/<images>`: PNG/JPEG, DICOM, "
-            "NIfTI), `synthetic-lesions` (generated, no file)."
+            "NIfTI), `synthetic-lesions` (generated, no file); recommendation: "
+            "`interactions` (a user-item file, MovieLens format too), `mimic-demo` "
+            "(the MIMIC-IV demo folder)."
         ),
     )
     data_path: str = key(
@@ -256,6 +260,43 @@ class RunConfigKeys:
             "fixes the label order; default sorted folder names)."
         ),
     )
+    rec_matrix: str = key(
+        "drugs",
+        "data",
+        choices=("drugs", "labs", "diagnoses"),
+        help=(
+            "`mimic-demo`: patient x drug (prescriptions), lab test (labevents) or "
+            "diagnosis (ICD) interactions."
+        ),
+    )
+    site_by: str = key(
+        "auto",
+        "data",
+        choices=("auto", "column", "users", "careunit", "admission-location"),
+        help=(
+            "Recommendation sites: a file's site `column`, `users` dealt by "
+            "`partitioner`, MIMIC `careunit` (first ICU unit) or "
+            "`admission-location`; `auto`: column when present, careunit for MIMIC, "
+            "else users."
+        ),
+    )
+    item_catalogue: str = key(
+        "",
+        "data",
+        help=(
+            "Recommendation in deployment: CSV of the item ids (and names) every "
+            "site and the coordinator share (absolute path)."
+        ),
+    )
+    feedback: str = key(
+        "auto",
+        "data",
+        choices=("auto", "explicit", "implicit"),
+        help=(
+            "Recommendation: `explicit` ratings (MSE, RMSE) or `implicit` "
+            "interactions (BPR); `auto`: explicit when the file's ratings vary."
+        ),
+    )
     model: str = key(
         "auto",
         "model",
@@ -270,6 +311,41 @@ class RunConfigKeys:
         64, "model", low=1, high=4096, help="Hidden units per MLP layer."
     )
     mlp_layers: int = key(2, "model", low=1, high=8, help="Hidden layers of the MLP.")
+    rec_dim: int = key(
+        32, "recommendation", low=1, high=1024, help="Embedding width of `mf`/`ncf`."
+    )
+    rec_loss: str = key(
+        "auto",
+        "recommendation",
+        choices=("auto", "mse", "bpr"),
+        help="`mse` (ratings), `bpr` (implicit); `auto` follows `feedback`.",
+    )
+    rec_l2: float = key(
+        1e-4,
+        "recommendation",
+        low=0.0,
+        high=10.0,
+        help="L2 weight on the looked-up patient and item rows of each batch.",
+    )
+    rec_update: str = key(
+        "auto",
+        "recommendation",
+        choices=("auto", "sparse", "dense"),
+        help=(
+            "`sparse`: a site sends only the item rows it changed (plus the dense "
+            "weights); `dense`: the whole item table; `auto`: sparse unless DP or "
+            "secure aggregation needs dense."
+        ),
+    )
+    recommend_mode: str = key(
+        "model",
+        "recommendation",
+        choices=("model", "item-knn", "user-knn"),
+        help=(
+            "Scoring for evaluation: the model, item-item similarity of the learned "
+            "item vectors, or similar patients of the same site (local)."
+        ),
+    )
     strategy: str = key(
         "fedavg",
         "strategy",

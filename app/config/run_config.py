@@ -100,6 +100,10 @@ class RunConfig(RunConfigKeys):
             class_names=tuple(
                 n.strip() for n in self.class_names.split(",") if n.strip()
             ),
+            rec_matrix=self.rec_matrix,
+            site_by=self.site_by,
+            item_catalogue=self.item_catalogue,
+            feedback=self.feedback,
         )
 
 

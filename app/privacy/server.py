@@ -81,7 +81,8 @@ class PrivacyReport:
     def _local(self) -> LocalPrivacy:
         out: LocalPrivacy = {
             "mode": "local",
-            "unit": "record",
+            # a recommender's record is a patient's whole history
+            "unit": "patient" if self.cfg.task == "recommendation" else "record",
             "delta": self.cfg.dp_delta,
             "accountant": self.cfg.dp_accountant,
             "budget": self.cfg.dp_budget,

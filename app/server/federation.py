@@ -72,6 +72,11 @@ PREPROCESSING: dict[str, dict[str, Any]] = {
         "resize": "to the model's input size (run config image-size; 0: native)",
         "layout": "(C, H, W) or (C, D, H, W)",
     },
+    "recommendation": {
+        "items": "item ids in the order of info.feature_names (the catalogue)",
+        "patients": "each site fits its own patient vectors (fold-in); none are "
+        "in this file",
+    },
 }
 
 def _summary(metrics: dict[str, float | None]) -> str:
@@ -350,7 +355,9 @@ def build(cfg: RunConfig, run_id: int, resume: Checkpoint | None) -> Federation:
     # global normalisation: replaced by the globally standardised test set once known
     test = (
         dataset.server_test()
-        if cfg.server_eval and cfg.normalisation == "per-site"
+        if cfg.server_eval
+        and cfg.normalisation == "per-site"
+        and dataset.has_server_test
         else None
     )
     spec = model_spec(cfg, info)

@@ -69,6 +69,11 @@ SUITES: dict[str, tuple[str, str]] = {
         "scripts.benchmarks.vertical",
         "vertical FL (PSI + split NN) vs label holder alone vs centralised",
     ),
+    "recommendation": (
+        "scripts.benchmarks.recommendation",
+        "federated collaborative filtering (MIMIC-IV demo drugs/labs, or --data): "
+        "pooled, local-only, popularity, FedAvg/FedProx, DP, SecAgg+; HR@10, NDCG@10",
+    ),
 }
 
 
@@ -87,6 +92,8 @@ class BenchmarkResult:
     notes: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # results.json only
+    # a suite's own top-level keys of results.json (its documented schema)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,7 @@ def write_result(result: BenchmarkResult, out_dir: Path, seconds: float) -> str:
         "notes": result.notes,
         "plots": result.plots,
         "details": result.details,
+        **result.extra,
     }
     write_json(out_dir / "results.json", plain(payload))
     text = f"# Benchmark: {result.suite}\n\n" + markdown_table(result.rows)
@@ -239,6 +247,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="imaging: the first seed of --seeds consecutive ones (default 42)",
     )
     parser.add_argument("--quick", action="store_true", help="smaller, faster settings")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="recommendation: an interactions file (MovieLens u.data format too)",
+    )
+    parser.add_argument(
+        "--sites",
+        type=int,
+        default=None,
+        help="recommendation with --data: hospitals to split the users over (10)",
+    )
 
 
 def default_data_root(args: argparse.Namespace) -> Path:

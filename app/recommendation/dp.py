@@ -1,0 +1,193 @@
+"""DP-SGD for recommenders with the patient as the unit of privacy.
+
+A patient's whole history (every interaction, however many) is one record: each
+step Poisson-samples patients at rate ``q = 1 / ceil(n_patients / batch-size)``,
+computes each sampled patient's gradient of the shared parameters over all of
+its interactions (``torch.func`` per-patient gradients), clips it to
+``dp-max-grad-norm`` as one vector, sums, adds Gaussian noise of standard
+deviation ``sigma * C`` to every coordinate of every shared array and divides by
+the expected batch ``q * n``. Accounting is Opacus' (the hospital's history in
+``context.state``, the same budget checks as tabular DP-SGD) with ``n`` =
+patients, not interactions.
+
+The patient vectors are updated from each patient's own, unclipped gradient: they
+never leave the site, and changing one patient changes only its own vector and
+its own clipped term, so the release of the shared parameters stays DP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import RecordDict
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from app.config import RunConfig
+from app.privacy.cohort_stats import stats_epsilon_spent
+from app.privacy.dp_sgd import DPSettings, batches_per_epoch, check_budget, sample_rate
+from app.privacy.local_dp import (
+    STATE_KEY,
+    LocalDPOutcome,
+    dp_settings,
+    load_history,
+    save_history,
+)
+from app.privacy.accounting import history_to_record
+from app.recommendation.training import RecTrainSettings, make_optimizer
+from data.interactions import Interactions
+from models.recommender import UserTable
+
+
+def padded_histories(train: Interactions, num_users: int):
+    """Per-patient ``(items, values, mask)`` padded to the longest history."""
+    counts = np.bincount(train.user, minlength=num_users)
+    width = max(int(counts.max()), 1) if len(counts) else 1
+    items = np.zeros((num_users, width), dtype=np.int64)
+    values = np.zeros((num_users, width), dtype=np.float32)
+    mask = np.zeros((num_users, width), dtype=np.float32)
+    order = np.argsort(train.user, kind="stable")
+    slot = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
+    users = train.user[order]
+    items[users, slot] = train.item[order]
+    values[users, slot] = train.value[order]
+    mask[users, slot] = 1.0
+    return torch.as_tensor(items), torch.as_tensor(values), torch.as_tensor(mask)
+
+
+def _patient_loss(model: nn.Module, loss: str, l2: float):
+    """Loss of one patient's whole history, as a function of (params, vector)."""
+
+    def fn(params, vector, items, values, mask, negatives):
+        vectors = vector.expand(len(items), -1)
+        score = functional_call(model, params, (vectors, items))
+        if loss == "mse":
+            per_row = (score - values) ** 2
+        else:
+            other = functional_call(model, params, (vectors, negatives))
+            per_row = -nn.functional.logsigmoid(score - other)
+        total = (per_row * mask).sum() / mask.sum().clamp(min=1.0)
+        if l2 > 0:
+            total = total + l2 * (vector**2).sum()
+            for key in model.sparse_keys:
+                rows = params[key][items] * mask[:, None]
+                total = total + l2 * (rows**2).sum() / mask.sum().clamp(min=1.0)
+        return total
+
+    return fn
+
+
+def _noisy_step(
+    grads: dict[str, torch.Tensor],
+    dp: DPSettings,
+    expected_batch: float,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """Clip each patient's gradient to C, sum, add N(0, (sigma C)^2), average."""
+    flat = torch.cat([g.reshape(len(g), -1) for g in grads.values()], dim=1)
+    norms = flat.norm(dim=1)
+    factor = (dp.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+    out = {}
+    for key, g in grads.items():
+        summed = (g * factor.reshape(-1, *[1] * (g.dim() - 1))).sum(0)
+        noise = torch.normal(
+            0.0,
+            dp.noise_multiplier * dp.max_grad_norm,
+            size=summed.shape,
+            generator=generator,
+        )
+        out[key] = (summed + noise) / expected_batch
+    return out
+
+
+def train_site_dp(
+    model: nn.Module,
+    users: UserTable,
+    train: Interactions,
+    settings: RecTrainSettings,
+    dp: DPSettings,
+) -> int:
+    """Patient-level DP-SGD on the shared parameters; returns the steps taken."""
+    num_users = users.weight.shape[0]
+    q = sample_rate(num_users, settings.batch_size)
+    steps = settings.epochs * batches_per_epoch(num_users, settings.batch_size)
+    histories = padded_histories(train, num_users)
+    generator = torch.Generator().manual_seed(settings.seed)
+    per_patient = vmap(
+        grad(_patient_loss(model, settings.loss, settings.l2), argnums=(0, 1)),
+        in_dims=(None, 0, 0, 0, 0, 0),
+    )
+    shared = make_optimizer(list(model.parameters()), settings)
+    private = make_optimizer(list(users.parameters()), settings)
+    for _ in range(steps):
+        chosen = torch.nonzero(
+            torch.rand(num_users, generator=generator) < q
+        ).flatten()
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        items, values, mask = (h[chosen] for h in histories)
+        negatives = torch.randint(
+            model.num_items, items.shape, generator=generator, dtype=torch.long
+        )
+        if len(chosen):
+            g_params, g_users = per_patient(
+                params, users.weight.detach()[chosen], items, values, mask, negatives
+            )
+        else:
+            g_params = {k: torch.zeros((0, *v.shape)) for k, v in params.items()}
+            g_users = torch.zeros((0, users.weight.shape[1]))
+        noisy = _noisy_step(g_params, dp, q * num_users, generator)
+        for name, p in model.named_parameters():
+            p.grad = noisy[name]
+        users.weight.grad = torch.zeros_like(users.weight).index_add_(
+            0, chosen, g_users
+        )
+        shared.step()
+        private.step()
+    return steps
+
+
+def rec_dp_round(
+    model: nn.Module,
+    users: UserTable,
+    train: Interactions,
+    settings: RecTrainSettings,
+    cfg: RunConfig,
+    state: RecordDict,
+    node_config: Mapping[str, Any] | None = None,
+) -> LocalDPOutcome:
+    """Check the hospital's budget, train with patient-level DP, account it.
+
+    Raises ``PrivacyBudgetExhausted`` before any training when this round would
+    take the hospital past its budget.
+    """
+    num_users = users.weight.shape[0]
+    dp = dp_settings(cfg, num_users, state, node_config)
+    stats_eps = stats_epsilon_spent(state)
+    history = load_history(state, dp.accountant)
+    if not history:
+        record = history_to_record([], dp.accountant)
+        record["planned-noise-multiplier"] = dp.noise_multiplier
+        state[STATE_KEY] = record
+    future, eps_next = check_budget(
+        history,
+        dp,
+        num_records=num_users,
+        batch_size=settings.batch_size,
+        epochs=settings.epochs,
+        other_epsilon=stats_eps,
+    )
+    steps = train_site_dp(model, users, train, settings, dp)
+    # the steps taken are data-independent: the history is the one just checked
+    save_history(state, future, dp)
+    return LocalDPOutcome(
+        epsilon=eps_next + stats_eps,
+        sgd_epsilon=eps_next,
+        stats_epsilon=stats_eps,
+        delta=dp.delta,
+        noise_multiplier=dp.noise_multiplier,
+        sample_rate=sample_rate(num_users, settings.batch_size),
+        steps=steps,
+    )

@@ -1,0 +1,187 @@
+"""task='recommendation': the real ServerApp and ClientApps in process.
+
+What is checked: only the shared model leaves a site (no patient id, no patient
+vector, in any message), sparse row updates give exactly the dense result with
+fewer bytes, FedProx's term covers exactly the shared parameters, patient-level
+DP is accounted as Opacus accounts it, and ``medflower recommend`` answers or
+names what is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array
+
+from app.client_app import app as client_app
+from app.config import ConfigError, RunConfig
+from app.server_app import app as server_app
+from models.checkpoint import load_model
+from scripts.benchmarks.federation import federate
+from scripts.cli import main as medflower
+from scripts.harness.inprocess import full_run_config, run_inprocess
+
+USERS, ITEMS = 90, 1000
+
+
+@pytest.fixture(scope="module")
+def ratings(tmp_path_factory) -> str:
+    """A MovieLens-format file (user item rating timestamp, tab-separated)."""
+    rng = np.random.default_rng(0)
+    taste, kind = rng.normal(size=(USERS, 3)), rng.normal(size=(ITEMS, 3))
+    lines = []
+    for user in range(USERS):
+        for t, item in enumerate(rng.choice(ITEMS, size=12, replace=False)):
+            rating = int(np.clip(np.round(3 + taste[user] @ kind[item]), 1, 5))
+            lines.append(f"{user + 1001}\t{item + 1}\t{rating}\t{880000000 + t}")
+    path = tmp_path_factory.mktemp("ratings") / "u.data"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def rec_config(path: str, **extra) -> dict:
+    return {
+        "task": "recommendation",
+        "dataset": "interactions",
+        "data-path": path,
+        "num-server-rounds": 2,
+        "optimizer": "adam",
+        "learning-rate": 0.02,
+        "batch-size": 64,
+        "rec-dim": 8,
+        "report": False,
+        **extra,
+    }
+
+
+def test_only_the_shared_model_leaves_a_site(ratings, tmp_path):
+    replies = []
+
+    def recorded(msg, context):  # every reply, as it leaves the ClientApp
+        replies.append(client_app(msg, context))
+        return replies[-1]
+
+    run_inprocess(
+        server_app,
+        recorded,
+        num_hospitals=3,
+        run_config=full_run_config(
+            **rec_config(ratings), **{"output-dir": str(tmp_path), "run-name": "r"}
+        ),
+    )
+    model, payload = load_model(tmp_path / "r" / "final_model.pt")
+    shared = set(model.state_dict())
+    patient_ids = {str(u + 1001) for u in range(USERS)}
+    assert replies and not any(m.has_error() for m in replies)
+    for msg in replies:
+        for record in msg.content.array_records.values():
+            for key, array in record.items():
+                assert key.split("@")[0] in shared, key
+                assert array.shape[-1] != model.user_dim or key.startswith("item")
+        for record in msg.content.config_records.values():
+            assert not patient_ids & {str(v) for v in record.values()}
+        for record in msg.content.metric_records.values():
+            assert all(np.ndim(v) == 0 for v in record.values())
+    assert payload["task"] == "recommendation"
+    assert set(payload["state_dict"]) == shared  # no user table in the saved model
+
+
+def test_sparse_updates_equal_dense_with_fewer_bytes(ratings):
+    sparse = federate(rec_config(ratings, **{"rec-update": "sparse"}), 3)
+    dense = federate(rec_config(ratings, **{"rec-update": "dense"}), 3)
+    for key, value in sparse.final_model.state_dict().items():
+        assert torch.equal(value, dense.final_model.state_dict()[key]), key
+    assert sparse.wire_bytes < dense.wire_bytes
+    assert sparse.rounds[-1].federated["hr@10"] == dense.rounds[-1].federated["hr@10"]
+
+
+def test_sparse_decode_refuses_unsound_rows():
+    from flwr.app import ArrayRecord
+
+    from strategies.sparse import decode, encode
+
+    table = np.zeros((5, 2), dtype=np.float32)
+    new = table.copy()
+    new[[1, 3]] = 1.0
+    record = encode({"t": new}, {"t": table}, ["t"])
+    dense, problem = decode(record, {"t": table})
+    assert problem is None and np.array_equal(dense["t"].numpy(), new)
+    for rows, why in (([7], "outside"), ([1, 1], "repeat")):
+        bad = ArrayRecord(
+            {
+                "t@rows": Array(np.array(rows, dtype=np.int64)),
+                "t@values": Array(np.ones((len(rows), 2), dtype=np.float32)),
+            }
+        )
+        assert why in decode(bad, {"t": table})[1]
+
+
+def test_fedprox_pulls_only_the_shared_parameters(ratings):
+    from app.recommendation.training import RecTrainSettings, train_site
+    from data.registry import get_dataset
+    from models.recommender import BiasedMF, UserTable
+
+    site = get_dataset(RunConfig.from_run_config(rec_config(ratings)).data_spec()).pooled(1)
+    torch.manual_seed(0)
+    model = BiasedMF(len(site.catalogue), dim=4)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    users = UserTable(site.num_users, model.user_dim, seed=0)
+    before = users.weight.detach().clone()
+    settings = RecTrainSettings(
+        optimizer="sgd", learning_rate=1e-7, loss="mse", proximal_mu=1e6, l2=0.0
+    )
+    train_site(model, users, site.train, settings)
+    moved = max((model.state_dict()[k] - v).abs().max() for k, v in start.items())
+    assert moved < 1e-3  # mu * lr = 0.1: the proximal pull keeps shared weights home
+    assert not torch.equal(users.weight.detach(), before)  # patients are not pulled
+
+
+def test_patient_level_dp_is_accounted_as_opacus_does(ratings, tmp_path):
+    from opacus.accountants import PRVAccountant
+
+    config = rec_config(
+        ratings, dp="local", **{"dp-target-epsilon": 4.0, "dp-delta": 1e-3}
+    )
+    run = federate(config, 3, out_dir=tmp_path, name="dp")
+    privacy = run.history.privacy
+    assert privacy["unit"] == "patient"
+    sites = RunConfig.from_run_config(config)
+    from data.registry import get_dataset
+
+    per_site = get_dataset(sites.data_spec()).sites(3)
+    for index, site in enumerate(per_site):
+        batches = math.ceil(site.num_users / 64)
+        accountant = PRVAccountant()
+        sigma = run.rounds[-1].hospitals[f"hospital-{index}"]["train"][
+            "dp-noise-multiplier"
+        ]
+        accountant.history = [(sigma, 1 / batches, 2 * batches)]
+        expected = accountant.get_epsilon(delta=1e-3)
+        assert privacy["epsilon"][f"hospital-{index}"] == pytest.approx(expected, rel=1e-6)
+        assert expected <= 4.0 + 1e-6
+
+
+def test_sparse_updates_are_refused_with_dp_by_name(ratings):
+    with pytest.raises(ConfigError, match="rec-update='sparse'.*'dp'"):
+        RunConfig.from_run_config(rec_config(ratings, dp="local", **{"rec-update": "sparse"}))
+
+
+def test_recommend_prints_top_k_and_names_bad_input(ratings, tmp_path, capsys):
+    federate(rec_config(ratings), 3, out_dir=tmp_path, name="m")
+    model = str(tmp_path / "m" / "final_model.pt")
+    assert medflower(["recommend", "--model", model, "--data", ratings, "--patient", "1001", "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "Top 3 for patient 1001" in out and out.count("\n") == 4
+    assert medflower(["recommend", "--model", model, "--data", ratings, "--patient", "42"]) == 2
+    assert "patient '42' is not in" in capsys.readouterr().out
+    other = tmp_path / "other.data"
+    other.write_text("1001\t5000\t4\t1\n1001\t1\t4\t2\n1001\t2\t4\t3\n")
+    assert medflower(["recommend", "--model", model, "--data", str(other), "--patient", "1001"]) == 2
+    assert "is not in the model's catalogue" in capsys.readouterr().out
+    bad = tmp_path / "bad.data"
+    bad.write_text("1001\t1\tfive\t1\n")
+    assert medflower(["recommend", "--model", model, "--data", str(bad), "--patient", "1001"]) == 2
+    assert str(bad) in capsys.readouterr().out
