@@ -193,17 +193,19 @@ def _numbers(
     bad = np.isnan(numbers)
     if bad.any():
         i = int(np.argmax(bad))
-        raise _bad(
-            path, int(lines[i]), f"non-numeric {role}", values[i], f"non-numeric {role}"
-        )
+        what = f"missing {role}" if values[i] == "" else f"non-numeric {role}"
+        raise _bad(path, int(lines[i]), what, values[i], what)
     return numbers
 
 
 def _times(values: np.ndarray, lines: np.ndarray, path: Path) -> np.ndarray:
-    """Seconds: the numbers themselves, or ISO dates as seconds since 1970."""
+    """Seconds: numbers as they are, or ISO dates as seconds since 1970.
+
+    The first row decides which; a column mixing both is an error.
+    """
     numbers = _as_floats(values)
-    if not np.isnan(numbers).any():
-        return numbers
+    if not np.isnan(numbers[0]):  # a column of numbers: every cell must be one
+        return _numbers(values, lines, path, "timestamp")
     dates = pd.to_datetime(
         pd.Series(values), format="ISO8601", errors="coerce", utc=True
     )
