@@ -129,11 +129,15 @@ def _diagnoses(root: Path) -> Matrix:
     titles = read_demo_csv(
         root, "hosp/d_icd_diagnoses.csv.gz", ["icd_code", "icd_version", "long_title"]
     )
-    keys = icd_ids(titles)
-    names = dict(zip(keys, titles["long_title"].fillna("").str.strip(), strict=True))
+    items = icd_ids(frame)
+    # The dictionary lists ~110k codes; name only the few the patients have.
+    titles = titles[titles["icd_code"].str.strip().isin(frame["icd_code"].str.strip())]
+    names = dict(
+        zip(icd_ids(titles), titles["long_title"].fillna("").str.strip(), strict=True)
+    )
     order = pd.to_numeric(frame["seq_num"], errors="coerce").fillna(0).to_numpy()
     time = seconds(frame["hadm_id"].map(admitted)) + order
-    return frame.assign(item=icd_ids(frame), time=time), names
+    return frame.assign(item=items, time=time), names
 
 
 MATRICES: dict[str, Callable[[Path], Matrix]] = {
