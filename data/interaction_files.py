@@ -166,14 +166,16 @@ def _columns(frame: pd.DataFrame, path: Path, header: bool) -> dict[str, str]:
 
 
 def _bad(path: Path, line: int, what: str, value: str, public: str) -> DataError:
-    return DataError(f"{path}, line {line}: {what} {value!r}.", public)
+    """An error naming the file, the line and the value (the value only locally)."""
+    shown = "(empty cell)" if value == "" else repr(value)
+    return DataError(f"{path}, line {line}: {what} {shown}.", public)
 
 
 def _ids(values: np.ndarray, lines: np.ndarray, path: Path, role: str) -> np.ndarray:
     empty = values == ""
     if empty.any():
         i = int(np.argmax(empty))
-        raise _bad(path, int(lines[i]), f"missing {role} in row", "", f"missing {role}")
+        raise _bad(path, int(lines[i]), f"missing {role}", "", f"missing {role}")
     return values
 
 
