@@ -36,6 +36,12 @@ class DataSpec:
     image_size: int = 0  # imaging: resize to this side length; 0 keeps the data's size
     augment: bool = True  # imaging: random flips/affine/intensity on training images
     class_names: tuple[str, ...] = ()  # image folders: fixed class order (else sorted)
+    rec_matrix: str = "drugs"  # mimic-demo: "drugs" | "labs" | "diagnoses"
+    # recommendation sites: auto | column | users | careunit | admission-location
+    site_by: str = "auto"
+    # recommendation in deployment: CSV of item ids (and names) every site shares
+    item_catalogue: str = ""
+    feedback: str = "auto"  # recommendation: auto | explicit | implicit
 
 
 @dataclass(frozen=True)
