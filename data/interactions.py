@@ -381,6 +381,7 @@ class InteractionsDataset(FederatedDataset):
     name = "interactions"
     task = "recommendation"
     needs_path = True
+    has_server_test = False
     shape_hint = (
         "Give the coordinator an 'item-catalogue' (a CSV of the item ids every "
         "hospital shares)."
@@ -466,6 +467,7 @@ class InteractionsDataset(FederatedDataset):
             task="recommendation",
             input_shape=(len(catalogue),),
             num_classes=0,
+            feature_names=catalogue.ids,  # the items, in model row order
             description=description,
         )
 
@@ -488,6 +490,12 @@ class InteractionsDataset(FederatedDataset):
                 "number of hospitals does not match the number of sites",
             )
         return [(str(n), np.flatnonzero(site_of == i)) for i, n in enumerate(names)]
+
+    def natural_sites(self) -> list[str] | None:
+        """Site names the data define (site column, care units); None if dealt."""
+        if self.site_mode() == "users":
+            return None
+        return [str(n) for n in np.unique(self.pool.user_site)]
 
     def hospital_names(self, num_partitions: int) -> list[str]:
         return [name for name, _ in self.site_codes(num_partitions)]

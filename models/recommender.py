@@ -43,7 +43,7 @@ class BiasedMF(nn.Module):
         return self.dim + 1
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Scores of ``users[k]`` (vectors, shape ``(B, user_dim)``) for ``items[k]``."""
+        """Scores of ``users[k]`` (vectors ``(B, user_dim)``) for ``items[k]``."""
         q = self.item_embedding(items)
         dot = (users[:, : self.dim] * q).sum(-1)
         return dot + users[:, self.dim] + self.item_bias(items)[:, 0] + self.global_bias
@@ -106,7 +106,7 @@ class NeuralCF(nn.Module):
         return self.head(torch.cat([p_gmf * gmf, hidden], dim=-1))[..., 0]
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Scores of ``users[k]`` (vectors, shape ``(B, user_dim)``) for ``items[k]``."""
+        """Scores of ``users[k]`` (vectors ``(B, user_dim)``) for ``items[k]``."""
         fused = self._fuse(users, self.item_gmf(items), self.item_mlp(items))
         return fused + self.item_bias(items)[:, 0]
 

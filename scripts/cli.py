@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("scripts.simulate", "simulate N hospitals with `flwr run --stream`"),
     "evaluate": ("scripts.evaluate_cli", "evaluate a saved model on held-out data"),
     "audit": ("scripts.audit_cli", "membership-inference audit of a saved model"),
-    "recommend": ("scripts.recommend", "top-K items for one patient from a recommender"),
+    "recommend": ("scripts.recommend", "top-K items for a patient from a recommender"),
     "deploy": ("scripts.deploy.cli", "run across hospitals with Flower's engine"),
     "benchmark": ("scripts.benchmarks.core", "run a benchmark suite"),
 }

@@ -53,12 +53,13 @@ def load_site(args: argparse.Namespace, payload: dict[str, Any]):
     if args.dataset:
         config["dataset"] = args.dataset
     dataset = get_dataset(RunConfig.from_run_config(config).data_spec())
+    names = dataset.natural_sites()
     if not args.site:
-        return dataset.pooled(1)
-    names = list(dataset.hospital_names(0))
-    if args.site not in names:
+        return dataset.pooled(len(names) if names else 1)
+    if not names or args.site not in names:
         raise RecommendError(
-            f"site {args.site!r} is not in {args.data}; its sites: {', '.join(names)}"
+            f"site {args.site!r} is not in {args.data}; its sites: "
+            + (", ".join(names) if names else "none (no site column)")
         )
     return dataset.sites(len(names))[names.index(args.site)]
 

@@ -67,7 +67,9 @@ def decode(
             return None, problem
         out[base] = Array(dense)
     orphans = [
-        k for k in arrays if k.endswith(VALUES) and k[: -len(VALUES)] + ROWS not in arrays
+        k
+        for k in arrays
+        if k.endswith(VALUES) and k[: -len(VALUES)] + ROWS not in arrays
     ]
     if orphans:
         return None, f"sparse values without row indices: {orphans}"

@@ -84,14 +84,18 @@ def setup(msg: Message, context: Context):
     model = model_spec(cfg, site.info).build()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     users = UserTable(
-        site.num_users, model.user_dim, seed=hospital_seed(cfg.seed, 0, context.node_config)
+        site.num_users,
+        model.user_dim,
+        seed=hospital_seed(cfg.seed, 0, context.node_config),
     )
     stored = context.state.array_records.get(USERS_KEY)
     weight = None if stored is None else stored["weight"].numpy()
     if weight is not None and weight.shape == tuple(users.weight.shape):
         users.weight.data = torch.from_numpy(weight.copy())
     else:  # a site that has not trained yet: fit its patients to the items
-        fold_in(model, users, site.train, rec_settings(cfg, {}, cfg.seed, site.explicit))
+        fold_in(
+            model, users, site.train, rec_settings(cfg, {}, cfg.seed, site.explicit)
+        )
     return cfg, site, model, users
 
 
@@ -111,7 +115,9 @@ def train(msg: Message, context: Context) -> Message:
     """One round of local training; the reply holds only the shared model."""
     cfg, site, model, users = setup(msg, context)
     config = msg.content["config"]
-    seed = hospital_seed(cfg.seed, int(config.get("server-round", 0)), context.node_config)
+    seed = hospital_seed(
+        cfg.seed, int(config.get("server-round", 0)), context.node_config
+    )
     settings = rec_settings(cfg, config, seed, site.explicit)
     received = {k: v.detach().clone().numpy() for k, v in model.state_dict().items()}
     if cfg.dp == "local":
@@ -148,11 +154,12 @@ def evaluate(msg: Message, context: Context) -> Message:
             "no patient with a held-out interaction",
         )
     metrics = {k: float(v) for k, v in test.items() if v == v}
-    metrics.update({f"val_{k}": float(v) for k, v in val.items() if k != "num-examples"})
+    metrics.update(
+        {f"val_{k}": float(v) for k, v in val.items() if k != "num-examples"}
+    )
     metrics["num-examples"] = int(test["num-examples"])
     return reply(msg, site, metrics)
 
 
 def is_recommendation(context: Context) -> bool:
     return context.run_config.get("task") == "recommendation"
-

@@ -27,6 +27,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from app.config import RunConfig
+from app.privacy.accounting import history_to_record
 from app.privacy.cohort_stats import stats_epsilon_spent
 from app.privacy.dp_sgd import DPSettings, batches_per_epoch, check_budget, sample_rate
 from app.privacy.local_dp import (
@@ -36,7 +37,6 @@ from app.privacy.local_dp import (
     load_history,
     save_history,
 )
-from app.privacy.accounting import history_to_record
 from app.recommendation.training import RecTrainSettings, make_optimizer
 from data.interactions import Interactions
 from models.recommender import UserTable
@@ -123,9 +123,7 @@ def train_site_dp(
     shared = make_optimizer(list(model.parameters()), settings)
     private = make_optimizer(list(users.parameters()), settings)
     for _ in range(steps):
-        chosen = torch.nonzero(
-            torch.rand(num_users, generator=generator) < q
-        ).flatten()
+        chosen = torch.nonzero(torch.rand(num_users, generator=generator) < q).flatten()
         params = {k: v.detach() for k, v in model.named_parameters()}
         items, values, mask = (h[chosen] for h in histories)
         negatives = torch.randint(

@@ -134,7 +134,9 @@ def train_site(
         order = torch.randperm(len(train), generator=generator)
         for start in range(0, len(order), settings.batch_size):
             idx = order[start : start + settings.batch_size]
-            loss = batch_loss(model, users, tuple(t[idx] for t in data), settings, generator)
+            loss = batch_loss(
+                model, users, tuple(t[idx] for t in data), settings, generator
+            )
             if global_params is not None:
                 loss = loss + proximal_term(model, global_params, settings.proximal_mu)
             optimizer.zero_grad()
@@ -175,4 +177,3 @@ def fold_in(
     finally:
         for p, flag in zip(model.parameters(), frozen, strict=True):
             p.requires_grad_(flag)
-

@@ -81,7 +81,8 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
             "rec-matrix": matrix,
             "site-by": "careunit",
         }
-        sites = len(get_dataset(RunConfig.from_run_config(config).data_spec()).hospital_names(0))
+        spec = RunConfig.from_run_config(config).data_spec()
+        sites = len(get_dataset(spec).natural_sites())
         out.append(Workload(matrix, config, sites))
     return out
 
@@ -91,7 +92,9 @@ def _weighted(per_site: Sequence[dict[str, float]]) -> dict[str, float]:
     weights = np.array([m["num-examples"] for m in per_site], dtype=float)
     out = {}
     for key in METRICS:
-        pairs = [(m[key], w) for m, w in zip(per_site, weights, strict=True) if key in m]
+        pairs = [
+            (m[key], w) for m, w in zip(per_site, weights, strict=True) if key in m
+        ]
         if pairs:
             values, w = zip(*pairs, strict=True)
             out[key] = float(np.average(values, weights=w))
@@ -100,7 +103,9 @@ def _weighted(per_site: Sequence[dict[str, float]]) -> dict[str, float]:
 
 def _centralised(cfg: RunConfig, site: InteractionSite, seed: int) -> dict[str, float]:
     """Train one model on ``site`` alone for the federation's whole budget."""
-    model = ModelSpec(cfg.model_name, {"num_items": len(site.catalogue), "dim": cfg.rec_dim}).build()
+    model = ModelSpec(
+        cfg.model_name, {"num_items": len(site.catalogue), "dim": cfg.rec_dim}
+    ).build()
     users = UserTable(site.num_users, model.user_dim, seed=seed)
     settings = RecTrainSettings(
         epochs=cfg.num_server_rounds * cfg.local_epochs,
@@ -179,12 +184,17 @@ def recommendation_suite(args: argparse.Namespace) -> BenchmarkResult:
         seeds = [one_seed(work, 42 + k) for k in range(n_seeds)]
         work_rows, methods = summarise(work, seeds)
         rows += work_rows
-        matrices[work.name] = {"sites": work.sites, "methods": methods, "per_seed": seeds}
+        matrices[work.name] = {
+            "sites": work.sites,
+            "methods": methods,
+            "per_seed": seeds,
+        }
     first = next(iter(matrices.values()))
     fed, pooled = first["methods"]["fedavg"], first["methods"]["pooled"]
     summary = {
         "fedavg_over_pooled_hr@10": fed["hr@10"] / pooled["hr@10"],
-        "dp_eps8_over_fedavg_hr@10": first["methods"]["fedavg-dp-eps8"]["hr@10"] / fed["hr@10"],
+        "dp_eps8_over_fedavg_hr@10": first["methods"]["fedavg-dp-eps8"]["hr@10"]
+        / fed["hr@10"],
     }
     return BenchmarkResult(
         suite="recommendation",

@@ -124,7 +124,9 @@ def test_fedprox_pulls_only_the_shared_parameters(ratings):
     from data.registry import get_dataset
     from models.recommender import BiasedMF, UserTable
 
-    site = get_dataset(RunConfig.from_run_config(rec_config(ratings)).data_spec()).pooled(1)
+    site = get_dataset(
+        RunConfig.from_run_config(rec_config(ratings)).data_spec()
+    ).pooled(1)
     torch.manual_seed(0)
     model = BiasedMF(len(site.catalogue), dim=4)
     start = {k: v.clone() for k, v in model.state_dict().items()}
@@ -160,28 +162,60 @@ def test_patient_level_dp_is_accounted_as_opacus_does(ratings, tmp_path):
         ]
         accountant.history = [(sigma, 1 / batches, 2 * batches)]
         expected = accountant.get_epsilon(delta=1e-3)
-        assert privacy["epsilon"][f"hospital-{index}"] == pytest.approx(expected, rel=1e-6)
+        assert privacy["epsilon"][f"hospital-{index}"] == pytest.approx(
+            expected, rel=1e-6
+        )
         assert expected <= 4.0 + 1e-6
 
 
 def test_sparse_updates_are_refused_with_dp_by_name(ratings):
     with pytest.raises(ConfigError, match="rec-update='sparse'.*'dp'"):
-        RunConfig.from_run_config(rec_config(ratings, dp="local", **{"rec-update": "sparse"}))
+        RunConfig.from_run_config(
+            rec_config(ratings, dp="local", **{"rec-update": "sparse"})
+        )
 
 
 def test_recommend_prints_top_k_and_names_bad_input(ratings, tmp_path, capsys):
     federate(rec_config(ratings), 3, out_dir=tmp_path, name="m")
     model = str(tmp_path / "m" / "final_model.pt")
-    assert medflower(["recommend", "--model", model, "--data", ratings, "--patient", "1001", "-k", "3"]) == 0
+    assert (
+        medflower(
+            [
+                "recommend",
+                "--model",
+                model,
+                "--data",
+                ratings,
+                "--patient",
+                "1001",
+                "-k",
+                "3",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "Top 3 for patient 1001" in out and out.count("\n") == 4
-    assert medflower(["recommend", "--model", model, "--data", ratings, "--patient", "42"]) == 2
+    assert (
+        medflower(["recommend", "--model", model, "--data", ratings, "--patient", "42"])
+        == 2
+    )
     assert "patient '42' is not in" in capsys.readouterr().out
     other = tmp_path / "other.data"
     other.write_text("1001\t5000\t4\t1\n1001\t1\t4\t2\n1001\t2\t4\t3\n")
-    assert medflower(["recommend", "--model", model, "--data", str(other), "--patient", "1001"]) == 2
+    assert (
+        medflower(
+            ["recommend", "--model", model, "--data", str(other), "--patient", "1001"]
+        )
+        == 2
+    )
     assert "is not in the model's catalogue" in capsys.readouterr().out
     bad = tmp_path / "bad.data"
     bad.write_text("1001\t1\tfive\t1\n")
-    assert medflower(["recommend", "--model", model, "--data", str(bad), "--patient", "1001"]) == 2
+    assert (
+        medflower(
+            ["recommend", "--model", model, "--data", str(bad), "--patient", "1001"]
+        )
+        == 2
+    )
     assert str(bad) in capsys.readouterr().out

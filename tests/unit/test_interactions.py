@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -349,7 +348,7 @@ def test_catalogue_file_round_trip(tmp_path):
         ItemCatalogue.from_file(tmp_path / "d.csv")
 
 
-def test_movielens_100k_sized_file_loads_and_splits_fast(tmp_path):
+def test_movielens_100k_sized_file_splits_over_ten_sites(tmp_path):
     rng = np.random.default_rng(0)
     n = 100_000
     cols = [
@@ -362,8 +361,9 @@ def test_movielens_100k_sized_file_loads_and_splits_fast(tmp_path):
     path.write_text(
         "".join(f"{a}\t{b}\t{c}\t{d}\n" for a, b, c, d in zip(*cols, strict=True))
     )
-    start = time.perf_counter()
     sites = dataset(path).sites(10)
-    elapsed = time.perf_counter() - start
+    # speed is a benchmark figure (docs/data.md), not a timed test
     assert sum(s.num_users for s in sites) == 943
-    assert elapsed < 2.0, f"100k rows took {elapsed:.2f} s"
+    assert sum(len(s.train) + len(s.val) + len(s.test) for s in sites) == len(
+        {(a, b) for a, b in zip(cols[0], cols[1], strict=True)}
+    )
