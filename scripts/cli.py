@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("scripts.audit_cli", "membership-inference audit of a saved model"),
     "deploy": ("scripts.deploy.cli", "run across hospitals with Flower's engine"),
     "benchmark": ("scripts.benchmarks.core", "run a benchmark suite"),
+    "stats": ("scripts.stats_cli", "federated statistics of the hospitals' data"),
 }
 
 
