@@ -49,6 +49,8 @@ from app.privacy.local_dp import hospital_budget, local_dp_round
 from app.recommendation import client as recommendation
 from app.secagg.client_mod import register as register_secure_aggregation
 from app.secagg.client_mod import secure_train_mod
+from app.stats.client import stats_reply
+from app.stats.query import QUERY as FEDERATED_STATS_QUERY
 from app.vertical.client import register as register_vertical
 from data.base import standardized
 from data.preprocessing import GLOBAL_NORMALISATIONS
@@ -283,6 +285,15 @@ def cohort_stats(msg: Message, context: Context) -> Message:
     """Release this hospital's Laplace-noised cohort statistics (once per run)."""
     try:
         return _cohort_stats(msg, context)
+    except Exception as err:  # one hospital's failure must not end the federation
+        return _error(msg, context, err)
+
+
+@app.query(FEDERATED_STATS_QUERY)
+def federated_stats(msg: Message, context: Context) -> Message:
+    """Answer a federated-statistics query (aggregates only; app/stats)."""
+    try:
+        return stats_reply(msg, context)
     except Exception as err:  # one hospital's failure must not end the federation
         return _error(msg, context, err)
 

@@ -16,9 +16,17 @@ from flwr.serverapp import Grid, ServerApp
 from app.config import RunConfig
 from app.logs import route_to_flower
 from app.server.federation import PREPROCESSING, RoundReporter, run_federation
+from app.stats.server import run_stats_mode
 from app.vertical.server import run_vertical
 
-__all__ = ["PREPROCESSING", "TASK_RUNNERS", "RoundReporter", "app", "main"]
+__all__ = [
+    "MODE_RUNNERS",
+    "PREPROCESSING",
+    "TASK_RUNNERS",
+    "RoundReporter",
+    "app",
+    "main",
+]
 
 app = ServerApp()
 
@@ -28,11 +36,16 @@ TASK_RUNNERS: dict[str, Callable[[Grid, Context], object]] = {
     "imaging": run_federation,
     "vertical": run_vertical,
 }
+# ``mode`` -> the ServerApp path that runs it instead (``train``: TASK_RUNNERS).
+MODE_RUNNERS: dict[str, Callable[[Grid, Context], object]] = {
+    "stats": run_stats_mode,
+}
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run (or resume) the run's task; see ``TASK_RUNNERS``."""
+    """Run (or resume) the run's task (``TASK_RUNNERS``), or its ``MODE_RUNNERS``."""
     route_to_flower()
-    task = RunConfig.from_run_config(context.run_config).task
-    TASK_RUNNERS.get(task, run_federation)(grid, context)
+    cfg = RunConfig.from_run_config(context.run_config)
+    runner = MODE_RUNNERS.get(cfg.mode) or TASK_RUNNERS.get(cfg.task, run_federation)
+    runner(grid, context)

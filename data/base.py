@@ -10,7 +10,14 @@ import numpy as np
 
 from data.partition import partition_indices, partition_of, stratified_split
 from data.preprocessing import Standardizer
-from data.spec import DataError, DatasetInfo, DataSpec, HospitalData, Split
+from data.spec import (
+    DataError,
+    DatasetInfo,
+    DataSpec,
+    HospitalData,
+    SiteRecords,
+    Split,
+)
 
 
 class FederatedDataset(ABC):
@@ -83,6 +90,18 @@ class FederatedDataset(ABC):
     def hospital_names(self, num_partitions: int) -> list[str]:
         return [f"hospital-{i}" for i in range(num_partitions)]
 
+    def hospital_records(self, partition_id: int, num_partitions: int) -> SiteRecords:
+        """Every record of hospital ``partition_id`` in a simulated federation.
+
+        For federated statistics (:mod:`app.stats`); by default the hospital's
+        training and held-out splits as loaded, before any standardisation.
+        """
+        return site_records(self.hospital(partition_id, num_partitions))
+
+    def local_records(self, path: str, name: str) -> SiteRecords:
+        """Every record of a deployed hospital's own data at ``path``."""
+        return site_records(self.local_hospital(path, name))
+
 
 def check_partition(partition_id: int, num_partitions: int) -> None:
     if not 0 <= partition_id < num_partitions:
@@ -134,6 +153,17 @@ def raw_splits(site: HospitalData) -> tuple[Split, Split]:
             "the hospital's data cannot be standardised with global statistics",
         )
     return raw  # type: ignore[return-value]
+
+
+def site_records(site: HospitalData) -> SiteRecords:
+    """All of ``site``'s records (training + held-out), before standardisation."""
+    train, val = site.extras.get(RAW) or (site.train, site.val)  # type: ignore[misc]
+    return SiteRecords(
+        site.name,
+        np.concatenate([np.asarray(train.x), np.asarray(val.x)]),
+        np.concatenate([np.asarray(train.y), np.asarray(val.y)]),
+        site.info,
+    )
 
 
 def standardized(site: HospitalData, scaler: Standardizer) -> HospitalData:

@@ -85,3 +85,26 @@ class HospitalData:
         """Number of training records per class (an aggregate, safe to report)."""
         counts = np.bincount(self.train.y, minlength=self.info.num_classes)
         return [int(c) for c in counts]
+
+
+@dataclass(frozen=True)
+class SiteRecords:
+    """Every record one hospital holds (training and held-out), for statistics.
+
+    Tabular ``x`` is ``(N, features)`` and may hold NaN where a value is missing
+    (the training loaders drop such rows, these views keep them where the format
+    allows); imaging ``x`` is ``(N, C, *spatial)`` in [0, 1]. Never leaves the
+    hospital: only aggregates computed from it do (:mod:`app.stats`).
+    """
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    info: DatasetInfo
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"{len(self.x)} records but {len(self.y)} labels.")
+
+    def __len__(self) -> int:
+        return len(self.y)

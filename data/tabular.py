@@ -19,7 +19,14 @@ from data.base import (
     raw_splits,
 )
 from data.preprocessing import Standardizer
-from data.spec import DataError, DatasetInfo, DataSpec, HospitalData, Split
+from data.spec import (
+    DataError,
+    DatasetInfo,
+    DataSpec,
+    HospitalData,
+    SiteRecords,
+    Split,
+)
 
 log = logging.getLogger(__name__)
 
@@ -279,11 +286,12 @@ HEART_BOUNDS: dict[str, tuple[float, float]] = {
 }
 
 
-def read_heart_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_heart_table(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read one UCI ``processed.*.data`` file: 14 columns, no header, ``?`` missing.
 
-    Rows with a missing value in a kept column are dropped; target ``num`` > 0 is
-    disease (1).
+    Every row is kept: a missing value stays NaN in the 13 features (a missing
+    ``cp`` or ``restecg`` makes its one-hot columns NaN), so federated statistics
+    can count what is missing. Target ``num`` > 0 is disease (1).
     """
     if not path.is_file():
         raise DataError(f"heart-disease file not found: {path}", "data file not found")
@@ -298,21 +306,36 @@ def read_heart_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
             f"expected {len(HEART_COLUMNS)} columns, found {frame.shape[1]}",
         )
     frame.columns = list(HEART_COLUMNS)
-    frame = _numeric_frame(frame, str(path)).drop(columns=list(HEART_DROPPED)).dropna()
+    frame = _numeric_frame(frame, str(path)).drop(columns=list(HEART_DROPPED))
+    frame = frame.dropna(subset=["num"])
     if frame.empty:
-        raise DataError(f"{path}: no complete rows.", "no complete rows")
+        raise DataError(f"{path}: no labelled rows.", "no labelled rows")
     for column, levels in HEART_CATEGORIES.items():
-        unknown = sorted(set(frame[column].unique()) - set(levels))
+        unknown = sorted(set(frame[column].dropna().unique()) - set(levels))
         if unknown:
             raise DataError(
                 f"{path}: column {column!r} has unknown level(s) {unknown}; "
                 f"expected {levels}.",
                 f"column {column!r} has an unknown level",
             )
+        known = frame[column].notna()
         for level in levels[1:]:
-            frame[f"{column}_{level}"] = (frame[column] == level).astype(np.float64)
+            coded = (frame[column] == level).astype(np.float64)
+            frame[f"{column}_{level}"] = coded.where(known)
     y = _labels(frame["num"].to_numpy(), str(path), "num")
     return frame[list(HEART_FEATURES)].to_numpy(np.float64), (y > 0).astype(np.int64)
+
+
+def read_heart_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The complete rows of :func:`read_heart_table` (what a hospital trains on).
+
+    Rows with a missing value in a kept column are dropped.
+    """
+    x, y = read_heart_table(path)
+    complete = ~np.isnan(x).any(axis=1)
+    if not complete.any():
+        raise DataError(f"{path}: no complete rows.", "no complete rows")
+    return x[complete], y[complete]
 
 
 class HeartDiseaseDataset(FederatedDataset):
@@ -386,6 +409,20 @@ class HeartDiseaseDataset(FederatedDataset):
             seed=self.spec.seed,
             info=self.info(),
         )
+
+    def _records(self, path: Path, name: str) -> SiteRecords:
+        x, y = read_heart_table(path)  # every row, missing values as NaN
+        return SiteRecords(name, x, y, self.info())
+
+    def hospital_records(self, partition_id: int, num_partitions: int) -> SiteRecords:
+        check_partition(partition_id, num_partitions)
+        self._check_count(num_partitions)
+        path = self.files[partition_id]
+        return self._records(path, self.site_name(path))
+
+    def local_records(self, path: str, name: str) -> SiteRecords:
+        file = single_data_file(Path(path), (".data", ".csv"), "heart-disease")
+        return self._records(file, name)
 
     def hospital(self, partition_id: int, num_partitions: int) -> HospitalData:
         check_partition(partition_id, num_partitions)

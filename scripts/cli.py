@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recommend": ("scripts.recommend", "top-K items for a patient from a recommender"),
     "deploy": ("scripts.deploy.cli", "run across hospitals with Flower's engine"),
     "benchmark": ("scripts.benchmarks.core", "run a benchmark suite"),
+    "stats": ("scripts.stats_cli", "federated statistics of the hospitals' data"),
 }
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from app.config import RunConfig
 from data.registry import dataset_class, get_dataset, local_kinds
-from data.spec import DataError, DatasetInfo, HospitalData
+from data.spec import DataError, DatasetInfo, HospitalData, SiteRecords
 from models import MODELS, ModelSpec, input_kwargs
 from models.training import TrainSettings
 
@@ -26,15 +26,34 @@ def hospital_name(node_config: Mapping[str, Any]) -> str:
     return "hospital"
 
 
-def load_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> HospitalData:
-    """Load this node's data.
+def load_site_records(cfg: RunConfig, node_config: Mapping[str, Any]) -> SiteRecords:
+    """Every record this node holds, for federated statistics (:mod:`app.stats`).
+
+    Found as :func:`load_hospital` finds the data (same node-config keys, same
+    errors), read by the dataset's ``hospital_records`` / ``local_records``.
+    """
+    return load_hospital(cfg, node_config, view="records")  # type: ignore[return-value]
+
+
+# How a node's data are read: (simulation method, deployment method) of the dataset.
+DATA_VIEWS = {
+    "training": ("hospital", "local_hospital"),
+    "records": ("hospital_records", "local_records"),
+}
+
+
+def load_hospital(
+    cfg: RunConfig, node_config: Mapping[str, Any], view: str = "training"
+) -> HospitalData:
+    """Load this node's data (``view``: one of ``DATA_VIEWS``).
 
     Simulation injects ``partition-id`` / ``num-partitions``; a deployed SuperNode
     names its own data with ``--node-config "data-path='...'"`` (and optionally
     ``dataset`` and ``hospital-name``), which takes precedence.
     """
+    simulated, deployed = DATA_VIEWS[view]
     if "data-path" in node_config:
-        return load_local_hospital(cfg, node_config)
+        return load_local_hospital(cfg, node_config, deployed)
     if "partition-id" not in node_config or "num-partitions" not in node_config:
         raise DataError(
             "node config has neither 'data-path' (deployment) nor 'partition-id' and "
@@ -48,15 +67,19 @@ def load_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> HospitalDat
             "no data-path in the run config",
         )
     dataset = get_dataset(cfg.data_spec())
-    site = dataset.hospital(
+    site = getattr(dataset, simulated)(
         int(node_config["partition-id"]), int(node_config["num-partitions"])
     )
     if name := node_config.get("hospital-name"):
+        if isinstance(site, SiteRecords):
+            return dataclasses.replace(site, name=str(name))  # type: ignore[return-value]
         return HospitalData(str(name), site.train, site.val, site.info)
     return site
 
 
-def load_local_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> HospitalData:
+def load_local_hospital(
+    cfg: RunConfig, node_config: Mapping[str, Any], method: str = "local_hospital"
+) -> HospitalData:
     """Load a deployed hospital's own data, named by its node config.
 
     Every failure becomes a DataError whose message (for the hospital's own log)
@@ -81,7 +104,7 @@ def load_local_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> Hospi
     path = Path(raw_path).expanduser()
     try:
         spec = cfg.replace(dataset=kind, data_path=str(path)).data_spec()
-        return get_dataset(spec).local_hospital(str(path), name)
+        return getattr(get_dataset(spec), method)(str(path), name)
     except DataError:
         raise
     except (OSError, ValueError, KeyError, IndexError, UnicodeError) as err:

@@ -36,6 +36,7 @@ def check_run(cfg: RunConfig) -> None:
         raise ConfigError(f"'run-name' must be a plain name, got {cfg.run_name!r}.")
     check_privacy(cfg)
     check_normalisation(cfg)
+    check_stats(cfg)
 
 
 def check_task(cfg: RunConfig) -> None:
@@ -353,4 +354,25 @@ def check_dp_global(cfg: RunConfig) -> None:
         raise ConfigError(
             f"'dp-epsilon-budget' = {cfg.dp_budget} leaves nothing for DP-SGD "
             f"after 'dp-stats-epsilon' = {cfg.dp_stats_epsilon}."
+        )
+
+
+def check_stats(cfg: RunConfig) -> None:
+    """Federated statistics (``mode = "stats"``) the data can support."""
+    if cfg.mode != "stats":
+        return
+    if cfg.task == "vertical":
+        raise ConfigError(
+            "mode='stats' summarises tabular or imaging data held by each hospital; "
+            "it does not run with task='vertical'."
+        )
+    if (
+        cfg.task == "tabular"
+        and cfg.stats_noise != "none"
+        and dataset_class(cfg.dataset).feature_bounds is None
+    ):
+        raise ConfigError(
+            f"stats-noise='{cfg.stats_noise}' needs public a-priori feature bounds, "
+            f"which dataset='{cfg.dataset}' does not declare; use "
+            "stats-noise='none'."
         )

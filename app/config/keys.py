@@ -33,6 +33,7 @@ GROUPS = (
     "recommendation",
     "personalization",
     "test harness",
+    "statistics",
 )
 
 
@@ -834,4 +835,66 @@ class RunConfigKeys:
             "Also write TensorBoard event files to `<run>/tensorboard/` (needs the "
             "`tensorboard` package)."
         ),
+    )
+    mlflow: bool = key(
+        False,
+        "outputs",
+        help=(
+            "Also log the run to MLflow from the server (run config, per-round "
+            "server and hospital metrics, epsilon, report and final model); needs "
+            "the `mlflow` extra. Hospitals send nothing extra."
+        ),
+    )
+    mlflow_tracking_uri: str = key(
+        "",
+        "outputs",
+        help=(
+            "MLflow tracking URI (`file:...`, `sqlite:...`, `http://...`); empty = "
+            "a local file store `<output-dir>/mlruns`."
+        ),
+    )
+    mlflow_experiment: str = key(
+        "medflower", "outputs", help="MLflow experiment the runs are logged to."
+    )
+    mode: str = key(
+        "train",
+        "statistics",
+        choices=("train", "stats"),
+        help=(
+            "`train` (federated training) or `stats` (federated statistics only: "
+            "hospitals answer one aggregate query, no model is trained; "
+            "docs/governance.md)."
+        ),
+    )
+    stats_min_count: int = key(
+        10,
+        "statistics",
+        low=0,
+        high=1_000_000,
+        help=(
+            "Federated statistics: a site, feature or label cell counting fewer "
+            "records is suppressed (a hospital's own minimum may be higher)."
+        ),
+    )
+    stats_bins: int = key(
+        10, "statistics", low=2, high=200, help="Histogram bins per feature/image."
+    )
+    stats_noise: str = key(
+        "none",
+        "statistics",
+        choices=("none", "laplace", "gaussian"),
+        help=(
+            "DP noise on the released statistics: `none`, `laplace` "
+            "(epsilon-DP) or `gaussian` ((epsilon, `dp-delta`)-DP), at "
+            "`stats-noise-epsilon`; tabular data need the dataset's public "
+            "feature bounds."
+        ),
+    )
+    stats_noise_epsilon: float = key(
+        1.0,
+        "statistics",
+        low=0.0,
+        high=1000.0,
+        low_open=True,
+        help="Epsilon of one hospital's whole statistics release (`stats-noise`).",
     )

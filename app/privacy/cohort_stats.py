@@ -39,12 +39,13 @@ from app.privacy.cohort_release import (
     feature_noise_std,
     release_cohort_stats,
 )
+from app.server.queries import ask_hospitals
 from data.base import raw_splits
 from data.preprocessing import Standardizer
 from data.registry import dataset_class
 from data.spec import HospitalData
-from strategies.sampling import FederationStopped, NodeSampler
-from strategies.screening import HOSPITAL_RECORD, hospital_of
+from strategies.sampling import FederationStopped
+from strategies.screening import HOSPITAL_RECORD
 
 log = logging.getLogger(__name__)
 
@@ -271,44 +272,24 @@ def harmonise(
     ``min-hospitals`` release.
     """
     bounds = dataset_bounds(cfg.dataset)
-    sampler = NodeSampler(cfg.min_hospitals, cfg.wait_for_hospitals, cfg.seed)
-    nodes = sampler.connected(grid)
     query = {
         **contract,
         "statistics": ",".join(STATISTICS),
         "mechanism": MECHANISM,
         "epsilon": cfg.stats_epsilon,
     }
-    messages = [
-        grid.create_message(
-            RecordDict({"config": ConfigRecord(dict(query))}),
-            f"query.{QUERY}",
-            node,
-            "cohort-stats",
-        )
-        for node in nodes
-    ]
-    replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
+    asked = ask_hospitals(grid, cfg, f"query.{QUERY}", query, "cohort-stats")
     norm_releases: list[CohortRelease] = []
     out = GlobalNormalisation(Standardizer(np.zeros(0), np.ones(0)), cfg.stats_epsilon)
-    answered = set()
-    for reply in replies:
-        answered.add(reply.metadata.src_node_id)
-        name = hospital_of(reply)
-        if reply.has_error():
-            out.failed[name] = reply.error.reason or "error"
-            continue
+    out.failed.update(asked.failed)
+    for name, content in asked.replies.items():
         try:
-            release = _release_of(reply.content, bounds, num_classes, cfg.stats_epsilon)
+            release = _release_of(content, bounds, num_classes, cfg.stats_epsilon)
         except ValueError as err:
             out.failed[name] = f"malformed statistics: {err}"
             continue
         norm_releases.append(release)
         out.released.append(name)
-    for node in sorted(set(nodes) - answered):
-        out.failed[f"node-{node}"] = (
-            f"no reply within round-timeout={cfg.round_timeout}s"
-        )
     for name, why in sorted(out.failed.items()):
         log.warning("Cohort statistics: %s left out (%s).", name, why)
     if len(norm_releases) < cfg.min_hospitals:

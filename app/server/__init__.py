@@ -8,4 +8,6 @@
 - ``history``: history.json as typed records, its one writer and one reader
 - ``report``: report.html and its plots, from the run's history
 - ``tensorboard``: optional TensorBoard event files
+- ``mlflow_tracking``: optional MLflow tracking (server side only)
+- ``queries``: ask every connected hospital one ``query.*`` question
 """

@@ -35,6 +35,7 @@ from app.server.checkpoints import (
     set_rng_state,
 )
 from app.server.history import RocCurve, RoundEntry, SelectedRound
+from app.server.mlflow_tracking import MlflowTracker
 from app.server.outputs import RunRecorder
 from app.server.report import roc_curves, write_report
 from app.server.runner import RoundHook, RoundRunner, RunResult
@@ -96,9 +97,11 @@ class RoundReporter:
         test: Split | None,
         first_round: int = 1,
         tensorboard: TensorBoardLogger | None = None,
+        mlflow: MlflowTracker | None = None,
     ) -> None:
         self.cfg, self.recorder, self.strategy = cfg, recorder, strategy
         self.tensorboard = tensorboard
+        self.mlflow = mlflow
         self.model, self.test = model, test
         self.device = pick_device(cfg.device)
         self.start = time.monotonic()
@@ -122,6 +125,8 @@ class RoundReporter:
         self.recorder.record_round(entry)
         if self.tensorboard is not None:
             self.tensorboard.log_round(entry)
+        if self.mlflow is not None:
+            self.mlflow.log_round(entry)
         self._log(entry, len(ledger.get("train", {})), elapsed)
         clean = {k: v for k, v in metrics.items() if v == v}
         return MetricRecord(clean) if clean else None
@@ -256,6 +261,7 @@ class Federation:
     contract: dict[str, Any] = field(default_factory=dict)
     norm: GlobalNormalisation | None = None
     tensorboard: TensorBoardLogger | None = None
+    mlflow: MlflowTracker | None = None
 
     def save(self, path: Path, arrays: ArrayRecord) -> None:
         """Save ``arrays`` as a model file sites can apply (with its preprocessing)."""
@@ -290,6 +296,12 @@ class Federation:
         if self.tensorboard is not None:
             self.tensorboard.close()
 
+    def end_tracking(self, status: str) -> None:
+        """Close the MLflow run (if any) with the run's outputs and status."""
+        if self.mlflow is not None:
+            self.mlflow.finish(status)
+            self.mlflow = None
+
 
 def run_federation(
     grid: Grid, context: Context, *, after_round: Sequence[RoundHook] = ()
@@ -319,6 +331,7 @@ def run_federation(
         run.test,
         run.start_round,
         run.tensorboard,
+        run.mlflow,
     )
     # selection first: the checkpoint then covers the selected model's file
     hooks = [*([selection] if selection else []), run.checkpoint, *after_round]
@@ -384,6 +397,8 @@ def build(cfg: RunConfig, run_id: int, resume: Checkpoint | None) -> Federation:
     # Fails here, before any training, when the tensorboard package is missing.
     if cfg.tensorboard:
         run.tensorboard = TensorBoardLogger(run.recorder.dir)
+    if cfg.mlflow:  # the same: fails before training when mlflow is missing
+        run.mlflow = MlflowTracker(cfg, run.recorder.dir, run.recorder.root)
     _announce(run)
     return run
 
@@ -456,6 +471,7 @@ def normalise(run: Federation, grid: Grid) -> FederationOutcome | None:
     except FederationStopped as stop:
         run.close()
         run.recorder.finish("stopped", stop_reason=str(stop), last_round=0)
+        run.end_tracking("stopped")
         log.error("Run stopped before round 1: %s", stop)
         return FederationOutcome(
             "stopped", run.recorder, RunResult(run.arrays, 0, stopped=str(stop))
@@ -505,6 +521,7 @@ def run_rounds(run: Federation, runner: RoundRunner) -> RunResult:
     except BaseException:
         run.recorder.finish("failed")
         write_run_report(run.cfg, run.recorder)
+        run.end_tracking("failed")
         raise
     finally:
         run.close()
@@ -519,6 +536,7 @@ def stop(run: Federation, result: RunResult) -> FederationOutcome:
         "stopped", stop_reason=result.stopped, last_round=result.last_round
     )
     write_run_report(run.cfg, run.recorder)
+    run.end_tracking("stopped")
     log.error(
         "Run stopped: %s The last checkpoint (round %d) is in %s; continue with "
         "resume-from='%s'.",
@@ -574,6 +592,7 @@ def finalize(
     for line in reporter.privacy.lines():
         log.info(line)
     write_run_report(run.cfg, run.recorder)
+    run.end_tracking("completed")
     return FederationOutcome("completed", run.recorder, result)
 
 

@@ -1,0 +1,66 @@
+"""Ask every connected hospital one question (a ``query.*`` Message) and collect
+the answers: the one mechanism behind the cohort-statistics release
+(:mod:`app.privacy.cohort_stats`) and federated statistics (:mod:`app.stats`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ConfigRecord, RecordDict
+from flwr.serverapp import Grid
+
+from app.config import RunConfig
+from strategies.sampling import NodeSampler
+from strategies.screening import hospital_of
+
+
+@dataclass
+class QueryReplies:
+    """Each answering hospital's reply content, and why the others gave none."""
+
+    replies: dict[str, RecordDict] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def ask_hospitals(
+    grid: Grid,
+    cfg: RunConfig,
+    message_type: str,
+    config: Mapping[str, Any],
+    group_id: str,
+) -> QueryReplies:
+    """Send ``config`` (as the ``"config"`` record) to every connected hospital.
+
+    Waits for ``min-hospitals`` to connect (raising
+    :class:`~strategies.sampling.FederationStopped` after
+    ``wait-for-hospitals``), then at most ``round-timeout`` for the replies. Error
+    replies and silent nodes end up in ``failed``, by hospital name.
+    """
+    sampler = NodeSampler(cfg.min_hospitals, cfg.wait_for_hospitals, cfg.seed)
+    nodes = sampler.connected(grid)
+    messages = [
+        grid.create_message(
+            RecordDict({"config": ConfigRecord(dict(config))}),
+            message_type,
+            node,
+            group_id,
+        )
+        for node in nodes
+    ]
+    out = QueryReplies()
+    answered = set()
+    for reply in grid.send_and_receive(messages, timeout=cfg.round_timeout):
+        answered.add(reply.metadata.src_node_id)
+        name = hospital_of(reply)
+        if reply.has_error():
+            out.failed[name] = reply.error.reason or "error"
+        else:
+            out.replies[name] = reply.content
+    for node in sorted(set(nodes) - answered):
+        out.failed[f"node-{node}"] = (
+            f"no reply within round-timeout={cfg.round_timeout}s"
+        )
+    return out
