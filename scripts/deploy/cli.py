@@ -455,6 +455,7 @@ def cmd_start_supernode(args: argparse.Namespace) -> int:
     ca = Path(args.ca_cert).expanduser() if args.ca_cert else None
     if ca is not None and not ca.is_file():
         raise DeployError(f"CA certificate not found: {ca}")
+    launcher = _supernode_launcher(root, args)  # before the (slow) data check
     data_path = Path(args.data_path).expanduser().resolve()
     _check_kind(args.dataset)
     if args.check_data:
@@ -469,7 +470,7 @@ def cmd_start_supernode(args: argparse.Namespace) -> int:
             "its own); pick another with --runtime-port."
         )
     argv = [
-        *_supernode_launcher(root, args),
+        *launcher,
         "--superlink",
         args.superlink,
         "--auth-supernode-private-key",

@@ -5,7 +5,11 @@ errors (each naming its file)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import os
+import sys
+import time
 import types
 import typing
 from logging import ERROR, INFO
@@ -20,6 +24,7 @@ from flwr.supernode.cli.flower_supernode import (
 from support.federation import REPO
 
 from scripts.cli import main as medflower
+from scripts.deploy import processes as procs
 from scripts.deploy.approval import (
     Approval,
     approvals_for,
@@ -249,3 +254,20 @@ def test_cli_signs_the_build_flwr_run_submits_and_hospital_needs_a_reviewer(
         == 0
     )
     assert "Trusted reviewer key SHA256:" in capsys.readouterr().out
+
+
+def test_a_supernode_started_as_a_python_module_is_stopped_by_pid(tmp_path):
+    """The approving SuperNode runs as ``python -m ...``: the pid file check must
+    tell it from any other Python process that could reuse its PID."""
+    argv = [sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1"]
+    record = procs.start_background(tmp_path, "module", argv, dict(os.environ))
+    try:
+        deadline = time.monotonic() + 30
+        while not procs.is_ours(record) and time.monotonic() < deadline:
+            time.sleep(0.1)  # until the interpreter has set its command line
+        assert procs.is_ours(record)
+        other = dataclasses.replace(record, argv=[sys.executable, "-m", "other"])
+        assert not procs.is_ours(other)
+    finally:
+        assert procs.stop(tmp_path) == [f"stopped module (PID {record.pid})"]
+    assert not procs.alive(record.pid)
