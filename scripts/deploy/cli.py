@@ -9,7 +9,11 @@ Each party keeps its files in its own folder (``--dir``):
   with whoever submits runs), ``superlink/server.key`` (secret),
   ``superlink/server.pem``, ``superlink/state.db`` (registered hospitals, runs);
 * hospital: ``keys/<name>.key`` (secret), ``keys/<name>.pub`` (sent to the
-  coordinator), ``flwr-home/`` (the SuperNode's Flower state);
+  coordinator), ``flwr-home/`` (the SuperNode's Flower state),
+  ``trusted-entities.yaml`` (its reviewers' public keys) and ``approvals/`` (their
+  signatures of the app builds it may run);
+* reviewer: ``keys/<name>.key`` (secret, Ed25519), ``keys/<name>.pub`` (to the
+  hospitals that trust the reviewer);
 * both: ``run/<process>.pid`` and ``logs/<process>.log``.
 
 See docs/deployment.md for the step-by-step guide.
@@ -101,6 +105,55 @@ def cmd_hospital_keys(args: argparse.Namespace) -> int:
     print(f"Private key (keep secret at the hospital, mode 0600): {files.private}")
     print(f"Public key (send to the coordinator to register): {files.public}")
     print(f"Public key fingerprint: {public_key_fingerprint(files.public)}")
+    return 0
+
+
+# --- app approval ---------------------------------------------------------------
+
+
+def cmd_reviewer_keys(args: argparse.Namespace) -> int:
+    from scripts.deploy.approval import (
+        create_reviewer_keys,
+        key_id,
+        parse_reviewer_public_key,
+    )
+
+    files = create_reviewer_keys(_dir(args) / "keys", args.name, overwrite=args.force)
+    key = parse_reviewer_public_key(files.public.read_text(), str(files.public))
+    print(f"Signing key (keep secret, mode 0600): {files.private}")
+    print(f"Public key (give to the hospitals that trust you): {files.public}")
+    print(f"Key id (fingerprint): {key_id(key)}")
+    return 0
+
+
+def cmd_sign_app(args: argparse.Namespace) -> int:
+    from scripts.deploy import approval
+
+    key_path = Path(args.key).expanduser()
+    key = approval.load_reviewer_private_key(key_path)
+    if args.fab:
+        fab_path = Path(args.fab).expanduser()
+        if not fab_path.is_file():
+            raise DeployError(f"FAB file not found: {fab_path}")
+        fab, what = fab_path.read_bytes(), str(fab_path)
+    else:
+        app_dir = Path(args.app).expanduser().resolve()
+        fab, what = approval.build_fab(app_dir), f"the app in {app_dir}"
+    signed = approval.sign_fab(fab, key, args.reviewer or key_path.stem)
+    path = signed.write(Path(args.out).expanduser().resolve())
+    print(f"Signed {what}: build sha256 {signed.fab_sha256} ({len(fab)} bytes)")
+    print(f"Approval by {signed.reviewer} ({signed.public_key_id}): {path}")
+    print("A hospital runs this build once the file is in its approvals/ folder.")
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    from scripts.deploy.approval import TRUSTED_ENTITIES, trust
+
+    path = _dir(args) / TRUSTED_ENTITIES
+    for item in args.public_key:
+        entity = trust(path, Path(item).expanduser())
+        print(f"Trusted reviewer key {entity} ({item}) in {path}")
     return 0
 
 
@@ -359,6 +412,37 @@ def _check_kind(dataset: str) -> None:
         )
 
 
+def _supernode_launcher(root: Path, args: argparse.Namespace) -> list[str]:
+    """The SuperNode's command up to its Flower options.
+
+    With app approval (the default) it is ``scripts.deploy.approved_supernode``,
+    which hands the hospital's approvals to Flower's FAB verification; with
+    ``--allow-any-app`` Flower's plain ``flower-supernode``.
+    """
+    if args.allow_any_app:
+        print("App approval is OFF: this hospital runs any app the coordinator sends.")
+        return [_bin("flower-supernode")]
+    from scripts.deploy.approval import APPROVALS, TRUSTED_ENTITIES, load_trusted
+
+    trusted = Path(args.trusted_entities or root / TRUSTED_ENTITIES).expanduser()
+    reviewers = load_trusted(trusted)
+    approvals = Path(args.approvals or root / APPROVALS).expanduser().resolve()
+    approvals.mkdir(parents=True, exist_ok=True)
+    print(
+        f"App approval is on: only builds signed by {len(reviewers)} trusted "
+        f"reviewer key(s) in {trusted} run here; approvals are read from {approvals}."
+    )
+    return [
+        sys.executable,
+        "-m",
+        "scripts.deploy.approved_supernode",
+        "--approvals",
+        str(approvals),
+        "--trusted-entities",
+        str(trusted.resolve()),
+    ]
+
+
 def cmd_start_supernode(args: argparse.Namespace) -> int:
     root = _dir(args)
     name = check_name(args.name)
@@ -371,6 +455,7 @@ def cmd_start_supernode(args: argparse.Namespace) -> int:
     ca = Path(args.ca_cert).expanduser() if args.ca_cert else None
     if ca is not None and not ca.is_file():
         raise DeployError(f"CA certificate not found: {ca}")
+    launcher = _supernode_launcher(root, args)  # before the (slow) data check
     data_path = Path(args.data_path).expanduser().resolve()
     _check_kind(args.dataset)
     if args.check_data:
@@ -385,7 +470,7 @@ def cmd_start_supernode(args: argparse.Namespace) -> int:
             "its own); pick another with --runtime-port."
         )
     argv = [
-        _bin("flower-supernode"),
+        *launcher,
         "--superlink",
         args.superlink,
         "--auth-supernode-private-key",
@@ -596,6 +681,61 @@ def _args_start_supernode(p: argparse.ArgumentParser) -> None:
         default=60.0,
         help="seconds to wait for the SuperNode to connect",
     )
+    _add_approval_args(p)
+
+
+def _args_reviewer_keys(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", required=True, help="reviewer name")
+    _add_dir(p, "reviewer")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+
+
+def _args_sign_app(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key", required=True, help="the reviewer's Ed25519 <name>.key")
+    p.add_argument(
+        "--app",
+        default=str(project_root()),
+        help="the reviewed app's folder: its FAB is built as `flwr run` builds it "
+        "(default: this repository)",
+    )
+    p.add_argument("--fab", default=None, help="sign this built .fab file instead")
+    p.add_argument(
+        "--reviewer", default=None, help="name in the approval (default: key stem)"
+    )
+    p.add_argument(
+        "--out",
+        default="approvals",
+        help="folder for the approval file, e.g. <hospital>/approvals "
+        "(default ./approvals)",
+    )
+
+
+def _args_trust(p: argparse.ArgumentParser) -> None:
+    _add_dir(p, "hospital")
+    p.add_argument(
+        "--public-key",
+        required=True,
+        action="append",
+        help="a reviewer's Ed25519 <name>.pub (repeatable)",
+    )
+
+
+def _add_approval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trusted-entities",
+        default=None,
+        help="reviewers' keys (default <dir>/trusted-entities.yaml)",
+    )
+    p.add_argument(
+        "--approvals",
+        default=None,
+        help="folder of approval files (default <dir>/approvals)",
+    )
+    p.add_argument(
+        "--allow-any-app",
+        action="store_true",
+        help="run every app the coordinator sends, approved or not",
+    )
 
 
 def _args_stop(p: argparse.ArgumentParser) -> None:
@@ -653,6 +793,21 @@ SUBCOMMANDS: dict[
         "hospital: create its SuperNode key pair",
         _args_hospital_keys,
         cmd_hospital_keys,
+    ),
+    "reviewer-keys": (
+        "reviewer: create an Ed25519 key pair for signing app builds",
+        _args_reviewer_keys,
+        cmd_reviewer_keys,
+    ),
+    "sign-app": (
+        "reviewer: sign the app build (FAB) a hospital may run",
+        _args_sign_app,
+        cmd_sign_app,
+    ),
+    "trust": (
+        "hospital: trust a reviewer's public key (trusted-entities.yaml)",
+        _args_trust,
+        cmd_trust,
     ),
     "start-supernode": (
         "hospital: start its SuperNode in the background",

@@ -61,6 +61,8 @@ def is_ours(record: ProcessRecord) -> bool:
     except OSError:
         return False
     args = [a.decode(errors="replace") for a in cmdline if a]
+    if record.argv[1:2] == ["-m"]:  # ``python -m module``: the module names it
+        return args[1:3] == record.argv[1:3]
     executable = Path(record.argv[0]).name
     return any(Path(a).name == executable for a in args[:2])
 

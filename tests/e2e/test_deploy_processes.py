@@ -1,5 +1,6 @@
 """Real Flower deployment on 127.0.0.1: one SuperLink with TLS and SuperNode
 authentication, one SuperNode per hospital folder, driven by ``medflower deploy``.
+Each hospital trusts one reviewer and runs only the app build that reviewer signed.
 
 Every process is started with a pid file and stopped by PID in the fixture's
 ``finally`` (also when a test fails); the last check is that none survived.
@@ -8,10 +9,17 @@ Every process is started with a pid file and stopped by PID in the fixture's
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
-from support.deploy import HEART_SITES, hospital_folders, processes_mentioning
+from support.deploy import (
+    HEART_SITES,
+    app_with_one_byte_changed,
+    hospital_folders,
+    processes_mentioning,
+)
 from support.federation import REPO
 
 from models.checkpoint import load_model
@@ -35,6 +43,8 @@ class Federation:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.ca_cert = self.coordinator / "ca" / "ca.crt"
+        self.reviewer = root / "reviewer" / "keys"
+        self.approved = root / "approved"  # the reviewer's signature of the app
         self.dirs: list[Path] = [self.coordinator]
 
     def cli(self, *argv: str) -> int:
@@ -53,7 +63,17 @@ class Federation:
             )
             == 0
         )
+        self.approve(name)
         return self.hospital_dir(name) / "keys" / f"{name}.pub"
+
+    def approve(self, name: str) -> None:
+        """The hospital trusts the reviewer and holds the signed build's approval."""
+        hospital = self.hospital_dir(name)
+        public = self.reviewer / "reviewer.pub"
+        assert (
+            self.cli("trust", "--dir", str(hospital), "--public-key", str(public)) == 0
+        )
+        shutil.copytree(self.approved, hospital / "approvals")
 
     def start_supernode(self, name: str, data: Path, *extra: str) -> int:
         return self.cli(
@@ -117,6 +137,24 @@ def federation(tmp_path_factory):
                 str(fed.ca_cert),
                 "--flwr-home",
                 str(fed.flwr_home),
+            )
+            == 0
+        )
+        assert (
+            fed.cli(
+                "reviewer-keys", "--dir", str(fed.reviewer.parent), "--name", "reviewer"
+            )
+            == 0
+        )
+        assert (
+            fed.cli(
+                "sign-app",
+                "--key",
+                str(fed.reviewer / "reviewer.key"),
+                "--app",
+                str(REPO),
+                "--out",
+                str(fed.approved),
             )
             == 0
         )
@@ -265,8 +303,57 @@ def test_three_hospitals_train_over_tls_while_a_broken_one_reports_its_error(
     server_log = (fed.coordinator / "logs" / "superlink.log").read_text()
     assert "st-broken-secret-folder" not in server_log
 
+    for name in HEART_SITES:  # each hospital checked the build's signature
+        log = fed.hospital_dir(name) / "logs" / f"supernode-{name}.log"
+        assert "signed by reviewer (SHA256:" in log.read_text()
+
+    refused_run_is_recorded_as_hospital_errors(fed, names, outputs, capsys)
+
     status_lines = []
     for name in names:
         assert fed.cli("status", "--dir", str(fed.hospital_dir(name))) == 0
         status_lines.append(capsys.readouterr().out)
     assert all("running" in line for line in status_lines)
+    assert fed.cli("status", "--dir", str(fed.coordinator)) == 0
+    assert "superlink: running" in capsys.readouterr().out
+
+
+def refused_run_is_recorded_as_hospital_errors(fed, names, outputs, capsys):
+    """An app with one byte changed (unsigned) goes to the same federation: every
+    hospital refuses it before a ClientApp starts; the server records the errors
+    and stops the run; nothing crashes."""
+    edited = app_with_one_byte_changed(REPO, fed.root / "edited-app")
+    logs = {n: fed.hospital_dir(n) / "logs" / f"supernode-{n}.log" for n in names}
+    offsets = {n: logs[n].stat().st_size for n in names}
+    run_config = (
+        "num-server-rounds=1 dataset='heart-disease' server-eval=false "
+        "fraction-evaluate=0.0 min-hospitals=3 wait-for-hospitals=0 "
+        f"output-dir='{outputs}' run-name='edited'"
+    )
+    fed.cli(
+        "run",
+        "--connection",
+        "testfed",
+        "--run-config",
+        run_config,
+        "--app",
+        str(edited),
+        "--flwr-home",
+        str(fed.flwr_home),
+        "--timeout",
+        "240",
+    )
+    out = capsys.readouterr().out
+    run_id = re.search(r"medflower: run (\d+) on testfed", out).group(1)
+
+    history = json.loads((outputs / "edited" / "history.json").read_text())
+    assert history["status"] == "stopped", out[-3000:]
+    (entry,) = [r for r in history["rounds"] if r["round"] == 1]
+    assert "skipped" in entry and not entry["hospitals"]
+    reasons = [e["reason"] for e in entry["errors"].values()]
+    assert reasons == ["The FAB could not be verified."] * len(names)
+    for name in names:
+        text = logs[name].read_bytes()[offsets[name] :].decode(errors="replace")
+        assert f"App approval: REFUSED run {run_id}: app build sha256 " in text
+        assert "FAB verification failed" in text
+        assert "flwr-clientapp" not in text  # no ClientApp process was started

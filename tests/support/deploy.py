@@ -1,7 +1,11 @@
-"""Helpers for the deployment tests: hospital data folders and leak checks."""
+"""Helpers for the deployment tests: hospital data folders, an edited app copy and
+leak checks."""
 
 from __future__ import annotations
 
+import io
+import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +82,22 @@ def processes_mentioning(text: str, *, environ: bool = False) -> list[str]:
         if state != "Z" and (text in cmd or text.encode() in env):
             found.append(f"{entry.name}: {cmd[:200]}")
     return found
+
+
+def app_with_one_byte_changed(app: Path, dest: Path) -> Path:
+    """A copy of the app build of ``app`` (its FAB's files) with one byte changed.
+
+    The byte is a letter of ``app/client_app.py``'s docstring: the copy still runs,
+    but its build has another hash.
+    """
+    from scripts.deploy.approval import build_fab
+
+    with zipfile.ZipFile(io.BytesIO(build_fab(app))) as fab:
+        fab.extractall(dest)
+    shutil.rmtree(dest / ".info")  # Flower's manifest, rebuilt by `flwr run`
+    target = dest / "app" / "client_app.py"
+    source = bytearray(target.read_bytes())
+    index = source.index(b'"""') + 3
+    source[index] ^= 0x20  # swap the case of the docstring's first letter
+    target.write_bytes(bytes(source))
+    return dest
