@@ -36,6 +36,7 @@ def check_run(cfg: RunConfig) -> None:
         raise ConfigError(f"'run-name' must be a plain name, got {cfg.run_name!r}.")
     check_privacy(cfg)
     check_normalisation(cfg)
+    check_encoding(cfg)
 
 
 def check_task(cfg: RunConfig) -> None:
@@ -323,3 +324,37 @@ def check_dp_global(cfg: RunConfig) -> None:
             f"'dp-epsilon-budget' = {cfg.dp_budget} leaves nothing for DP-SGD "
             f"after 'dp-stats-epsilon' = {cfg.dp_stats_epsilon}."
         )
+
+
+def check_encoding(cfg: RunConfig) -> None:
+    """A compressed ``update-encoding`` needs plain model arrays on both sides.
+
+    Secure aggregation is refused rather than composed: SecAgg+ already maps each
+    update onto integers of its own ``secagg-quantization-range`` before masking,
+    and CKKS encrypts float vectors, so a second quantisation would only add error.
+    """
+    if cfg.update_encoding == "float32":
+        return
+    for key, active, why in (
+        (
+            "secure-aggregation",
+            cfg.secure_aggregation,
+            "SecAgg+ quantises updates itself and CKKS encrypts them",
+        ),
+        (
+            "task",
+            cfg.task == "vertical",
+            "task='vertical' exchanges embeddings, not model arrays",
+        ),
+        (
+            "poison-fraction",
+            cfg.poison_fraction > 0,
+            "the poisoning harness edits plain model arrays",
+        ),
+    ):
+        if active:
+            raise ConfigError(
+                f"update-encoding='{cfg.update_encoding}' cannot be used with "
+                f"'{key}' = {getattr(cfg, key.replace('-', '_'))!r}: {why}; "
+                "use update-encoding='float32'."
+            )
