@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from app.config import RunConfig
+from data.cache import prepared
 from data.registry import dataset_class, get_dataset, local_kinds
 from data.spec import DataError, DatasetInfo, HospitalData
 from models import MODELS, ModelSpec, input_kwargs
@@ -81,7 +82,9 @@ def load_local_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> Hospi
     path = Path(raw_path).expanduser()
     try:
         spec = cfg.replace(dataset=kind, data_path=str(path)).data_spec()
-        return get_dataset(spec).local_hospital(str(path), name)
+        return prepared(  # from the hospital's own cache when MEDFLOWER_CACHE is set
+            spec, path, name, lambda: get_dataset(spec).local_hospital(str(path), name)
+        )
     except DataError:
         raise
     except (OSError, ValueError, KeyError, IndexError, UnicodeError) as err:

@@ -239,6 +239,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="imaging: the first seed of --seeds consecutive ones (default 42)",
     )
     parser.add_argument("--quick", action="store_true", help="smaller, faster settings")
+    parser.add_argument(
+        "--deploy",
+        action="store_true",
+        help="scale: also time a hospital's messages in a loopback deployment",
+    )
 
 
 def default_data_root(args: argparse.Namespace) -> Path:

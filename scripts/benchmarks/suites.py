@@ -37,6 +37,7 @@ from scripts.benchmarks.core import (
     register,
     suite_dir,
 )
+from scripts.benchmarks.deploy_cost import with_deploy
 from scripts.benchmarks.dp_step import StepCase, step_times
 from scripts.benchmarks.encoding import encoding_comparison
 from scripts.benchmarks.federation import (
@@ -824,6 +825,7 @@ def scale(args: argparse.Namespace) -> BenchmarkResult:
         "memory polled every 0.5 s over every process the command started. Machine: "
         "2 CPU cores shared with other jobs.",
     ]
-    return BenchmarkResult(
+    result = BenchmarkResult(
         suite="scale", rows=rows, summary=summary, notes=notes, plots=plots
     )
+    return with_deploy(args, result)  # --deploy: the per-message section
