@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, Message, RecordDict
-from flwr.common.serde import message_to_proto
+from flwr.app import ArrayRecord
+from flwr.common.serde import array_record_to_proto
 
 from scripts.benchmarks.core import default_data_root
 from scripts.benchmarks.federation import FederatedRun, federate
@@ -73,12 +73,11 @@ def _bytes(run: FederatedRun, direction: str) -> int:
 
 
 def model_wire_bytes(model: torch.nn.Module, encoding: str) -> int:
-    """Serialised bytes of ``model``'s arrays alone, as one message under
-    ``encoding`` (the metrics and config records of a real message left out).
+    """Serialised bytes of ``model``'s arrays alone under ``encoding`` (the
+    metrics and config records of a real message left out).
     """
     arrays = encode(ArrayRecord(model.state_dict()), encoding)
-    msg = Message(RecordDict({"arrays": arrays}), dst_node_id=1, message_type="train")
-    return message_to_proto(msg).ByteSize()
+    return array_record_to_proto(arrays).ByteSize()
 
 
 def measure(
