@@ -63,6 +63,7 @@ from models.training import (
     set_deterministic,
     train_epochs,
 )
+from strategies.encoding import PLAIN, decode, encode, layout_of
 from strategies.fedavg import HOSPITAL_RECORD
 from strategies.screening import ERROR_PREFIX, label_count_metrics
 
@@ -97,7 +98,10 @@ def _setup(
         )
     try:
         model = model_spec(cfg, info).build()
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        arrays = decode(  # update-encoding: the server's float16/int8 arrays
+            msg.content["arrays"], cfg.update_encoding, layout_of(model.state_dict())
+        )
+        model.load_state_dict(arrays.to_torch_state_dict())
     except (ValueError, RuntimeError, KeyError) as err:
         # This hospital's data do not fit the federation's model (other channels,
         # image size or classes): its own problem, reported without paths.
@@ -112,7 +116,11 @@ def _setup(
 
 
 def _reply(
-    msg: Message, site: HospitalData, metrics: dict[str, float], model=None
+    msg: Message,
+    site: HospitalData,
+    metrics: dict[str, float],
+    model=None,
+    encoding: str = PLAIN,
 ) -> Message:
     content = RecordDict(
         {
@@ -121,7 +129,7 @@ def _reply(
         }
     )
     if model is not None:
-        content["arrays"] = ArrayRecord(model.state_dict())
+        content["arrays"] = encode(ArrayRecord(model.state_dict()), encoding)
     return Message(content=content, reply_to=msg)
 
 
@@ -219,7 +227,7 @@ def _train(msg: Message, context: Context) -> Message:
     }
     if local_norm is not None:
         local_norm.keep_and_restore()  # send the received norm values back unchanged
-    return _reply(msg, site, metrics, model.cpu())
+    return _reply(msg, site, metrics, model.cpu(), cfg.update_encoding)
 
 
 def _evaluate(msg: Message, context: Context) -> Message:

@@ -11,6 +11,7 @@ import numpy as np
 from data.partition import partition_indices, partition_of, stratified_split
 from data.preprocessing import Standardizer
 from data.spec import (
+    RAW_SPLITS,
     DataError,
     DatasetInfo,
     DataSpec,
@@ -112,7 +113,7 @@ def check_partition(partition_id: int, num_partitions: int) -> None:
 
 
 # HospitalData.extras key of the unstandardised (train, held-out) splits.
-RAW = "raw-splits"
+RAW = RAW_SPLITS
 
 
 def make_local_splits(

@@ -71,6 +71,10 @@ class DatasetInfo:
     description: str = ""
 
 
+# HospitalData.extras key of the unstandardised (train, held-out) splits.
+RAW_SPLITS = "raw-splits"
+
+
 @dataclass(frozen=True)
 class HospitalData:
     """One hospital's local data: a training split and a local held-out split."""

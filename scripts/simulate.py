@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scripts.flower.cluster import RayClusterError
 from scripts.flower.driver import find_run_dir, run_simulation
 from scripts.flower.env import project_root
 
@@ -32,6 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where runs are written (default: <repo>/outputs)",
     )
     parser.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="run the hospitals on this existing Ray cluster (its head's address, "
+        "as `ray start --head` printed it; docs/deployment.md)",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=None,
@@ -48,14 +56,19 @@ def run(args: argparse.Namespace) -> int:
     run_config = args.run_config
     if "output-dir" not in run_config:
         run_config = f"{run_config} output-dir='{output_dir}'".strip()
-    outcome = run_simulation(
-        app_dir=args.app.resolve(),
-        num_hospitals=args.hospitals,
-        run_config=run_config,
-        cpus_per_hospital=args.cpus_per_hospital,
-        timeout=args.timeout,
-        output_dir=output_dir,
-    )
+    try:
+        outcome = run_simulation(
+            app_dir=args.app.resolve(),
+            num_hospitals=args.hospitals,
+            run_config=run_config,
+            cpus_per_hospital=args.cpus_per_hospital,
+            timeout=args.timeout,
+            output_dir=output_dir,
+            ray_address=args.ray_address,
+        )
+    except RayClusterError as err:
+        print(f"medflower: {err}")
+        return 2
     if not outcome.ok:
         print(f"medflower: run {outcome.run_id} ended with status {outcome.status}")
         return 1

@@ -32,9 +32,18 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError
 
+from strategies import sparse
 from strategies.anomaly import anomaly_report
+from strategies.encoding import (
+    ENCODINGS,
+    PLAIN,
+    EncodingError,
+    Layout,
+    decode,
+    encode,
+    layout_of,
+)
 from strategies.sampling import NodeSampler
-from strategies.sparse import decode, is_sparse
 from strategies.validation import Reference, match_dtypes, reference_of, reply_problem
 
 log = logging.getLogger(__name__)
@@ -141,6 +150,9 @@ class Screened:
         stops with :class:`~strategies.sampling.FederationStopped`.
     seed : int
         Seeds the per-round sample of hospitals.
+    update_encoding : str
+        How model arrays travel (:mod:`strategies.encoding`): instructions are
+        encoded, train replies decoded before they are screened.
     **kwargs
         Passed to the Flower strategy class.
     """
@@ -158,6 +170,7 @@ class Screened:
         min_hospitals: int = 2,
         wait_for_hospitals: float = 600.0,
         seed: int = 0,
+        update_encoding: str = PLAIN,
         **kwargs: Any,
     ) -> None:
         if min_hospitals < 1:
@@ -179,6 +192,13 @@ class Screened:
         self.ledger = RoundLedger()
         self._reference: Reference = {}
         self._global: dict[str, np.ndarray] = {}
+        self.update_encoding = update_encoding
+        if update_encoding not in ENCODINGS:
+            raise ValueError(
+                f"update-encoding must be one of {', '.join(ENCODINGS)}, "
+                f"got {update_encoding!r}."
+            )
+        self._layout: Layout = {}
         self._names: dict[int, str] = {}
 
     # -- sampling ------------------------------------------------------------------
@@ -206,9 +226,8 @@ class Screened:
             len(list(grid.get_node_ids())),
         )
         config["server-round"] = server_round
-        record = RecordDict(
-            {self.arrayrecord_key: arrays, self.configrecord_key: config}
-        )
+        sent = encode(arrays, self.update_encoding)
+        record = RecordDict({self.arrayrecord_key: sent, self.configrecord_key: config})
         kind = MessageType.TRAIN if phase == "train" else MessageType.EVALUATE
         return list(self._construct_messages(record, node_ids, kind))  # type: ignore[attr-defined]
 
@@ -216,6 +235,7 @@ class Screened:
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._reference = reference_of(arrays)
+        self._layout = layout_of(arrays)
         self._global = {k: v.numpy() for k, v in arrays.items()}
         self._before_train(arrays)
         return self._configure("train", server_round, arrays, config, grid)
@@ -293,10 +313,13 @@ class Screened:
                 note_problem(entry, "errors", name, phase, reason)
                 continue
             self._names[msg.metadata.src_node_id] = name
-            problem = self._densify(msg) if is_train else None
-            problem = problem or self._reply_problem(
-                server_round, msg.content, is_train=is_train
-            )
+            problem = self._decode_reply(msg.content) if is_train else None
+            if problem is None and is_train:
+                problem = self._densify(msg)
+            if problem is None:
+                problem = self._reply_problem(
+                    server_round, msg.content, is_train=is_train
+                )
             if problem is not None:
                 log.warning(
                     "Round %d %s: dropped the reply of hospital %s: %s",
@@ -318,12 +341,26 @@ class Screened:
         Returns why the sparse reply is unsound, or None (also for dense replies).
         """
         arrays = msg.content.array_records.get(self.arrayrecord_key)
-        if arrays is None or not is_sparse(arrays):
+        if arrays is None or not sparse.is_sparse(arrays):
             return None
-        dense, problem = decode(arrays, self._global)
+        dense, problem = sparse.decode(arrays, self._global)
         if dense is not None:
             msg.content[self.arrayrecord_key] = dense
         return problem
+
+    def _decode_reply(self, content: RecordDict) -> str | None:
+        """Decode a train reply's arrays in place (``update-encoding``), so
+        screening, the anomaly report and aggregation see plain arrays; return why
+        they cannot be decoded (None when decoded, or nothing to decode).
+        """
+        key = self.arrayrecord_key
+        if self.update_encoding == PLAIN or key not in content.array_records:
+            return None
+        try:
+            content[key] = decode(content[key], self.update_encoding, self._layout)
+        except EncodingError as err:
+            return str(err)
+        return None
 
     def _reply_problem(
         self, server_round: int, content: RecordDict, *, is_train: bool

@@ -81,6 +81,6 @@ def match_dtypes(arrays: ArrayRecord, dtypes: dict[str, np.dtype]) -> ArrayRecor
         if values.dtype != want:
             if np.issubdtype(want, np.integer):
                 values = np.rint(values)
-            values = values.astype(want)
+            values = np.asarray(values.astype(want))  # a 0-d array stays an array
         out[key] = values
     return ArrayRecord({k: Array(v) for k, v in out.items()})

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from app.config import RunConfig
+from data.cache import prepared
 from data.registry import dataset_class, get_dataset, local_kinds
 from data.spec import DataError, DatasetInfo, HospitalData, SiteRecords
 from models import MODELS, ModelSpec, input_kwargs
@@ -104,7 +105,14 @@ def load_local_hospital(
     path = Path(raw_path).expanduser()
     try:
         spec = cfg.replace(dataset=kind, data_path=str(path)).data_spec()
-        return getattr(get_dataset(spec), method)(str(path), name)
+
+        def read() -> Any:
+            return getattr(get_dataset(spec), method)(str(path), name)
+
+        if method != "local_hospital":  # statistics read the raw table: not cached
+            return read()
+        # from the hospital's own cache when MEDFLOWER_CACHE is set
+        return prepared(spec, path, name, read)
     except DataError:
         raise
     except (OSError, ValueError, KeyError, IndexError, UnicodeError) as err:

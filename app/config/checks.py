@@ -37,6 +37,7 @@ def check_run(cfg: RunConfig) -> None:
     check_privacy(cfg)
     check_normalisation(cfg)
     check_stats(cfg)
+    check_encoding(cfg)
 
 
 def check_task(cfg: RunConfig) -> None:
@@ -63,6 +64,12 @@ def check_task(cfg: RunConfig) -> None:
 
 def check_recommendation(cfg: RunConfig) -> None:
     """``task='recommendation'``: sparse replies only where rows can be sparse."""
+    if cfg.update_encoding != "float32":
+        raise ConfigError(
+            f"update-encoding='{cfg.update_encoding}' is not available for "
+            "task='recommendation' (its sparse row updates already cut the upload); "
+            "use update-encoding='float32'."
+        )
     if cfg.rec_update == "sparse":
         for key, active, why in (
             ("dp", cfg.dp != "none", "DP noise changes every item row"),
@@ -376,3 +383,37 @@ def check_stats(cfg: RunConfig) -> None:
             f"which dataset='{cfg.dataset}' does not declare; use "
             "stats-noise='none'."
         )
+
+
+def check_encoding(cfg: RunConfig) -> None:
+    """A compressed ``update-encoding`` needs plain model arrays on both sides.
+
+    Secure aggregation is refused rather than composed: SecAgg+ already maps each
+    update onto integers of its own ``secagg-quantization-range`` before masking,
+    and CKKS encrypts float vectors, so a second quantisation would only add error.
+    """
+    if cfg.update_encoding == "float32":
+        return
+    for key, active, why in (
+        (
+            "secure-aggregation",
+            cfg.secure_aggregation,
+            "SecAgg+ quantises updates itself and CKKS encrypts them",
+        ),
+        (
+            "task",
+            cfg.task == "vertical",
+            "task='vertical' exchanges embeddings, not model arrays",
+        ),
+        (
+            "poison-fraction",
+            cfg.poison_fraction > 0,
+            "the poisoning harness edits plain model arrays",
+        ),
+    ):
+        if active:
+            raise ConfigError(
+                f"update-encoding='{cfg.update_encoding}' cannot be used with "
+                f"'{key}' = {getattr(cfg, key.replace('-', '_'))!r}: {why}; "
+                "use update-encoding='float32'."
+            )

@@ -17,6 +17,7 @@ from data.preprocessing import NORMALISATIONS
 from data.registry import DATASETS, TASKS
 from models import MODELS
 from strategies import STRATEGIES
+from strategies.encoding import ENCODINGS
 
 # Sections of docs/configuration.md, in order.
 GROUPS = (
@@ -408,6 +409,16 @@ class RunConfigKeys:
         low=0,
         high=100_000,
         help="MultiKrum: replies averaged (0 = n - f each round).",
+    )
+    update_encoding: str = key(
+        "float32",
+        "strategy",
+        choices=ENCODINGS,
+        help=(
+            "How model arrays travel, both ways: `float32` (exact), `float16` (half "
+            "the bytes) or `int8` (8 bits per value, a range per tensor); integer "
+            "buffers stay exact. Not with `secure-aggregation` (docs/benchmarks.md)."
+        ),
     )
     local_epochs: int = key(
         1,

@@ -411,6 +411,7 @@ def strategy_options(cfg: RunConfig) -> dict[str, Any]:
         "min_hospitals": cfg.min_hospitals,
         "wait_for_hospitals": cfg.wait_for_hospitals,
         "seed": cfg.seed,
+        "update_encoding": cfg.update_encoding,
         **{name: getattr(cfg, name) for name in STRATEGIES[cfg.strategy].options},
         **({"secure": secure} if (secure := secure_aggregator(cfg)) else {}),
     }

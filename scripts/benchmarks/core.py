@@ -223,8 +223,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     width = max(len(name) for name in SUITES)
     parser.epilog = "suites:\n" + "\n".join(
-        f"  {name:<{width}}  {description}"
-        for name, (_, description) in SUITES.items()
+        f"  {name:<{width}}  {description}" for name, (_, description) in SUITES.items()
     )
     parser.add_argument("suite", choices=list(SUITES))
     parser.add_argument(
@@ -258,6 +257,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="recommendation with --data: hospitals to split the users over (10)",
+    )
+    parser.add_argument(
+        "--deploy",
+        action="store_true",
+        help="scale: also time a hospital's messages in a loopback deployment",
     )
 
 

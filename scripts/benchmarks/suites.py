@@ -37,7 +37,9 @@ from scripts.benchmarks.core import (
     register,
     suite_dir,
 )
+from scripts.benchmarks.deploy_cost import with_deploy
 from scripts.benchmarks.dp_step import StepCase, step_times
+from scripts.benchmarks.encoding import encoding_comparison
 from scripts.benchmarks.federation import (
     CPU,
     FederatedRun,
@@ -462,7 +464,7 @@ def sent_dtypes(grid: InProcessGrid) -> list[str]:
     seen: set[str] = set()
     for msg in grid.delivered:
         if "arrays" in msg.content.array_records:
-            seen |= {str(a.numpy().dtype) for a in msg.content["arrays"].values()}
+            seen |= {a.dtype for a in msg.content["arrays"].values()}
     return sorted(seen)
 
 
@@ -500,6 +502,12 @@ def cost(args: argparse.Namespace) -> BenchmarkResult:
     dp_row, dp_summary = cost_dp_step(cfg, steps=10 if quick else 30)
     rows.append(dp_row)
     summary.update(dp_summary)
+    settings = {k: config[k] for k in ("num-server-rounds", "local-epochs", "seed")}
+    enc_rows, enc_summary, enc_details = encoding_comparison(
+        args, {**settings, "fraction-evaluate": 0.0}, hospitals=COST_HOSPITALS
+    )
+    rows += enc_rows
+    summary.update(enc_summary)
     out_dir = suite_dir(args, "cost")
     plots = [
         _cost_plot(
@@ -513,11 +521,19 @@ def cost(args: argparse.Namespace) -> BenchmarkResult:
         "evaluates on the server's test set once per round, as the ServerApp does.",
         "Bytes are Flower protobuf messages as serialised on the wire (InProcessGrid); "
         "the upload carries the model in float32 plus the metric record and site name.",
+        "update-encoding rows: each dataset federated once per encoding, same seed; "
+        "bytes of every message both ways, accuracy of the final model on the "
+        "server's test set (scripts/benchmarks/encoding.py).",
         "DP-SGD step measured with Opacus directly (make_private, hooks) on the "
         "workload's model; machine shared with other jobs, timings are noisy.",
     ]
     return BenchmarkResult(
-        suite="cost", rows=rows, summary=summary, notes=notes, plots=plots
+        suite="cost",
+        rows=rows,
+        summary=summary,
+        notes=notes,
+        plots=plots,
+        details={"encoding": enc_details},
     )
 
 
@@ -809,6 +825,7 @@ def scale(args: argparse.Namespace) -> BenchmarkResult:
         "memory polled every 0.5 s over every process the command started. Machine: "
         "2 CPU cores shared with other jobs.",
     ]
-    return BenchmarkResult(
+    result = BenchmarkResult(
         suite="scale", rows=rows, summary=summary, notes=notes, plots=plots
     )
+    return with_deploy(args, result)  # --deploy: the per-message section

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import tomli_w
 
+from data.cache import CACHE_VAR
+from data.cache import clear as clear_cache
 from scripts.deploy import processes as procs
 from scripts.deploy.pki import (
     CAFiles,
@@ -53,6 +55,9 @@ from scripts.flower.processes import free_port, port_free
 DEFAULT_PORT = 9093
 SUPERLINK = "superlink"
 READY_SUPERNODE = r"SuperNode ID: \d+"
+# A hospital's prepared data (data/cache.py), under its --dir; CACHE_VAR is read
+# by its ClientApps, which inherit the SuperNode's environment.
+CACHE_DIR = "cache"
 
 
 def _bin(name: str) -> str:
@@ -485,6 +490,7 @@ def cmd_start_supernode(args: argparse.Namespace) -> int:
     if args.max_wait_time:
         argv += ["--max-wait-time", str(args.max_wait_time)]
     env = _env(root / "flwr-home")
+    env[CACHE_VAR] = str(root / CACHE_DIR)  # prepared data, kept at the hospital
     record = procs.start_background(
         root, f"supernode-{name}", argv, env, port=runtime_port, cwd=root
     )
@@ -503,6 +509,13 @@ def cmd_start_supernode(args: argparse.Namespace) -> int:
         f"SuperNode {name} {state} (PID {record.pid}, runtime port {runtime_port}) "
         f"to {args.superlink}; log {record.log}"
     )
+    return 0
+
+
+def cmd_clear_cache(args: argparse.Namespace) -> int:
+    folder = _dir(args) / CACHE_DIR
+    removed = clear_cache(folder) if folder.is_dir() else 0
+    print(f"Removed {removed} prepared-data file(s) from {folder}.")
     return 0
 
 
@@ -813,6 +826,11 @@ SUBCOMMANDS: dict[
         "hospital: start its SuperNode in the background",
         _args_start_supernode,
         cmd_start_supernode,
+    ),
+    "clear-cache": (
+        "hospital: remove its prepared-data cache (<dir>/cache)",
+        _args_status,
+        cmd_clear_cache,
     ),
     "stop": (
         "stop every process started from --dir (or only --name) by PID",

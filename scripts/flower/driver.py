@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.server.history import HistoryError, RunStatus, read_history, set_status
+from scripts.flower.cluster import with_ray_cluster
 from scripts.flower.env import flower_env, is_noise, write_flower_config
 from scripts.flower.processes import (
     MARKER_VAR,
@@ -402,13 +403,18 @@ def run_simulation(
     echo: bool = True,
     timeout: float | None = None,
     output_dir: Path | None = None,
+    ray_address: str | None = None,
 ) -> RunOutcome:
     """Simulate ``num_hospitals`` hospitals on a private local SuperLink.
 
     Parameters are those of :class:`RunDriver`; ``run_config`` is passed to
-    ``flwr run --run-config``.
+    ``flwr run --run-config``; ``ray_address`` (``HOST:PORT``) runs the hospitals
+    on that existing Ray cluster instead of a Ray instance of the run's own
+    (:mod:`scripts.flower.cluster`).
     """
     env = private_local_superlink(env or flower_env(flwr_home))
+    if ray_address:
+        env = with_ray_cluster(env, ray_address)
     home = Path(env["FLWR_HOME"])
     write_flower_config(home)
     federation = (

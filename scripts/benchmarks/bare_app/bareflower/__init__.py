@@ -1,0 +1,1 @@
+"""A bare Flower app: the per-message floor of a deployed hospital."""
