@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("scripts.simulate", "simulate N hospitals with `flwr run --stream`"),
     "evaluate": ("scripts.evaluate_cli", "evaluate a saved model on held-out data"),
     "audit": ("scripts.audit_cli", "membership-inference audit of a saved model"),
+    "audit-log": ("scripts.audit_log_cli", "verify or show a hospital's audit log"),
     "deploy": ("scripts.deploy.cli", "run across hospitals with Flower's engine"),
     "benchmark": ("scripts.benchmarks.core", "run a benchmark suite"),
 }
