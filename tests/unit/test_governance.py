@@ -219,7 +219,9 @@ def test_entries_are_numbered_and_chained(tmp_path):
     entries = read_entries(path)
     assert [e["seq"] for e in entries] == [1, 2, 3, 4]
     assert entries[0]["prev"] == GENESIS
-    assert all(b["prev"] == a["hash"] for a, b in zip(entries, entries[1:]))
+    assert all(
+        b["prev"] == a["hash"] for a, b in zip(entries[:-1], entries[1:], strict=True)
+    )
     result = verify(path)
     assert result.ok and result.entries == 4 and result.head == entries[-1]["hash"]
 
