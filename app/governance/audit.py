@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 
 from app.jsonio import compact
 
+AUDIT_KEY = "audit-log"  # node config: the path of the site's audit log
 GENESIS = "0" * 64  # ``prev`` of the first entry
 CHAIN_KEYS = ("seq", "prev", "hash")
 

@@ -29,17 +29,15 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from app.client.hospital import hospital_name
 from app.config import RunConfig
 from app.governance import rules
-from app.governance.audit import AuditError, append_entry
+from app.governance.audit import AUDIT_KEY, AuditError, append_entry
 from app.governance.ledger import EpsilonLedger
-from app.governance.policy import SitePolicy, load_policy
+from app.governance.policy import POLICY_KEY, SitePolicy, load_policy
 from app.privacy.cohort_stats import REPLY_KEY as COHORT_STATS_RECORD
 from app.privacy.local_dp import hospital_budget
 from strategies.screening import ERROR_PREFIX
 
 log = logging.getLogger(__name__)
 
-POLICY_KEY = "policy"  # node config: path of the site's policy.toml
-AUDIT_KEY = "audit-log"  # node config: path of the site's audit log
 POLICY_CODE = 4010  # refused: the run breaks the site policy
 POLICY_UNUSABLE_CODE = 4011  # refused: the policy could not be applied
 AUDIT_UNAVAILABLE_CODE = 4012  # refused: the audit entry could not be written

@@ -29,6 +29,7 @@ from typing import Any
 from app.config import RunConfig
 from app.config.run_config import VERTICAL_MODEL
 
+POLICY_KEY = "policy"  # node config: the path of the site's policy.toml
 DP_MODES = ("none", "local", "central")
 LEDGER_SUFFIX = ".epsilon-ledger.json"
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from flwr.app import Context, Message, MessageType
 from support.federation import (
     REPO,
@@ -189,3 +190,26 @@ def test_a_complying_dp_run_is_charged_to_the_sites_lifetime_budget(tmp_path):
 
 def _node(tmp_path: Path) -> dict:
     return {"num-partitions": 3, "policy": str(tmp_path / "policy.toml")}
+
+
+def test_start_supernode_checks_the_policy_and_log_and_passes_their_paths(tmp_path):
+    from flwr.common.config import parse_config_args
+
+    from app.governance.audit import append_entry
+    from scripts.deploy.cli import DeployError, governance_paths, node_config
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text('dp = "local"\nmax-epsilon = 3.0\n')
+    log = tmp_path / "logs" / "audit.jsonl"
+    paths = governance_paths(str(policy), str(log))
+    parsed = parse_config_args([node_config("st-mary", tmp_path, "csv", paths)])
+    assert parsed["policy"] == str(policy) and parsed["audit-log"] == str(log)
+    assert parsed["hospital-name"] == "st-mary" and log.parent.is_dir()
+    policy.write_text('dp = "locall"\n')
+    with pytest.raises(DeployError, match=f"{policy}: 'dp' must be one of"):
+        governance_paths(str(policy), None)
+    append_entry(log, {"message_type": "train"})
+    append_entry(log, {"message_type": "evaluate"})
+    log.write_text(log.read_text().replace("evaluate", "evaluatE"))
+    with pytest.raises(DeployError, match="FAILED at entry 2"):
+        governance_paths(None, str(log))
