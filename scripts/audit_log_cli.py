@@ -35,11 +35,14 @@ def _arrays(entry: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def _note(entry: Mapping[str, Any]) -> str:
+    """An error's code and full reason, else the metric names (shortened)."""
     if "error" in entry:
-        text = f"[{entry['error'].get('code')}] {entry['error'].get('reason', '')}"
-    else:
-        names = [k for record in entry.get("metrics", {}).values() for k in record]
-        text = f"metrics: {', '.join(names)}" if names else ""
+        reason = str(entry["error"].get("reason", ""))
+        if reason.startswith("hospital "):  # the hospital is the log's owner
+            reason = reason.split(": ", 1)[-1]
+        return f"[{entry['error'].get('code')}] {reason}"
+    names = [k for record in entry.get("metrics", {}).values() for k in record]
+    text = f"metrics: {', '.join(names)}" if names else ""
     return text if len(text) <= REASON_WIDTH else text[: REASON_WIDTH - 3] + "..."
 
 
