@@ -21,7 +21,7 @@ from support.federation import (
 from app import client_app, server_app
 from app.client.hospital import model_spec
 from app.config import RunConfig
-from app.governance.audit import read_entries
+from app.governance.audit import read_entries, verify
 from app.governance.ledger import EpsilonLedger
 from app.governance.mods import POLICY_CODE
 from data.registry import get_dataset
@@ -213,3 +213,36 @@ def test_start_supernode_checks_the_policy_and_log_and_passes_their_paths(tmp_pa
     log.write_text(log.read_text().replace("evaluate", "evaluatE"))
     with pytest.raises(DeployError, match="FAILED at entry 2"):
         governance_paths(None, str(log))
+
+
+def test_the_audit_log_records_the_masked_update_that_left(tmp_path, task_identity):
+    from support.secagg import one_round
+    from support.secagg import run_config as secagg_config
+
+    from app.secagg import protocol as P
+    from app.secagg.params import SecAggParams
+    from app.secagg.secaggplus import SecAggPlusAggregator
+
+    node_configs = [
+        {"partition-id": i, "num-partitions": 3, "audit-log": str(tmp_path / f"{i}")}
+        for i in range(3)
+    ]
+    _, grid, _ = one_round(
+        secagg_config(tmp_path),
+        3,
+        SecAggPlusAggregator(SecAggParams()),
+        node_configs=node_configs,
+    )
+    entries = read_entries(tmp_path / "0")
+    types = [e["message_type"] for e in entries]
+    assert "train" in types and any(t.startswith("query.secagg") for t in types)
+    (train,) = [e for e in entries if e["message_type"] == "train"]
+    (reply,) = [
+        m
+        for m in grid.replies
+        if m.metadata.message_type == "train" and m.metadata.src_node_id == 101
+    ]
+    assert list(train["arrays"]) == [P.MASKED_RECORD]  # the masked vector, no model
+    (masked,) = reply.content[P.MASKED_RECORD].values()
+    assert train["arrays"][P.MASKED_RECORD][0]["bytes"] == len(masked.data)
+    assert verify(tmp_path / "0").ok
