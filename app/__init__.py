@@ -9,6 +9,7 @@
 - ``privacy/``: accounting, DP-SGD, per-sample gradients, central DP, cohort
   statistics, membership-inference audits
 - ``secagg/``: secure aggregation (SecAgg+ and CKKS), server and hospital stages
+- ``governance/``: the hospital's site policy, epsilon ledger and audit log
 - ``vertical/``: vertical FL (PSI, split networks, parties, coordinator)
 - ``logs``, ``jsonio``: log routing and the one JSON writer
 """

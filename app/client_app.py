@@ -41,6 +41,7 @@ from app.client.hospital import (
     train_settings,
 )
 from app.config import RunConfig
+from app.governance.mods import GOVERNANCE_MODS
 from app.logs import route_to_flower
 from app.privacy.accounting import PrivacyBudgetExhausted
 from app.privacy.cohort_stats import QUERY as COHORT_STATS_QUERY
@@ -73,7 +74,9 @@ LOCAL_FAILURE_CODE = 4002
 PRIVACY_BUDGET_CODE = 4003
 HARNESS_WARNED = "harness-warned"  # context.state: the ignored settings, warned once
 
-app = ClientApp()
+# Site policy and audit log around every handler (app/governance/; node config
+# `policy`, `audit-log`): they must be given here to wrap the handlers below.
+app = ClientApp(mods=GOVERNANCE_MODS)
 register_vertical(app)  # query.psi_* / query.vfl_* handlers (task = "vertical")
 register_secure_aggregation(app)  # query.secagg_* / query.ckks_* protocol stages
 
@@ -223,6 +226,7 @@ def _train(msg: Message, context: Context) -> Message:
         **train_metrics,
         "num-examples": len(site.train),  # the dataset's length, never len(loader)
         **_defined(evaluate_split(model, site.val, device), "val_"),
+        "val-num-examples": len(site.val),  # what val_* rest on (min-records)
         **label_count_metrics(site.label_counts()),
     }
     if local_norm is not None:

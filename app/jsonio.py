@@ -1,4 +1,5 @@
-"""The one JSON writer of medflower: history.json, results.json, reports, pid files.
+"""The one JSON writer of medflower: history.json, results.json, reports, pid files,
+and the one-line form of the JSONL audit log (:func:`compact`).
 
 Every machine-readable output goes through :func:`write_json`, so all of them treat
 non-finite numbers alike (NaN and +-inf become ``null``: JSON has no such numbers)
@@ -34,6 +35,16 @@ def json_safe(value: Any) -> Any:
 def dumps(payload: Any) -> str:
     """``payload`` as indented JSON text (after :func:`json_safe`), newline-ended."""
     return json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n"
+
+
+def compact(payload: Any) -> str:
+    """``payload`` as one line of canonical JSON (sorted keys, no spaces).
+
+    The form of JSONL logs: equal payloads give equal text, so it can be hashed.
+    """
+    return json.dumps(
+        json_safe(payload), sort_keys=True, separators=(",", ":"), allow_nan=False
+    )
 
 
 def write_json(path: Path, payload: Any) -> None:

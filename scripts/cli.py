@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("scripts.evaluate_cli", "evaluate a saved model on held-out data"),
     "audit": ("scripts.audit_cli", "membership-inference audit of a saved model"),
     "recommend": ("scripts.recommend", "top-K items for a patient from a recommender"),
+    "audit-log": ("scripts.audit_log_cli", "verify or show a hospital's audit log"),
     "deploy": ("scripts.deploy.cli", "run across hospitals with Flower's engine"),
     "benchmark": ("scripts.benchmarks.core", "run a benchmark suite"),
     "stats": ("scripts.stats_cli", "federated statistics of the hospitals' data"),

@@ -40,7 +40,7 @@ def _scalar(value: Any) -> float | None:
 
 
 # Constant per hospital: not worth a chart.
-SKIPPED_KEYS = ("num-examples",)
+SKIPPED_KEYS = ("num-examples", "val-num-examples")
 SKIPPED_PREFIXES = ("label-count-",)
 
 

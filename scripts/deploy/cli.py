@@ -380,12 +380,58 @@ def cmd_run(args: argparse.Namespace) -> int:
 # --- hospital -------------------------------------------------------------------
 
 
-def node_config(name: str, data_path: Path, dataset: str) -> str:
-    """Build the ``--node-config`` a hospital's SuperNode passes to its ClientApp."""
-    for key, value in (("data-path", str(data_path)), ("hospital-name", name)):
+def node_config(
+    name: str,
+    data_path: Path,
+    dataset: str,
+    governance: dict[str, Path] | None = None,
+) -> str:
+    """Build the ``--node-config`` a hospital's SuperNode passes to its ClientApp.
+
+    ``governance`` adds the site policy and audit log (:func:`governance_paths`).
+    """
+    paths = {
+        "data-path": str(data_path),
+        **{k: str(v) for k, v in (governance or {}).items()},
+    }
+    for key, value in (*paths.items(), ("hospital-name", name)):
         if "'" in value or '"' in value:
             raise DeployError(f"{key} must not contain quotes: {value!r}")
-    return f"data-path='{data_path}' dataset='{dataset}' hospital-name='{name}'"
+    extra = "".join(f" {k}='{v}'" for k, v in paths.items() if k != "data-path")
+    return f"data-path='{data_path}' dataset='{dataset}' hospital-name='{name}'{extra}"
+
+
+def governance_paths(policy: str | None, audit_log: str | None) -> dict[str, Path]:
+    """Check the site policy and audit log a SuperNode is started with.
+
+    A bad policy or a log whose hash chain is broken stops the start, naming the
+    file and the problem; the ClientApp gets absolute paths.
+    """
+    from app.governance.audit import AUDIT_KEY, AuditError, verify
+    from app.governance.policy import POLICY_KEY, PolicyError, load_policy
+
+    paths: dict[str, Path] = {}
+    if policy:
+        path = Path(policy).expanduser().resolve()
+        try:
+            load_policy(path)
+        except PolicyError as err:
+            raise DeployError(str(err)) from None
+        paths[POLICY_KEY] = path
+    if audit_log:
+        path = Path(audit_log).expanduser().resolve()
+        if path.exists():
+            try:
+                result = verify(path)
+            except AuditError as err:
+                raise DeployError(str(err)) from None
+            if not result.ok:
+                raise DeployError(
+                    f"{result.summary()}. Move the damaged log aside to start anew."
+                )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        paths[AUDIT_KEY] = path
+    return paths
 
 
 def check_local_data(
@@ -463,6 +509,7 @@ def cmd_start_supernode(args: argparse.Namespace) -> int:
     launcher = _supernode_launcher(root, args)  # before the (slow) data check
     data_path = Path(args.data_path).expanduser().resolve()
     _check_kind(args.dataset)
+    governance = governance_paths(args.policy, args.audit_log)
     if args.check_data:
         print(
             f"Hospital {name}: data OK, "
@@ -483,7 +530,7 @@ def cmd_start_supernode(args: argparse.Namespace) -> int:
         "--port",
         str(runtime_port),
         "--node-config",
-        node_config(name, data_path, args.dataset),
+        node_config(name, data_path, args.dataset, governance),
     ]
     if ca is not None:
         argv += ["--root-certificates", str(ca.resolve())]
@@ -675,6 +722,18 @@ def _args_start_supernode(p: argparse.ArgumentParser) -> None:
         dest="check_data",
         action="store_false",
         help="start even if the data cannot be loaded now",
+    )
+    p.add_argument(
+        "--policy",
+        default=None,
+        help="this hospital's site policy (policy.toml): the runs it accepts "
+        "(docs/governance.md); default: none",
+    )
+    p.add_argument(
+        "--audit-log",
+        default=None,
+        help="append an entry per answered message to this hash-chained JSONL "
+        "file (`medflower audit-log verify`); default: none",
     )
     p.add_argument(
         "--runtime-port",

@@ -22,6 +22,7 @@ from support.deploy import (
 )
 from support.federation import REPO
 
+from app.governance.audit import read_entries, verify
 from models.checkpoint import load_model
 from scripts.cli import main as medflower
 from scripts.deploy import processes as procs
@@ -228,10 +229,25 @@ def test_three_hospitals_train_over_tls_while_a_broken_one_reports_its_error(
     out = capsys.readouterr().out
     assert all(f"Registered hospital {n} " in out for n in names)
 
-    for name in HEART_SITES:
+    # The first site runs under a site policy the run complies with, and keeps an
+    # audit log (docs/governance.md): checked in its real flwr-clientapp processes.
+    governed = fed.hospital_dir(HEART_SITES[0])
+    (governed / "policy.toml").write_text(
+        'tasks = ["tabular"]\ndatasets = ["heart-disease"]\nmax-rounds = 5\n'
+    )
+    governance = ["--policy", str(governed / "policy.toml")]
+    governance += ["--audit-log", str(governed / "audit.jsonl")]
+    for i, name in enumerate(HEART_SITES):
+        extra = governance if i == 0 else []
         assert (
             fed.start_supernode(
-                name, folders[name], "--ca-cert", str(fed.ca_cert), "--wait", "0"
+                name,
+                folders[name],
+                "--ca-cert",
+                str(fed.ca_cert),
+                "--wait",
+                "0",
+                *extra,
             )
             == 0
         )
@@ -293,6 +309,12 @@ def test_three_hospitals_train_over_tls_while_a_broken_one_reports_its_error(
         assert "data error:" in error["reason"]
         text = json.dumps(entry)
         assert "st-broken-secret-folder" not in text and "processed.broken" not in text
+    entries = read_entries(governed / "audit.jsonl")
+    assert [(e["message_type"], e["outcome"]) for e in entries] == [
+        ("train", "sent")
+    ] * ROUNDS
+    assert all(e["arrays"]["arrays"] for e in entries)
+    assert verify(governed / "audit.jsonl").ok
     model, payload = load_model(outputs / "deployed" / "final_model.pt")
     assert payload["data"]["input_shape"] == [13]
     # The hospital's own log holds the full detail (its folder), the server's does not.
