@@ -389,6 +389,17 @@ class Screened:
                 entry["skipped"],
             )
             return None, None
+        # kept for a leave-one-out contribution after the last round
+        self.last_updates = [
+            (
+                hospital_of(m),
+                m.content[self.arrayrecord_key],
+                float(
+                    next(iter(m.content.metric_records.values()))[self.weighted_by_key]
+                ),
+            )
+            for m in sound
+        ]
         entry["anomaly"] = anomaly_report(
             self._global,
             [(hospital_of(m), m.content[self.arrayrecord_key]) for m in sound],

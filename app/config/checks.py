@@ -38,6 +38,7 @@ def check_run(cfg: RunConfig) -> None:
     check_normalisation(cfg)
     check_stats(cfg)
     check_encoding(cfg)
+    check_contribution(cfg)
 
 
 def check_task(cfg: RunConfig) -> None:
@@ -60,6 +61,23 @@ def check_task(cfg: RunConfig) -> None:
             f"model='{cfg.model}' is a {model_task} model but "
             f"task='{cfg.task}'; use one of {', '.join(fitting)} (or 'auto')."
         )
+
+
+def check_contribution(cfg: RunConfig) -> None:
+    """``contribution`` needs each hospital's plain update."""
+    if not cfg.contribution:
+        return
+    for key, active in (
+        ("task", cfg.task == "vertical"),
+        ("secure-aggregation", cfg.secure_aggregation),
+        ("dp", cfg.dp == "central"),
+        ("update-encoding", cfg.update_encoding != "float32"),
+    ):
+        if active:
+            raise ConfigError(
+                f"'contribution' needs each hospital's plain update and cannot be "
+                f"used with '{key}' = {getattr(cfg, key.replace('-', '_'))!r}."
+            )
 
 
 def check_recommendation(cfg: RunConfig) -> None:

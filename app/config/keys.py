@@ -313,6 +313,16 @@ class RunConfigKeys:
         64, "model", low=1, high=4096, help="Hidden units per MLP layer."
     )
     mlp_layers: int = key(2, "model", low=1, high=8, help="Hidden layers of the MLP.")
+    contribution: bool = key(
+        False,
+        "evaluation",
+        help=(
+            "After the last round, each hospital's contribution: the federated "
+            "held-out metric (HR@10; AUC or accuracy) minus that of the round's "
+            "average without its update (one evaluation per hospital; "
+            "history.json `contributions`)."
+        ),
+    )
     rec_dim: int = key(
         32, "recommendation", low=1, high=1024, help="Embedding width of `mf`/`ncf`."
     )

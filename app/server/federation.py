@@ -34,6 +34,7 @@ from app.server.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
+from app.server.contribution import SiteContribution
 from app.server.history import RocCurve, RoundEntry, SelectedRound
 from app.server.mlflow_tracking import MlflowTracker
 from app.server.outputs import RunRecorder
@@ -335,6 +336,18 @@ def run_federation(
     )
     # selection first: the checkpoint then covers the selected model's file
     hooks = [*([selection] if selection else []), run.checkpoint, *after_round]
+    if cfg.contribution:
+        hooks.append(
+            SiteContribution(
+                run.strategy,
+                grid,
+                cfg.task,
+                cfg.num_server_rounds,
+                cfg.round_timeout,
+                run.contract,
+                run.recorder,
+            )
+        )
     runner = round_runner(run, grid, reporter, hooks)
     if resume is not None:
         # Last, so nothing above (model init, data) consumes the restored state.

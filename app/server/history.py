@@ -231,6 +231,8 @@ class RunHistory(_Record):
     privacy: PrivacyEntry | None = None
     roc: list[RocCurve] | None = None
     vertical: dict[str, Any] | None = None  # PSI alignment and traffic
+    # contribution = true: {"metric": name, "sites": {hospital: influence}}
+    contributions: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

@@ -415,6 +415,20 @@ def _roc_table(curves: Sequence[RocCurve]) -> str:
     return _table(["curve", "AUC", "positives", "negatives"], rows)
 
 
+def _contribution_table(history: RunHistory) -> str:
+    """Each hospital's leave-one-out influence on the final held-out metric."""
+    found = history.contributions or {}
+    sites = found.get("sites", {})
+    if not sites:
+        return ""
+    rows = [[n, float(v)] for n, v in sorted(sites.items(), key=lambda kv: -kv[1])]
+    return (
+        f'<p class="note">Federated held-out {html.escape(str(found["metric"]))} '
+        "of the final model minus that of the final round averaged without the "
+        "hospital's update.</p>" + _table(["hospital", "contribution"], rows)
+    )
+
+
 def _problems_section(history: RunHistory) -> str:
     issues = problems(history)
     return '<h2 id="problems">Skipped rounds, dropped replies and errors</h2>' + (
@@ -505,6 +519,15 @@ def _sections(history: RunHistory, class_names: Sequence[str]) -> list[Section]:
             "label-distribution",
             "No hospital reported label counts.",
             _label_table(history, class_names),
+        ),
+        Section(
+            "contributions",
+            "Contribution of each hospital",
+            None,
+            ""
+            if history.contributions
+            else "Not measured (run config contribution = false).",
+            _contribution_table(history),
         ),
         Section(
             "roc",

@@ -47,35 +47,58 @@ class Workload:
     name: str
     run_config: dict[str, Any]
     sites: int
+    methods: tuple[str, ...] = ()  # empty: every method
 
 
-def workloads(args: argparse.Namespace) -> list[Workload]:
-    """The MIMIC drug and lab matrices, or the file given with ``--data``."""
-    base = {
+# Chosen on the validation split (each patient's second-last interaction) of the
+# MIMIC-IV demo drugs and a synthetic MovieLens-shaped file, several seeds
+# (docs/experiments.md): stronger L2 for ratings, where MF overfits first.
+L2 = {"explicit": 0.1, "implicit": 0.01}
+# Methods of a --data run by default: the comparison with pooled training (the
+# DP and secure-aggregation rows cost most and are measured on MIMIC).
+DATA_METHODS = ("pooled", "local-only", "popularity", "fedavg", "fedprox")
+
+
+def base_config(args: argparse.Namespace) -> dict[str, Any]:
+    return {
         "task": "recommendation",
-        "num-server-rounds": 10 if args.quick else 20,
+        "num-server-rounds": 5 if args.quick else 10,
         "local-epochs": 2,
         "optimizer": "adam",
         "learning-rate": 0.01,
         "batch-size": 64,
         "min-hospitals": 2,
     }
+
+
+def _with_l2(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the L2 of its feedback kind (read from the data)."""
+    dataset = get_dataset(RunConfig.from_run_config(config).data_spec())
+    kind = "explicit" if dataset.pool.explicit else "implicit"
+    return {**config, "rec-l2": L2[kind]}
+
+
+def workloads(args: argparse.Namespace) -> list[Workload]:
+    """The MIMIC drug and lab matrices, or the file given with ``--data``."""
     if getattr(args, "data", None):
         config = {
-            **base,
+            **base_config(args),
             "dataset": "interactions",
             "data-path": str(args.data.resolve()),
             "site-by": "users",
             "batch-size": 256,
+            "local-epochs": 4,
         }
-        return [Workload(args.data.name, config, args.sites or 10)]
+        return [
+            Workload(args.data.name, _with_l2(config), args.sites or 10, DATA_METHODS)
+        ]
     root = default_data_root(args) / MIMIC
     if not root.is_dir():
         raise SystemExit(f"MIMIC-IV demo not found at {root}; give --data-root")
     out = []
     for matrix in ("drugs", "labs"):
         config = {
-            **base,
+            **base_config(args),
             "dataset": "mimic-demo",
             "data-path": str(root),
             "rec-matrix": matrix,
@@ -83,7 +106,7 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
         }
         spec = RunConfig.from_run_config(config).data_spec()
         sites = len(get_dataset(spec).natural_sites())
-        out.append(Workload(matrix, config, sites))
+        out.append(Workload(matrix, _with_l2(config), sites))
     return out
 
 
@@ -138,12 +161,16 @@ def one_seed(work: Workload, seed: int) -> dict[str, dict[str, float]]:
     sites = dataset.sites(work.sites)
     pooled = dataset.pooled(work.sites)
     counts = np.bincount(pooled.train.item, minlength=len(pooled.catalogue))
-    out = {
-        "pooled": _centralised(cfg, pooled, seed),
-        "local-only": _weighted([_centralised(cfg, s, seed) for s in sites]),
-        "popularity": popularity_metrics(counts, pooled, "test"),
+    baselines = {
+        "pooled": lambda: _centralised(cfg, pooled, seed),
+        "local-only": lambda: _weighted([_centralised(cfg, s, seed) for s in sites]),
+        "popularity": lambda: popularity_metrics(counts, pooled, "test"),
     }
+    wanted = set(work.methods or (*baselines, *FEDERATED))
+    out = {name: run() for name, run in baselines.items() if name in wanted}
     for name, extra in FEDERATED.items():
+        if name not in wanted:
+            continue
         run = federate({**config, **extra}, work.sites, name=name)
         final = run.rounds[-1]
         out[name] = {
@@ -178,7 +205,8 @@ def summarise(work: Workload, seeds: list[dict[str, dict[str, float]]]):
 
 @register("recommendation")
 def recommendation_suite(args: argparse.Namespace) -> BenchmarkResult:
-    n_seeds = args.seeds or 3
+    # one seed for a --data file by default (its comparison must fit 20 CPU-min)
+    n_seeds = args.seeds or (1 if getattr(args, "data", None) else 3)
     rows, matrices = [], {}
     for work in workloads(args):
         seeds = [one_seed(work, 42 + k) for k in range(n_seeds)]

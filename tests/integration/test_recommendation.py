@@ -18,6 +18,7 @@ from flwr.app import Array
 
 from app.client_app import app as client_app
 from app.config import ConfigError, RunConfig
+from app.server.history import read_history
 from app.server_app import app as server_app
 from models.checkpoint import load_model
 from scripts.benchmarks.federation import federate
@@ -69,7 +70,8 @@ def test_only_the_shared_model_leaves_a_site(ratings, tmp_path):
         recorded,
         num_hospitals=3,
         run_config=full_run_config(
-            **rec_config(ratings), **{"output-dir": str(tmp_path), "run-name": "r"}
+            **rec_config(ratings, contribution=True),
+            **{"output-dir": str(tmp_path), "run-name": "r"},
         ),
     )
     model, payload = load_model(tmp_path / "r" / "final_model.pt")
@@ -86,6 +88,10 @@ def test_only_the_shared_model_leaves_a_site(ratings, tmp_path):
         for record in msg.content.metric_records.values():
             assert all(np.ndim(v) == 0 for v in record.values())
     assert payload["task"] == "recommendation"
+    # each site's leave-one-out influence on HR@10, measured after the last round
+    history = read_history(tmp_path / "r")
+    assert history.contributions["metric"] == "hr@10"
+    assert set(history.contributions["sites"]) == {f"hospital-{i}" for i in range(3)}
     assert set(payload["state_dict"]) == shared  # no user table in the saved model
 
 
