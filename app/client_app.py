@@ -32,11 +32,11 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
+from app.client import cache
 from app.client.hospital import (
     check_contract,
     hospital_name,
     hospital_seed,
-    load_hospital,
     model_spec,
     train_settings,
 )
@@ -45,7 +45,6 @@ from app.logs import route_to_flower
 from app.privacy.accounting import PrivacyBudgetExhausted
 from app.privacy.cohort_stats import QUERY as COHORT_STATS_QUERY
 from app.privacy.cohort_stats import message_scaler, release_reply, reply_content
-from app.privacy.local_dp import hospital_budget, local_dp_round
 from app.secagg.client_mod import register as register_secure_aggregation
 from app.secagg.client_mod import secure_train_mod
 from app.vertical.client import register as register_vertical
@@ -78,11 +77,13 @@ def _setup(
     msg: Message, context: Context
 ) -> tuple[RunConfig, HospitalData, torch.nn.Module]:
     route_to_flower()
-    cfg = RunConfig.from_run_config(context.run_config)
+    # Parsed config, data and model skeleton: made once per run and hospital in
+    # this process (app/client/cache.py), not on every message.
+    cfg = cache.run_config(context.run_id, context.run_config)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     set_deterministic(cfg.deterministic)
-    site = load_hospital(cfg, context.node_config)
+    site = cache.hospital(context.run_id, cfg, context.node_config)
     config = msg.content.config_records.get("config", ConfigRecord())
     info = check_contract(site, config)
     scaler = message_scaler(config)
@@ -93,7 +94,7 @@ def _setup(
             f"normalisation='{cfg.normalisation}' but no global statistics were sent"
         )
     try:
-        model = model_spec(cfg, info).build()
+        model = cache.model(context.run_id, model_spec(cfg, info))
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     except (ValueError, RuntimeError, KeyError) as err:
         # This hospital's data do not fit the federation's model (other channels,
@@ -189,6 +190,9 @@ def _train(msg: Message, context: Context) -> Message:
     if local_norm is not None:
         local_norm.use_local()  # FedBN: this hospital's own normalisation layers
     if cfg.dp == "local":
+        # Opacus only under local DP (seconds of import for every other run)
+        from app.privacy.local_dp import local_dp_round
+
         try:
             outcome = local_dp_round(
                 model,
@@ -257,9 +261,11 @@ def _budget_error(msg: Message, name: str, err: PrivacyBudgetExhausted) -> Messa
 
 
 def _cohort_stats(msg: Message, context: Context) -> Message:
+    from app.privacy.local_dp import hospital_budget
+
     route_to_flower()
-    cfg = RunConfig.from_run_config(context.run_config)
-    site = load_hospital(cfg, context.node_config)
+    cfg = cache.run_config(context.run_id, context.run_config)
+    site = cache.hospital(context.run_id, cfg, context.node_config)
     query = msg.content.config_records.get("config", ConfigRecord())
     info = check_contract(site, query)
     budget = hospital_budget(cfg, context.node_config) if cfg.dp == "local" else None
