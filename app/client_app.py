@@ -56,6 +56,7 @@ from models.training import (
     evaluate_split,
     make_loader,
     pick_device,
+    seed_torch,
     set_deterministic,
     train_epochs,
 )
@@ -184,8 +185,8 @@ def _train(msg: Message, context: Context) -> Message:
     seed = hospital_seed(
         cfg.seed, int(config.get("server-round", 0)), context.node_config
     )
-    torch.manual_seed(seed)
     device = pick_device(cfg.device)
+    seed_torch(seed, device)
     local_norm = LocalNorm(model, context.state) if cfg.local_norm else None
     if local_norm is not None:
         local_norm.use_local()  # FedBN: this hospital's own normalisation layers

@@ -16,7 +16,8 @@ What keeps it safe:
 - **Bounded.** Least recently used entries go first, past an entry count and a
   byte budget.
 - **Never modified.** Callers get the cached data read-only by convention (every
-  transform builds new arrays) and a fresh copy of the model skeleton.
+  transform builds new arrays) and a network of their own (a copy of the run's
+  skeleton or a fresh build, whichever is faster).
 
 A deployed SuperNode starts a fresh process per message, where the caches are
 simply empty.
@@ -26,8 +27,10 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -129,11 +132,45 @@ def _nbytes(value: Any) -> int:
     return 0
 
 
+def _timed(make: Callable[[], V]) -> tuple[V, float]:
+    start = time.perf_counter()
+    value = make()
+    return value, time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class Skeleton:
+    """A run's network, built once, and the cheaper way to get another one.
+
+    Copying a MONAI DenseNet is much faster than building it (weight init);
+    building a logistic regression is faster than copying any module.
+    """
+
+    spec: ModelSpec
+    network: torch.nn.Module
+    copy_is_faster: bool
+
+    @classmethod
+    def measure(cls, spec: ModelSpec) -> Skeleton:
+        """Build the network and time a build against a copy (best of two of
+        each where a build is cheap, so that a busy moment does not decide).
+        """
+        network, built = _timed(spec.build)
+        if built < 0.05:
+            built = min(built, _timed(spec.build)[1])
+        copied = min(_timed(lambda: copy.deepcopy(network))[1] for _ in range(2))
+        return cls(spec, network, copied < built)
+
+    def new(self) -> torch.nn.Module:
+        """A network of the spec that shares nothing with earlier ones."""
+        return copy.deepcopy(self.network) if self.copy_is_faster else self.spec.build()
+
+
 RUN_CONFIGS: RunCache[RunConfig] = RunCache(max_entries=8)
 HOSPITALS: RunCache[HospitalData] = RunCache(
     HOSPITAL_CACHE_ENTRIES, HOSPITAL_CACHE_BYTES, _nbytes
 )
-MODELS: RunCache[torch.nn.Module] = RunCache(max_entries=8)
+MODELS: RunCache[Skeleton] = RunCache(max_entries=8)
 
 
 def run_config(run_id: int, raw: Mapping[str, Any]) -> RunConfig:
@@ -168,9 +205,9 @@ def hospital(
 
 
 def model(run_id: int, spec: ModelSpec) -> torch.nn.Module:
-    """A new network of ``spec`` (a copy of the run's skeleton, built once).
-
-    The copy keeps the skeleton's initial weights; callers load the global ones.
+    """A new network of ``spec``: a copy of the run's skeleton, or a fresh build
+    where that is faster. Its initial weights are arbitrary: callers load the
+    global ones.
     """
     key = (spec.name, repr(sorted(spec.kwargs.items())))
-    return copy.deepcopy(MODELS.get(run_id, key, spec.build))
+    return MODELS.get(run_id, key, lambda: Skeleton.measure(spec)).new()
