@@ -32,11 +32,11 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
+from app.client import cache
 from app.client.hospital import (
     check_contract,
     hospital_name,
     hospital_seed,
-    load_hospital,
     model_spec,
     train_settings,
 )
@@ -46,7 +46,6 @@ from app.logs import route_to_flower
 from app.privacy.accounting import PrivacyBudgetExhausted
 from app.privacy.cohort_stats import QUERY as COHORT_STATS_QUERY
 from app.privacy.cohort_stats import message_scaler, release_reply, reply_content
-from app.privacy.local_dp import hospital_budget, local_dp_round
 from app.recommendation import client as recommendation
 from app.secagg.client_mod import register as register_secure_aggregation
 from app.secagg.client_mod import secure_train_mod
@@ -61,6 +60,7 @@ from models.training import (
     evaluate_split,
     make_loader,
     pick_device,
+    seed_torch,
     set_deterministic,
     train_epochs,
 )
@@ -85,11 +85,13 @@ def _setup(
     msg: Message, context: Context
 ) -> tuple[RunConfig, HospitalData, torch.nn.Module]:
     route_to_flower()
-    cfg = RunConfig.from_run_config(context.run_config)
+    # Parsed config, data and model skeleton: made once per run and hospital in
+    # this process (app/client/cache.py), not on every message.
+    cfg = cache.run_config(context.run_id, context.run_config)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     set_deterministic(cfg.deterministic)
-    site = load_hospital(cfg, context.node_config)
+    site = cache.hospital(context.run_id, cfg, context.node_config)
     config = msg.content.config_records.get("config", ConfigRecord())
     info = check_contract(site, config)
     scaler = message_scaler(config)
@@ -100,7 +102,7 @@ def _setup(
             f"normalisation='{cfg.normalisation}' but no global statistics were sent"
         )
     try:
-        model = model_spec(cfg, info).build()
+        model = cache.model(context.run_id, model_spec(cfg, info))
         arrays = decode(  # update-encoding: the server's float16/int8 arrays
             msg.content["arrays"], cfg.update_encoding, layout_of(model.state_dict())
         )
@@ -197,12 +199,15 @@ def _train(msg: Message, context: Context) -> Message:
     seed = hospital_seed(
         cfg.seed, int(config.get("server-round", 0)), context.node_config
     )
-    torch.manual_seed(seed)
     device = pick_device(cfg.device)
+    seed_torch(seed, device)
     local_norm = LocalNorm(model, context.state) if cfg.local_norm else None
     if local_norm is not None:
         local_norm.use_local()  # FedBN: this hospital's own normalisation layers
     if cfg.dp == "local":
+        # Opacus only under local DP (seconds of import for every other run)
+        from app.privacy.local_dp import local_dp_round
+
         try:
             outcome = local_dp_round(
                 model,
@@ -272,9 +277,11 @@ def _budget_error(msg: Message, name: str, err: PrivacyBudgetExhausted) -> Messa
 
 
 def _cohort_stats(msg: Message, context: Context) -> Message:
+    from app.privacy.local_dp import hospital_budget
+
     route_to_flower()
-    cfg = RunConfig.from_run_config(context.run_config)
-    site = load_hospital(cfg, context.node_config)
+    cfg = cache.run_config(context.run_id, context.run_config)
+    site = cache.hospital(context.run_id, cfg, context.node_config)
     query = msg.content.config_records.get("config", ConfigRecord())
     info = check_contract(site, query)
     budget = hospital_budget(cfg, context.node_config) if cfg.dp == "local" else None

@@ -26,7 +26,8 @@ def route_to_flower(level: int = logging.INFO) -> None:
     flwr_logger.propagate = False
     for name in PACKAGES:
         logger = logging.getLogger(name)
-        logger.setLevel(level)
+        if logger.level != level:  # setLevel clears every logger's cache: ms a call
+            logger.setLevel(level)
         for handler in flwr_logger.handlers:
             if handler not in logger.handlers:
                 logger.addHandler(handler)

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from data.partition import partition_indices, partition_of, stratified_split
+from data.partition import partition_of, stratified_split
 from data.preprocessing import Standardizer
 from data.spec import (
     RAW_SPLITS,
@@ -213,19 +213,6 @@ class PooledTabularDataset(FederatedDataset):
             feature_names=names,
             description=self.name,
         )
-
-    def partitions(self, num_partitions: int) -> list[np.ndarray]:
-        """Record indices of each hospital (into the full table)."""
-        _, y, _ = self._table
-        pool, _ = self._pool_and_test
-        parts = partition_indices(
-            y[pool],
-            num_partitions,
-            method=self.spec.partitioner,
-            alpha=self.spec.dirichlet_alpha,
-            seed=self.spec.seed,
-        )
-        return [pool[p] for p in parts]
 
     def hospital(self, partition_id: int, num_partitions: int) -> HospitalData:
         check_partition(partition_id, num_partitions)

@@ -76,6 +76,8 @@ def cache_key(spec: DataSpec, path: Path, name: str) -> str | None:
 
 def _arrays(site: HospitalData) -> dict[str, np.ndarray] | None:
     """The site's splits as named arrays, or None when they are not plain arrays."""
+    if not isinstance(site, HospitalData):  # e.g. a recommender's interactions
+        return None
     splits = {"train": site.train, "val": site.val}
     extras = dict(site.extras)
     raw = extras.pop(RAW, None)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from data.base import FederatedDataset, check_partition
-from data.partition import partition_indices, stratified_split
+from data.partition import partition_of, stratified_split
 from data.spec import DataError, DatasetInfo, HospitalData, Split
 from data.transforms import ImageSplit, resize, scale_intensity
 
@@ -247,14 +247,15 @@ class MedMNISTDataset(FederatedDataset):
     def hospital(self, partition_id: int, num_partitions: int) -> HospitalData:
         check_partition(partition_id, num_partitions)
         train = self.raw["train"]
-        parts = partition_indices(
+        part = partition_of(
             train.labels,
+            partition_id,
             num_partitions,
             method=self.spec.partitioner,
             alpha=self.spec.dirichlet_alpha,
             seed=self.spec.seed,
         )
-        idx = np.sort(parts[partition_id])
+        idx = np.sort(part)
         return image_hospital(
             f"hospital-{partition_id}",
             prepare_images(train.images[idx], self.spec.image_size),
@@ -501,14 +502,15 @@ class ImageFolderDataset(FederatedDataset):
         check_partition(partition_id, num_partitions)
         files, y, _ = self.listing
         pool, _ = self._pool_and_test
-        parts = partition_indices(
+        part = partition_of(
             y[pool],
+            partition_id,
             num_partitions,
             method=self.spec.partitioner,
             alpha=self.spec.dirichlet_alpha,
             seed=self.spec.seed,
         )
-        idx = np.sort(pool[parts[partition_id]])
+        idx = np.sort(pool[part])
         return image_hospital(
             f"hospital-{partition_id}",
             load_images([files[i] for i in idx], self.spec.image_size),

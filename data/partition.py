@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -49,94 +50,80 @@ def _dirichlet(num_partitions: int, alpha: float, seed: int, n: int) -> Partitio
 PARTITIONERS: dict[str, PartitionerFactory] = {"iid": _iid, "dirichlet": _dirichlet}
 
 
-def _load_partitions(
-    labels: np.ndarray,
-    num_partitions: int,
-    wanted: list[int],
-    *,
-    method: str,
-    alpha: float,
-    seed: int,
-) -> list[np.ndarray]:
+def _check_split(method: str, n: int, num_partitions: int) -> None:
     if method not in PARTITIONERS:
         raise ValueError(
             f"Unknown partitioner {method!r}; known: {sorted(PARTITIONERS)}"
         )
-    n = len(labels)
     if num_partitions < 1 or num_partitions > n:
         raise DataError(
             f"Cannot split {n} records across {num_partitions} hospitals.",
             "too many hospitals for the dataset size",
         )
-    from datasets import Dataset
-
-    order = np.random.default_rng(seed).permutation(n)
-    table = Dataset.from_dict(
-        {"index": order.tolist(), "label": np.asarray(labels)[order].tolist()}
-    )
-    partitioner = PARTITIONERS[method](num_partitions, alpha, seed, n)
-    partitioner.dataset = table
-    try:
-        with warnings.catch_warnings():
-            # flwr-datasets warns on every Dirichlet redraw; only the outcome counts.
-            warnings.simplefilter("ignore", UserWarning)
-            parts = [
-                np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64)
-                for i in wanted
-            ]
-    except ValueError as err:
-        raise DataError(
-            f"The {method} partitioner could not split {n} records across "
-            f"{num_partitions} hospitals: {err}",
-            "the dataset could not be partitioned",
-        ) from err
-    return parts
 
 
-def partition_indices(
-    labels: np.ndarray,
-    num_partitions: int,
-    *,
-    method: str,
-    alpha: float,
-    seed: int,
-) -> list[np.ndarray]:
-    """Return, for each hospital, the indices of its records.
+@dataclass
+class _Split:
+    """A split's flwr-datasets partitioner and the partitions loaded so far."""
 
-    Every index appears in exactly one partition; the result depends only on the
-    arguments, so every simulated hospital computes the same split independently.
-    The split is memoised per process (a simulated hospital asks for it on every
-    message); the returned arrays are read-only.
-    """
-    labels = np.ascontiguousarray(labels)
-    return list(
-        _memoised_partitions(
-            labels.tobytes(), labels.dtype.str, num_partitions, method, alpha, seed
-        )
-    )
+    partitioner: Partitioner
+    method: str
+    num_partitions: int
+    parts: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def partition(self, partition_id: int) -> np.ndarray:
+        """One partition's record indices (read-only), computed alone.
+
+        flwr-datasets loads a partition without materialising the others (IID: a
+        contiguous shard; Dirichlet: a select from the one assignment it draws
+        on the first call).
+        """
+        if partition_id not in self.parts:
+            try:
+                with warnings.catch_warnings():
+                    # flwr-datasets warns on every Dirichlet redraw: only the outcome
+                    # counts.
+                    warnings.simplefilter("ignore", UserWarning)
+                    rows = self.partitioner.load_partition(partition_id)["index"]
+            except ValueError as err:
+                n = len(self.partitioner.dataset)
+                raise DataError(
+                    f"The {self.method} partitioner could not split {n} records "
+                    f"across {self.num_partitions} hospitals: {err}",
+                    "the dataset could not be partitioned",
+                ) from err
+            part = np.asarray(rows, dtype=np.int64)
+            part.flags.writeable = False
+            self.parts[partition_id] = part
+        return self.parts[partition_id]
 
 
 @functools.lru_cache(maxsize=16)
-def _memoised_partitions(
+def _split(
     label_bytes: bytes,
     dtype: str,
     num_partitions: int,
     method: str,
     alpha: float,
     seed: int,
-) -> tuple[np.ndarray, ...]:
+) -> _Split:
+    """The partitioner of one split, over seeded-shuffled records.
+
+    Memoised per process: a simulated hospital process serves many partitions of
+    one split. The key is every input of the split, so other labels, another seed
+    or another method never reuse it.
+    """
+    from datasets import Dataset
+
     labels = np.frombuffer(label_bytes, dtype=np.dtype(dtype))
-    parts = _load_partitions(
-        labels,
-        num_partitions,
-        list(range(num_partitions)),
-        method=method,
-        alpha=alpha,
-        seed=seed,
+    n = len(labels)
+    order = np.random.default_rng(seed).permutation(n)
+    table = Dataset.from_dict(
+        {"index": order.tolist(), "label": labels[order].tolist()}
     )
-    for part in parts:
-        part.flags.writeable = False
-    return tuple(parts)
+    partitioner = PARTITIONERS[method](num_partitions, alpha, seed, n)
+    partitioner.dataset = table
+    return _Split(partitioner, method, num_partitions)
 
 
 def partition_of(
@@ -148,10 +135,43 @@ def partition_of(
     alpha: float,
     seed: int,
 ) -> np.ndarray:
-    """One hospital's record indices: ``partition_indices(...)[partition_id]``."""
-    return partition_indices(
-        labels, num_partitions, method=method, alpha=alpha, seed=seed
-    )[partition_id]
+    """Return hospital ``partition_id``'s record indices (a read-only array).
+
+    The result depends only on the arguments, so every simulated hospital computes
+    the same split independently; only this partition is loaded.
+    """
+    labels = np.ascontiguousarray(labels)
+    _check_split(method, len(labels), num_partitions)
+    if not 0 <= partition_id < num_partitions:
+        raise DataError(
+            f"partition-id {partition_id} is outside 0..{num_partitions - 1}.",
+            "invalid partition-id",
+        )
+    split = _split(
+        labels.tobytes(), labels.dtype.str, num_partitions, method, alpha, seed
+    )
+    return split.partition(partition_id)
+
+
+def partition_indices(
+    labels: np.ndarray,
+    num_partitions: int,
+    *,
+    method: str,
+    alpha: float,
+    seed: int,
+) -> list[np.ndarray]:
+    """Return, for each hospital, the indices of its records (read-only arrays).
+
+    Every index appears in exactly one partition. For views of the whole split
+    (label distributions, tests); a hospital asks for its own with
+    :func:`partition_of`.
+    """
+    _check_split(method, len(labels), num_partitions)
+    return [
+        partition_of(labels, i, num_partitions, method=method, alpha=alpha, seed=seed)
+        for i in range(num_partitions)
+    ]
 
 
 def stratified_split(

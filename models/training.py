@@ -73,6 +73,19 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def seed_torch(seed: int, device: torch.device) -> None:
+    """Seed torch for work on ``device``.
+
+    On a CPU-only machine ``torch.manual_seed`` also queues a CUDA seed and
+    records the caller's stack each time (a few ms per call, paid by every
+    hospital on every message): the CPU generator alone is seeded there.
+    """
+    if device.type == "cpu" and not torch.cuda.is_available():
+        torch.default_generator.manual_seed(seed)
+    else:
+        torch.manual_seed(seed)
+
+
 def make_loader(
     split: Split, batch_size: int, *, shuffle: bool, seed: int = 0
 ) -> DataLoader:

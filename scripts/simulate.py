@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from scripts.flower.cluster import RayClusterError
-from scripts.flower.driver import find_run_dir, run_simulation
+from scripts.flower.driver import concurrent_actors, find_run_dir, run_simulation
 from scripts.flower.env import project_root
 
 
@@ -22,7 +22,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="",
         help="e.g. \"num-server-rounds=3 strategy='fedprox'\"",
     )
-    parser.add_argument("--cpus-per-hospital", type=int, default=1)
+    parser.add_argument(
+        "--cpus-per-hospital",
+        type=int,
+        default=1,
+        help="CPU cores each hospital's ClientApp reserves (default 1: as many "
+        "hospitals train at once as there are cores)",
+    )
+    parser.add_argument(
+        "--gpus-per-hospital",
+        type=float,
+        default=0.0,
+        help="fraction of a GPU each ClientApp reserves, e.g. 0.25 = four per GPU "
+        "(default 0: CPU only)",
+    )
     parser.add_argument(
         "--app", type=Path, default=project_root(), help="Flower app directory"
     )
@@ -56,12 +69,20 @@ def run(args: argparse.Namespace) -> int:
     run_config = args.run_config
     if "output-dir" not in run_config:
         run_config = f"{run_config} output-dir='{output_dir}'".strip()
+    at_once = concurrent_actors(args.hospitals, args.cpus_per_hospital)
+    gpus = f", {args.gpus_per_hospital:g} GPU" if args.gpus_per_hospital else ""
+    print(
+        f"medflower: {args.hospitals} hospitals, up to {at_once} ClientApps at once "
+        f"({args.cpus_per_hospital} CPU{gpus} each)",
+        flush=True,
+    )
     try:
         outcome = run_simulation(
             app_dir=args.app.resolve(),
             num_hospitals=args.hospitals,
             run_config=run_config,
             cpus_per_hospital=args.cpus_per_hospital,
+            gpus_per_hospital=args.gpus_per_hospital,
             timeout=args.timeout,
             output_dir=output_dir,
             ray_address=args.ray_address,

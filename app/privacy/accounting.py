@@ -17,10 +17,16 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from flwr.app import ConfigRecord
-from opacus.accountants import IAccountant, create_accountant
-from opacus.accountants.utils import get_noise_multiplier
+
+if TYPE_CHECKING:
+    from opacus.accountants import IAccountant
+
+# Opacus is imported where an accountant is built, not here: every ClientApp and
+# ServerApp imports this module (for PrivacyBudgetExhausted), and Opacus costs
+# ~2 s of CPU per process start, paid by runs without DP too.
 
 ACCOUNTANTS = ("prv", "rdp")
 HistoryEntry = tuple[float, float, int]
@@ -36,6 +42,8 @@ def new_accountant(mechanism: str, history: Sequence[HistoryEntry] = ()) -> IAcc
         raise ValueError(
             f"Unknown accountant {mechanism!r}; known: {', '.join(ACCOUNTANTS)}."
         )
+    from opacus.accountants import create_accountant
+
     accountant = create_accountant(mechanism=mechanism)
     accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
     return accountant
@@ -93,6 +101,8 @@ def plan_noise_multiplier(
     """
     if target_epsilon <= 0 or steps <= 0:
         raise ValueError("target_epsilon and steps must be > 0.")
+    from opacus.accountants.utils import get_noise_multiplier
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         # RDP's alpha grid is not tight at large epsilon: a looser bound, no error

@@ -22,9 +22,9 @@ from flwr.app import (
     RecordDict,
 )
 
-from app.client.hospital import hospital_seed, load_hospital, model_spec
+from app.client import cache
+from app.client.hospital import hospital_seed, model_spec
 from app.config import RunConfig
-from app.recommendation.dp import rec_dp_round
 from app.recommendation.metrics import site_metrics
 from app.recommendation.training import (
     RecTrainSettings,
@@ -78,10 +78,11 @@ def check_catalogue(site: InteractionSite, config: Mapping[str, Any]) -> None:
 
 def setup(msg: Message, context: Context):
     """Config, this site's data, the received shared model and the site's users."""
-    cfg = RunConfig.from_run_config(context.run_config)
-    site: InteractionSite = load_hospital(cfg, context.node_config)  # type: ignore[assignment]
+    # parsed, loaded and built once per run in this process (app/client/cache.py)
+    cfg = cache.run_config(context.run_id, context.run_config)
+    site: InteractionSite = cache.hospital(context.run_id, cfg, context.node_config)  # type: ignore[assignment]
     check_catalogue(site, msg.content.config_records.get("config", ConfigRecord()))
-    model = model_spec(cfg, site.info).build()
+    model = cache.model(context.run_id, model_spec(cfg, site.info))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     users = UserTable(
         site.num_users,
@@ -121,6 +122,8 @@ def train(msg: Message, context: Context) -> Message:
     settings = rec_settings(cfg, config, seed, site.explicit)
     received = {k: v.detach().clone().numpy() for k, v in model.state_dict().items()}
     if cfg.dp == "local":
+        from app.recommendation.dp import rec_dp_round  # Opacus: only under DP
+
         outcome = rec_dp_round(
             model, users, site.train, settings, cfg, context.state, context.node_config
         )

@@ -92,8 +92,8 @@ class BenchmarkResult:
     notes: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # results.json only
-    # a suite's own top-level keys of results.json (its documented schema)
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Top-level results.json entries of their own (the scale suite's "sizes").
+    sections: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -177,8 +177,11 @@ def write_result(result: BenchmarkResult, out_dir: Path, seconds: float) -> str:
         "notes": result.notes,
         "plots": result.plots,
         "details": result.details,
-        **result.extra,
     }
+    clash = set(result.sections) & set(payload)
+    if clash:
+        raise ValueError(f"benchmark sections {sorted(clash)} clash with results keys")
+    payload.update(result.sections)
     write_json(out_dir / "results.json", plain(payload))
     text = f"# Benchmark: {result.suite}\n\n" + markdown_table(result.rows)
     if result.summary:
@@ -263,6 +266,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="scale: also time a hospital's messages in a loopback deployment",
     )
+    parser.add_argument(
+        "--hospitals",
+        type=hospital_counts,
+        default=None,
+        help="scale: federation sizes, e.g. 10,100,1000 (default 10,50,100)",
+    )
+
+
+def hospital_counts(text: str) -> tuple[int, ...]:
+    """Parse ``--hospitals`` ("10,100,1000") into positive federation sizes."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--hospitals takes comma-separated integers, got {text!r}"
+        ) from None
+    if not sizes or min(sizes) < 2:
+        raise argparse.ArgumentTypeError(
+            f"--hospitals: every size must be at least 2, got {text!r}"
+        )
+    return sizes
 
 
 def default_data_root(args: argparse.Namespace) -> Path:

@@ -234,5 +234,5 @@ def recommendation_suite(args: argparse.Namespace) -> BenchmarkResult:
             "DP: patient-level DP-SGD (a patient's whole history is one record), "
             "delta = 1e-3.",
         ],
-        extra={"methods": first["methods"], "matrices": matrices},
+        sections={"methods": first["methods"], "matrices": matrices},
     )

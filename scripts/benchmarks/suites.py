@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import re
 import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -347,9 +349,7 @@ def heart_figures(
         "pooled_auc": mean_sd(
             [s[method].get("pooled_auc", math.nan) for s in per_seed]
         ),
-        "hospitals": {
-            h: mean_sd([s[method][h] for s in per_seed]) for h in hospitals
-        },
+        "hospitals": {h: mean_sd([s[method][h] for s in per_seed]) for h in hospitals},
     }
 
 
@@ -696,6 +696,9 @@ def _history_of(output_dir: Path, run_id: str | None) -> RunHistory:
 SCALE_HOSPITALS = (10, 50, 100)
 SCALE_QUICK_HOSPITALS = (10, 20)
 SCALE_MEMORY_GOAL_GB = 8.0
+SCALE_ROUND_RATIO_GOAL = 1.5  # medflower / bare-Flower floor, rounds after the first
+SCALE_FIRST_ROUND_RATIO_GOAL = 1.3
+FLOOR_APP = Path(__file__).resolve().parent / "floor"  # the bare-Flower app
 # wdbc split IID across N hospitals (about 4 training records each at 100).
 SCALE_CONFIG: dict[str, Any] = {
     "dataset": "wdbc",
@@ -755,77 +758,187 @@ class TreeMemory:
         self._thread.join()
 
 
+@dataclass(frozen=True)
+class RoundTimes:
+    """A run's round times from its ServerApp's clock.
+
+    ``elapsed`` is the clock at the end of round 0 (initial evaluation), 1, 2, ...
+    Round 1 includes starting the Ray actors and their first imports; ``round_s``
+    is the median of the rounds after it.
+    """
+
+    first_round_s: float
+    round_s: float
+
+    @classmethod
+    def from_elapsed(cls, elapsed: Sequence[float]) -> RoundTimes:
+        per_round = np.diff(np.asarray(elapsed, dtype=float))
+        if not len(per_round):
+            raise RuntimeError(f"no completed round in elapsed times {elapsed}")
+        later = per_round[1:]
+        return cls(
+            float(per_round[0]), float(np.median(later)) if len(later) else math.nan
+        )
+
+
+def scale_array_sizes() -> list[int]:
+    """Element counts of the scale workload's model arrays (the floor sends these)."""
+    cfg = RunConfig.from_run_config(full_run_config(**SCALE_CONFIG))
+    info = get_dataset(cfg.data_spec()).info()
+    model = model_spec(cfg, info).build()
+    return [int(t.numel()) for t in model.state_dict().values()]
+
+
 def scale_run(num_hospitals: int) -> dict[str, Any]:
-    """One real ``flwr run`` simulation with ``num_hospitals`` SuperNodes."""
+    """One real ``flwr run`` of medflower with ``num_hospitals`` SuperNodes."""
     memory = TreeMemory()
     total, history = timed_flwr_run(SCALE_CONFIG, num_hospitals, monitor=memory)
-    elapsed = [r.elapsed_s for r in history.rounds]
-    per_round = np.diff(elapsed)  # round 0 is the initial evaluation
+    times = RoundTimes.from_elapsed([r.elapsed_s for r in history.rounds])
     trained = [len(r.hospitals or {}) for r in history.rounds[1:]]
     return {
-        "hospitals": num_hospitals,
-        # Round 1 includes starting the Ray actors (each imports torch): shown apart.
-        "round_s_first": float(per_round[0]),
-        "round_s_later": (
-            float(per_round[1:].mean()) if len(per_round) > 1 else math.nan
-        ),
+        "round_s": times.round_s,
+        "first_round_s": times.first_round_s,
         "run_s": total,
-        "peak_rss_gb": memory.peak_rss / 2**30,
         "peak_pss_gb": memory.peak_pss / 2**30,
+        "peak_rss_gb": memory.peak_rss / 2**30,
         "peak_processes": memory.peak_processes,
         "hospitals_reporting_min": min(trained) if trained else 0,
         "final_accuracy": history.rounds[-1].server.get("accuracy", math.nan),
     }
 
 
-@register("scale")
-def scale(args: argparse.Namespace) -> BenchmarkResult:
-    quick = bool(getattr(args, "quick", False))
-    sizes = SCALE_QUICK_HOSPITALS if quick else SCALE_HOSPITALS
-    rows = []
-    for n in sizes:
-        print(f"scale: flwr run with {n} hospitals ...", flush=True)
-        result = scale_run(n)
-        print(
-            f"scale: {n} hospitals: {result['round_s_later']:.1f}s per round, peak PSS "
-            f"{result['peak_pss_gb']:.2f} GB",
-            flush=True,
+def floor_run(num_hospitals: int, array_sizes: Sequence[int]) -> dict[str, Any]:
+    """One real ``flwr run`` of the bare-Flower floor app of the same shape."""
+    from scripts.benchmarks.floor.floor_app import ROUND_LINE
+    from scripts.flower.driver import run_simulation
+
+    rounds = int(SCALE_CONFIG["num-server-rounds"])
+    run_config = (
+        f"num-server-rounds={rounds} array-sizes='{','.join(map(str, array_sizes))}'"
+    )
+    memory = TreeMemory()
+    start = time.perf_counter()
+    with memory:
+        outcome = run_simulation(
+            app_dir=FLOOR_APP,
+            num_hospitals=num_hospitals,
+            run_config=run_config,
+            echo=False,
         )
-        rows.append(result)
-    out_dir = suite_dir(args, "scale")
+    total = time.perf_counter() - start
+    line = re.escape(ROUND_LINE).replace(r"\{round\}", r"(\d+)")
+    line = line.replace(r"\{elapsed:\.3f\}", r"([0-9.]+)")
+    clock = {int(r): float(e) for r, e in re.findall(line, outcome.log)}
+    if not outcome.ok or sorted(clock) != list(range(rounds + 1)):
+        raise RuntimeError(
+            f"the floor app with {num_hospitals} hospitals ended with "
+            f"{outcome.status} after rounds {sorted(clock)}:\n{outcome.log[-3000:]}"
+        )
+    times = RoundTimes.from_elapsed([clock[r] for r in range(rounds + 1)])
+    return {
+        "floor_round_s": times.round_s,
+        "floor_first_round_s": times.first_round_s,
+        "floor_run_s": total,
+        "floor_peak_pss_gb": memory.peak_pss / 2**30,
+    }
+
+
+def scale_size(num_hospitals: int, array_sizes: Sequence[int]) -> dict[str, Any]:
+    """Run medflower and the floor at one federation size, back to back; ratios."""
+    print(f"scale: {num_hospitals} hospitals: medflower ...", flush=True)
+    ours = scale_run(num_hospitals)
+    print(f"scale: {num_hospitals} hospitals: bare-Flower floor ...", flush=True)
+    floor = floor_run(num_hospitals, array_sizes)
+    row = {"hospitals": num_hospitals, **ours, **floor}
+    row["round_ratio"] = ours["round_s"] / floor["floor_round_s"]
+    row["first_round_ratio"] = ours["first_round_s"] / floor["floor_first_round_s"]
+    print(
+        f"scale: {num_hospitals} hospitals: {ours['round_s']:.2f}s per round "
+        f"(floor {floor['floor_round_s']:.2f}s, x{row['round_ratio']:.2f}), first "
+        f"round {ours['first_round_s']:.1f}s (floor "
+        f"{floor['floor_first_round_s']:.1f}s, x{row['first_round_ratio']:.2f}), "
+        f"peak PSS {ours['peak_pss_gb']:.2f} GB",
+        flush=True,
+    )
+    return row
+
+
+def _scale_figure(rows: Sequence[dict[str, Any]], out_dir: Path) -> str:
     fig = Figure(figsize=(10, 3.8), layout="constrained")
     left, right = fig.subplots(1, 2)
     ns = [r["hospitals"] for r in rows]
-    left.plot(ns, [r["round_s_later"] for r in rows], marker="o", label="rounds 2+")
-    left.plot(ns, [r["round_s_first"] for r in rows], marker="s", label="round 1")
+    for key, label, marker in (
+        ("round_s", "medflower, rounds 2+", "o"),
+        ("first_round_s", "medflower, round 1", "s"),
+        ("floor_round_s", "bare Flower, rounds 2+", "^"),
+        ("floor_first_round_s", "bare Flower, round 1", "v"),
+    ):
+        left.plot(ns, [r[key] for r in rows], marker=marker, label=label)
+    left.set_xscale("log")
     left.set_xlabel("simulated hospitals")
     left.set_ylabel("wall time per round (s)")
     left.legend(fontsize=8)
-    right.plot(ns, [r["peak_pss_gb"] for r in rows], marker="o", label="peak PSS")
-    right.plot(ns, [r["peak_rss_gb"] for r in rows], marker="s", label="peak RSS (sum)")
+    right.plot(ns, [r["peak_pss_gb"] for r in rows], marker="o", label="medflower")
+    right.plot(ns, [r["floor_peak_pss_gb"] for r in rows], marker="^", label="floor")
     right.axhline(SCALE_MEMORY_GOAL_GB, color="orange", linewidth=1, label="8 GB goal")
+    right.set_xscale("log")
     right.set_xlabel("simulated hospitals")
-    right.set_ylabel("GB")
+    right.set_ylabel("peak PSS (GB)")
     right.legend(fontsize=8)
-    plots = [save_figure(fig, out_dir, "scale.png")]
+    return save_figure(fig, out_dir, "scale.png")
+
+
+def _scale_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    by_size = {r["hospitals"]: r for r in rows}
     largest = rows[-1]
-    summary = {
+    summary: dict[str, Any] = {
         "largest_federation": largest["hospitals"],
-        "largest_round_s": largest["round_s_later"],
+        "largest_round_s": largest["round_s"],
         "largest_peak_pss_gb": largest["peak_pss_gb"],
-        "largest_peak_rss_gb": largest["peak_rss_gb"],
         "goal_memory_le_8gb": largest["peak_pss_gb"] <= SCALE_MEMORY_GOAL_GB,
     }
+    if 100 in by_size:
+        at_100 = by_size[100]
+        summary["goal_round_ratio_100_le_1_5"] = (
+            at_100["round_ratio"] <= SCALE_ROUND_RATIO_GOAL
+        )
+        summary["goal_first_round_ratio_100_le_1_3"] = (
+            at_100["first_round_ratio"] <= SCALE_FIRST_ROUND_RATIO_GOAL
+        )
+        if 1000 in by_size:
+            growth = by_size[1000]["round_s"] / at_100["round_s"]
+            summary["round_growth_100_to_1000"] = growth
+            summary["goal_growth_le_12"] = growth <= 12
+    return summary
+
+
+@register("scale")
+def scale(args: argparse.Namespace) -> BenchmarkResult:
+    sizes = getattr(args, "hospitals", None) or (
+        SCALE_QUICK_HOSPITALS if getattr(args, "quick", False) else SCALE_HOSPITALS
+    )
+    array_sizes = scale_array_sizes()
+    rows = [scale_size(n, array_sizes) for n in sizes]
     notes = [
         "Real `flwr run` simulations (local SuperLink, Ray backend, 1 CPU per "
-        "ClientApp) of wdbc split IID, logistic regression, "
-        f"{SCALE_CONFIG['num-server-rounds']} rounds, every hospital trains and "
-        "evaluates each round.",
-        "Per-round time from the ServerApp's own clock (history.json elapsed_s); peak "
-        "memory polled every 0.5 s over every process the command started. Machine: "
-        "2 CPU cores shared with other jobs.",
+        "ClientApp: as many actors as cores) of wdbc split IID, logistic "
+        f"regression, {SCALE_CONFIG['num-server-rounds']} rounds, every hospital "
+        "trains and evaluates each round.",
+        "Floor: a bare Flower app (scripts/benchmarks/floor) of the same shape "
+        f"(SuperNodes, arrays of {sum(array_sizes)} values, rounds, FedAvg with a "
+        "train and an evaluate exchange per round) whose ClientApp returns its "
+        "input, run right after medflower at each size; ratios are medflower / "
+        "floor.",
+        "round_s: median of the rounds after the first, from each ServerApp's own "
+        "clock; peak memory: summed PSS of every process the command started, "
+        "polled every 0.5 s. Machine: 2 CPU cores shared with other jobs.",
     ]
     result = BenchmarkResult(
-        suite="scale", rows=rows, summary=summary, notes=notes, plots=plots
+        suite="scale",
+        rows=rows,
+        summary=_scale_summary(rows),
+        notes=notes,
+        plots=[_scale_figure(rows, suite_dir(args, "scale"))],
+        sections={"sizes": rows},
     )
     return with_deploy(args, result)  # --deploy: the per-message section

@@ -19,6 +19,7 @@ fast; Flower runs in the processes this module starts).
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -392,12 +393,45 @@ class RunDriver:
 # --- the two ways to run ----------------------------------------------------------
 
 
+def federation_config(
+    num_hospitals: int, cpus_per_hospital: int = 1, gpus_per_hospital: float = 0.0
+) -> str:
+    """``flwr run --federation-config`` of a simulation: its size and what each
+    ClientApp actor reserves.
+
+    Ray runs as many ClientApp actors at once as fit the machine: cores //
+    ``cpus_per_hospital`` (and, with ``gpus_per_hospital`` > 0, GPUs //
+    ``gpus_per_hospital``; 0.25 puts four actors on one GPU).
+    """
+    if cpus_per_hospital < 1:
+        raise ValueError(f"cpus per hospital must be >= 1, got {cpus_per_hospital}")
+    if gpus_per_hospital < 0:
+        raise ValueError(f"gpus per hospital must be >= 0, got {gpus_per_hospital}")
+    config = (
+        f"num-supernodes={num_hospitals} client-resources-num-cpus={cpus_per_hospital}"
+    )
+    if gpus_per_hospital:
+        config += f" client-resources-num-gpus={gpus_per_hospital}"
+    return config
+
+
+def concurrent_actors(
+    num_hospitals: int, cpus_per_hospital: int = 1, cores: int | None = None
+) -> int:
+    """How many ClientApps a simulation runs at once on ``cores`` CPU cores (by CPU;
+    a GPU share per hospital may lower it further).
+    """
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(num_hospitals, cores // cpus_per_hospital))
+
+
 def run_simulation(
     *,
     app_dir: Path,
     num_hospitals: int,
     run_config: str = "",
     cpus_per_hospital: int = 1,
+    gpus_per_hospital: float = 0.0,
     flwr_home: Path | None = None,
     env: dict[str, str] | None = None,
     echo: bool = True,
@@ -410,16 +444,16 @@ def run_simulation(
     Parameters are those of :class:`RunDriver`; ``run_config`` is passed to
     ``flwr run --run-config``; ``ray_address`` (``HOST:PORT``) runs the hospitals
     on that existing Ray cluster instead of a Ray instance of the run's own
-    (:mod:`scripts.flower.cluster`).
+    (:mod:`scripts.flower.cluster`); the resources of each
+    hospital's ClientApp are those of :func:`federation_config` (by default 1
+    CPU: one actor per core).
     """
+    federation = federation_config(num_hospitals, cpus_per_hospital, gpus_per_hospital)
     env = private_local_superlink(env or flower_env(flwr_home))
     if ray_address:
         env = with_ray_cluster(env, ray_address)
     home = Path(env["FLWR_HOME"])
     write_flower_config(home)
-    federation = (
-        f"num-supernodes={num_hospitals} client-resources-num-cpus={cpus_per_hospital}"
-    )
     args = ["--federation-config", federation]
     if run_config:
         args += ["--run-config", run_config]

@@ -6,11 +6,16 @@ It also checks what a user reads: each log line once, no Protobuf warning.
 import json
 
 import pytest
-from support.federation import REPO
+import torch
+from support.federation import REPO, make_run_config
 
+from app.client_app import app as client_app
+from app.server_app import app as server_app
+from models.checkpoint import load_model
 from scripts.flower.driver import run_simulation
 from scripts.flower.env import flower_env
 from scripts.flower.superlink import superlinks_of
+from scripts.harness.inprocess import run_inprocess
 
 
 @pytest.mark.slow
@@ -44,6 +49,18 @@ def test_flwr_run_two_rounds_three_hospitals(tmp_path):
     assert "Protobuf gencode" not in outcome.log
     # the SuperLink this run started is gone
     assert not superlinks_of(tmp_path / "flwr-home")
+    # The in-process harness (one process, its caches serving every hospital)
+    # trains the same model as the real run (Ray actors) for the same seed.
+    real, _ = load_model(outputs / "e2e" / "final_model.pt")
+    config = make_run_config(
+        tmp_path / "inprocess", **{"num-server-rounds": 2, "report": False}
+    )
+    run_inprocess(server_app, client_app, num_hospitals=3, run_config=config)
+    here, _ = load_model(
+        tmp_path / "inprocess" / "outputs" / "test-run" / "final_model.pt"
+    )
+    for name, value in real.state_dict().items():
+        torch.testing.assert_close(here.state_dict()[name], value, rtol=0, atol=1e-6)
 
 
 @pytest.mark.slow
