@@ -479,10 +479,18 @@ class InteractionsDataset(FederatedDataset):
 
     def _split_sites(self, num_partitions: int) -> list[tuple[str, np.ndarray]]:
         pool = self.pool
-        if self.site_mode() == "users":
+        names, site_of = (
+            np.unique(pool.user_site, return_inverse=True)
+            if self.site_mode() == "column"
+            else ((), None)
+        )
+        # site-by = auto: the data's own sites when the federation has as many
+        # hospitals, else the patients dealt to the hospitals it has
+        if site_of is None or (
+            self.spec.site_by == "auto" and num_partitions != len(names)
+        ):
             parts = deal_users(pool, num_partitions, self.spec)
             return [(f"hospital-{i}", p) for i, p in enumerate(parts)]
-        names, site_of = np.unique(pool.user_site, return_inverse=True)
         if num_partitions != len(names):
             raise DataError(
                 f"{self.table.source} holds {len(names)} sites ({', '.join(names)}) "

@@ -16,7 +16,8 @@ de-identified patients, ODbL v1.0, DOI 10.13026/dp1f-ex47). ``rec-matrix``:
 Rows without a patient, an item or a time are dropped (none in the demo).
 Feedback is implicit: one row per patient-item pair at its first time.
 
-Sites (``site-by``): ``careunit`` (= ``auto``) is the ``first_careunit`` of the
+Sites (``site-by``): ``careunit`` (= ``auto`` when the federation has one hospital
+per unit, else ``auto`` deals the patients) is the ``first_careunit`` of the
 patient's first ICU stay (by ``intime``); ``admission-location`` is the
 ``admission_location`` of the patient's first admission (by ``admittime``);
 ``users`` deals patients like any interaction file. Patients without an ICU

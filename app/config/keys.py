@@ -278,8 +278,8 @@ class RunConfigKeys:
         help=(
             "Recommendation sites: a file's site `column`, `users` dealt by "
             "`partitioner`, MIMIC `careunit` (first ICU unit) or "
-            "`admission-location`; `auto`: column when present, careunit for MIMIC, "
-            "else users."
+            "`admission-location`; `auto`: the data's sites (column, MIMIC care "
+            "units) when there are as many hospitals, else users."
         ),
     )
     item_catalogue: str = key(

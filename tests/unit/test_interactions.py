@@ -122,8 +122,10 @@ def test_csv_with_header_aliases_and_site_column(tmp_path):
     assert all(s.num_users == 4 and not s.explicit for s in sites)  # no rating col
     assert all(len(s.test) == 4 and len(s.val) == 4 for s in sites)
     assert sites[0].catalogue is sites[1].catalogue and len(ds.catalogue()) == 7
+    # auto deals users to another number of hospitals; site-by='column' refuses
+    assert [s.name for s in ds.sites(3)] == ["hospital-0", "hospital-1", "hospital-2"]
     with pytest.raises(DataError, match=r"holds 2 sites \(h0, h1\).* 3 hospitals"):
-        ds.sites(3)
+        dataset(path, site_by="column").sites(3)
     # site-by users ignores the column: p0..p3 are then one user each
     assert sum(s.num_users for s in dataset(path, site_by="users").sites(4)) == 4
 
