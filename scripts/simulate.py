@@ -97,10 +97,29 @@ def run(args: argparse.Namespace) -> int:
     print(f"medflower: run {outcome.run_id} completed; outputs in {run_dir}")
     if final := final_metrics(run_dir):
         print(f"medflower: final server-side metrics: {final}")
+    elif held_out := final_federated(run_dir):  # e.g. recommendation: no server test
+        print(f"medflower: final federated held-out metrics: {held_out}")
     report = run_dir / REPORT_NAME
     if report.is_file():
         print(f"medflower: report: {report}")
     return 0
+
+
+FEDERATED_SHOWN = ("hr@10", "ndcg@10", "rmse", "auc", "accuracy")
+
+
+def final_federated(run_dir: Path) -> str:
+    """The last round's federated held-out metrics (hospitals' weighted means)."""
+    from app.server.history import HistoryError, read_history
+
+    try:
+        rounds = read_history(run_dir).rounds
+    except HistoryError:
+        return ""
+    metrics = (rounds[-1].federated or {}) if rounds else {}
+    return " ".join(
+        f"{k}={metrics[k]:.4f}" for k in FEDERATED_SHOWN if metrics.get(k) is not None
+    )
 
 
 def final_metrics(run_dir: Path) -> str:

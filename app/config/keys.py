@@ -333,7 +333,7 @@ class RunConfigKeys:
         help="`mse` (ratings), `bpr` (implicit); `auto` follows `feedback`.",
     )
     rec_l2: float = key(
-        1e-4,
+        0.01,
         "recommendation",
         low=0.0,
         high=10.0,

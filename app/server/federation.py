@@ -81,6 +81,12 @@ PREPROCESSING: dict[str, dict[str, Any]] = {
     },
 }
 
+def _federated(entry: RoundEntry) -> str:
+    shown = ("hr@10", "ndcg@10", "coverage@10", "rmse", "auc", "accuracy")
+    found = entry.federated or {}
+    return " ".join(f"{k}={found[k]:.4f}" for k in shown if found.get(k) is not None)
+
+
 def _summary(metrics: dict[str, float | None]) -> str:
     keys = ("accuracy", "auc", "sensitivity", "specificity", "loss")
     return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if metrics.get(k) is not None)
@@ -602,7 +608,10 @@ def finalize(
         roc=roc,
     )
     log.info("Run finished. Outputs: %s", run.recorder.dir)
-    log.info("Final server-side metrics: %s", _summary(final) or "none")
+    if final or final_round is None or not final_round.federated:
+        log.info("Final server-side metrics: %s", _summary(final) or "none")
+    else:  # no server-side test set: the hospitals' weighted held-out metrics
+        log.info("Final federated held-out metrics: %s", _federated(final_round))
     for line in reporter.privacy.lines():
         log.info(line)
     write_run_report(run.cfg, run.recorder)
