@@ -33,8 +33,14 @@ from data.interactions import InteractionSite
 from data.registry import get_dataset
 from models import ModelSpec
 from models.recommender import UserTable
-from scripts.benchmarks.core import BenchmarkResult, MeanSD, default_data_root, register
+from scripts.benchmarks.core import (
+    BenchmarkResult,
+    default_data_root,
+    register,
+    suite_dir,
+)
 from scripts.benchmarks.federation import federate
+from scripts.benchmarks.suites import mean_sd, mean_std, save_figure
 
 METRICS = ("hr@10", "ndcg@10", "hr@5", "ndcg@5", "coverage@10", "rmse", "mae")
 MIMIC = "recommendation/mimic-iv-demo-2.2"
@@ -195,12 +201,35 @@ def summarise(work: Workload, seeds: list[dict[str, dict[str, float]]]):
             if not values:
                 means[key] = None
                 continue
-            means[key] = float(np.mean(values))
-            means[f"{key}_sd"] = float(np.std(values))
-            row[key] = MeanSD(float(np.mean(values)), float(np.std(values)))
+            means[key], means[f"{key}_sd"] = mean_std(values)
+            row[key] = mean_sd(values)
         methods[name] = means
         rows.append(row)
     return rows, methods
+
+
+def plot(matrices: dict[str, Any], out_dir) -> str:
+    """HR@10 (mean and sd over seeds) of every method, one group per matrix."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.8), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(matrices)
+    for k, (name, found) in enumerate(matrices.items()):
+        methods = found["methods"]
+        x = np.arange(len(methods)) + k * width
+        ax.bar(
+            x,
+            [m["hr@10"] for m in methods.values()],
+            width,
+            yerr=[m["hr@10_sd"] for m in methods.values()],
+            label=name,
+        )
+        ax.set_xticks(x - k * width / 2 + (len(matrices) - 1) * width / 2)
+        ax.set_xticklabels(list(methods), rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("HR@10 (full catalogue)")
+    ax.legend(fontsize=8)
+    return save_figure(fig, out_dir, "recommendation-hr10.png")
 
 
 @register("recommendation")
@@ -219,12 +248,14 @@ def recommendation_suite(args: argparse.Namespace) -> BenchmarkResult:
         }
     first = next(iter(matrices.values()))
     fed, pooled = first["methods"]["fedavg"], first["methods"]["pooled"]
-    summary = {
-        "fedavg_over_pooled_hr@10": fed["hr@10"] / pooled["hr@10"],
-        "dp_eps8_over_fedavg_hr@10": first["methods"]["fedavg-dp-eps8"]["hr@10"]
-        / fed["hr@10"],
-    }
+    summary = {"fedavg_over_pooled_hr@10": fed["hr@10"] / pooled["hr@10"]}
+    if pooled.get("rmse") is not None:
+        summary["fedavg_over_pooled_rmse"] = fed["rmse"] / pooled["rmse"]
+    if "fedavg-dp-eps8" in first["methods"]:
+        dp = first["methods"]["fedavg-dp-eps8"]
+        summary["dp_eps8_over_fedavg_hr@10"] = dp["hr@10"] / fed["hr@10"]
     return BenchmarkResult(
+        plots=[plot(matrices, suite_dir(args, "recommendation"))],
         suite="recommendation",
         rows=rows,
         summary=summary,

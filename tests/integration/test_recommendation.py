@@ -225,3 +225,19 @@ def test_recommend_prints_top_k_and_names_bad_input(ratings, tmp_path, capsys):
         == 2
     )
     assert str(bad) in capsys.readouterr().out
+
+
+def test_benchmark_on_a_ratings_file_writes_the_methods(ratings, tmp_path, capsys):
+    import json
+
+    argv = ["benchmark", "recommendation", "--data", ratings, "--sites", "3"]
+    assert medflower([*argv, "--quick", "--seeds", "1", "--out", str(tmp_path)]) == 0
+    assert "fedavg" in capsys.readouterr().out
+    found = json.loads((tmp_path / "results.json").read_text())
+    methods = found["methods"]
+    assert set(methods) == {"pooled", "local-only", "popularity", "fedavg", "fedprox"}
+    for name in ("pooled", "fedavg"):
+        assert 0 <= methods[name]["hr@10"] <= 1 and methods[name]["rmse"] > 0
+    assert methods["popularity"]["rmse"] is None  # a ranking, no rating
+    assert found["summary"]["fedavg_over_pooled_rmse"] > 0
+    assert (tmp_path / "recommendation-hr10.png").is_file()
