@@ -32,7 +32,6 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError
 
-from strategies import sparse
 from strategies.anomaly import anomaly_report
 from strategies.encoding import (
     ENCODINGS,
@@ -44,6 +43,8 @@ from strategies.encoding import (
     layout_of,
 )
 from strategies.sampling import NodeSampler
+from strategies.sparse import decode as sparse_decode
+from strategies.sparse import is_sparse
 from strategies.validation import Reference, match_dtypes, reference_of, reply_problem
 
 log = logging.getLogger(__name__)
@@ -341,9 +342,9 @@ class Screened:
         Returns why the sparse reply is unsound, or None (also for dense replies).
         """
         arrays = msg.content.array_records.get(self.arrayrecord_key)
-        if arrays is None or not sparse.is_sparse(arrays):
+        if arrays is None or not is_sparse(arrays):
             return None
-        dense, problem = sparse.decode(arrays, self._global)
+        dense, problem = sparse_decode(arrays, self._global)
         if dense is not None:
             msg.content[self.arrayrecord_key] = dense
         return problem
