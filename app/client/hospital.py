@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from app.config import RunConfig
+from data.base import FederatedDataset
 from data.registry import dataset_class, get_dataset, local_kinds
-from data.spec import DataError, DatasetInfo, HospitalData
+from data.spec import DataError, DatasetInfo, DataSpec, HospitalData
 from models import MODELS, ModelSpec, input_kwargs
 from models.training import TrainSettings
 
@@ -26,12 +27,17 @@ def hospital_name(node_config: Mapping[str, Any]) -> str:
     return "hospital"
 
 
-def load_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> HospitalData:
+def load_hospital(
+    cfg: RunConfig,
+    node_config: Mapping[str, Any],
+    datasets: Callable[[DataSpec], FederatedDataset] = get_dataset,
+) -> HospitalData:
     """Load this node's data.
 
     Simulation injects ``partition-id`` / ``num-partitions``; a deployed SuperNode
     names its own data with ``--node-config "data-path='...'"`` (and optionally
-    ``dataset`` and ``hospital-name``), which takes precedence.
+    ``dataset`` and ``hospital-name``), which takes precedence. ``datasets`` makes
+    the simulation's dataset from its spec (a per-process cache passes its own).
     """
     if "data-path" in node_config:
         return load_local_hospital(cfg, node_config)
@@ -47,7 +53,7 @@ def load_hospital(cfg: RunConfig, node_config: Mapping[str, Any]) -> HospitalDat
             "simulation (in deployment, each SuperNode's node config names its data).",
             "no data-path in the run config",
         )
-    dataset = get_dataset(cfg.data_spec())
+    dataset = datasets(cfg.data_spec())
     site = dataset.hospital(
         int(node_config["partition-id"]), int(node_config["num-partitions"])
     )
