@@ -39,7 +39,9 @@ import torch
 
 from app.client.hospital import load_hospital
 from app.config import RunConfig
-from data.spec import HospitalData, Split
+from data.base import FederatedDataset
+from data.registry import get_dataset
+from data.spec import DataSpec, HospitalData, Split
 from models import ModelSpec
 
 V = TypeVar("V")
@@ -175,6 +177,9 @@ HOSPITALS: RunCache[HospitalData] = RunCache(
     HOSPITAL_CACHE_ENTRIES, HOSPITAL_CACHE_BYTES, _nbytes
 )
 MODELS: RunCache[Skeleton] = RunCache(max_entries=8)
+# The whole table (or image file) a simulation splits: read once per process, not
+# once per hospital.
+DATASETS: RunCache[FederatedDataset] = RunCache(max_entries=2)
 
 
 def run_config(run_id: int, raw: Mapping[str, Any]) -> RunConfig:
@@ -205,7 +210,13 @@ def hospital(
     node = tuple(sorted((str(k), v) for k, v in node_config.items()))
     stamps = (_file_stamp(cfg.data_path), _file_stamp(node_config.get("data-path")))
     key = (node, cfg.data_spec(), stamps)
-    return HOSPITALS.get(run_id, key, lambda: load_hospital(cfg, node_config))
+
+    def dataset(spec: DataSpec) -> FederatedDataset:
+        return DATASETS.get(run_id, (spec, stamps[0]), lambda: get_dataset(spec))
+
+    return HOSPITALS.get(
+        run_id, key, lambda: load_hospital(cfg, node_config, datasets=dataset)
+    )
 
 
 def model(run_id: int, spec: ModelSpec) -> torch.nn.Module:

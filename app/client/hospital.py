@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from app.config import RunConfig
+from data.base import FederatedDataset
 from data.cache import prepared
 from data.registry import dataset_class, get_dataset, local_kinds
-from data.spec import DataError, DatasetInfo, HospitalData, SiteRecords
+from data.spec import DataError, DatasetInfo, DataSpec, HospitalData, SiteRecords
 from models import MODELS, ModelSpec, input_kwargs
 from models.training import TrainSettings
 
@@ -44,13 +45,17 @@ DATA_VIEWS = {
 
 
 def load_hospital(
-    cfg: RunConfig, node_config: Mapping[str, Any], view: str = "training"
+    cfg: RunConfig,
+    node_config: Mapping[str, Any],
+    view: str = "training",
+    datasets: Callable[[DataSpec], FederatedDataset] = get_dataset,
 ) -> HospitalData:
     """Load this node's data (``view``: one of ``DATA_VIEWS``).
 
     Simulation injects ``partition-id`` / ``num-partitions``; a deployed SuperNode
     names its own data with ``--node-config "data-path='...'"`` (and optionally
-    ``dataset`` and ``hospital-name``), which takes precedence.
+    ``dataset`` and ``hospital-name``), which takes precedence. ``datasets`` makes
+    the simulation's dataset from its spec (a per-process cache passes its own).
     """
     simulated, deployed = DATA_VIEWS[view]
     if "data-path" in node_config:
@@ -67,12 +72,12 @@ def load_hospital(
             "simulation (in deployment, each SuperNode's node config names its data).",
             "no data-path in the run config",
         )
-    dataset = get_dataset(cfg.data_spec())
+    dataset = datasets(cfg.data_spec())
     site = getattr(dataset, simulated)(
         int(node_config["partition-id"]), int(node_config["num-partitions"])
     )
     if name := node_config.get("hospital-name"):
-        if isinstance(site, SiteRecords):
+        if not isinstance(site, HospitalData):  # records, interactions
             return dataclasses.replace(site, name=str(name))  # type: ignore[return-value]
         return HospitalData(str(name), site.train, site.val, site.info)
     return site

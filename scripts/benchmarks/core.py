@@ -37,8 +37,8 @@ SUITES: dict[str, tuple[str, str]] = {
     ),
     "scale": (
         "scripts.benchmarks.suites",
-        "10/50/100 simulated hospitals under `flwr run`: wall time per round and "
-        "peak memory of the whole process tree",
+        "10/50/100 (--hospitals) simulated hospitals under `flwr run`, each against "
+        "a bare-Flower app of the same shape: seconds per round, ratios, peak memory",
     ),
     "imaging": (
         "scripts.benchmarks.imaging",

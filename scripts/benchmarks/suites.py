@@ -699,9 +699,12 @@ SCALE_MEMORY_GOAL_GB = 8.0
 SCALE_ROUND_RATIO_GOAL = 1.5  # medflower / bare-Flower floor, rounds after the first
 SCALE_FIRST_ROUND_RATIO_GOAL = 1.3
 FLOOR_APP = Path(__file__).resolve().parent / "floor"  # the bare-Flower app
-# wdbc split IID across N hospitals (about 4 training records each at 100).
+# A wdbc-like table split IID across N hospitals: wdbc itself (455 pooled records)
+# cannot give 1,000 hospitals a training and a held-out record each.
+SCALE_RECORDS = 20_000
 SCALE_CONFIG: dict[str, Any] = {
-    "dataset": "wdbc",
+    "dataset": "csv",
+    "label-column": "target",
     "partitioner": "iid",
     "val-fraction": 0.2,
     "num-server-rounds": 3,
@@ -781,18 +784,36 @@ class RoundTimes:
         )
 
 
-def scale_array_sizes() -> list[int]:
+def write_scale_table(path: Path, records: int = SCALE_RECORDS, seed: int = 0) -> Path:
+    """Write a wdbc-like CSV of ``records`` rows: wdbc rows drawn with replacement,
+    each feature jittered by 5% of its standard deviation (30 features, label
+    ``target``, 1 = malignant).
+    """
+    from data.tabular import WDBCDataset
+
+    x, y, names = WDBCDataset(RunConfig().data_spec()).load_table()
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(y), records)
+    jitter = rng.normal(scale=0.05, size=(records, x.shape[1])) * x.std(axis=0)
+    table = np.column_stack([np.abs(x[rows] + jitter), y[rows]])
+    header = ",".join([*(n.replace(" ", "_") for n in names), "target"])
+    fmt = ["%.6g"] * x.shape[1] + ["%d"]
+    np.savetxt(path, table, delimiter=",", header=header, comments="", fmt=fmt)
+    return path
+
+
+def scale_array_sizes(config: Mapping[str, Any]) -> list[int]:
     """Element counts of the scale workload's model arrays (the floor sends these)."""
-    cfg = RunConfig.from_run_config(full_run_config(**SCALE_CONFIG))
+    cfg = RunConfig.from_run_config(full_run_config(**config))
     info = get_dataset(cfg.data_spec()).info()
     model = model_spec(cfg, info).build()
     return [int(t.numel()) for t in model.state_dict().values()]
 
 
-def scale_run(num_hospitals: int) -> dict[str, Any]:
+def scale_run(num_hospitals: int, config: Mapping[str, Any]) -> dict[str, Any]:
     """One real ``flwr run`` of medflower with ``num_hospitals`` SuperNodes."""
     memory = TreeMemory()
-    total, history = timed_flwr_run(SCALE_CONFIG, num_hospitals, monitor=memory)
+    total, history = timed_flwr_run(config, num_hospitals, monitor=memory)
     times = RoundTimes.from_elapsed([r.elapsed_s for r in history.rounds])
     trained = [len(r.hospitals or {}) for r in history.rounds[1:]]
     return {
@@ -843,12 +864,12 @@ def floor_run(num_hospitals: int, array_sizes: Sequence[int]) -> dict[str, Any]:
     }
 
 
-def scale_size(num_hospitals: int, array_sizes: Sequence[int]) -> dict[str, Any]:
+def scale_size(num_hospitals: int, config: Mapping[str, Any]) -> dict[str, Any]:
     """Run medflower and the floor at one federation size, back to back; ratios."""
     print(f"scale: {num_hospitals} hospitals: medflower ...", flush=True)
-    ours = scale_run(num_hospitals)
+    ours = scale_run(num_hospitals, config)
     print(f"scale: {num_hospitals} hospitals: bare-Flower floor ...", flush=True)
-    floor = floor_run(num_hospitals, array_sizes)
+    floor = floor_run(num_hospitals, scale_array_sizes(config))
     row = {"hospitals": num_hospitals, **ours, **floor}
     row["round_ratio"] = ours["round_s"] / floor["floor_round_s"]
     row["first_round_ratio"] = ours["first_round_s"] / floor["floor_first_round_s"]
@@ -917,13 +938,17 @@ def scale(args: argparse.Namespace) -> BenchmarkResult:
     sizes = getattr(args, "hospitals", None) or (
         SCALE_QUICK_HOSPITALS if getattr(args, "quick", False) else SCALE_HOSPITALS
     )
-    array_sizes = scale_array_sizes()
-    rows = [scale_size(n, array_sizes) for n in sizes]
+    with tempfile.TemporaryDirectory(prefix="medflower-scale-") as tmp:
+        table = write_scale_table(Path(tmp) / "wdbc-like.csv")
+        config = {**SCALE_CONFIG, "data-path": str(table)}
+        array_sizes = scale_array_sizes(config)
+        rows = [scale_size(n, config) for n in sizes]
     notes = [
         "Real `flwr run` simulations (local SuperLink, Ray backend, 1 CPU per "
-        "ClientApp: as many actors as cores) of wdbc split IID, logistic "
-        f"regression, {SCALE_CONFIG['num-server-rounds']} rounds, every hospital "
-        "trains and evaluates each round.",
+        "ClientApp: as many actors as cores) of a wdbc-like table of "
+        f"{SCALE_RECORDS:,} records (wdbc rows resampled with 5% jitter) split IID, "
+        f"logistic regression, {SCALE_CONFIG['num-server-rounds']} rounds, every "
+        "hospital trains and evaluates each round.",
         "Floor: a bare Flower app (scripts/benchmarks/floor) of the same shape "
         f"(SuperNodes, arrays of {sum(array_sizes)} values, rounds, FedAvg with a "
         "train and an evaluate exchange per round) whose ClientApp returns its "

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import logging
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from scripts.benchmarks.core import (
     BenchmarkResult,
     MeanSD,
     Values,
+    hospital_counts,
     markdown_table,
     suite_function,
     write_result,
@@ -21,6 +23,7 @@ from scripts.benchmarks.core import (
 from scripts.benchmarks.federation import federate
 from scripts.benchmarks.suites import (
     HEART_METHODS,
+    RoundTimes,
     TreeMemory,
     _run_config_string,
     heart,
@@ -30,6 +33,7 @@ from scripts.benchmarks.suites import (
     sent_dtypes,
     traffic_per_round,
 )
+from scripts.harness.inprocess import run_inprocess
 
 
 def test_every_declared_suite_registers_its_function():
@@ -167,3 +171,37 @@ def test_dp_step_times_the_default_models_and_splits_the_dp_step():
         parts = row["dp_forward_s"] + row["dp_backward_s"] + row["dp_optimizer_s"]
         # medians of parts need not add up exactly, but they time the same steps
         assert 0.5 * row["dp_step_s"] < parts < 2 * row["dp_step_s"]
+
+
+def test_results_sections_are_top_level_and_may_not_clash(tmp_path):
+    sizes = [{"hospitals": 10, "round_s": 1.0}]
+    write_result(BenchmarkResult("unit", sizes, sections={"sizes": sizes}), tmp_path, 1)
+    assert json.loads((tmp_path / "results.json").read_text())["sizes"] == sizes
+    with pytest.raises(ValueError, match="rows"):
+        write_result(BenchmarkResult("unit", sizes, sections={"rows": []}), tmp_path, 1)
+
+
+def test_scale_sizes_and_round_times():
+    assert hospital_counts("10,100,1000") == (10, 100, 1000)
+    for bad in ("10,x", "1", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="--hospitals"):
+            hospital_counts(bad)
+    # elapsed at the end of rounds 0..4: round 1 apart, then the median of the rest
+    times = RoundTimes.from_elapsed([0.1, 20.1, 21.1, 24.1, 25.6])
+    assert times.first_round_s == pytest.approx(20.0)
+    assert times.round_s == pytest.approx(1.5)
+
+
+def test_floor_app_returns_its_input_and_logs_each_round(caplog):
+    from scripts.benchmarks.floor.floor_app import client, server
+
+    config = {"num-server-rounds": 2, "array-sizes": "60,2", "num-examples": 4}
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        grid = run_inprocess(server, client, num_hospitals=2, run_config=config)
+    ups = [m for m in grid.traffic if m.direction == "up"]
+    assert len(ups) == 2 * 2 * 2  # 2 rounds x train + evaluate x 2 hospitals
+    trained = [m for m in grid.delivered if m.metadata.message_type == "train"]
+    arrays = trained[-1].content["arrays"].to_numpy_ndarrays()
+    assert [a.size for a in arrays] == [60, 2]
+    lines = [r.getMessage() for r in caplog.records if "floor: round" in r.getMessage()]
+    assert [line.split()[2] for line in lines] == ["0", "1", "2"]
