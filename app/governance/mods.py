@@ -33,7 +33,6 @@ from app.governance.audit import AUDIT_KEY, AuditError, append_entry
 from app.governance.ledger import EpsilonLedger
 from app.governance.policy import POLICY_KEY, SitePolicy, load_policy
 from app.privacy.cohort_stats import REPLY_KEY as COHORT_STATS_RECORD
-from app.privacy.local_dp import hospital_budget
 from strategies.screening import ERROR_PREFIX
 
 log = logging.getLogger(__name__)
@@ -71,6 +70,8 @@ def server_round(msg: Message) -> int | None:
 def run_epsilon(cfg: RunConfig, node_config: dict[str, Any]) -> float:
     """The epsilon this hospital lets the run spend here (``inf`` without DP)."""
     if cfg.dp == "local":
+        from app.privacy.local_dp import hospital_budget  # Opacus: only under DP
+
         return hospital_budget(cfg, node_config)
     return cfg.dp_budget if cfg.dp == "central" else math.inf
 
