@@ -56,6 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=10,
         help="suppress a site, feature or label cell with fewer records (10)",
     )
+    parser.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        metavar="SITE=POLICY.toml",
+        help="a hospital's site policy: its min-records suppresses that site's "
+        "small cells too (repeatable)",
+    )
     parser.add_argument("--bins", type=int, default=10, help="histogram bins (10)")
     parser.add_argument(
         "--noise", choices=("none", "laplace", "gaussian"), default="none"
@@ -128,6 +136,19 @@ def load_sites(cfg: Any, hospitals: int | None) -> tuple[list[Any], dict[str, st
     return sites, failed
 
 
+def site_minimums(policies: list[str]) -> dict[str, int]:
+    """Site name -> the ``min-records`` of the policy given for it (``--policy``)."""
+    from app.governance.policy import load_policy
+
+    out = {}
+    for item in policies:
+        site, sep, path = item.partition("=")
+        if not sep or not site or not path:
+            raise ValueError(f"--policy takes SITE=PATH, got {item!r}")
+        out[site] = load_policy(path).min_records or 0
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from app.config import ConfigError, RunConfig
     from app.stats.output import render_text, write_outputs
@@ -139,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = RunConfig.from_run_config(run_config(args))
         info = get_dataset(cfg.data_spec()).info()
         sites, failed = load_sites(cfg, args.hospitals)
-        report = run_statistics(stats_plan(cfg, info), local_asker(sites))
+        minimums = site_minimums(args.policy)
+        report = run_statistics(stats_plan(cfg, info), local_asker(sites, minimums))
     except (ConfigError, DataError, ValueError) as err:
         print(f"medflower stats: {err}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from app.client.hospital import load_site_records
 from app.config import RunConfig
+from app.governance.policy import POLICY_KEY, load_policy
 from app.logs import route_to_flower
 from app.stats.hospital import answer
 from app.stats.query import REPLY_KEY, QueryError, StatsQuery
@@ -28,15 +29,16 @@ MIN_RECORDS_KEY = "min-records"
 def hospital_min_records(node_config: Mapping[str, Any]) -> int:
     """This hospital's own minimum count (0: none).
 
-    Read from the SuperNode's node config (``--node-config "min-records=20"``);
-    the site policy's ``min-records`` rule (app/governance/policy.py) is the
-    intended source and plugs in here.
+    The larger of the site policy's ``min-records`` rule (node config ``policy``,
+    app/governance/policy.py) and a bare ``--node-config "min-records=20"``.
     """
     value = node_config.get(MIN_RECORDS_KEY, 0)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(
             f"node config '{MIN_RECORDS_KEY}' must be an integer >= 0, got {value!r}."
         )
+    if POLICY_KEY in node_config:
+        value = max(value, load_policy(str(node_config[POLICY_KEY])).min_records or 0)
     return value
 
 

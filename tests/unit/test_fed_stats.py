@@ -134,3 +134,16 @@ def test_a_malformed_reply_is_refused_with_what_is_wrong():
     record["histograms"] = record["histograms"][:-1]
     with pytest.raises(ReleaseError, match="'histograms' must hold 12 values"):
         decode(record, query, 3)
+
+
+def test_a_sites_policy_minimum_reaches_its_statistics(tmp_path):
+    from app.stats.client import hospital_min_records
+    from scripts.stats_cli import site_minimums
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text("min-records = 150\n")
+    assert hospital_min_records({"policy": str(policy)}) == 150
+    assert hospital_min_records({"policy": str(policy), "min-records": 200}) == 200
+    assert site_minimums([f"switzerland={policy}"]) == {"switzerland": 150}
+    with pytest.raises(ValueError, match="SITE=PATH"):
+        site_minimums(["switzerland"])
