@@ -140,6 +140,55 @@ def save_history(
     state[STATE_KEY] = record
 
 
+@dataclass(frozen=True)
+class RoundBudget:
+    """A DP round cleared against the hospital's budget, before any training."""
+
+    dp: DPSettings
+    history: list[tuple[float, float, int]]  # before this round
+    future: list[tuple[float, float, int]]  # after it, as planned
+    epsilon: float  # DP-SGD epsilon after it
+    stats_epsilon: float  # spent on cohort statistics
+
+
+def round_budget(
+    cfg: RunConfig,
+    state: RecordDict,
+    *,
+    num_records: int,
+    batch_size: int,
+    epochs: int,
+    node_config: Mapping[str, Any] | None = None,
+) -> RoundBudget:
+    """Plan this round's DP-SGD over ``num_records`` units of privacy (records,
+    or patients for a recommender) and clear it against the budget.
+
+    Raises
+    ------
+    PrivacyBudgetExhausted
+        When this round would take the hospital past its budget.
+    """
+    dp = dp_settings(cfg, num_records, state, node_config)
+    stats_eps = stats_epsilon_spent(state)  # 0 unless it released statistics
+    history = load_history(state, dp.accountant)
+    if not history:  # remember the planned sigma even if the first round is refused
+        state[STATE_KEY] = ConfigRecord(
+            {
+                **history_to_record([], dp.accountant),
+                "planned-noise-multiplier": dp.noise_multiplier,
+            }
+        )
+    future, eps_next = check_budget(
+        history,
+        dp,
+        num_records=num_records,
+        batch_size=batch_size,
+        epochs=epochs,
+        other_epsilon=stats_eps,
+    )
+    return RoundBudget(dp, history, future, eps_next, stats_eps)
+
+
 def local_dp_round(
     model: nn.Module,
     train: Split,
@@ -158,24 +207,15 @@ def local_dp_round(
     PrivacyBudgetExhausted
         Before any training when this round would take the hospital past its budget.
     """
-    dp = dp_settings(cfg, len(train), state, node_config)
-    stats_eps = stats_epsilon_spent(state)  # 0 unless it released statistics
-    history = load_history(state, dp.accountant)
-    if not history:  # remember the planned sigma even if the first round is refused
-        state[STATE_KEY] = ConfigRecord(
-            {
-                **history_to_record([], dp.accountant),
-                "planned-noise-multiplier": dp.noise_multiplier,
-            }
-        )
-    future, eps_next = check_budget(
-        history,
-        dp,
+    budget = round_budget(
+        cfg,
+        state,
         num_records=len(train),
         batch_size=settings.batch_size,
         epochs=settings.epochs,
-        other_epsilon=stats_eps,
+        node_config=node_config,
     )
+    dp, history, stats_eps = budget.dp, budget.history, budget.stats_epsilon
     result = train_dp(
         model,
         train,
@@ -189,8 +229,8 @@ def local_dp_round(
     save_history(state, result.history, dp)
     # The steps taken are data-independent, so the history is the one just checked.
     epsilon = (
-        eps_next
-        if result.history == future
+        budget.epsilon
+        if result.history == budget.future
         else epsilon_of(result.history, delta=dp.delta, mechanism=dp.accountant)
     )
     return LocalDPOutcome(

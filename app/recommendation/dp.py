@@ -27,16 +27,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from app.config import RunConfig
-from app.privacy.accounting import history_to_record
-from app.privacy.cohort_stats import stats_epsilon_spent
-from app.privacy.dp_sgd import DPSettings, batches_per_epoch, check_budget, sample_rate
-from app.privacy.local_dp import (
-    STATE_KEY,
-    LocalDPOutcome,
-    dp_settings,
-    load_history,
-    save_history,
-)
+from app.privacy.dp_sgd import DPSettings, batches_per_epoch, sample_rate
+from app.privacy.local_dp import LocalDPOutcome, round_budget, save_history
 from app.recommendation.training import RecTrainSettings, make_optimizer
 from data.interactions import Interactions
 from models.recommender import UserTable
@@ -162,30 +154,23 @@ def rec_dp_round(
     take the hospital past its budget.
     """
     num_users = users.weight.shape[0]
-    dp = dp_settings(cfg, num_users, state, node_config)
-    stats_eps = stats_epsilon_spent(state)
-    history = load_history(state, dp.accountant)
-    if not history:
-        record = history_to_record([], dp.accountant)
-        record["planned-noise-multiplier"] = dp.noise_multiplier
-        state[STATE_KEY] = record
-    future, eps_next = check_budget(
-        history,
-        dp,
+    budget = round_budget(
+        cfg,
+        state,
         num_records=num_users,
         batch_size=settings.batch_size,
         epochs=settings.epochs,
-        other_epsilon=stats_eps,
+        node_config=node_config,
     )
-    steps = train_site_dp(model, users, train, settings, dp)
+    steps = train_site_dp(model, users, train, settings, budget.dp)
     # the steps taken are data-independent: the history is the one just checked
-    save_history(state, future, dp)
+    save_history(state, budget.future, budget.dp)
     return LocalDPOutcome(
-        epsilon=eps_next + stats_eps,
-        sgd_epsilon=eps_next,
-        stats_epsilon=stats_eps,
-        delta=dp.delta,
-        noise_multiplier=dp.noise_multiplier,
+        epsilon=budget.epsilon + budget.stats_epsilon,
+        sgd_epsilon=budget.epsilon,
+        stats_epsilon=budget.stats_epsilon,
+        delta=budget.dp.delta,
+        noise_multiplier=budget.dp.noise_multiplier,
         sample_rate=sample_rate(num_users, settings.batch_size),
         steps=steps,
     )

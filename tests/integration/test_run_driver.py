@@ -257,16 +257,20 @@ def test_a_dead_local_superlink_fails_the_run_and_nothing_outlives_it(fakes):
 
 
 def test_sigint_stops_the_run_then_reaches_the_caller(fakes):
-    before = signal.getsignal(signal.SIGINT)
+    # Python's own SIGINT handler, whatever earlier code of this process installed
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def interrupt() -> None:
         fakes.pid("orphan.pid")
         os.kill(os.getpid(), signal.SIGINT)
 
-    threading.Thread(target=interrupt, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        deployed(fakes, "hang", timeout=120)
-    assert signal.getsignal(signal.SIGINT) is before
+    try:
+        threading.Thread(target=interrupt, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            deployed(fakes, "hang", timeout=120)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outer)
     assert not alive(fakes.pid("orphan.pid"))
     assert (fakes.state / "stopped").is_file()  # the deployment was asked to stop
 
