@@ -33,7 +33,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from app.jsonio import write_json
-from scripts.deploy.pki import DeployError, check_name, write_public, write_secret
+from scripts.deploy.pki import (
+    DeployError,
+    KeyPairFiles,
+    check_name,
+    openssh_public,
+    write_key_pair,
+)
 
 TRUSTED_ENTITIES = "trusted-entities.yaml"
 APPROVALS = "approvals"
@@ -42,45 +48,20 @@ APPROVALS = "approvals"
 FLOWER_LICENSE_KEY = "valid_license"
 
 
-@dataclass(frozen=True)
-class ReviewerKeyFiles:
-    """A reviewer's signing keys: ``private`` stays with the reviewer."""
-
-    private: Path
-    public: Path
-
-    @classmethod
-    def in_dir(cls, directory: Path, name: str) -> ReviewerKeyFiles:
-        return cls(directory / f"{name}.key", directory / f"{name}.pub")
-
-
 def create_reviewer_keys(
     directory: Path, name: str, *, overwrite: bool = False
-) -> ReviewerKeyFiles:
+) -> KeyPairFiles:
     """Create an Ed25519 key pair in OpenSSH format for signing apps."""
     check_name(name, "reviewer name")
-    files = ReviewerKeyFiles.in_dir(directory, name)
     key = ed25519.Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
+    return write_key_pair(
+        KeyPairFiles.in_dir(directory, name), key, name, overwrite=overwrite
     )
-    write_secret(files.private, private, overwrite=overwrite)
-    write_public(files.public, _openssh(key.public_key(), name), overwrite=overwrite)
-    return files
-
-
-def _openssh(key: ed25519.Ed25519PublicKey, comment: str = "") -> bytes:
-    line = key.public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
-    return line + (f" {comment}" if comment else "").encode() + b"\n"
 
 
 def key_id(key: ed25519.Ed25519PublicKey) -> str:
     """The key's ``SHA256:...`` fingerprint (as ``ssh-keygen -l`` prints it)."""
-    blob = base64.b64decode(_openssh(key).split()[1])
+    blob = base64.b64decode(openssh_public(key).split()[1])
     digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
     return f"SHA256:{digest}"
 

@@ -37,7 +37,7 @@ from scripts.deploy import processes as procs
 from scripts.deploy.pki import (
     CAFiles,
     DeployError,
-    HospitalKeyFiles,
+    KeyPairFiles,
     ServerCertFiles,
     cert_fingerprint,
     check_name,
@@ -500,7 +500,7 @@ def cmd_start_supernode(args: argparse.Namespace) -> int:
     key = (
         Path(args.private_key).expanduser()
         if args.private_key
-        else (HospitalKeyFiles.in_dir(root / "keys", name).private)
+        else (KeyPairFiles.in_dir(root / "keys", name).private)
     )
     check_private_key(key)
     ca = Path(args.ca_cert).expanduser() if args.ca_cert else None

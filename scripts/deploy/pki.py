@@ -20,6 +20,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -230,38 +231,52 @@ def create_server_cert(
 
 
 @dataclass(frozen=True)
-class HospitalKeyFiles:
-    """A hospital's SuperNode authentication keys.
-
-    ``private`` stays at the hospital, ``public`` goes to the coordinator.
+class KeyPairFiles:
+    """An OpenSSH key pair on disk: ``private`` stays with its owner (a hospital's
+    SuperNode key, a reviewer's signing key), ``public`` is handed out.
     """
 
     private: Path
     public: Path
 
     @classmethod
-    def in_dir(cls, directory: Path, name: str) -> HospitalKeyFiles:
+    def in_dir(cls, directory: Path, name: str) -> KeyPairFiles:
         return cls(directory / f"{name}.key", directory / f"{name}.pub")
 
 
-def create_hospital_keys(
-    directory: Path, name: str, *, overwrite: bool = False
-) -> HospitalKeyFiles:
-    """Create an ECDSA P-384 key pair in OpenSSH format for SuperNode authentication."""
-    check_name(name)
-    files = HospitalKeyFiles.in_dir(directory, name)
-    key = ec.generate_private_key(ec.SECP384R1())
+def openssh_public(key: Any, comment: str = "") -> bytes:
+    """The OpenSSH public-key line of ``key`` (with ``comment``), newline-ended."""
+    line = key.public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return line + (f" {comment}" if comment else "").encode() + b"\n"
+
+
+def write_key_pair(
+    files: KeyPairFiles, key: Any, comment: str, *, overwrite: bool = False
+) -> KeyPairFiles:
+    """Write ``key`` (private, OpenSSH PEM, owner-only) and its public line."""
     private = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.OpenSSH,
         serialization.NoEncryption(),
     )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
     write_secret(files.private, private, overwrite=overwrite)
-    write_public(files.public, public + f" {name}\n".encode(), overwrite=overwrite)
+    write_public(
+        files.public, openssh_public(key.public_key(), comment), overwrite=overwrite
+    )
     return files
+
+
+def create_hospital_keys(
+    directory: Path, name: str, *, overwrite: bool = False
+) -> KeyPairFiles:
+    """Create an ECDSA P-384 key pair in OpenSSH format for SuperNode authentication."""
+    check_name(name)
+    key = ec.generate_private_key(ec.SECP384R1())
+    return write_key_pair(
+        KeyPairFiles.in_dir(directory, name), key, name, overwrite=overwrite
+    )
 
 
 def check_public_key(path: Path) -> None:
