@@ -184,48 +184,24 @@ def test_sparse_updates_are_refused_with_dp_by_name(ratings):
 def test_recommend_prints_top_k_and_names_bad_input(ratings, tmp_path, capsys):
     federate(rec_config(ratings), 3, out_dir=tmp_path, name="m")
     model = str(tmp_path / "m" / "final_model.pt")
-    assert (
-        medflower(
-            [
-                "recommend",
-                "--model",
-                model,
-                "--data",
-                ratings,
-                "--patient",
-                "1001",
-                "-k",
-                "3",
-            ]
-        )
-        == 0
-    )
+
+    def recommend(data: str, patient: str, *extra: str) -> int:
+        argv = ["recommend", "--model", model, "--data", data, "--patient", patient]
+        return medflower([*argv, *extra])
+
+    assert recommend(ratings, "1001", "-k", "3") == 0
     out = capsys.readouterr().out
     assert "Top 3 for patient 1001" in out and out.count("\n") == 4
-    assert (
-        medflower(["recommend", "--model", model, "--data", ratings, "--patient", "42"])
-        == 2
-    )
+    assert recommend(ratings, "42") == 2
     assert "patient '42' is not in" in capsys.readouterr().out
     other = tmp_path / "other.data"
     other.write_text("1001\t5000\t4\t1\n1001\t1\t4\t2\n1001\t2\t4\t3\n")
-    assert (
-        medflower(
-            ["recommend", "--model", model, "--data", str(other), "--patient", "1001"]
-        )
-        == 2
-    )
+    assert recommend(str(other), "1001") == 2
     assert "is not in the model's catalogue" in capsys.readouterr().out
     bad = tmp_path / "bad.data"
     bad.write_text("1001\t1\tfive\t1\n")
-    assert (
-        medflower(
-            ["recommend", "--model", model, "--data", str(bad), "--patient", "1001"]
-        )
-        == 2
-    )
+    assert recommend(str(bad), "1001") == 2
     assert str(bad) in capsys.readouterr().out
-
 
 def test_benchmark_on_a_ratings_file_writes_the_methods(ratings, tmp_path, capsys):
     import json
