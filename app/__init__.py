@@ -11,5 +11,7 @@
 - ``secagg/``: secure aggregation (SecAgg+ and CKKS), server and hospital stages
 - ``governance/``: the hospital's site policy, epsilon ledger and audit log
 - ``vertical/``: vertical FL (PSI, split networks, parties, coordinator)
+- ``personalization/``: personalised FL (fine-tuning, Ditto, APFL, FedRep,
+  FENDA-FL): each hospital's own model, kept in ``context.state``
 - ``logs``, ``jsonio``: log routing and the one JSON writer
 """

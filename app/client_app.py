@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections import OrderedDict
+from collections.abc import Mapping
 
 # Flower's generated protobuf code is older than the protobuf runtime openmined-psi
 # pins: harmless, but printed nine times by whatever imports flwr first. Filtered
@@ -43,6 +45,7 @@ from app.client.hospital import (
 from app.config import RunConfig
 from app.governance.mods import GOVERNANCE_MODS
 from app.logs import route_to_flower
+from app.personalization import build_method
 from app.privacy.accounting import PrivacyBudgetExhausted
 from app.privacy.cohort_stats import QUERY as COHORT_STATS_QUERY
 from app.privacy.cohort_stats import message_scaler, release_reply, reply_content
@@ -55,14 +58,12 @@ from app.vertical.client import register as register_vertical
 from data.base import standardized
 from data.preprocessing import GLOBAL_NORMALISATIONS
 from data.spec import DataError, HospitalData
-from models.personalization import LocalNorm, personalization_metrics, prefixed
+from models.personalization import LocalNorm, prefixed
 from models.training import (
     evaluate_split,
-    make_loader,
     pick_device,
     seed_torch,
     set_deterministic,
-    train_epochs,
 )
 from strategies.encoding import PLAIN, decode, encode, layout_of
 from strategies.fedavg import HOSPITAL_RECORD
@@ -124,7 +125,7 @@ def _reply(
     msg: Message,
     site: HospitalData,
     metrics: dict[str, float],
-    model=None,
+    arrays: Mapping[str, torch.Tensor] | None = None,
     encoding: str = PLAIN,
 ) -> Message:
     content = RecordDict(
@@ -133,8 +134,8 @@ def _reply(
             HOSPITAL_RECORD: ConfigRecord({"name": site.name}),
         }
     )
-    if model is not None:
-        content["arrays"] = encode(ArrayRecord(model.state_dict()), encoding)
+    if arrays is not None:
+        content["arrays"] = encode(ArrayRecord(OrderedDict(arrays)), encoding)
     return Message(content=content, reply_to=msg)
 
 
@@ -190,15 +191,17 @@ def _train(msg: Message, context: Context) -> Message:
     cfg, site, model = _setup(msg, context)
     _warn_harness_settings(cfg, context)
     config = msg.content["config"]
+    seed = hospital_seed(
+        cfg.seed, int(config.get("server-round", 0)), context.node_config
+    )
     settings = train_settings(
         cfg,
         # the server sends each round's rate (lr-schedule); older servers do not
         learning_rate=float(config.get("learning-rate", cfg.learning_rate)),
         proximal_mu=float(config.get("proximal-mu", 0.0)),
+        seed=seed,  # this round's and hospital's: shuffling, personal heads
     )
-    seed = hospital_seed(
-        cfg.seed, int(config.get("server-round", 0)), context.node_config
-    )
+    method = build_method(cfg)  # personalization: what stays here, what is sent
     device = pick_device(cfg.device)
     seed_torch(seed, device)
     local_norm = LocalNorm(model, context.state) if cfg.local_norm else None
@@ -224,9 +227,7 @@ def _train(msg: Message, context: Context) -> Message:
         # No training-data statistic (such as the training loss) leaves under DP.
         train_metrics = outcome.metrics()
     else:
-        loader = make_loader(site.train, cfg.batch_size, shuffle=True, seed=seed)
-        stats = train_epochs(model, loader, settings, device)
-        train_metrics = {"train_loss": stats["train_loss"]}
+        train_metrics = method.train(model, site.train, settings, context.state, device)
     metrics = {
         **train_metrics,
         "num-examples": len(site.train),  # the dataset's length, never len(loader)
@@ -236,7 +237,8 @@ def _train(msg: Message, context: Context) -> Message:
     }
     if local_norm is not None:
         local_norm.keep_and_restore()  # send the received norm values back unchanged
-    return _reply(msg, site, metrics, model.cpu(), cfg.update_encoding)
+    # the shared part only: a method's personal parts stay in context.state
+    return _reply(msg, site, metrics, method.shared(model.cpu()), cfg.update_encoding)
 
 
 def _evaluate(msg: Message, context: Context) -> Message:
@@ -255,17 +257,10 @@ def _personalized(
     metrics: dict[str, float] = {}
     if cfg.local_norm and LocalNorm(model, context.state).use_local():
         metrics.update(prefixed(evaluate_split(model, site.val, device), "local_norm_"))
-    if cfg.personalize_epochs > 0:
-        # fine-tuning: plain SGD without weight decay, whole epochs
-        settings = train_settings(
-            cfg,
-            epochs=cfg.personalize_epochs,
-            optimizer="sgd",
-            weight_decay=0.0,
-            max_steps=0,
-        )
+    personal = build_method(cfg).personal(model, site.train, context.state, device)
+    if personal is not None:  # app/personalization: the hospital's own model
         metrics.update(
-            personalization_metrics(model, site.train, site.val, settings, device)
+            prefixed(evaluate_split(personal, site.val, device), "personal_")
         )
     return metrics
 

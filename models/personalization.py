@@ -26,7 +26,7 @@ from torch import nn
 from data.spec import DatasetInfo, Split
 from models import ModelSpec
 from models.checkpoint import ModelFileError, load_model
-from models.training import TrainSettings, evaluate_split, make_loader, train_epochs
+from models.training import TrainSettings, make_loader, train_epochs
 
 NORM_TYPES = (
     nn.LayerNorm,
@@ -143,19 +143,6 @@ def personalize_head(
     loader = make_loader(train, settings.batch_size, shuffle=True, seed=settings.seed)
     train_epochs(local, loader, settings, device, optimizer=optimizer)
     return local
-
-
-def personalization_metrics(
-    model: nn.Module,
-    site_train: Split,
-    site_val: Split,
-    settings: TrainSettings,
-    device: torch.device,
-) -> dict[str, float]:
-    """Held-out metrics after head fine-tuning, keys prefixed ``personal_``."""
-    tuned = personalize_head(model, site_train, settings, device)
-    metrics = evaluate_split(tuned, site_val, device)
-    return {f"personal_{k}": v for k, v in metrics.items() if v == v}
 
 
 def prefixed(metrics: Mapping[str, float], prefix: str) -> dict[str, float]:

@@ -158,17 +158,23 @@ def train_epochs(
     settings: TrainSettings,
     device: torch.device,
     optimizer: torch.optim.Optimizer | None = None,
+    anchor: list[torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Train in place for ``settings.epochs`` (or ``settings.max_steps`` batches).
 
     Returns the mean training loss and the number of steps. With
-    ``proximal_mu > 0`` the FedProx proximal term against the weights the model
-    had on entry is added to every batch loss.
+    ``proximal_mu > 0`` the FedProx proximal term against ``anchor`` (detached
+    tensors in ``model.parameters()`` order; default: the weights the model had on
+    entry) is added to every batch loss; Ditto anchors a personal model to the
+    round's global weights this way.
     """
     model.to(device).train()
     if optimizer is None:
         optimizer = OPTIMIZERS[settings.optimizer](model.parameters(), settings)
-    global_params = [p.detach().clone() for p in model.parameters()]
+    if anchor is None:
+        global_params = [p.detach().clone() for p in model.parameters()]
+    else:
+        global_params = [a.detach().to(device) for a in anchor]
     criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
     total, count, steps = 0.0, 0, 0
     for x, y in training_batches(loader, settings):

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 from flwr.app import (
+    Array,
     ArrayRecord,
     ConfigRecord,
     Message,
@@ -172,6 +174,7 @@ class Screened:
         wait_for_hospitals: float = 600.0,
         seed: int = 0,
         update_encoding: str = PLAIN,
+        local_keys: Iterable[str] = (),
         **kwargs: Any,
     ) -> None:
         if min_hospitals < 1:
@@ -201,6 +204,10 @@ class Screened:
             )
         self._layout: Layout = {}
         self._names: dict[int, str] = {}
+        # Personalised FL (fedrep, fenda): keys that stay at the hospitals. Their
+        # replies leave them out; the global values fill them back in, so every
+        # aggregation leaves those keys as they are.
+        self.local_keys = frozenset(local_keys)
 
     # -- sampling ------------------------------------------------------------------
 
@@ -317,6 +324,8 @@ class Screened:
             problem = self._decode_reply(msg.content) if is_train else None
             if problem is None and is_train:
                 problem = self._densify(msg)
+            if problem is None and is_train:
+                problem = self._fill_local(msg)
             if problem is None:
                 problem = self._reply_problem(
                     server_round, msg.content, is_train=is_train
@@ -348,6 +357,30 @@ class Screened:
         if dense is not None:
             msg.content[self.arrayrecord_key] = dense
         return problem
+
+    def _fill_local(self, msg: Message) -> str | None:
+        """Complete a reply that left out exactly ``local_keys`` with the global
+        values (in place); return why it is unsound, or None.
+        """
+        arrays = msg.content.array_records.get(self.arrayrecord_key)
+        if not self.local_keys or arrays is None:
+            return None
+        sent = set(arrays)
+        if sent & self.local_keys:
+            return (
+                "the reply carries arrays that stay at the hospitals: "
+                f"{sorted(sent & self.local_keys)}"
+            )
+        # the global model's key order; any other missing or extra key stays
+        # missing or extra, for screening to refuse
+        full = OrderedDict(
+            (k, arrays[k] if k in sent else Array(v))
+            for k, v in self._global.items()
+            if k in sent or k in self.local_keys
+        )
+        full.update((k, arrays[k]) for k in sent if k not in full)
+        msg.content[self.arrayrecord_key] = ArrayRecord(full)
+        return None
 
     def _decode_reply(self, content: RecordDict) -> str | None:
         """Decode a train reply's arrays in place (``update-encoding``), so

@@ -35,6 +35,7 @@ def check_run(cfg: RunConfig) -> None:
     if any(c in cfg.run_name for c in "/\\") or cfg.run_name in (".", ".."):
         raise ConfigError(f"'run-name' must be a plain name, got {cfg.run_name!r}.")
     check_privacy(cfg)
+    check_personalization(cfg)
     check_normalisation(cfg)
     check_stats(cfg)
     check_encoding(cfg)
@@ -106,6 +107,7 @@ def check_recommendation(cfg: RunConfig) -> None:
         ("normalisation", cfg.normalisation != "per-site"),
         ("local-norm", cfg.local_norm),
         ("personalize-epochs", cfg.personalize_epochs > 0),
+        ("personalization", cfg.personalization != "none"),
         ("init-model", bool(cfg.init_model)),
     ):
         if active:
@@ -314,6 +316,12 @@ def check_dp_exclusions(cfg: RunConfig) -> None:
             "metrics it releases would fall outside the guarantee",
         ),
         (
+            "personalization",
+            cfg.personalization != "none",
+            "personal models are trained (and their metrics released) without "
+            "DP-SGD",
+        ),
+        (
             "task",
             cfg.task == "vertical",
             "vertical FL exchanges embeddings and gradients that DP-SGD does not cover",
@@ -434,4 +442,56 @@ def check_encoding(cfg: RunConfig) -> None:
                 f"update-encoding='{cfg.update_encoding}' cannot be used with "
                 f"'{key}' = {getattr(cfg, key.replace('-', '_'))!r}: {why}; "
                 "use update-encoding='float32'."
+            )
+
+
+def check_personalization(cfg: RunConfig) -> None:
+    """``personalization``: the keys it needs and what it does not compose with.
+
+    ``fedrep`` and ``fenda`` send part of the model only: secure aggregation (it
+    sums whole-model vectors) and compressed encodings (decoded by the whole
+    model's layout) are refused, and so is a model without a body (``logreg``).
+    ``finetune``, ``ditto`` and ``apfl`` send the whole model and compose with
+    both. Every method is refused under DP (see :func:`check_dp_exclusions`).
+    """
+    method = cfg.personalization
+    if method == "finetune" and cfg.personalize_epochs == 0:
+        raise ConfigError(
+            "personalization='finetune' needs 'personalize-epochs' >= 1 (its local "
+            "fine-tuning epochs)."
+        )
+    if method in ("none", "finetune"):
+        return
+    for key, active, why in (
+        (
+            "personalize-epochs",
+            cfg.personalize_epochs > 0,
+            "it fine-tunes the global model's head; the personal model is the "
+            "method's own (use personalization='finetune' for fine-tuning)",
+        ),
+        ("local-norm", cfg.local_norm, "FedBN composes with 'finetune' only"),
+    ):
+        if active:
+            raise ConfigError(
+                f"'{key}' cannot be combined with personalization='{method}': {why}."
+            )
+    if method not in ("fedrep", "fenda"):
+        return
+    for key, active, why in (
+        ("model", cfg.model_name == "logreg", "a logistic regression is all head"),
+        (
+            "secure-aggregation",
+            cfg.secure_aggregation,
+            "secure aggregation sums whole-model updates",
+        ),
+        (
+            "update-encoding",
+            cfg.update_encoding != "float32",
+            "encoded replies are decoded by the whole model's layout",
+        ),
+    ):
+        if active:
+            raise ConfigError(
+                f"'{key}' cannot be used with personalization='{method}', whose "
+                f"replies hold the model without its head: {why}."
             )

@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from app.personalization import METHODS as PERSONALIZATION_METHODS
 from data.preprocessing import NORMALISATIONS
 from data.registry import DATASETS, TASKS
 from models import MODELS
@@ -696,6 +697,37 @@ class RunConfigKeys:
             "FedBN-style: normalisation layers stay local to each hospital (`model "
             '= "mlp-norm"`).'
         ),
+    )
+    personalization: str = key(
+        "none",
+        "personalization",
+        choices=tuple(PERSONALIZATION_METHODS),
+        help=(
+            "Personalised FL (app/personalization/): each hospital also keeps a "
+            "model of its own, never sent; `personal_*` metrics score it. "
+            "`finetune` = `personalize-epochs` head fine-tuning."
+        ),
+    )
+    ditto_lambda: float = key(
+        0.1,
+        "personalization",
+        low=0.0,
+        high=1e6,
+        help="Ditto: weight of the personal model's pull toward the global one.",
+    )
+    apfl_alpha: float = key(
+        0.5,
+        "personalization",
+        low=0.0,
+        high=1.0,
+        help="APFL: initial weight of the local model in the mixture (then learned).",
+    )
+    fedrep_head_epochs: int = key(
+        1,
+        "personalization",
+        low=1,
+        high=1000,
+        help="FedRep: local epochs on the hospital's head before the shared body's.",
     )
     secure_aggregation: bool = key(
         False,

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 
 from app.client.hospital import model_spec, task_contract
 from app.config import RunConfig
+from app.personalization import build_method
 from app.privacy.cohort_stats import GlobalNormalisation
 from app.privacy.server import PrivacyReport, with_privacy
 from app.secagg.registry import secure_aggregator
@@ -396,7 +397,12 @@ def build(cfg: RunConfig, run_id: int, resume: Checkpoint | None) -> Federation:
     model = spec.build()
     if cfg.init_model:  # transfer: start from a model trained on a source population
         model.load_state_dict(load_initial_weights(cfg.init_model, spec, info))
-    strategy = with_privacy(cfg, build_strategy(cfg.strategy, **strategy_options(cfg)))
+    # personalised FL: keys that stay at the hospitals (fedrep, fenda: the head)
+    local_keys = build_method(cfg).local_keys(model)
+    strategy = with_privacy(
+        cfg,
+        build_strategy(cfg.strategy, **strategy_options(cfg), local_keys=local_keys),
+    )
     run = Federation(
         cfg=cfg,
         dataset=dataset,
