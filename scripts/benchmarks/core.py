@@ -250,6 +250,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="smaller, faster settings")
     parser.add_argument(
+        "--personalized",
+        action="store_true",
+        help="imaging: personalised FL methods, per hospital (a short budget)",
+    )
+    parser.add_argument(
         "--data",
         type=Path,
         default=None,

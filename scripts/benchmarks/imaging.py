@@ -308,6 +308,10 @@ def averaged(model: torch.nn.Module, averaging: ModelEMA) -> torch.nn.Module:
 
 @register("imaging")
 def imaging_benchmark(args: argparse.Namespace) -> BenchmarkResult:
+    if getattr(args, "personalized", False):  # personalised FL, a short budget
+        from scripts.benchmarks.personalization import imaging_personalized
+
+        return imaging_personalized(args)
     data = default_data_root(args) / "medmnist" / "breastmnist.npz"
     if not data.is_file():
         raise SystemExit(f"benchmark imaging: {data} not found (set --data-root).")
