@@ -21,6 +21,7 @@ from scripts.benchmarks.core import (
     write_result,
 )
 from scripts.benchmarks.federation import federate
+from scripts.benchmarks.personalization import HEART_GLOBAL_RECIPES, HEART_PERSONALISED
 from scripts.benchmarks.suites import (
     HEART_METHODS,
     RoundTimes,
@@ -149,6 +150,21 @@ def test_heart_quick_has_every_method(tmp_path):
         "fedyogi",
         "fedavg+finetune",
     )
+    # personalised FL: each record scored by its hospital's model; the same run's
+    # global model where the method has one
+    assert result.summary["best_personalised_method"] in (
+        "fedavg+finetune",
+        *HEART_PERSONALISED,
+    )
+    assert result.summary["best_global_method"] in (
+        "fedavg",
+        "fedprox",
+        "fedyogi",
+        *HEART_GLOBAL_RECIPES,
+    )
+    methods = result.details["methods"]
+    assert "global_pooled_accuracy" in methods["ditto"]
+    assert "global_pooled_accuracy" not in methods["fenda"]
     for name in result.plots:
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
 
