@@ -158,24 +158,20 @@ def personalization_suite(args: argparse.Namespace) -> BenchmarkResult:
 # run-config changes on HEART_CONFIG. Chosen on tuning seeds 1000-1002 only
 # (docs/experiments.md, "Personalised FL"); reported on seeds 0-4.
 HEART_GLOBAL_RECIPES: dict[str, dict[str, Any]] = {
-    "fedavg+public-bounds": {"normalisation": "public-bounds"},
+    "fedavg+public-bounds": {"normalisation": "public-bounds", "learning-rate": 0.1},
 }
+PUBLIC_BOUNDS = {"normalisation": "public-bounds"}
+SMALL_MLP = {"model": "mlp", "mlp-hidden": 16, "mlp-layers": 1}
 HEART_PERSONALISED: dict[str, dict[str, Any]] = {
-    "finetune": {"personalization": "finetune", "personalize-epochs": 5},
-    "ditto": {"personalization": "ditto"},
-    "apfl": {"personalization": "apfl"},
-    "fedrep": {
-        "personalization": "fedrep",
-        "model": "mlp",
-        "mlp-hidden": 16,
-        "mlp-layers": 1,
+    "finetune": {
+        **PUBLIC_BOUNDS,
+        "personalization": "finetune",
+        "personalize-epochs": 5,
     },
-    "fenda": {
-        "personalization": "fenda",
-        "model": "mlp",
-        "mlp-hidden": 16,
-        "mlp-layers": 1,
-    },
+    "ditto": {**PUBLIC_BOUNDS, "personalization": "ditto", "ditto-lambda": 0.01},
+    "apfl": {**PUBLIC_BOUNDS, "personalization": "apfl", "learning-rate": 0.1},
+    "fedrep": {**PUBLIC_BOUNDS, **SMALL_MLP, "personalization": "fedrep"},
+    "fenda": {**PUBLIC_BOUNDS, **SMALL_MLP, "personalization": "fenda"},
 }
 # fedrep and fenda never train the server's head: their runs have no global model
 NO_GLOBAL_MODEL = ("fedrep", "fenda")
