@@ -50,13 +50,14 @@ def wdbc_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def client_training(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, dict]]:
     """Record every ClientApp training call: ``(TrainSettings, returned stats)``."""
-    import app.client_app as client_module
+    # the ClientApp trains through its personalization method (plain: base.Method)
+    import app.personalization.base as client_module
 
     calls: list[tuple[Any, dict]] = []
     train = client_module.train_epochs
 
-    def spy(model, loader, settings, device, optimizer=None):  # noqa: ANN001
-        out = train(model, loader, settings, device, optimizer)
+    def spy(model, loader, settings, device, optimizer=None, anchor=None):  # noqa: ANN001
+        out = train(model, loader, settings, device, optimizer, anchor)
         calls.append((settings, out))
         return out
 

@@ -318,8 +318,7 @@ def check_dp_exclusions(cfg: RunConfig) -> None:
         (
             "personalization",
             cfg.personalization != "none",
-            "personal models are trained (and their metrics released) without "
-            "DP-SGD",
+            "personal models are trained (and their metrics released) without DP-SGD",
         ),
         (
             "task",

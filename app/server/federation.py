@@ -82,6 +82,7 @@ PREPROCESSING: dict[str, dict[str, Any]] = {
     },
 }
 
+
 def _federated(entry: RoundEntry) -> str:
     shown = ("hr@10", "ndcg@10", "coverage@10", "rmse", "auc", "accuracy")
     found = entry.federated or {}

@@ -324,7 +324,7 @@ def test_bad_update_is_rejected_and_the_rest_aggregated(
 def test_hospital_raising_mid_training_replies_an_error_without_detail(
     tmp_path: Path, monkeypatch
 ) -> None:
-    import app.client_app as client_module
+    import app.personalization.base as client_module  # the ClientApp's training
 
     real = client_module.train_epochs
 
