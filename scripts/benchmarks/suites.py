@@ -436,7 +436,7 @@ def heart_notes(settings: Mapping[str, Any], total_epochs: int) -> list[str]:
         "own "
         "test rows, 'pooled' scores every test record with its hospital's model.",
         "Same model (logistic regression, 13 features), per-site standardisation, SGD "
-        f"settings and {total_epochs} total epochs for every method "
+        f"settings and {total_epochs} total epochs for every baseline method "
         f"(federated: {settings['num-server-rounds']} rounds x "
         f"{settings['local-epochs']} local epoch).",
         "FLamby anchors: pooled 0.795, FedAvg 0.748, FedYogi 0.779 (their splits and "

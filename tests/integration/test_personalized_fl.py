@@ -156,3 +156,15 @@ def test_fedrep_federation_keeps_the_server_head_and_scores_personal_models(
     assert any(not torch.equal(final[k], initial[k]) for k in final)
     for metrics in run.last_evaluations().values():
         assert 0.5 < metrics["personal_accuracy"] <= 1.0
+
+
+def test_pooled_personal_weights_hospitals_by_their_test_rows():
+    from scripts.benchmarks.personalization import pooled_personal
+
+    evaluations = {
+        "a": {"personal_accuracy": 1.0, "num-examples": 30},
+        "b": {"personal_accuracy": 0.5, "num-examples": 10},
+    }
+    out = pooled_personal(evaluations, "personal_accuracy")
+    assert out == {"a": 1.0, "b": 0.5, "pooled": pytest.approx(35 / 40)}
+
