@@ -329,7 +329,8 @@ def _decision_stats(msg: Message, context: Context) -> Message:
         else None
     )
     minimum = hospital_min_records(context.node_config)
-    return _reply(msg, site, decision_metrics(site, probs, config, min_records=minimum))
+    metrics = decision_metrics(site.val, probs, config, min_records=minimum)
+    return _reply(msg, site, metrics)
 
 
 @app.query(DECISION_QUERY)

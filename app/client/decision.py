@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from data.spec import HospitalData
+from data.spec import Split
 from models.decision import score_histograms, temperature_nll
 
 QUERY = "decision_stats"  # message type ``query.decision_stats``
@@ -26,7 +26,7 @@ WEIGHT = "num-examples"
 
 
 def decision_metrics(
-    site: HospitalData,
+    val: Split,
     probs: np.ndarray | None,
     config: Mapping[str, Any],
     *,
@@ -34,17 +34,17 @@ def decision_metrics(
 ) -> dict[str, Any]:
     """The reply's metrics: ``num-examples`` and the aggregates ``config`` asks for.
 
-    ``probs`` are the final model's class probabilities on ``site.val`` (None
-    when the split is empty).
+    ``probs`` are the final model's class probabilities on the hospital's
+    validation split ``val`` (None when it is empty).
     """
-    n = len(site.val)
+    n = len(val)
     if probs is None or n == 0 or n < min_records:
         return {WEIGHT: 0}
     out: dict[str, Any] = {WEIGHT: n}
     if bool(config.get(WANT_THRESHOLD)) and probs.shape[1] == 2:
-        hist = score_histograms(site.val.y, probs)
+        hist = score_histograms(val.y, probs)
         out[NEGATIVES] = [int(c) for c in hist[0]]
         out[POSITIVES] = [int(c) for c in hist[1]]
     if bool(config.get(WANT_TEMPERATURE)):
-        out[NLL] = [float(v) for v in temperature_nll(site.val.y, probs)]
+        out[NLL] = [float(v) for v in temperature_nll(val.y, probs)]
     return out
