@@ -5,8 +5,10 @@ heart-disease directory, a CSV; imaging: a MedMNIST ``.npz`` split, an image
 folder, the synthetic lesions), checked against what the model was built for,
 and scored with accuracy, balanced accuracy, ROC AUC, sensitivity/specificity or
 per-class recall, the confusion matrix, calibration and bootstrap confidence
-intervals. ``--out DIR`` adds report.json and PNG figures; ``--per-site`` scores
-every hospital's held-out split of the run's federation. Its arguments are
+intervals; a binary model's decisions at its stored threshold and at 0.5, after
+its stored temperature (:mod:`models.decision`). ``--out DIR`` adds report.json
+and PNG figures; ``--per-site`` scores every hospital's held-out split of the
+run's federation. Its arguments are
 declared in :mod:`scripts.evaluate_cli` (light, for ``--help``).
 """
 
