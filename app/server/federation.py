@@ -629,6 +629,12 @@ def finalize(
         log.info("Final server-side metrics: %s", _summary(final) or "none")
     else:  # no server-side test set: the hospitals' weighted held-out metrics
         log.info("Final federated held-out metrics: %s", _federated(final_round))
+    if decision is not None and decision.server_test:
+        log.info(
+            "At the stored threshold %.4f: %s",
+            decision.threshold,
+            _summary(decision.server_test),
+        )
     for line in reporter.privacy.lines():
         log.info(line)
     write_run_report(run.cfg, run.recorder)
