@@ -178,3 +178,14 @@ def test_a_hospital_sends_fixed_length_counts_or_nothing():
     assert decision_metrics(
         Split(np.zeros((0, 3)), y[:0]), None, asked, min_records=0
     ) == {WEIGHT: 0}
+
+
+def test_temperature_applies_to_more_than_two_classes():
+    rng = np.random.default_rng(7)
+    logits = rng.normal(0.0, 3.0, (300, 3))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(3, p=p) for p in calibrate(probs, 3.0)])
+    d = decide(y, probs, rule="none", temperature=True)
+    assert d.threshold is None and d.rule == "none" and 2.0 < d.temperature < 4.5
+    assert np.allclose(d.apply(probs).sum(axis=1), 1.0)
+    assert (d.apply(probs).argmax(axis=1) == probs.argmax(axis=1)).all()
