@@ -376,6 +376,10 @@ def imaging_benchmark(args: argparse.Namespace) -> BenchmarkResult:
         "Federated = real ServerApp/strategy/ClientApp code over the in-process "
         "Grid; test = the npz test split (156 images); each hospital holds out "
         "val-fraction of its share for its own evaluation.",
+        "threshold / *_at_threshold: the decision threshold the federated run "
+        "stored (threshold-rule, chosen on the hospitals' validation splits); the "
+        "centralized one chosen the same way on the pooled validation records; "
+        "sensitivity/specificity/accuracy without the suffix are at 0.5.",
         "cpu_s is this process's CPU time (the fair figure on a shared machine); "
         "wall_s depends on the machine's load.",
         f"server test AUC every {every} rounds (from round 0 = initial model): "
