@@ -35,6 +35,8 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from app.client import cache
+from app.client.decision import QUERY as DECISION_QUERY
+from app.client.decision import decision_metrics
 from app.client.hospital import (
     check_contract,
     hospital_name,
@@ -52,7 +54,7 @@ from app.privacy.cohort_stats import message_scaler, release_reply, reply_conten
 from app.recommendation import client as recommendation
 from app.secagg.client_mod import register as register_secure_aggregation
 from app.secagg.client_mod import secure_train_mod
-from app.stats.client import stats_reply
+from app.stats.client import hospital_min_records, stats_reply
 from app.stats.query import QUERY as FEDERATED_STATS_QUERY
 from app.vertical.client import register as register_vertical
 from data.base import standardized
@@ -62,6 +64,7 @@ from models.personalization import LocalNorm, prefixed
 from models.training import (
     evaluate_split,
     pick_device,
+    predict_proba,
     seed_torch,
     set_deterministic,
 )
@@ -308,6 +311,28 @@ def federated_stats(msg: Message, context: Context) -> Message:
     """Answer a federated-statistics query (aggregates only; app/stats)."""
     try:
         return stats_reply(msg, context)
+    except Exception as err:  # one hospital's failure must not end the federation
+        return _error(msg, context, err)
+
+
+def _decision_stats(msg: Message, context: Context) -> Message:
+    cfg, site, model = _setup(msg, context)
+    config = msg.content.config_records.get("config", ConfigRecord())
+    probs = (
+        predict_proba(model, site.val.x, pick_device(cfg.device))
+        if len(site.val)
+        else None
+    )
+    minimum = hospital_min_records(context.node_config)
+    metrics = decision_metrics(site.val, probs, config, min_records=minimum)
+    return _reply(msg, site, metrics)
+
+
+@app.query(DECISION_QUERY)
+def decision_stats(msg: Message, context: Context) -> Message:
+    """Send the final model's validation score histograms and NLL sums."""
+    try:
+        return _decision_stats(msg, context)
     except Exception as err:  # one hospital's failure must not end the federation
         return _error(msg, context, err)
 

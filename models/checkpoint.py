@@ -27,9 +27,12 @@ def save_model(
     *,
     run_config: dict[str, Any],
     preprocessing: dict[str, Any],
+    decision: dict[str, Any] | None = None,
 ) -> None:
     """Write ``state_dict`` with its model spec, data description and run config.
 
+    ``decision`` (:class:`models.decision.Decision` as a dict) is the decision
+    threshold and temperature chosen on the validation splits, when there is one.
     Only tensors and plain Python values are stored, so ``load_model`` can use
     ``torch.load(weights_only=True)``.
     """
@@ -42,6 +45,8 @@ def save_model(
         "run_config": run_config,
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
     }
+    if decision is not None:
+        payload["decision"] = decision
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)

@@ -5,8 +5,10 @@ heart-disease directory, a CSV; imaging: a MedMNIST ``.npz`` split, an image
 folder, the synthetic lesions), checked against what the model was built for,
 and scored with accuracy, balanced accuracy, ROC AUC, sensitivity/specificity or
 per-class recall, the confusion matrix, calibration and bootstrap confidence
-intervals. ``--out DIR`` adds report.json and PNG figures; ``--per-site`` scores
-every hospital's held-out split of the run's federation. Its arguments are
+intervals; a binary model's decisions at its stored threshold and at 0.5, after
+its stored temperature (:mod:`models.decision`). ``--out DIR`` adds report.json
+and PNG figures; ``--per-site`` scores every hospital's held-out split of the
+run's federation. Its arguments are
 declared in :mod:`scripts.evaluate_cli` (light, for ``--help``).
 """
 
@@ -31,6 +33,7 @@ from data.registry import get_dataset
 from data.spec import DataError, Split
 from data.tabular import read_labelled_csv, standardize_for_evaluation
 from models.checkpoint import ModelFileError, load_model
+from models.decision import Decision, threshold_metrics
 from models.metrics import (
     bootstrap_ci,
     brier_score,
@@ -248,6 +251,24 @@ def clinical_report(
     return report
 
 
+def decision_report(
+    y_true: np.ndarray, probs: np.ndarray, decision: Decision | None
+) -> dict[str, Any]:
+    """Binary decisions at the stored threshold and at 0.5, each labelled.
+
+    ``probs`` are already calibrated by the stored temperature. Without a stored
+    threshold only the 0.5 figures (what argmax decides) are given.
+    """
+    if probs.shape[1] != 2:
+        return {}
+    out: dict[str, Any] = {"at_0.5": threshold_metrics(y_true, probs, 0.5)}
+    if decision is not None:
+        out["decision"] = decision.to_dict()
+        if decision.threshold is not None:
+            out["at_threshold"] = threshold_metrics(y_true, probs, decision.threshold)
+    return out
+
+
 def _class_names(payload: dict[str, Any]) -> list[str]:
     n = int(payload["data"]["num_classes"])
     names = list(payload["data"].get("class_names") or [])
@@ -293,9 +314,22 @@ def _print_summary(report: dict[str, Any]) -> None:
         f"{k}: {v:.3f}" for k, v in report["per_class_recall"].items() if v is not None
     )
     lines.append(f"  per-class recall   {recall}")
+    for key in ("at_threshold", "at_0.5"):
+        if key in report:
+            at = report[key]
+            label = f"stored threshold {at['threshold']:.3f}"
+            label = "0.5" if key == "at_0.5" else label
+            lines.append(
+                f"  at {label}: sensitivity {_num(at['sensitivity'])}, specificity "
+                f"{_num(at['specificity'])}, accuracy {_num(at['accuracy'])}"
+            )
     for note in report.get("notes", []):
         lines.append(f"  note: {note}")
     print("\n".join(lines), file=sys.stderr)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 # ------------------------------------------------------------------ per site
@@ -380,6 +414,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"medflower evaluate: {err}", file=sys.stderr)
         return 2
     probs = predict_proba(model, data.split.x, pick_device(args.device))
+    decision = Decision.from_dict(payload.get("decision"))
+    if decision is not None and decision.temperature is not None:
+        probs = decision.apply(probs)
+        data.notes.append(
+            f"probabilities scaled by the stored temperature {decision.temperature:.3f}"
+        )
     y = data.split.y
     names = _class_names(payload)
     report: dict[str, Any] = {
@@ -391,6 +431,7 @@ def run(args: argparse.Namespace) -> int:
         "class_names": names,
         "class_counts": np.bincount(y, minlength=len(names)).tolist(),
         **clinical_report(y, probs, names, resamples=args.bootstrap, seed=args.seed),
+        **decision_report(y, probs, decision),
     }
     if data.notes:
         report["notes"] = data.notes

@@ -10,7 +10,10 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Evaluate a saved final_model.pt on held-out data."
+    parser.description = (
+        "Evaluate a saved final_model.pt on held-out data (binary models: also at "
+        "the decision threshold stored with the model and at 0.5)."
+    )
     parser.add_argument("--model", required=True, type=Path, help="a final_model.pt")
     parser.add_argument(
         "--data",

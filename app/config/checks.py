@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING
 
-from app.config.keys import ConfigError
+from app.config.keys import ConfigError, RunConfigKeys
 from data.preprocessing import GLOBAL_NORMALISATIONS
 from data.registry import DATASETS, dataset_class
 from models import MODELS
@@ -40,6 +40,7 @@ def check_run(cfg: RunConfig) -> None:
     check_stats(cfg)
     check_encoding(cfg)
     check_contribution(cfg)
+    check_decision(cfg)
 
 
 def check_task(cfg: RunConfig) -> None:
@@ -62,6 +63,45 @@ def check_task(cfg: RunConfig) -> None:
             f"model='{cfg.model}' is a {model_task} model but "
             f"task='{cfg.task}'; use one of {', '.join(fitting)} (or 'auto')."
         )
+
+
+def check_decision(cfg: RunConfig) -> None:
+    """An explicit threshold rule or calibration needs what its query releases.
+
+    After the last round each hospital sends histograms of its validation scores
+    and NLL sums (aggregates, but not noised nor masked): refused under ``dp`` or
+    ``secure-aggregation`` rather than releasing outside their protection, and
+    for tasks without class scores. ``auto`` resolves to ``none`` there.
+    """
+    asked = [
+        (name, value)
+        for name, value, off in (
+            ("threshold-rule", cfg.threshold_rule, ("auto", "none")),
+            ("calibration", cfg.calibration, ("none",)),
+        )
+        if value not in off
+    ]
+    default = RunConfigKeys.__dataclass_fields__["target_sensitivity"].default
+    if cfg.target_sensitivity != default and cfg.threshold_rule != "sensitivity":
+        raise ConfigError(
+            f"'target-sensitivity' = {cfg.target_sensitivity} has no effect with "
+            f"threshold-rule='{cfg.threshold_rule}'; set threshold-rule='sensitivity'."
+        )
+    if not asked:
+        return
+    name, value = asked[0]
+    for key, active in (
+        ("task", cfg.task not in ("tabular", "imaging")),
+        ("dp", cfg.dp != "none"),
+        ("secure-aggregation", cfg.secure_aggregation),
+    ):
+        if active:
+            raise ConfigError(
+                f"'{name}' = {value!r} releases the hospitals' validation score "
+                f"histograms and NLL sums unprotected; it cannot be used with "
+                f"'{key}' = {getattr(cfg, key.replace('-', '_'))!r} (use "
+                f"'{name}' = {'none' if name == 'calibration' else 'auto'!r})."
+            )
 
 
 def check_contribution(cfg: RunConfig) -> None:

@@ -483,6 +483,41 @@ class RunConfigKeys:
             "set), recorded as `selected_round` in `history.json`."
         ),
     )
+    threshold_rule: str = key(
+        "auto",
+        "evaluation",
+        choices=("auto", "youden", "sensitivity", "none"),
+        help=(
+            "Decision threshold stored in `final_model.pt`, chosen after the last "
+            "round on the hospitals' pooled validation splits from per-class score "
+            "histograms (docs/evaluation.md): `youden` maximises sensitivity + "
+            "specificity - 1, `sensitivity` takes the highest threshold reaching "
+            "`target-sensitivity`, `none` stores none (0.5 applies); `auto`: "
+            "`youden` for a binary tabular or imaging task without `dp` or "
+            "`secure-aggregation`, else `none`. Explicit rules need a binary task, "
+            "`dp='none'` and no secure aggregation."
+        ),
+    )
+    target_sensitivity: float = key(
+        0.9,
+        "evaluation",
+        low=0.0,
+        high=0.999,
+        low_open=True,
+        help="The sensitivity `threshold-rule='sensitivity'` must reach, in (0, 1).",
+    )
+    calibration: str = key(
+        "none",
+        "evaluation",
+        choices=("none", "temperature"),
+        help=(
+            "`temperature`: temperature scaling fitted after the last round on the "
+            "hospitals' pooled validation splits (each sends its NLL summed over a "
+            "fixed grid of temperatures), stored in `final_model.pt` and applied by "
+            "`medflower evaluate`; tabular or imaging, not with `dp` or "
+            "`secure-aggregation`."
+        ),
+    )
     model_ema: float = key(
         0.0,
         "strategy",

@@ -36,7 +36,8 @@ from app.server.checkpoints import (
     set_rng_state,
 )
 from app.server.contribution import SiteContribution
-from app.server.history import RocCurve, RoundEntry, SelectedRound
+from app.server.decision import choose_decision, resolved_rule, stored
+from app.server.history import DecisionEntry, RocCurve, RoundEntry, SelectedRound
 from app.server.mlflow_tracking import MlflowTracker
 from app.server.outputs import RunRecorder
 from app.server.report import roc_curves, write_report
@@ -48,6 +49,7 @@ from data.registry import get_dataset
 from data.spec import DatasetInfo, Split
 from models import ModelSpec
 from models.checkpoint import load_model, save_model
+from models.decision import Decision, calibrate, threshold_metrics
 from models.personalization import load_initial_weights
 from models.training import (
     evaluate_split,
@@ -272,8 +274,12 @@ class Federation:
     tensorboard: TensorBoardLogger | None = None
     mlflow: MlflowTracker | None = None
 
-    def save(self, path: Path, arrays: ArrayRecord) -> None:
-        """Save ``arrays`` as a model file sites can apply (with its preprocessing)."""
+    def save(
+        self, path: Path, arrays: ArrayRecord, decision: Decision | None = None
+    ) -> None:
+        """Save ``arrays`` as a model file sites can apply (with its preprocessing
+        and, for the final model, its decision threshold and temperature).
+        """
         save_model(
             path,
             arrays.to_torch_state_dict(),
@@ -285,6 +291,7 @@ class Federation:
                 if self.norm is None
                 else self.norm.preprocessing()
             ),
+            decision=None if decision is None else decision.to_dict(),
         )
 
     def checkpoint(
@@ -363,7 +370,7 @@ def run_federation(
     result = run_rounds(run, runner)
     if result.stopped is not None:
         return stop(run, result)
-    return finalize(run, result, selection, reporter)
+    return finalize(run, result, selection, reporter, grid)
 
 
 # ------------------------------------------------------------------ build
@@ -394,6 +401,7 @@ def build(cfg: RunConfig, run_id: int, resume: Checkpoint | None) -> Federation:
         and dataset.has_server_test
         else None
     )
+    resolved_rule(cfg, info.num_classes)  # an explicit rule needs two classes
     spec = model_spec(cfg, info)
     model = spec.build()
     if cfg.init_model:  # transfer: start from a model trained on a source population
@@ -596,10 +604,14 @@ def finalize(
     result: RunResult,
     selection: BestRound | None,
     reporter: RoundReporter,
+    grid: Grid,
 ) -> FederationOutcome:
-    """Save the final model, its ROC curve and privacy summary; write the report."""
+    """Choose the final model's decision threshold; save it, its ROC curve and
+    privacy summary; write the report.
+    """
     arrays, final_round = final_model(run, result, selection)
-    run.save(run.recorder.model_path, arrays)
+    decision = final_decision(run, grid, arrays)
+    run.save(run.recorder.model_path, arrays, stored(decision))
     if selection is not None:
         selection.path.unlink(missing_ok=True)
     final = final_round.server if final_round is not None else {}
@@ -608,22 +620,54 @@ def finalize(
         run.model.load_state_dict(arrays.to_torch_state_dict())
         probs = predict_proba(run.model, run.test.x, pick_device(run.cfg.device))
         roc = roc_curves(run.test.y, probs, run.info.class_names)
+        if decision is not None and decision.threshold is not None:
+            decision.server_test = threshold_metrics(
+                run.test.y, calibrate(probs, decision.temperature), decision.threshold
+            )
     run.recorder.finish(
         "completed",
         final_server_metrics=final,
         privacy=reporter.privacy.final(),
         roc=roc,
+        decision=decision,
     )
     log.info("Run finished. Outputs: %s", run.recorder.dir)
     if final or final_round is None or not final_round.federated:
         log.info("Final server-side metrics: %s", _summary(final) or "none")
     else:  # no server-side test set: the hospitals' weighted held-out metrics
         log.info("Final federated held-out metrics: %s", _federated(final_round))
+    if decision is not None and decision.server_test:
+        log.info(
+            "At the stored threshold %.4f: %s",
+            decision.threshold,
+            _summary(decision.server_test),
+        )
     for line in reporter.privacy.lines():
         log.info(line)
     write_run_report(run.cfg, run.recorder)
     run.end_tracking("completed")
     return FederationOutcome("completed", run.recorder, result)
+
+
+def final_decision(
+    run: Federation, grid: Grid, arrays: ArrayRecord
+) -> DecisionEntry | None:
+    """The decision threshold and temperature of ``arrays`` (None: none asked).
+
+    A failure here is logged and leaves the model without a decision: the run's
+    training is done and must not be lost to it.
+    """
+    try:
+        return choose_decision(
+            grid,
+            run.cfg,
+            arrays,
+            contract=run.contract,
+            num_classes=run.info.num_classes,
+        )
+    except Exception:
+        log.exception("Could not choose a decision threshold; saving without one.")
+        return None
 
 
 def write_run_report(cfg: RunConfig, recorder: RunRecorder) -> None:

@@ -141,6 +141,29 @@ class SelectedRound(_Record):
 
 
 @dataclass
+class DecisionEntry(_Record):
+    """The decision threshold and temperature stored with the final model.
+
+    Chosen after the last round from the hospitals' validation score histograms
+    and NLL sums (:mod:`app.server.decision`); ``threshold`` applies to the
+    class-1 probability after ``temperature``. ``validation`` holds the pooled
+    validation sensitivity/specificity at the threshold (from the histograms),
+    ``server_test`` the server's test metrics at it; ``hospitals`` those whose
+    numbers were used, ``left_out`` the others and why.
+    """
+
+    rule: str
+    records: int
+    threshold: float | None = None
+    temperature: float | None = None
+    target_sensitivity: float | None = None
+    hospitals: list[str] = field(default_factory=list)
+    left_out: dict[str, str] | None = None
+    validation: Metrics | None = None
+    server_test: Metrics | None = None
+
+
+@dataclass
 class Resume(_Record):
     """One ``resume-from`` of the run: where it continued and how it had ended."""
 
@@ -225,6 +248,7 @@ class RunHistory(_Record):
     class_names: list[str] | None = None
     normalisation: dict[str, Any] | None = None  # a global normalisation's record
     selected_round: SelectedRound | None = None
+    decision: DecisionEntry | None = None
     stop_reason: str | None = None
     last_round: int | None = None
     final_server_metrics: Metrics | None = None
@@ -263,6 +287,10 @@ class RunHistory(_Record):
         if data.get("selected_round") is not None:
             values["selected_round"] = SelectedRound.from_json(
                 data["selected_round"], f"{where}: selected_round"
+            )
+        if data.get("decision") is not None:
+            values["decision"] = DecisionEntry.from_json(
+                data["decision"], f"{where}: decision"
             )
         return cls(**values)
 

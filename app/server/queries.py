@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from app.config import RunConfig
@@ -31,8 +31,12 @@ def ask_hospitals(
     message_type: str,
     config: Mapping[str, Any],
     group_id: str,
+    arrays: ArrayRecord | None = None,
 ) -> QueryReplies:
     """Send ``config`` (as the ``"config"`` record) to every connected hospital.
+
+    ``arrays`` (a model, as the hospitals expect it encoded) travel as
+    ``"arrays"`` when given.
 
     Waits for ``min-hospitals`` to connect (raising
     :class:`~strategies.sampling.FederationStopped` after
@@ -41,9 +45,12 @@ def ask_hospitals(
     """
     sampler = NodeSampler(cfg.min_hospitals, cfg.wait_for_hospitals, cfg.seed)
     nodes = sampler.connected(grid)
+    content: dict[str, Any] = {"config": ConfigRecord(dict(config))}
+    if arrays is not None:
+        content["arrays"] = arrays
     messages = [
         grid.create_message(
-            RecordDict({"config": ConfigRecord(dict(config))}),
+            RecordDict(content),
             message_type,
             node,
             group_id,

@@ -466,7 +466,36 @@ def _head(history: RunHistory) -> list[str]:
         keys = [k for k in (*SCORE_METRICS, "loss") if _finite(final.get(k))]
         parts.append("<p>Final server-side metrics:</p>")
         parts.append(_table(keys, [[float(final[k]) for k in keys]]))
+    parts.append(_decision_table(history))
     return parts
+
+
+def _decision_table(history: RunHistory) -> str:
+    """The stored decision threshold and temperature, and the figures at it."""
+    found = history.decision
+    if found is None:
+        return ""
+    rows: list[list[Any]] = [
+        ["rule", found.rule],
+        ["threshold (class-1 probability)", found.threshold or "none (argmax)"],
+        ["temperature", found.temperature or "none"],
+        [
+            "validation records",
+            f"{found.records} from {len(found.hospitals)} hospitals",
+        ],
+    ]
+    for label, metrics in (
+        ("pooled validation", found.validation),
+        ("server test", found.server_test),
+    ):
+        for key in ("sensitivity", "specificity"):
+            if metrics and _finite(metrics.get(key)):
+                rows.append([f"{label} {key} at the threshold", float(metrics[key])])
+    return (
+        "<p>Decision threshold stored with the final model (chosen on the "
+        "hospitals' validation splits, docs/evaluation.md):</p>"
+        + _table(["", ""], rows)
+    )
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,13 @@ import torch
 from app.client.hospital import model_spec, train_settings
 from app.client_app import app as client_app
 from app.config import RunConfig
+from app.server.decision import resolved_rule, stored
 from app.server.history import RoundEntry, RunHistory, read_history
 from app.server_app import app as server_app
 from data.spec import HospitalData, Split
 from models.checkpoint import load_model
-from models.training import evaluate_split, make_loader, train_epochs
+from models.decision import Decision, decide
+from models.training import evaluate_split, make_loader, predict_proba, train_epochs
 from scripts.harness.inprocess import InProcessGrid, full_run_config, run_inprocess
 
 CPU = torch.device("cpu")
@@ -76,6 +78,11 @@ class FederatedRun:
         if self.final_model is None:
             raise ValueError("this run saved no final_model.pt")
         return self.final_model
+
+    @property
+    def decision(self) -> Decision | None:
+        """The decision threshold and temperature stored with the final model."""
+        return stored(self.history.decision)
 
     @property
     def final_metrics(self) -> dict[str, Any]:
@@ -201,3 +208,19 @@ def local_only(
         **local,
         "pooled_mean_of_local_models": float(np.mean(across)),
     }
+
+
+def pooled_decision(
+    cfg: RunConfig, model: torch.nn.Module, held_out: Split, num_classes: int
+) -> Decision:
+    """The decision a centralised baseline stores: chosen as the federated run's
+    (same rule, same bins, same temperature grid) on the pooled held-out records.
+    """
+    probs = predict_proba(model, held_out.x, CPU)
+    return decide(
+        held_out.y,
+        probs,
+        rule=resolved_rule(cfg, num_classes),
+        target_sensitivity=cfg.target_sensitivity,
+        temperature=cfg.calibration == "temperature",
+    )

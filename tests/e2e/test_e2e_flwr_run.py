@@ -37,6 +37,9 @@ def test_flwr_run_two_rounds_three_hospitals(tmp_path):
     assert history["rounds"][2]["server"]["accuracy"] > 0.9
     assert (outputs / "latest" / "final_model.pt").is_file()
     assert (outputs / "e2e" / "report.html").is_file()
+    # the decision query (query.decision_stats) answered by all 3 under real Flower
+    assert history["decision"]["rule"] == "youden"
+    assert len(history["decision"]["hospitals"]) == 3
     # Progress: one summary line per round (round 0 = initial model), with an ETA.
     progress = [line for line in outcome.log.splitlines() if "] elapsed " in line]
     assert len(progress) == 3, progress

@@ -118,14 +118,15 @@ def test_a_hospital_refuses_a_run_without_dp_the_others_train(tmp_path):
     # The refusing hospital sent nothing but refusals, and its log says so.
     assert all(r.has_error() and r.error.code == POLICY_CODE for r in replies[0])
     assert {e["outcome"] for e in logs[0]} == {"refused"}
-    assert [e["message_type"] for e in logs[1]] == ["train", "evaluate"] * 2
+    decision = ["query.decision_stats"]  # the final model's validation histograms
+    assert [e["message_type"] for e in logs[1]] == ["train", "evaluate"] * 2 + decision
     assert sum(len(e["arrays"]) for e in logs[1]) == 2  # the two updates
     for entries, sent in zip(logs, replies, strict=True):
         _assert_log_matches(entries, sent)
     # medflower audit-log verify: passes on the real log, fails on an edited copy
     log = tmp_path / "audit-1.jsonl"
     ok = _cli("audit-log", "verify", str(log))
-    assert ok.returncode == 0 and "OK, 4 entries" in ok.stdout, ok.stderr
+    assert ok.returncode == 0 and "OK, 5 entries" in ok.stdout, ok.stderr
     lines = log.read_text().splitlines(keepends=True)
     edited = tmp_path / "edited.jsonl"
     edited.write_text("".join([lines[0], lines[1].replace('"round":1', '"round":2')]))

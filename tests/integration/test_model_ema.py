@@ -104,7 +104,11 @@ def test_run_saves_evaluates_and_checkpoints_the_average(tmp_path) -> None:
     assert all(torch.allclose(saved[k], expected[k], atol=1e-7) for k in saved)
     assert not all(torch.equal(saved[k], raw[k]) for k in saved)  # not the last round's
     # the hospitals evaluated the average, and trained from the raw global arrays
-    last = [m for m in grid.delivered if m.content["config"]["server-round"] == rounds]
+    last = [
+        m
+        for m in grid.delivered
+        if m.content["config"].get("server-round") == rounds  # not the decision query
+    ]
     sent = {
         m.metadata.message_type: m.content["arrays"].to_torch_state_dict() for m in last
     }

@@ -32,8 +32,9 @@ def test_server_app_writes_history_model_and_latest(tmp_path, keep_delivered):
         keep_delivered=keep_delivered,
     )
     # Without keep_delivered the grid holds no message copies, only their sizes.
-    assert len(grid.delivered) == (3 * 3 * 2 if keep_delivered else 0)
-    assert sum(t.direction == "down" for t in grid.traffic) == 3 * 3 * 2
+    # 3 rounds x (train + evaluate) x 3 hospitals, then the decision query to each
+    assert len(grid.delivered) == (3 * 3 * 2 + 3 if keep_delivered else 0)
+    assert sum(t.direction == "down" for t in grid.traffic) == 3 * 3 * 2 + 3
     history = read_history(tmp_path)
     assert history["status"] == "completed"
     assert [r["round"] for r in history["rounds"]] == [0, 1, 2, 3]
