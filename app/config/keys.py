@@ -354,7 +354,7 @@ class RunConfigKeys:
         "recommendation",
         choices=("all", "biases"),
         help=(
-            "`dp = \"local\"`: the shared arrays patient-level DP-SGD trains and "
+            '`dp = "local"`: the shared arrays patient-level DP-SGD trains and '
             "noises: `biases` (item biases and the global offset; item factors and "
             "NCF weights stay at the run's seeded initial values) or `all`."
         ),

@@ -131,9 +131,7 @@ def train_site_dp(
     trained = tuple(named) if trained is None else trained
     frozen = {k: v.detach() for k, v in named.items() if k not in trained}
     per_patient = vmap(
-        grad(
-            _patient_loss(model, settings.loss, settings.l2, frozen), argnums=(0, 1)
-        ),
+        grad(_patient_loss(model, settings.loss, settings.l2, frozen), argnums=(0, 1)),
         in_dims=(None, 0, 0, 0, 0, 0),
     )
     shared = make_optimizer([named[k] for k in trained], settings)
