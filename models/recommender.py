@@ -12,7 +12,9 @@ Both networks score a batch of (user vector, item) pairs with :meth:`score` and
 rank the whole catalogue for a batch of users with :meth:`score_all`; the width of
 the user vector they expect is :attr:`user_dim`. ``sparse_keys`` names the shared
 arrays whose rows are items: a site's update only changes the rows of the items
-it trained on, so it may send those rows alone (``rec-update = "sparse"``).
+it trained on, so it may send those rows alone (``rec-update = "sparse"``);
+``bias_keys`` names the per-item and global offsets, the part patient-level DP
+trains under ``rec-dp-shared = "biases"`` (:mod:`app.recommendation.dp`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class BiasedMF(nn.Module):
     """
 
     sparse_keys = ("item_embedding.weight", "item_bias.weight")
+    bias_keys = ("item_bias.weight", "global_bias")
 
     def __init__(self, num_items: int, dim: int = 32, init_std: float = 0.1) -> None:
         super().__init__()
@@ -74,6 +77,7 @@ class NeuralCF(nn.Module):
     """
 
     sparse_keys = ("item_gmf.weight", "item_mlp.weight", "item_bias.weight")
+    bias_keys = ("item_bias.weight", "head.bias")
 
     def __init__(
         self,

@@ -350,6 +350,16 @@ class RunConfigKeys:
             "secure aggregation needs dense."
         ),
     )
+    rec_dp_shared: str = key(
+        "biases",
+        "recommendation",
+        choices=("all", "biases"),
+        help=(
+            '`dp = "local"`: the shared arrays patient-level DP-SGD trains and '
+            "noises: `biases` (item biases and the global offset; item factors and "
+            "NCF weights stay at the run's seeded initial values) or `all`."
+        ),
+    )
     recommend_mode: str = key(
         "model",
         "recommendation",

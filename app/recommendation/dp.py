@@ -50,26 +50,41 @@ def padded_histories(train: Interactions, num_users: int):
     return torch.as_tensor(items), torch.as_tensor(values), torch.as_tensor(mask)
 
 
-def _patient_loss(model: nn.Module, loss: str, l2: float):
-    """Loss of one patient's whole history, as a function of (params, vector)."""
+def _patient_loss(model: nn.Module, loss: str, l2: float, frozen=None):
+    """Loss of one patient's whole history, as a function of (params, vector).
+
+    ``params`` are the trained shared arrays; ``frozen`` (name -> tensor) the
+    shared arrays held fixed, if any.
+    """
+    fixed = dict(frozen or {})
 
     def fn(params, vector, items, values, mask, negatives):
+        every = {**fixed, **params}
         vectors = vector.expand(len(items), -1)
-        score = functional_call(model, params, (vectors, items))
+        score = functional_call(model, every, (vectors, items))
         if loss == "mse":
             per_row = (score - values) ** 2
         else:
-            other = functional_call(model, params, (vectors, negatives))
+            other = functional_call(model, every, (vectors, negatives))
             per_row = -nn.functional.logsigmoid(score - other)
         total = (per_row * mask).sum() / mask.sum().clamp(min=1.0)
         if l2 > 0:
             total = total + l2 * (vector**2).sum()
             for key in model.sparse_keys:
-                rows = params[key][items] * mask[:, None]
+                rows = every[key][items] * mask[:, None]
                 total = total + l2 * (rows**2).sum() / mask.sum().clamp(min=1.0)
         return total
 
     return fn
+
+
+# ``rec-dp-shared``: the shared arrays DP-SGD trains (and noises); the others
+# stay exactly as received (the run's seeded initial values), so their release
+# is data-independent and costs no privacy.
+DP_SHARED = {
+    "all": lambda model: tuple(name for name, _ in model.named_parameters()),
+    "biases": lambda model: tuple(model.bias_keys),
+}
 
 
 def _noisy_step(
@@ -101,22 +116,29 @@ def train_site_dp(
     train: Interactions,
     settings: RecTrainSettings,
     dp: DPSettings,
+    trained: tuple[str, ...] | None = None,
 ) -> int:
-    """Patient-level DP-SGD on the shared parameters; returns the steps taken."""
+    """Patient-level DP-SGD on the shared arrays ``trained``; returns the steps.
+
+    ``trained`` defaults to every shared array; the others are held fixed.
+    """
     num_users = users.weight.shape[0]
     q = sample_rate(num_users, settings.batch_size)
     steps = settings.epochs * batches_per_epoch(num_users, settings.batch_size)
     histories = padded_histories(train, num_users)
     generator = torch.Generator().manual_seed(settings.seed)
+    named = dict(model.named_parameters())
+    trained = tuple(named) if trained is None else trained
+    frozen = {k: v.detach() for k, v in named.items() if k not in trained}
     per_patient = vmap(
-        grad(_patient_loss(model, settings.loss, settings.l2), argnums=(0, 1)),
+        grad(_patient_loss(model, settings.loss, settings.l2, frozen), argnums=(0, 1)),
         in_dims=(None, 0, 0, 0, 0, 0),
     )
-    shared = make_optimizer(list(model.parameters()), settings)
+    shared = make_optimizer([named[k] for k in trained], settings)
     private = make_optimizer(list(users.parameters()), settings)
     for _ in range(steps):
         chosen = torch.nonzero(torch.rand(num_users, generator=generator) < q).flatten()
-        params = {k: v.detach() for k, v in model.named_parameters()}
+        params = {k: named[k].detach() for k in trained}
         items, values, mask = (h[chosen] for h in histories)
         negatives = torch.randint(
             model.num_items, items.shape, generator=generator, dtype=torch.long
@@ -129,8 +151,8 @@ def train_site_dp(
             g_params = {k: torch.zeros((0, *v.shape)) for k, v in params.items()}
             g_users = torch.zeros((0, users.weight.shape[1]))
         noisy = _noisy_step(g_params, dp, q * num_users, generator)
-        for name, p in model.named_parameters():
-            p.grad = noisy[name]
+        for name in trained:
+            named[name].grad = noisy[name]
         users.weight.grad = torch.zeros_like(users.weight).index_add_(
             0, chosen, g_users
         )
@@ -162,7 +184,8 @@ def rec_dp_round(
         epochs=settings.epochs,
         node_config=node_config,
     )
-    steps = train_site_dp(model, users, train, settings, budget.dp)
+    trained = DP_SHARED[cfg.rec_dp_shared](model)
+    steps = train_site_dp(model, users, train, settings, budget.dp, trained)
     # the steps taken are data-independent: the history is the one just checked
     save_history(state, budget.future, budget.dp)
     return LocalDPOutcome(

@@ -3,8 +3,8 @@
 What is checked: only the shared model leaves a site (no patient id, no patient
 vector, in any message), sparse row updates give exactly the dense result with
 fewer bytes, FedProx's term covers exactly the shared parameters, patient-level
-DP is accounted as Opacus accounts it, and ``medflower recommend`` answers or
-names what is wrong.
+DP is accounted as Opacus accounts it (and by default trains only the item
+biases), and ``medflower recommend`` answers or names what is wrong.
 """
 
 from __future__ import annotations
@@ -172,6 +172,17 @@ def test_patient_level_dp_is_accounted_as_opacus_does(ratings, tmp_path):
             expected, rel=1e-6
         )
         assert expected <= 4.0 + 1e-6
+    # rec-dp-shared = "biases" (the default): the item factors come back as the
+    # server's seeded initial ones, the noised item biases do not
+    from app.client.hospital import model_spec
+
+    torch.manual_seed(sites.seed)
+    start = model_spec(sites, get_dataset(sites.data_spec()).info()).build()
+    final = run.model.state_dict()
+    torch.testing.assert_close(
+        final["item_embedding.weight"], start.item_embedding.weight.detach()
+    )
+    assert not torch.allclose(final["item_bias.weight"], start.item_bias.weight)
 
 
 def test_sparse_updates_are_refused_with_dp_by_name(ratings):

@@ -69,3 +69,33 @@ def test_clipping_bounds_each_patient_and_no_noise_sums():
     torch.testing.assert_close(
         out["a"], torch.tensor([0.6 + 0.3, 0.8 + 0.4]), atol=1e-5, rtol=0
     )
+
+
+def test_biases_only_leaves_the_factors_as_received_and_noises_every_bias():
+    from app.recommendation.dp import DP_SHARED, train_site_dp
+    from app.recommendation.training import RecTrainSettings
+    from models.recommender import UserTable
+
+    torch.manual_seed(0)
+    model = BiasedMF(6, dim=3)
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    users = UserTable(3, model.user_dim, seed=0)
+    before = users.weight.detach().clone()
+    dp = DPSettings(
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        delta=1e-5,
+        accountant="prv",
+        secure_rng=False,
+        grad_sampler="layers",
+        budget=float("inf"),
+    )
+    settings = RecTrainSettings(optimizer="sgd", learning_rate=0.1, batch_size=8)
+    trained = DP_SHARED["biases"](model)
+    assert train_site_dp(model, users, _rows(), settings, dp, trained) == 1
+    after = model.state_dict()
+    assert torch.equal(after["item_embedding.weight"], start["item_embedding.weight"])
+    # item 5 is in no history: noise moves its bias all the same
+    assert (after["item_bias.weight"] != start["item_bias.weight"]).all()
+    assert not torch.equal(users.weight.detach(), before)  # patients still fit
+    assert set(DP_SHARED["all"](model)) == set(start)
