@@ -519,7 +519,7 @@ class RunConfigKeys:
         help=(
             "Evaluate the global model (server test set, hospitals' held-out "
             "records) every N rounds, and always after round 0 and the last round; "
-            "0: about 30 times per run, every ceil(num-server-rounds / 30) rounds. "
+            "0: about 10 times per run, every ceil(num-server-rounds / 10) rounds. "
             "`select-best` compares the evaluated rounds only."
         ),
     )

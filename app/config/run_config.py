@@ -58,10 +58,10 @@ class RunConfig(RunConfigKeys):
 
     @property
     def evaluation_interval(self) -> int:
-        """Rounds between evaluations (``evaluate-every``; 0: about 30 per run)."""
+        """Rounds between evaluations (``evaluate-every``; 0: about 10 per run)."""
         if self.evaluate_every:
             return self.evaluate_every
-        return max(1, math.ceil(self.num_server_rounds / 30))
+        return max(1, math.ceil(self.num_server_rounds / 10))
 
     @classmethod
     def keys(cls) -> dict[str, Key]:
