@@ -33,6 +33,7 @@ from flwr.app import ArrayRecord
 from app.client.hospital import model_spec, train_settings
 from app.config import RunConfig
 from app.config.preset import preset_names
+from app.config.run_config import preset_values
 from app.server.averaging import ModelEMA
 from app.server.federation import BestRound
 from data.registry import get_dataset
@@ -189,10 +190,10 @@ def preset_setup(name: str, data: Path, *, quick: bool = False) -> Setup:
     Resolved as the app resolves it (:meth:`RunConfig.from_run_config`), with the
     benchmark's own data keys; a preset that is not an imaging one is refused.
     """
+    if preset_values(name).get("task") != "imaging":
+        raise SystemExit(f"benchmark imaging: preset '{name}' is not for images.")
     overrides = {"preset": name, "dataset": "medmnist", "data-path": str(data)}
     cfg = RunConfig.from_run_config(full_run_config(**overrides))
-    if cfg.task != "imaging":
-        raise SystemExit(f"benchmark imaging: preset '{name}' is not for images.")
     setup = Setup.from_config(cfg)
     return dataclasses.replace(setup, rounds=10) if quick else setup
 
