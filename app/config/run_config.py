@@ -94,11 +94,14 @@ class RunConfig(RunConfigKeys):
     def from_saved(cls, run_config: Mapping[str, Any]) -> RunConfig:
         """Parse a run config a run saved (``run_config.json``, a model file).
 
-        It holds the resolved values and the preset used, so applying that preset
-        again changes nothing; one saved before presets existed names none and is
-        read as it is (``preset='none'``), not completed from today's preset.
+        Its values are read as saved, the preset it names is not applied again
+        (one saved before presets existed, or built without parsing, would
+        otherwise be completed from today's preset); the name is kept when it is
+        still a shipped preset.
         """
-        return cls.from_run_config({"preset": NONE, **run_config})
+        cfg = cls.from_run_config({**run_config, "preset": NONE})
+        name = run_config.get("preset", NONE)
+        return cfg.replace(preset=name) if name in _KEYS["preset"].choices else cfg
 
     def to_run_config(self) -> dict[str, Any]:
         """Return the kebab-case mapping (as written to ``run_config.json``)."""

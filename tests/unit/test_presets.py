@@ -72,9 +72,10 @@ def test_resolution_is_stable_and_saved_configs_are_read_as_saved():
     cfg = RunConfig.from_run_config({"task": "imaging", **NPZ, "seed": 7})
     assert RunConfig.from_run_config(cfg.to_run_config()) == cfg
     assert RunConfig.from_saved(cfg.to_run_config()) == cfg
-    legacy = RunConfig(task="imaging", dataset="medmnist", data_path="/x.npz")
-    saved = {k: v for k, v in legacy.to_run_config().items() if k != "preset"}
-    assert RunConfig.from_saved(saved).strategy == "fedavg"  # not filled in
+    built = RunConfig(task="imaging", dataset="medmnist", data_path="/x.npz")
+    legacy = {k: v for k, v in built.to_run_config().items() if k != "preset"}
+    for saved in (built.to_run_config(), legacy):  # not completed from the preset
+        assert RunConfig.from_saved(saved).strategy == "fedavg"
 
 
 def test_unknown_preset_and_conflicts_are_refused_naming_the_preset():
