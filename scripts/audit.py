@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if args.shadow_models < 1:
         raise SystemExit(f"--shadow-models must be >= 1, got {args.shadow_models}")
     model, payload = load_model(args.model)
-    cfg = RunConfig.from_run_config(payload["run_config"])
+    cfg = RunConfig.from_saved(payload["run_config"])
     if args.data == "wdbc":
         cfg = cfg.replace(dataset="wdbc", data_path="")
     elif args.data:

@@ -69,7 +69,7 @@ def tabular_source(args: argparse.Namespace, payload: dict[str, Any]) -> EvalDat
     Like a new site (its own statistics), or with the global statistics saved in
     the model file by a ``normalisation = "dp-global"`` run.
     """
-    cfg = RunConfig.from_run_config(payload["run_config"])
+    cfg = RunConfig.from_saved(payload["run_config"])
     scaler = global_scaler(payload)
     data = args.data
     path = Path(data)
@@ -120,7 +120,7 @@ def imaging_source(args: argparse.Namespace, payload: dict[str, Any]) -> EvalDat
 
     Images are prepared at the model's input size (resized if the data differ).
     """
-    cfg = RunConfig.from_run_config(payload["run_config"])
+    cfg = RunConfig.from_saved(payload["run_config"])
     shape = tuple(payload["data"]["input_shape"])  # (C, *spatial)
     size = shape[1]
     data, path = args.data, Path(args.data)
@@ -351,7 +351,7 @@ def hospitals_of_run(model_path: Path) -> int:
 
 def per_site(args: argparse.Namespace, model: Any, payload: dict[str, Any]) -> int:
     """Score the model on every simulated hospital's held-out split."""
-    cfg = RunConfig.from_run_config(payload["run_config"])
+    cfg = RunConfig.from_saved(payload["run_config"])
     if args.data:
         cfg = cfg.replace(data_path=args.data)
     n = args.hospitals or hospitals_of_run(args.model)

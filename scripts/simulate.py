@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from scripts.flower.cluster import RayClusterError
@@ -21,6 +22,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--run-config",
         default="",
         help="e.g. \"num-server-rounds=3 strategy='fedprox'\"",
+    )
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="a run-config preset (app/config/presets/<name>.toml, e.g. imaging-2d; "
+        "docs/imaging.md#presets): its values fill every key --run-config leaves "
+        "at its default",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="the data file or folder (sets data-path to its absolute path)",
     )
     parser.add_argument(
         "--cpus-per-hospital",
@@ -66,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.hospitals < 1:
         raise SystemExit("--hospitals must be >= 1")
     output_dir = (args.output_dir or project_root() / "outputs").resolve()
-    run_config = args.run_config
+    run_config = with_options(args)
     if "output-dir" not in run_config:
         run_config = f"{run_config} output-dir='{output_dir}'".strip()
     at_once = concurrent_actors(args.hospitals, args.cpus_per_hospital)
@@ -103,6 +117,19 @@ def run(args: argparse.Namespace) -> int:
     if report.is_file():
         print(f"medflower: report: {report}")
     return 0
+
+
+def with_options(args: argparse.Namespace) -> str:
+    """``--run-config`` with ``--preset`` and ``--data`` added as their keys."""
+    options = {"preset": args.preset, "data-path": args.data and args.data.resolve()}
+    text = args.run_config
+    for key, value in options.items():
+        if value is None:
+            continue
+        if re.search(rf"(^|\s){key}\s*=", text):
+            raise SystemExit(f"give '{key}' once: in --run-config or as its option")
+        text = f"{text} {key}='{value}'".strip()
+    return text
 
 
 FEDERATED_SHOWN = ("hr@10", "ndcg@10", "rmse", "auc", "accuracy")

@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from app.config.preset import AUTO, NONE, TASK_PRESETS, preset_names
 from app.personalization import METHODS as PERSONALIZATION_METHODS
 from data.preprocessing import NORMALISATIONS
 from data.registry import DATASETS, TASKS
@@ -22,6 +23,7 @@ from strategies.encoding import ENCODINGS
 
 # Sections of docs/configuration.md, in order.
 GROUPS = (
+    "preset",
     "data",
     "model",
     "training",
@@ -151,6 +153,19 @@ class RunConfigKeys:
     the cross-key checks and derived settings.
     """
 
+    preset: str = key(
+        AUTO,
+        "preset",
+        choices=(AUTO, NONE, *preset_names()),
+        help=(
+            "A named set of key values (`app/config/presets/<name>.toml`; "
+            "docs/imaging.md#presets) filling every key left at its default; a "
+            "key given another value keeps it. `auto`: the task's preset ("
+            + ", ".join(f"{task} -> `{name}`" for task, name in TASK_PRESETS.items())
+            + "); `none`: the defaults below. run_config.json records the preset "
+            "used."
+        ),
+    )
     num_server_rounds: int = key(
         5, "training", low=1, high=10_000, help="Federated rounds."
     )
@@ -540,6 +555,18 @@ class RunConfigKeys:
             "server evaluate, `select-best` compares and `final_model.pt` holds, "
             "while training continues from the raw global model; post-processing, "
             "no privacy cost; 0 = off; not with `task='vertical'`."
+        ),
+    )
+    evaluate_every: int = key(
+        1,
+        "evaluation",
+        low=0,
+        high=10_000,
+        help=(
+            "Evaluate the global model (server test set, hospitals' held-out "
+            "records) every N rounds, and always after round 0 and the last round; "
+            "0: about 10 times per run, every ceil(num-server-rounds / 10) rounds. "
+            "`select-best` compares the evaluated rounds only."
         ),
     )
     tta: str = key(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from app.config import checks
 from app.config.keys import ConfigError, Key, RunConfigKeys, declared_keys
+from app.config.preset import NONE, chosen_preset, read_preset
 from data.spec import DataSpec
 from models import default_model
 
@@ -54,6 +56,13 @@ class RunConfig(RunConfigKeys):
             return VERTICAL_MODEL
         return default_model(self.task) if self.model == "auto" else self.model
 
+    @property
+    def evaluation_interval(self) -> int:
+        """Rounds between evaluations (``evaluate-every``; 0: about 10 per run)."""
+        if self.evaluate_every:
+            return self.evaluate_every
+        return max(1, math.ceil(self.num_server_rounds / 10))
+
     @classmethod
     def keys(cls) -> dict[str, Key]:
         """Map each run-config key to its declaration."""
@@ -69,8 +78,30 @@ class RunConfig(RunConfigKeys):
                 f"Unknown run-config key(s): {', '.join(unknown)}. "
                 f"Known keys: {', '.join(sorted(known))}."
             )
-        kwargs = {known[k].attr: known[k].parse(v) for k, v in run_config.items()}
-        return cls(**kwargs)
+        given = {k: known[k].parse(v) for k, v in run_config.items()}
+        name, values, filled = apply_preset(given)
+        try:
+            return cls(**{known[k].attr: v for k, v in values.items()}, preset=name)
+        except ConfigError as err:
+            if not filled:
+                raise
+            raise ConfigError(
+                f"{err} (preset '{name}' set {', '.join(filled)}; preset='none' "
+                "runs without it)"
+            ) from None
+
+    @classmethod
+    def from_saved(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Parse a run config a run saved (``run_config.json``, a model file).
+
+        Its values are read as saved, the preset it names is not applied again
+        (one saved before presets existed, or built without parsing, would
+        otherwise be completed from today's preset); the name is kept when it is
+        still a shipped preset.
+        """
+        cfg = cls.from_run_config({**run_config, "preset": NONE})
+        name = run_config.get("preset", NONE)
+        return cfg.replace(preset=name) if name in _KEYS["preset"].choices else cfg
 
     def to_run_config(self) -> dict[str, Any]:
         """Return the kebab-case mapping (as written to ``run_config.json``)."""
@@ -108,3 +139,49 @@ class RunConfig(RunConfigKeys):
 
 
 _KEYS = declared_keys(RunConfigKeys)
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """Preset ``name``'s values, each checked as its key's declaration checks it.
+
+    A key the preset names must be declared and not ``preset`` itself.
+    """
+    values = read_preset(name)
+    for key, value in values.items():
+        where = f"preset '{name}' (app/config/presets/{name}.toml)"
+        if key not in _KEYS or key == "preset":
+            raise ConfigError(f"{where}: '{key}' is not a key a preset may set.")
+        try:
+            values[key] = _KEYS[key].parse(value)
+            _KEYS[key].check(values[key])
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    return values
+
+
+def apply_preset(
+    given: Mapping[str, Any],
+) -> tuple[str, dict[str, Any], tuple[str, ...]]:
+    """Fill the keys of ``given`` left at their default from the run's preset.
+
+    The rule, the same in the ServerApp, every ClientApp and the scripts: a key
+    whose value equals its declared default (``[tool.flwr.app.config]``, or left
+    out) takes the preset's value; any other value is the user's and wins. So a
+    key set on purpose to its default is indistinguishable from one left alone:
+    ``preset='none'`` restores every default. ``preset = "auto"`` picks the
+    preset of the task (given, else the default task). Returns the preset used
+    (``none`` when none), the resolved values and the keys the preset changed.
+    """
+    preset_key = _KEYS["preset"]
+    requested = given.get("preset", preset_key.default)
+    preset_key.check(requested)  # an unknown name is refused, naming the key
+    name = chosen_preset(requested, given.get("task", _KEYS["task"].default))
+    values = {k: v for k, v in given.items() if k != "preset"}
+    if name == NONE:
+        return name, values, ()
+    filled = []
+    for key, value in preset_values(name).items():
+        if values.get(key, _KEYS[key].default) == _KEYS[key].default != value:
+            values[key] = value
+            filled.append(key)
+    return name, values, tuple(filled)

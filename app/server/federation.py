@@ -41,7 +41,7 @@ from app.server.history import DecisionEntry, RocCurve, RoundEntry, SelectedRoun
 from app.server.mlflow_tracking import MlflowTracker
 from app.server.outputs import RunRecorder
 from app.server.report import roc_curves, write_report
-from app.server.runner import RoundHook, RoundRunner, RunResult
+from app.server.runner import RoundHook, RoundRunner, RunResult, evaluation_round
 from app.server.tensorboard import TensorBoardLogger
 from data.lazy import load
 from data.preprocessing import NORMALISATIONS
@@ -121,7 +121,8 @@ class RoundReporter:
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         metrics: dict[str, float] = {}
-        if self.test is not None:
+        every, last = self.cfg.evaluation_interval, self.cfg.num_server_rounds
+        if self.test is not None and evaluation_round(server_round, every, last):
             self.model.load_state_dict(arrays.to_torch_state_dict())
             metrics = evaluate_split(self.model, self.test, self.device)
         ledger = self.strategy.ledger.rounds.get(server_round, {})
@@ -157,7 +158,10 @@ class RoundReporter:
             trained if entry.skipped is None else 0,
             len(entry.dropped()),
             "" if entry.skipped is None else " | SKIPPED: " + entry.skipped,
-            _summary(entry.server) or "no server-side test set",
+            _summary(entry.server)
+            or (
+                "not evaluated" if self.test is not None else "no server-side test set"
+            ),
         )
         if entry.privacy is not None:
             log.info(
@@ -546,6 +550,7 @@ def round_runner(
             )
         },
         averaging=run.averaging,
+        evaluate_every=cfg.evaluation_interval,
     )
 
 

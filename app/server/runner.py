@@ -27,6 +27,15 @@ log = logging.getLogger(__name__)
 RoundHook = Callable[[int, ArrayRecord, ArrayRecord], None]
 
 
+def evaluation_round(server_round: int, every: int, last: int) -> bool:
+    """Whether round ``server_round`` is evaluated (``evaluate-every``).
+
+    Every ``every``-th round, round 0 (the initial model) and the ``last`` round,
+    whose metrics are the run's final ones.
+    """
+    return server_round % every == 0 or server_round == last
+
+
 @dataclass
 class RunResult:
     """Final arrays, the last round completed, and why the run stopped early.
@@ -76,6 +85,9 @@ class RoundRunner:
         Server-side weight averaging (``model-ema``): each round's model is the
         average, evaluated by the hospitals and the server; training continues
         from the raw global arrays. Off (``decay=0``) by default.
+    evaluate_every
+        The hospitals evaluate the round's model only on the rounds
+        :func:`evaluation_round` picks (``evaluate-every``); 1: every round.
     """
 
     strategy: Screened
@@ -89,6 +101,7 @@ class RoundRunner:
     after_round: Sequence[RoundHook] = ()
     round_config: Callable[[int], dict[str, float]] | None = None
     averaging: ModelEMA = field(default_factory=lambda: ModelEMA(0.0))
+    evaluate_every: int = 1
     clock: Callable[[], float] = time.monotonic
 
     def _exchange(
@@ -144,7 +157,8 @@ class RoundRunner:
                 arrays, model = trained, self.averaging.update(trained)
             stop_reason = None
             try:
-                self._evaluate(server_round, model)
+                if evaluation_round(server_round, self.evaluate_every, self.num_rounds):
+                    self._evaluate(server_round, model)
             except FederationStopped as stop:
                 stop_reason = str(stop)
             if self.strategy.round_skipped(server_round):

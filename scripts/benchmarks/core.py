@@ -42,8 +42,9 @@ SUITES: dict[str, tuple[str, str]] = {
     ),
     "imaging": (
         "scripts.benchmarks.imaging",
-        "BreastMNIST over 5 hospitals (Dirichlet 0.5): federated vs centralized "
-        "test AUC",
+        "a run-config preset (--preset, default imaging-2d) on BreastMNIST or any "
+        "MedMNIST-format --data file, 5 hospitals (Dirichlet 0.5): federated vs "
+        "centralized test AUC",
     ),
     "privacy": (
         "scripts.benchmarks.privacy",
@@ -258,7 +259,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         type=Path,
         default=None,
-        help="recommendation: an interactions file (MovieLens u.data format too)",
+        help="recommendation: an interactions file (MovieLens u.data format too); "
+        "imaging: a MedMNIST-format .npz (default: BreastMNIST)",
+    )
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="imaging: the run-config preset to benchmark (default imaging-2d; "
+        "app/config/presets/)",
     )
     parser.add_argument(
         "--sites",

@@ -84,7 +84,7 @@ def membership_auc(model_path: Path) -> dict[str, float]:
     on all training records vs the other half).
     """
     model, payload = load_model(model_path)
-    cfg = RunConfig.from_run_config(payload["run_config"])
+    cfg = RunConfig.from_saved(payload["run_config"])
     sites = preprocessed(all_sites(cfg, 4), payload)
     device = torch.device("cpu")
     per_site = [audit_model(model, s.train, s.val, device)[0] for s in sites]
