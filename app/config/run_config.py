@@ -144,12 +144,16 @@ _KEYS = declared_keys(RunConfigKeys)
 def preset_values(name: str) -> dict[str, Any]:
     """Preset ``name``'s values, each checked as its key's declaration checks it.
 
-    A key the preset names must be declared and not ``preset`` itself.
+    A key the preset names must be declared. The file names itself
+    (``preset = "<name>"``), so that ``flwr run --run-config <file>`` selects this
+    preset rather than the task's; that line is not one of its values.
     """
     values = read_preset(name)
+    where = f"preset '{name}' (app/config/presets/{name}.toml)"
+    if values.pop("preset", name) != name:
+        raise ConfigError(f"{where}: its 'preset' line must name the file itself.")
     for key, value in values.items():
-        where = f"preset '{name}' (app/config/presets/{name}.toml)"
-        if key not in _KEYS or key == "preset":
+        if key not in _KEYS:
             raise ConfigError(f"{where}: '{key}' is not a key a preset may set.")
         try:
             values[key] = _KEYS[key].parse(value)
