@@ -32,9 +32,14 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-def dumps(payload: Any) -> str:
-    """``payload`` as indented JSON text (after :func:`json_safe`), newline-ended."""
-    return json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n"
+def dumps(payload: Any, *, indent: int | None = 2) -> str:
+    """``payload`` as JSON text (after :func:`json_safe`), newline-ended.
+
+    Indented by default; ``indent=None`` gives one line, written by the json
+    module's C encoder (the indenting one is pure Python, ~10x slower), for files
+    rewritten while a run goes on.
+    """
+    return json.dumps(json_safe(payload), indent=indent, allow_nan=False) + "\n"
 
 
 def compact(payload: Any) -> str:
@@ -47,9 +52,9 @@ def compact(payload: Any) -> str:
     )
 
 
-def write_json(path: Path, payload: Any) -> None:
+def write_json(path: Path, payload: Any, *, indent: int | None = 2) -> None:
     """Write ``payload`` to ``path`` atomically; parent folders are created."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps(payload))
+    tmp.write_text(dumps(payload, indent=indent))
     tmp.replace(path)

@@ -98,9 +98,9 @@ class RunRecorder:
     def model_path(self) -> Path:
         return self.dir / "final_model.pt"
 
-    def save(self) -> None:
-        """Rewrite history.json from ``history``."""
-        write_history(self.history_path, self.history)
+    def save(self, *, final: bool = False) -> None:
+        """Rewrite history.json from ``history`` (indented when ``final``)."""
+        write_history(self.history_path, self.history, final=final)
 
     def record_round(self, entry: RoundEntry) -> None:
         """Append (or replace) one round's entry and rewrite history.json."""
@@ -115,7 +115,7 @@ class RunRecorder:
     def finish(self, status: RunStatus, **fields: Any) -> None:
         """Set the final ``status`` and run-level ``fields``; point ``latest`` here."""
         self.history.update(status=status, **fields)
-        self.save()
+        self.save(final=True)
         self.point_latest()
 
     def point_latest(self) -> None:

@@ -66,6 +66,16 @@ def test_write_then_read_gives_the_same_history(tmp_path):
     assert read_history(tmp_path / "history.json") == history
 
 
+def test_rewrites_during_a_run_are_one_line_and_the_last_is_indented(tmp_path):
+    history, path = a_history(), tmp_path / "history.json"
+    write_history(path, history, final=False)  # after each round: C-encoded line
+    assert len(path.read_text().splitlines()) == 1
+    assert read_history(path) == history
+    write_history(path, history)
+    assert path.read_text().startswith('{\n  "')
+    assert read_history(path) == history
+
+
 def test_json_keys_are_todays_keys():
     """The on-disk layout other tools and old runs rely on."""
     data = a_history().to_json()
