@@ -17,26 +17,58 @@ if TYPE_CHECKING:
     from flwr_datasets.partitioner import Partitioner
 
 # flwr-datasets (and Hugging Face datasets, scipy, seaborn behind it) is imported
-# only where a simulation partitions: a deployed ClientApp starts a fresh process
-# per message and never partitions, and these imports cost seconds per start.
-PartitionerFactory = Callable[[int, float, int, int], "Partitioner"]
+# only where a simulation partitions with Dirichlet: a deployed ClientApp starts a
+# fresh process per message and never partitions, and these imports cost seconds
+# (~2-3 s of CPU) per simulation actor. IID shards need none of it.
+# A factory takes (num_partitions, alpha, seed, shuffled record order, labels in
+# that order) and returns an object with ``load_partition(i)["index"]``.
+PartitionerFactory = Callable[
+    [int, float, int, np.ndarray, np.ndarray], "Partitioner | ContiguousShards"
+]
 
 
-def _iid(num_partitions: int, alpha: float, seed: int, n: int) -> Partitioner:
-    from flwr_datasets.partitioner import IidPartitioner
+@dataclass(frozen=True)
+class ContiguousShards:
+    """flwr-datasets' ``IidPartitioner`` over a shuffled order, in numpy alone.
 
-    del alpha, n
-    # IidPartitioner slices in order; records are shuffled beforehand (seeded).
-    return IidPartitioner(num_partitions=num_partitions)
+    ``IidPartitioner`` takes Hugging Face's ``Dataset.shard(n, i, contiguous=True)``:
+    the first ``len % n`` shards hold one record more. The same slices here
+    (``tests/unit/test_partition.py`` checks them against flwr-datasets).
+    """
+
+    order: np.ndarray
+    num_partitions: int
+
+    @property
+    def dataset(self) -> np.ndarray:
+        return self.order
+
+    def load_partition(self, partition_id: int) -> dict[str, np.ndarray]:
+        div, mod = divmod(len(self.order), self.num_partitions)
+        start = div * partition_id + min(partition_id, mod)
+        end = start + div + (1 if partition_id < mod else 0)
+        return {"index": self.order[start:end]}
 
 
-def _dirichlet(num_partitions: int, alpha: float, seed: int, n: int) -> Partitioner:
+def _iid(
+    num_partitions: int, alpha: float, seed: int, order: np.ndarray, labels: np.ndarray
+) -> ContiguousShards:
+    del alpha, seed, labels
+    # IID slices in order; records are shuffled beforehand (seeded).
+    return ContiguousShards(order, num_partitions)
+
+
+def _dirichlet(
+    num_partitions: int, alpha: float, seed: int, order: np.ndarray, labels: np.ndarray
+) -> Partitioner:
+    from datasets import Dataset
     from flwr_datasets.partitioner import DirichletPartitioner
 
+    n = len(order)
     # A small floor keeps tiny datasets partitionable while still refusing empty
     # hospitals; flwr-datasets retries the draw until every hospital reaches it.
     floor = max(2, min(10, n // (10 * num_partitions)))
-    return DirichletPartitioner(
+    partitioner = DirichletPartitioner(
         num_partitions=num_partitions,
         partition_by="label",
         alpha=alpha,
@@ -45,6 +77,10 @@ def _dirichlet(num_partitions: int, alpha: float, seed: int, n: int) -> Partitio
         shuffle=True,
         seed=seed,
     )
+    partitioner.dataset = Dataset.from_dict(
+        {"index": order.tolist(), "label": labels.tolist()}
+    )
+    return partitioner
 
 
 PARTITIONERS: dict[str, PartitionerFactory] = {"iid": _iid, "dirichlet": _dirichlet}
@@ -66,7 +102,7 @@ def _check_split(method: str, n: int, num_partitions: int) -> None:
 class _Split:
     """A split's flwr-datasets partitioner and the partitions loaded so far."""
 
-    partitioner: Partitioner
+    partitioner: Partitioner | ContiguousShards
     method: str
     num_partitions: int
     parts: dict[int, np.ndarray] = field(default_factory=dict)
@@ -113,16 +149,11 @@ def _split(
     one split. The key is every input of the split, so other labels, another seed
     or another method never reuse it.
     """
-    from datasets import Dataset
-
     labels = np.frombuffer(label_bytes, dtype=np.dtype(dtype))
-    n = len(labels)
-    order = np.random.default_rng(seed).permutation(n)
-    table = Dataset.from_dict(
-        {"index": order.tolist(), "label": labels[order].tolist()}
+    order = np.random.default_rng(seed).permutation(len(labels))
+    partitioner = PARTITIONERS[method](
+        num_partitions, alpha, seed, order, labels[order]
     )
-    partitioner = PARTITIONERS[method](num_partitions, alpha, seed, n)
-    partitioner.dataset = table
     return _Split(partitioner, method, num_partitions)
 
 

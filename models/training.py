@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +40,53 @@ OPTIMIZERS = {
         p, lr=s.learning_rate, weight_decay=s.weight_decay
     ),
 }
+
+
+class CpuSGD:
+    """``torch.optim.SGD``'s update (momentum, weight decay) for CPU parameters.
+
+    The same single-tensor arithmetic, in the same order, so the weights are
+    bit-identical to ``torch.optim.SGD`` on CPU (``tests/unit/test_training.py``).
+    Why: the first use of any ``torch.optim`` optimizer imports ``torch._dynamo``
+    (~2.6 s of CPU), paid by every simulation actor in round 1 and by a deployed
+    hospital on every message (a fresh process each). Plain local training on CPU
+    needs none of it.
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor], settings: TrainSettings) -> None:
+        self.params = list(params)
+        self.lr, self.momentum = settings.learning_rate, settings.momentum
+        self.weight_decay = settings.weight_decay
+        self.buffers: list[torch.Tensor | None] = [None] * len(self.params)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            grad = p.grad
+            if self.weight_decay != 0:
+                grad = grad.add(p, alpha=self.weight_decay)
+            if self.momentum != 0:
+                buf = self.buffers[i]
+                if buf is None:
+                    buf = self.buffers[i] = grad.detach().clone()
+                else:
+                    buf.mul_(self.momentum).add_(grad)  # dampening 0
+                grad = buf
+            p.add_(grad, alpha=-self.lr)
+
+
+def local_optimizer(model: nn.Module, settings: TrainSettings):
+    """The optimizer of one local training call: :class:`CpuSGD` for SGD on CPU."""
+    params = list(model.parameters())
+    if settings.optimizer == "sgd" and all(p.device.type == "cpu" for p in params):
+        return CpuSGD(params, settings)
+    return OPTIMIZERS[settings.optimizer](params, settings)
 
 
 # Learning-rate schedules across server rounds: fraction of the run done (0 at the
@@ -86,23 +133,47 @@ def seed_torch(seed: int, device: torch.device) -> None:
         torch.manual_seed(seed)
 
 
+class BatchedTensors(TensorDataset):
+    """A ``TensorDataset`` that a DataLoader reads a batch at a time.
+
+    The DataLoader hands ``__getitems__`` the batch's indices (same sampler, same
+    order): one tensor index per batch instead of a tuple per record and a
+    collate that stacks them (~5 ms of a 160-record hospital's training message).
+    """
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        return tuple(t[rows] for t in self.tensors)
+
+
+def _stacked(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return batch  # BatchedTensors already returns the stacked batch
+
+
 def make_loader(
-    split: Split, batch_size: int, *, shuffle: bool, seed: int = 0
+    split: Split,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    batched: bool = False,
 ) -> DataLoader:
     """A DataLoader over an in-memory split, shuffled reproducibly when asked.
 
     A split that brings its own ``training_dataset(seed)`` (images with seeded
     batch augmentation) supplies the dataset and collate function; anything else
-    is served as tensors.
+    is served as tensors (``batched``: a batch at a time, the same batches).
     """
     collate = None
     if hasattr(split, "training_dataset"):
         dataset, collate = split.training_dataset(seed)
     else:
-        dataset = TensorDataset(
+        tensors = (
             torch.as_tensor(split.x, dtype=torch.float32),
             torch.as_tensor(split.y, dtype=torch.long),
         )
+        dataset = BatchedTensors(*tensors) if batched else TensorDataset(*tensors)
+        collate = _stacked if batched else None
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
@@ -170,7 +241,7 @@ def train_epochs(
     """
     model.to(device).train()
     if optimizer is None:
-        optimizer = OPTIMIZERS[settings.optimizer](model.parameters(), settings)
+        optimizer = local_optimizer(model, settings)
     if anchor is None:
         global_params = [p.detach().clone() for p in model.parameters()]
     else:

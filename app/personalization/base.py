@@ -90,8 +90,12 @@ class Method:
 
 
 def shuffled(train: Split, settings: TrainSettings) -> DataLoader:
-    """The round's training batches, shuffled by the round's seed."""
-    return make_loader(train, settings.batch_size, shuffle=True, seed=settings.seed)
+    """The round's training batches, shuffled by the round's seed (a batch at a
+    time: the same batches, without a tuple per record).
+    """
+    return make_loader(
+        train, settings.batch_size, shuffle=True, seed=settings.seed, batched=True
+    )
 
 
 def head_keys(model: nn.Module) -> set[str]:

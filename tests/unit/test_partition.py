@@ -67,3 +67,24 @@ def test_split_is_computed_once_per_process_and_read_only(monkeypatch):
     partition_indices(labels[::-1], 4, method="dirichlet", alpha=0.5, seed=11)
     partition_indices(labels, 4, method="dirichlet", alpha=0.5, seed=12)
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("n,k", [(200, 7), (10, 10), (1003, 100)])
+def test_iid_shards_are_flwr_datasets_iid_partitions(n, k):
+    from datasets import Dataset
+    from flwr_datasets.partitioner import IidPartitioner
+
+    order = np.random.default_rng(4).permutation(n)
+    reference = IidPartitioner(num_partitions=k)
+    reference.dataset = Dataset.from_dict({"index": order.tolist()})
+    ours = partition.ContiguousShards(order, k)
+    for i in range(k):
+        want = reference.load_partition(i)["index"]
+        np.testing.assert_array_equal(ours.load_partition(i)["index"], want)
+
+
+def test_iid_partitions_need_no_hugging_face_datasets(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # import fails
+    labels = np.arange(301) % 2  # not memoised by another test
+    parts = partition_indices(labels, 3, method="iid", alpha=0.5, seed=2)
+    assert [len(p) for p in parts] == [101, 100, 100]
