@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from data.spec import DataError
 
@@ -205,12 +204,71 @@ def partition_indices(
     ]
 
 
+def _approximate_mode(
+    class_counts: np.ndarray, n_draws: int, rng: np.random.RandomState
+) -> np.ndarray:
+    """scikit-learn's ``utils.extmath._approximate_mode``: draws per class, ties
+    broken with ``rng``.
+    """
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need_to_add = int(n_draws - floored.sum())
+    if need_to_add > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (inds,) = np.where(remainder == value)
+            add_now = min(len(inds), need_to_add)
+            floored[rng.choice(inds, size=add_now, replace=False)] += 1
+            need_to_add -= add_now
+            if need_to_add == 0:
+                break
+    return floored.astype(int)
+
+
+def _shuffle_split(
+    labels: np.ndarray, n_test: int, seed: int, *, stratify: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (train, test) index sets of scikit-learn's ``train_test_split(...,
+    test_size=n_test, random_state=seed, shuffle=True, stratify=labels or None)``.
+
+    The same draws from the same ``RandomState`` (``StratifiedShuffleSplit`` /
+    ``ShuffleSplit``), each set returned sorted; ``tests/unit/test_partition.py``
+    compares them with scikit-learn's. Why not scikit-learn itself: importing it
+    (with SciPy) costs ~2 s of CPU in every simulation actor and, in a
+    deployment, on every message (a fresh process each).
+    """
+    n = len(labels)
+    rng = np.random.RandomState(seed)
+    if not stratify:
+        permutation = rng.permutation(n)
+        return np.sort(permutation[n_test:]), np.sort(permutation[:n_test])
+    _, y_indices, class_counts = np.unique(
+        labels, return_inverse=True, return_counts=True
+    )
+    if n - n_test < len(class_counts) or n_test < len(class_counts):
+        raise ValueError(
+            f"{n - n_test} training and {n_test} held-out records cannot hold "
+            f"each of {len(class_counts)} classes."
+        )
+    class_indices = np.split(
+        np.argsort(y_indices, kind="stable"), np.cumsum(class_counts)[:-1]
+    )
+    n_i = _approximate_mode(class_counts, n - n_test, rng)
+    t_i = _approximate_mode(class_counts - n_i, n_test, rng)
+    train: list[np.ndarray] = []
+    test: list[np.ndarray] = []
+    for i, count in enumerate(class_counts):
+        members = class_indices[i].take(rng.permutation(count), mode="clip")
+        train.append(members[: n_i[i]])
+        test.append(members[n_i[i] : n_i[i] + t_i[i]])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
 def stratified_split(
     labels: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split ``range(len(labels))`` into (keep, held_out), stratified when possible."""
     n = len(labels)
-    idx = np.arange(n)
     n_out = max(1, int(round(fraction * n)))
     if n < 2 or n_out >= n:
         raise DataError(
@@ -221,7 +279,4 @@ def stratified_split(
     strat = labels if len(counts) > 1 and counts.min() >= 2 else None
     if strat is not None and n_out < len(counts):
         strat = None
-    keep, out = train_test_split(
-        idx, test_size=n_out, random_state=seed, shuffle=True, stratify=strat
-    )
-    return np.sort(keep), np.sort(out)
+    return _shuffle_split(labels, n_out, seed, stratify=strat is not None)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.datasets import load_breast_cancer
 
 from data.base import (
     FederatedDataset,
@@ -41,6 +40,9 @@ class WDBCDataset(PooledTabularDataset):
     name = "wdbc"
 
     def load_table(self) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+        # scikit-learn (~2 s of imports with SciPy) only for the dataset it ships
+        from sklearn.datasets import load_breast_cancer
+
         bunch = load_breast_cancer()
         # scikit-learn codes malignant as 0; a diagnosis model predicts the disease.
         y = (1 - bunch.target).astype(np.int64)

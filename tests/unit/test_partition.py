@@ -88,3 +88,31 @@ def test_iid_partitions_need_no_hugging_face_datasets(monkeypatch):
     labels = np.arange(301) % 2  # not memoised by another test
     parts = partition_indices(labels, 3, method="iid", alpha=0.5, seed=2)
     assert [len(p) for p in parts] == [101, 100, 100]
+
+
+def test_stratified_split_draws_scikit_learns_split():
+    from sklearn.model_selection import train_test_split
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for case in range(60):  # sizes, class counts (ties too), fractions, seeds
+        n = int(rng.integers(4, 400))
+        labels = rng.integers(0, int(rng.integers(1, 6)), n)
+        if case % 5 == 0:
+            labels = np.repeat(np.arange(3), n // 3 + 1)[:n]  # tied class counts
+        fraction, seed = float(rng.uniform(0.05, 0.6)), int(rng.integers(0, 2**31))
+        try:
+            keep, out = stratified_split(labels, fraction, seed)
+        except DataError:
+            continue
+        _, counts = np.unique(labels, return_counts=True)
+        n_out = max(1, int(round(fraction * n)))
+        strat = labels if len(counts) > 1 and counts.min() >= 2 else None
+        strat = None if n_out < len(counts) else strat
+        want_keep, want_out = train_test_split(
+            np.arange(n), test_size=n_out, random_state=seed, stratify=strat
+        )
+        np.testing.assert_array_equal(keep, np.sort(want_keep))
+        np.testing.assert_array_equal(out, np.sort(want_out))
+        checked += 1
+    assert checked > 50
