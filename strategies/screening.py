@@ -98,8 +98,10 @@ def hospital_of(msg: Message) -> str:
     """Return the hospital name a reply carries, else its node id."""
     if msg.has_error() and (match := _ERROR_NAME.match(msg.error.reason or "")):
         return match.group(1)
-    if msg.has_content() and HOSPITAL_RECORD in msg.content.config_records:
-        name = msg.content.config_records[HOSPITAL_RECORD].get("name")
+    if msg.has_content():
+        # config_records builds a new view on every access: read it once
+        record = msg.content.config_records.get(HOSPITAL_RECORD)
+        name = record.get("name") if record is not None else None
         if isinstance(name, str) and name:
             return name
     return f"node-{msg.metadata.src_node_id}"
