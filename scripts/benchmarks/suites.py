@@ -780,7 +780,10 @@ class TreeMemory:
     The descendants are ``flwr run``, the SuperLink, Ray and its workers.
 
     Reports the peak sum of RSS (double-counts shared pages, an upper bound) and
-    of PSS (shared pages split between the processes sharing them).
+    of PSS (shared pages split between the processes sharing them), and
+    ``cpu_s``: the CPU seconds (user + system) the processes had used when last
+    seen (a process loses at most one interval). On a machine shared with other
+    jobs wall time swings with their load; CPU seconds much less.
     """
 
     def __init__(self, interval: float = 0.5) -> None:
@@ -791,6 +794,7 @@ class TreeMemory:
         self.peak_rss = 0
         self.peak_pss = 0
         self.peak_processes = 0
+        self._cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -799,14 +803,22 @@ class TreeMemory:
         procs = self._psutil.Process().children(recursive=True)
         for proc in procs:
             try:
-                info = proc.memory_full_info()
+                with proc.oneshot():
+                    info = proc.memory_full_info()
+                    cpu = proc.cpu_times()
             except (self._psutil.NoSuchProcess, self._psutil.AccessDenied):
                 continue
+            self._cpu[proc.pid] = cpu.user + cpu.system
             rss += info.rss
             pss += getattr(info, "pss", info.rss)
         self.peak_rss = max(self.peak_rss, rss)
         self.peak_pss = max(self.peak_pss, pss)
         self.peak_processes = max(self.peak_processes, len(procs))
+
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds of every process seen, as last seen."""
+        return sum(self._cpu.values())
 
     def _poll(self) -> None:
         while not self._stop.is_set():
@@ -884,6 +896,7 @@ def scale_run(num_hospitals: int, config: Mapping[str, Any]) -> dict[str, Any]:
         "peak_pss_gb": memory.peak_pss / 2**30,
         "peak_rss_gb": memory.peak_rss / 2**30,
         "peak_processes": memory.peak_processes,
+        "run_cpu_s": memory.cpu_s,
         "hospitals_reporting_min": min(trained) if trained else 0,
         "final_accuracy": history.rounds[-1].server.get("accuracy", math.nan),
     }
@@ -922,6 +935,7 @@ def floor_run(num_hospitals: int, array_sizes: Sequence[int]) -> dict[str, Any]:
         "floor_first_round_s": times.first_round_s,
         "floor_run_s": total,
         "floor_peak_pss_gb": memory.peak_pss / 2**30,
+        "floor_run_cpu_s": memory.cpu_s,
     }
 
 
@@ -934,12 +948,14 @@ def scale_size(num_hospitals: int, config: Mapping[str, Any]) -> dict[str, Any]:
     row = {"hospitals": num_hospitals, **ours, **floor}
     row["round_ratio"] = ours["round_s"] / floor["floor_round_s"]
     row["first_round_ratio"] = ours["first_round_s"] / floor["floor_first_round_s"]
+    row["run_cpu_ratio"] = ours["run_cpu_s"] / floor["floor_run_cpu_s"]
     print(
         f"scale: {num_hospitals} hospitals: {ours['round_s']:.2f}s per round "
         f"(floor {floor['floor_round_s']:.2f}s, x{row['round_ratio']:.2f}), first "
         f"round {ours['first_round_s']:.1f}s (floor "
         f"{floor['floor_first_round_s']:.1f}s, x{row['first_round_ratio']:.2f}), "
-        f"peak PSS {ours['peak_pss_gb']:.2f} GB",
+        f"peak PSS {ours['peak_pss_gb']:.2f} GB, CPU {ours['run_cpu_s']:.0f}s "
+        f"(floor {floor['floor_run_cpu_s']:.0f}s, x{row['run_cpu_ratio']:.2f})",
         flush=True,
     )
     return row
@@ -1017,7 +1033,10 @@ def scale(args: argparse.Namespace) -> BenchmarkResult:
         "floor.",
         "round_s: median of the rounds after the first, from each ServerApp's own "
         "clock; peak memory: summed PSS of every process the command started, "
-        "polled every 0.5 s. Machine: 2 CPU cores shared with other jobs.",
+        "polled every 0.5 s; run_cpu_s: CPU seconds (user + system) of those "
+        "processes over the whole command (start-up included), less sensitive to "
+        "other jobs' load than wall time. Machine: 2 CPU cores shared with other "
+        "jobs.",
     ]
     result = BenchmarkResult(
         suite="scale",

@@ -115,13 +115,15 @@ def test_run_config_string_quotes_strings():
 def test_tree_memory_sees_a_child_process():
     code = (
         "import time; x = bytearray(300_000_000); x[::4096] = b'1' * len(x[::4096]); "
-        "time.sleep(2.5)"
+        "t = time.process_time()\nwhile time.process_time() - t < 0.6: pass\n"
+        "time.sleep(2)"
     )
     with TreeMemory(interval=0.2) as memory:
         subprocess.run([sys.executable, "-c", code], check=True)
     assert memory.peak_rss >= 280_000_000
     assert memory.peak_pss >= 250_000_000
     assert memory.peak_processes >= 1
+    assert memory.cpu_s >= 0.5  # the busy loop, seen before the process ended
 
 
 def test_upload_is_the_float32_model_plus_small_overhead():
