@@ -3,13 +3,15 @@ real loopback deployment, medflower against a bare Flower ClientApp.
 
 One deployment on 127.0.0.1, set up as docs/deployment.md's rehearsal does (TLS,
 SuperNode authentication, 3 hospitals on heart disease, all by ``medflower
-deploy``), runs two apps one after the other: medflower (``num-server-rounds``
-rounds, a train and an evaluate message per hospital each) and the bare app of
-``bare_app/`` (the same number of messages; its ClientApp imports torch, loads the
-received arrays and returns them). In Flower's deployment engine every message
-starts a fresh ``flwr-clientapp`` process at the hospital; that process's lifetime
-(start, imports, setup, the handler, the reply) is the per-message wall time
-measured here, by watching the SuperNodes' process trees.
+deploy``; app approval off with ``--allow-any-app``: it checks a run's build once,
+at its start, not per message), runs two apps one after the other: medflower
+(``num-server-rounds`` rounds, a train and an evaluate message per hospital
+each) and the bare app of ``bare_app/`` (the same number of messages; its
+ClientApp imports torch, loads the received arrays and returns them). In
+Flower's deployment engine every message starts a fresh ``flwr-clientapp``
+process at the hospital; that process's lifetime (start, imports, setup, the
+handler, the reply) is the per-message wall time measured here, by watching the
+SuperNodes' process trees.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ class Loopback:
                 "start-supernode", "--dir", str(home), "--name", name,
                 "--superlink", self.address, "--ca-cert", ca,
                 "--data-path", str(data), "--dataset", "heart-disease",
-                "--wait", "180",
+                "--wait", "180", "--allow-any-app",
             )  # fmt: skip
 
     def supernodes(self) -> list[int]:
