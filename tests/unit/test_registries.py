@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from data.base import FederatedDataset
 from data.lazy import load
 from data.preprocessing import GLOBAL_NORMALISATIONS, NORMALISATIONS
 from data.registry import DATASETS, dataset_class
@@ -19,6 +20,9 @@ def test_dataset_records_name_their_class_and_task(name):
     cls = dataset_class(name)
     assert cls.name == name
     assert cls.task == DATASETS[name].task
+    # a deployed hospital reads `local` without importing the class
+    overridden = cls.local_hospital is not FederatedDataset.local_hospital
+    assert DATASETS[name].local == overridden
 
 
 def test_global_normalisations_name_a_server_side_normaliser():
@@ -69,6 +73,13 @@ for kind in ("train", "evaluate"):
     content = RecordDict({"arrays": arrays, "config": config})
     (reply,) = grid.send_and_receive([grid.create_message(content, kind, node, "1")])
     assert reply.has_content(), reply.error
+# a deployed hospital (its own file, named by its node config): one train message
+local = {"data-path": sys.argv[1], "dataset": "csv", "hospital-name": "a"}
+deployed = InProcessGrid(app, 1, raw, node_configs=[local])
+content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 1})})
+message = deployed.create_message(content, "train", deployed.node_ids[0], "1")
+(reply,) = deployed.send_and_receive([message])
+assert reply.has_content(), reply.error
 heavy = {"sklearn", "scipy", "datasets", "torch._dynamo", "monai", "opacus"}
 print(sorted(heavy & set(sys.modules)))
 import app.server_app
@@ -78,8 +89,9 @@ print(sorted({"monai", "opacus"} & set(sys.modules)))
 
 def test_tabular_client_app_imports_no_scikit_learn_dynamo_monai_or_opacus(tmp_path):
     # Each costs ~2 s of CPU per simulation actor (and per deployed message): a
-    # train and an evaluate message of a CSV run import none of them; Opacus only
-    # under DP, MONAI only for images (neither in the ServerApp either).
+    # train and an evaluate message of a CSV run, simulated or deployed, import
+    # none of them; Opacus only under DP, MONAI only for images (neither in the
+    # ServerApp either).
     out = subprocess.run(
         [sys.executable, "-c", TABULAR_MESSAGES, str(tmp_path / "t.csv")],
         capture_output=True,
