@@ -14,7 +14,8 @@ the user vector they expect is :attr:`user_dim`. ``sparse_keys`` names the share
 arrays whose rows are items: a site's update only changes the rows of the items
 it trained on, so it may send those rows alone (``rec-update = "sparse"``);
 ``bias_keys`` names the per-item and global offsets, the part patient-level DP
-trains under ``rec-dp-shared = "biases"`` (:mod:`app.recommendation.dp`).
+trains under ``rec-dp-shared = "biases"`` (``"popularity"``, the default, trains
+the item biases alone; :mod:`app.recommendation.dp`).
 """
 
 from __future__ import annotations

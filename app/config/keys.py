@@ -366,13 +366,16 @@ class RunConfigKeys:
         ),
     )
     rec_dp_shared: str = key(
-        "biases",
+        "popularity",
         "recommendation",
-        choices=("all", "biases"),
+        choices=("all", "biases", "popularity"),
         help=(
-            '`dp = "local"`: the shared arrays patient-level DP-SGD trains and '
-            "noises: `biases` (item biases and the global offset; item factors and "
-            "NCF weights stay at the run's seeded initial values) or `all`."
+            '`dp = "local"`: what patient-level DP-SGD trains and noises: '
+            "`popularity` (the item biases, from each patient's item indicators "
+            "scaled to the clip norm: a noisy count of patients per item), `biases` "
+            "(item biases and the global offset, by the loss gradient) or `all`; "
+            "the arrays not trained (item factors, NCF weights) stay at the run's "
+            "seeded initial values."
         ),
     )
     recommend_mode: str = key(

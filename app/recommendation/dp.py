@@ -13,6 +13,12 @@ patients, not interactions.
 The patient vectors are updated from each patient's own, unclipped gradient: they
 never leave the site, and changing one patient changes only its own vector and
 its own clipped term, so the release of the shared parameters stays DP.
+
+Under ``rec-dp-shared = "popularity"`` a patient's term is not a loss gradient
+but its item-indicator vector scaled to norm exactly ``C`` (the gradient of a
+linear popularity objective, so clipping changes nothing), applied to the item
+biases alone: the noisy step is a noisy, clipped count of patients per item,
+through the same sampling, noise and accounting.
 """
 
 from __future__ import annotations
@@ -84,6 +90,31 @@ def _patient_loss(model: nn.Module, loss: str, l2: float, frozen=None):
 DP_SHARED = {
     "all": lambda model: tuple(name for name, _ in model.named_parameters()),
     "biases": lambda model: tuple(model.bias_keys),
+    "popularity": lambda model: ("item_bias.weight",),
+}
+
+
+def popularity_terms(
+    num_items: int, items: torch.Tensor, mask: torch.Tensor, clip: float
+) -> torch.Tensor:
+    """Each patient's item indicators scaled to norm ``clip``, as a descent step.
+
+    Returns ``(patients, num_items, 1)`` (the item-bias table's shape per
+    patient), negated so that an optimiser's step *raises* the bias of the
+    patient's items. A patient without items contributes zeros.
+    """
+    counts = torch.zeros(len(items), num_items).scatter_add_(1, items, mask)
+    indicator = (counts > 0).to(torch.float32)
+    norms = indicator.norm(dim=1, keepdim=True).clamp(min=1.0)
+    return (-clip * indicator / norms)[:, :, None]
+
+
+# ``rec-dp-shared`` modes whose per-patient terms replace the loss gradient of
+# the shared arrays: name -> (model, items, mask, clip) -> {array: terms}.
+DP_TERMS = {
+    "popularity": lambda model, items, mask, clip: {
+        "item_bias.weight": popularity_terms(model.num_items, items, mask, clip)
+    },
 }
 
 
@@ -117,10 +148,14 @@ def train_site_dp(
     settings: RecTrainSettings,
     dp: DPSettings,
     trained: tuple[str, ...] | None = None,
+    terms=None,
 ) -> int:
     """Patient-level DP-SGD on the shared arrays ``trained``; returns the steps.
 
     ``trained`` defaults to every shared array; the others are held fixed.
+    ``terms`` (one of :data:`DP_TERMS`), if given, supplies each sampled
+    patient's term for the shared arrays instead of its loss gradient; the patient
+    vectors still follow their own loss gradient.
     """
     num_users = users.weight.shape[0]
     q = sample_rate(num_users, settings.batch_size)
@@ -150,6 +185,8 @@ def train_site_dp(
         else:
             g_params = {k: torch.zeros((0, *v.shape)) for k, v in params.items()}
             g_users = torch.zeros((0, users.weight.shape[1]))
+        if terms is not None:
+            g_params = terms(model, items, mask, dp.max_grad_norm)
         noisy = _noisy_step(g_params, dp, q * num_users, generator)
         for name in trained:
             named[name].grad = noisy[name]
@@ -185,7 +222,8 @@ def rec_dp_round(
         node_config=node_config,
     )
     trained = DP_SHARED[cfg.rec_dp_shared](model)
-    steps = train_site_dp(model, users, train, settings, budget.dp, trained)
+    terms = DP_TERMS.get(cfg.rec_dp_shared)
+    steps = train_site_dp(model, users, train, settings, budget.dp, trained, terms)
     # the steps taken are data-independent: the history is the one just checked
     save_history(state, budget.future, budget.dp)
     return LocalDPOutcome(

@@ -3,8 +3,10 @@
 What is checked: only the shared model leaves a site (no patient id, no patient
 vector, in any message), sparse row updates give exactly the dense result with
 fewer bytes, FedProx's term covers exactly the shared parameters, patient-level
-DP is accounted as Opacus accounts it (and by default trains only the item
-biases), and ``medflower recommend`` answers or names what is wrong.
+DP is accounted as Opacus accounts it (under ``rec-dp-shared`` ``biases`` and
+``popularity``: item factors as received, every item bias noised, only shared
+arrays and scalar metrics in the replies), and ``medflower recommend`` answers
+or names what is wrong.
 """
 
 from __future__ import annotations
@@ -58,10 +60,11 @@ def rec_config(path: str, **extra) -> dict:
     }
 
 
-def test_only_the_shared_model_leaves_a_site(ratings, tmp_path):
+def recording_run(config: dict, out_dir, name: str = "r") -> list:
+    """Run ``config`` on 3 in-process hospitals; every reply as it left a site."""
     replies = []
 
-    def recorded(msg, context):  # every reply, as it leaves the ClientApp
+    def recorded(msg, context):
         replies.append(client_app(msg, context))
         return replies[-1]
 
@@ -70,11 +73,14 @@ def test_only_the_shared_model_leaves_a_site(ratings, tmp_path):
         recorded,
         num_hospitals=3,
         run_config=full_run_config(
-            **rec_config(ratings, contribution=True),
-            **{"output-dir": str(tmp_path), "run-name": "r"},
+            **config, **{"output-dir": str(out_dir), "run-name": name}
         ),
     )
-    model, payload = load_model(tmp_path / "r" / "final_model.pt")
+    return replies
+
+
+def assert_only_shared_arrays(replies: list, model) -> None:
+    """No reply holds a patient id, a patient vector or a per-patient metric."""
     shared = set(model.state_dict())
     patient_ids = {str(u + 1001) for u in range(USERS)}
     assert replies and not any(m.has_error() for m in replies)
@@ -87,6 +93,13 @@ def test_only_the_shared_model_leaves_a_site(ratings, tmp_path):
             assert not patient_ids & {str(v) for v in record.values()}
         for record in msg.content.metric_records.values():
             assert all(np.ndim(v) == 0 for v in record.values())
+
+
+def test_only_the_shared_model_leaves_a_site(ratings, tmp_path):
+    replies = recording_run(rec_config(ratings, contribution=True), tmp_path)
+    model, payload = load_model(tmp_path / "r" / "final_model.pt")
+    shared = set(model.state_dict())
+    assert_only_shared_arrays(replies, model)
     assert payload["task"] == "recommendation"
     # each site's leave-one-out influence on HR@10, measured after the last round
     history = read_history(tmp_path / "r")
@@ -147,23 +160,29 @@ def test_fedprox_pulls_only_the_shared_parameters(ratings):
     assert not torch.equal(users.weight.detach(), before)  # patients are not pulled
 
 
-def test_patient_level_dp_is_accounted_as_opacus_does(ratings, tmp_path):
+@pytest.mark.parametrize("shared", ["biases", "popularity"])
+def test_patient_level_dp_is_accounted_as_opacus_does(ratings, tmp_path, shared):
     from opacus.accountants import PRVAccountant
 
-    config = rec_config(
-        ratings, dp="local", **{"dp-target-epsilon": 4.0, "dp-delta": 1e-3}
-    )
-    run = federate(config, 3, out_dir=tmp_path, name="dp")
-    privacy = run.history.privacy
-    assert privacy["unit"] == "patient"
-    sites = RunConfig.from_run_config(config)
+    from app.client.hospital import model_spec
     from data.registry import get_dataset
 
+    config = rec_config(
+        ratings,
+        dp="local",
+        optimizer="sgd",  # Adam's first steps are +-lr: two can cancel exactly
+        **{"dp-target-epsilon": 4.0, "dp-delta": 1e-3, "rec-dp-shared": shared},
+    )
+    replies = recording_run(config, tmp_path, "dp")
+    history = read_history(tmp_path / "dp")
+    privacy = history.privacy
+    assert privacy["unit"] == "patient"
+    sites = RunConfig.from_run_config(config)
     per_site = get_dataset(sites.data_spec()).sites(3)
     for index, site in enumerate(per_site):
         batches = math.ceil(site.num_users / 64)
         accountant = PRVAccountant()
-        sigma = run.rounds[-1].hospitals[f"hospital-{index}"]["train"][
+        sigma = history.rounds[-1].hospitals[f"hospital-{index}"]["train"][
             "dp-noise-multiplier"
         ]
         accountant.history = [(sigma, 1 / batches, 2 * batches)]
@@ -172,17 +191,16 @@ def test_patient_level_dp_is_accounted_as_opacus_does(ratings, tmp_path):
             expected, rel=1e-6
         )
         assert expected <= 4.0 + 1e-6
-    # rec-dp-shared = "biases" (the default): the item factors come back as the
-    # server's seeded initial ones, the noised item biases do not
-    from app.client.hospital import model_spec
-
+    # the item factors come back as the server's seeded initial ones; every item
+    # bias is noised (the 1000 items outnumber the rated ones)
     torch.manual_seed(sites.seed)
     start = model_spec(sites, get_dataset(sites.data_spec()).info()).build()
-    final = run.model.state_dict()
+    final, _ = load_model(tmp_path / "dp" / "final_model.pt")
     torch.testing.assert_close(
-        final["item_embedding.weight"], start.item_embedding.weight.detach()
+        final.item_embedding.weight, start.item_embedding.weight.detach()
     )
-    assert not torch.allclose(final["item_bias.weight"], start.item_bias.weight)
+    assert (final.item_bias.weight != start.item_bias.weight).all()
+    assert_only_shared_arrays(replies, final)
 
 
 def test_sparse_updates_are_refused_with_dp_by_name(ratings):

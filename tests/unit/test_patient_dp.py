@@ -99,3 +99,14 @@ def test_biases_only_leaves_the_factors_as_received_and_noises_every_bias():
     assert (after["item_bias.weight"] != start["item_bias.weight"]).all()
     assert not torch.equal(users.weight.detach(), before)  # patients still fit
     assert set(DP_SHARED["all"](model)) == set(start)
+
+
+def test_popularity_terms_are_each_patients_items_at_the_clip_norm():
+    from app.recommendation.dp import popularity_terms
+
+    items, _, mask = padded_histories(_rows(), 3)
+    terms = popularity_terms(6, items, mask, clip=0.5)[:, :, 0]
+    # patient 1 holds item 3 alone; its padding (item 0, mask 0) counts for nothing
+    torch.testing.assert_close(terms[1], torch.tensor([0, 0, 0, -0.5, 0, 0.0]))
+    torch.testing.assert_close(terms.norm(dim=1), torch.full((3,), 0.5))
+    assert (terms[0, [1, 2, 4]] < 0).all() and (terms[0, [0, 3, 5]] == 0).all()
