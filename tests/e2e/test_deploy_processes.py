@@ -310,10 +310,12 @@ def test_three_hospitals_train_over_tls_while_a_broken_one_reports_its_error(
         text = json.dumps(entry)
         assert "st-broken-secret-folder" not in text and "processed.broken" not in text
     entries = read_entries(governed / "audit.jsonl")
+    # every round's update, then the decision-threshold counts (threshold-rule auto)
     assert [(e["message_type"], e["outcome"]) for e in entries] == [
         ("train", "sent")
-    ] * ROUNDS
-    assert all(e["arrays"]["arrays"] for e in entries)
+    ] * ROUNDS + [("query.decision_stats", "sent")]
+    assert all(e["arrays"]["arrays"] for e in entries[:ROUNDS])
+    assert not entries[-1]["arrays"]  # counts only, no model arrays
     assert verify(governed / "audit.jsonl").ok
     model, payload = load_model(outputs / "deployed" / "final_model.pt")
     assert payload["data"]["input_shape"] == [13]
