@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from support.federation import REPO
 
 PRODUCT_PACKAGES = ("app", "strategies", "models", "data")
@@ -77,26 +76,115 @@ def test_strategies_folder_holds_only_strategies_and_their_helpers():
     assert not strays, f"not a strategy and used by no strategy: {strays}"
 
 
+OURS = (*PRODUCT_PACKAGES, "scripts")
+
+
+def _resolve(module: str, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    package = module.split(".")
+    base = package[: len(package) - node.level + (1 if _is_package(module) else 0)]
+    return ".".join([*base, node.module] if node.module else base)
+
+
+def _is_package(module: str) -> bool:
+    return (REPO / module.replace(".", "/") / "__init__.py").exists()
+
+
+def _import_time_statements(body: list[ast.stmt]) -> list[ast.stmt]:
+    """Statements run when the module is imported (no function bodies, no
+    ``if TYPE_CHECKING:`` blocks)."""
+    out: list[ast.stmt] = []
+    for node in body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            out += _import_time_statements(node.orelse)
+        elif isinstance(node, ast.If | ast.Try | ast.With | ast.ClassDef):
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                for child in getattr(node, field, []):
+                    handler = isinstance(child, ast.excepthandler)
+                    out += _import_time_statements(child.body if handler else [child])
+        elif not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            out.append(node)
+    return out
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Our modules -> the modules of ours they import at import time."""
+    paths = {_module_name(p): p for p in _modules(*OURS)}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        targets: set[str] = set()
+        for node in _import_time_statements(ast.parse(path.read_text()).body):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve(name, node)
+                targets |= {base} | {f"{base}.{a.name}" for a in node.names}
+        parents = {name.rsplit(".", i)[0] for i in range(1, name.count(".") + 1)}
+        graph[name] = {t for t in targets | parents if t in paths and t != name}
+    return graph
+
+
+def _modules_in_cycles(graph: dict[str, set[str]]) -> list[str]:
+    """Members of every strongly connected component larger than one module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[str] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while (member := stack.pop()) != node:
+                component.append(member)
+            if component:
+                found.extend([node, *component])
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(found)
+
+
+def test_import_graph_finds_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert _modules_in_cycles(graph) == ["a", "b", "c"]
+    assert "app.client" in _import_graph()["app.client.cache"]
+
+
 def test_every_module_imports_on_its_own():
     # Import cycles only show when a module is the first of its package to be
     # imported (a Ray actor unpickling a class imports exactly one module first).
-    names = [
-        _module_name(p) for p in _modules(*PRODUCT_PACKAGES, "scripts")
-    ]
+    # Every module is imported once; each module on a cycle of import-time
+    # imports (the static graph) is also imported first, in a state where none of
+    # ours is loaded: the entry points where a cycle can fail.
+    names = [_module_name(p) for p in _modules(*OURS)]
+    entries = _modules_in_cycles(_import_graph())
     code = (
         "import importlib, sys, warnings\n"
         "warnings.simplefilter('ignore')\n"
-        f"names = {names!r}\n"
-        f"ours = {(*PRODUCT_PACKAGES, 'scripts')!r}\n"
+        f"ours = {OURS!r}\n"
         "failed = []\n"
-        "for name in names:\n"
-        "    for key in [k for k in sys.modules if k.split('.')[0] in ours]:\n"
-        "        del sys.modules[key]\n"
+        "def load(name):\n"
         "    try:\n"
         "        importlib.import_module(name)\n"
         "    except ImportError as err:\n"
         "        if 'tenseal' not in str(err):\n"
         "            failed.append(f'{name}: {err}')\n"
+        f"for name in {entries!r}:\n"
+        "    for key in [k for k in sys.modules if k.split('.')[0] in ours]:\n"
+        "        del sys.modules[key]\n"
+        "    load(name)\n"
+        f"for name in {names!r}:\n"
+        "    load(name)\n"
         "print('\\n'.join(failed))\n"
     )
     out = subprocess.run(
@@ -110,14 +198,19 @@ def test_every_module_imports_on_its_own():
     assert out.stdout.strip() == "", out.stdout
 
 
-@pytest.mark.parametrize("entry", ["app.client_app", "app.server_app"])
-def test_flower_apps_import_no_script_or_test_harness(entry):
+def test_flower_apps_import_no_script_or_test_harness():
+    # One interpreter for both apps: the ServerApp is imported after the
+    # ClientApp, so each entry's own imports are printed before the next one.
     code = (
-        f"import sys, {entry}\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scripts'))"
+        "import importlib, sys\n"
+        "for entry in ('app.client_app', 'app.server_app'):\n"
+        "    importlib.import_module(entry)\n"
+        "    ours = sorted(m for m in sys.modules if m.split('.')[0] == 'scripts')\n"
+        "    print(entry, ours)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    lines = out.stdout.strip().splitlines()[-2:]
+    assert lines == ["app.client_app []", "app.server_app []"], lines
