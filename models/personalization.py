@@ -3,7 +3,8 @@
 * Transfer: :func:`load_initial_weights` starts a federation from a model trained
   on a source population (``init-model``), after checking it fits this run.
 * Head fine-tuning: :func:`personalize_head` adapts a copy of the global model's
-  last layer to one hospital's training data; the copy never leaves the hospital.
+  last layer (or its bias alone, ``personalize-part``) to one hospital's training
+  data; the copy never leaves the hospital.
 * FedBN-style local normalisation (Li et al., "FedBN: Federated Learning on
   Non-IID Features via Local Batch Normalization", ICLR 2021,
   https://arxiv.org/abs/2102.07623): the affine parameters of normalisation
@@ -16,7 +17,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -39,6 +40,24 @@ NORM_TYPES = (
     nn.InstanceNorm3d,
 )
 LOCAL_NORM_STATE = "local-norm"
+
+
+def _bias_of(head: nn.Linear) -> list[nn.Parameter]:
+    if head.bias is None:
+        raise ValueError("personalize-part='bias' needs a head with a bias.")
+    return [head.bias]
+
+
+# What head fine-tuning adapts (``personalize-part``; names in
+# app.personalization.FINETUNE_PARTS): the whole last layer, or only its bias, one
+# offset per class. Why the bias alone: where hospitals differ mostly in case mix
+# (heart disease: 37-97% prevalence), shifting the class offsets moves the decision
+# to the hospital's prevalence with as many parameters as classes, not the
+# features' weights fitted again on a few dozen records.
+HEAD_PARTS: dict[str, Callable[[nn.Linear], list[nn.Parameter]]] = {
+    "head": lambda head: list(head.parameters()),
+    "bias": _bias_of,
+}
 
 
 def load_initial_weights(
@@ -125,20 +144,23 @@ def personalize_head(
     train: Split,
     settings: TrainSettings,
     device: torch.device,
+    *,
+    part: str = "head",
 ) -> nn.Module:
     """A copy of ``model`` whose last linear layer is fine-tuned on ``train``.
 
     The rest of the network is frozen, so the shared representation is kept and
-    only the decision layer adapts to the hospital's population.
+    only the decision layer adapts to the hospital's population; ``part`` (a key
+    of :data:`HEAD_PARTS`) narrows it to the head's bias.
     """
     local = copy.deepcopy(model)
-    head = last_linear(local)
+    tuned = HEAD_PARTS[part](last_linear(local))
     for p in local.parameters():
         p.requires_grad_(False)
-    for p in head.parameters():
+    for p in tuned:
         p.requires_grad_(True)
     optimizer = torch.optim.SGD(
-        head.parameters(), lr=settings.learning_rate, momentum=settings.momentum
+        tuned, lr=settings.learning_rate, momentum=settings.momentum
     )
     loader = make_loader(train, settings.batch_size, shuffle=True, seed=settings.seed)
     train_epochs(local, loader, settings, device, optimizer=optimizer)

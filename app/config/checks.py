@@ -494,6 +494,11 @@ def check_personalization(cfg: RunConfig) -> None:
     both. Every method is refused under DP (see :func:`check_dp_exclusions`).
     """
     method = cfg.personalization
+    if cfg.personalize_part != "head" and cfg.personalize_epochs == 0:
+        raise ConfigError(
+            f"'personalize-part' = '{cfg.personalize_part}' needs "
+            "'personalize-epochs' >= 1 (it says what that fine-tuning adapts)."
+        )
     if method == "finetune" and cfg.personalize_epochs == 0:
         raise ConfigError(
             "personalization='finetune' needs 'personalize-epochs' >= 1 (its local "

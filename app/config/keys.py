@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.config.preset import AUTO, NONE, TASK_PRESETS, preset_names
+from app.personalization import FINETUNE_PARTS
 from app.personalization import METHODS as PERSONALIZATION_METHODS
 from data.preprocessing import NORMALISATIONS
 from data.registry import DATASETS, TASKS
@@ -763,6 +764,15 @@ class RunConfigKeys:
         help=(
             "Local epochs fine-tuning the head at evaluation (0 = off); metrics "
             "before and after."
+        ),
+    )
+    personalize_part: str = key(
+        "head",
+        "personalization",
+        choices=FINETUNE_PARTS,
+        help=(
+            "What `personalize-epochs` fine-tunes: the whole head, or only its "
+            "`bias` (one offset per class: the hospital's case mix)."
         ),
     )
     local_norm: bool = key(

@@ -62,6 +62,11 @@ METHODS: dict[str, MethodRecord] = {
 }
 
 
+# What ``finetune`` adapts (``personalize-part``): the head, or its bias alone
+# (models.personalization.HEAD_PARTS holds the parameter selectors).
+FINETUNE_PARTS = ("head", "bias")
+
+
 def method_name(cfg: RunConfig) -> str:
     """The run's method: ``personalize-epochs > 0`` alone means ``finetune``."""
     if cfg.personalization == "none" and cfg.personalize_epochs > 0:

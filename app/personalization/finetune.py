@@ -1,5 +1,6 @@
-"""Fine-tuning: at evaluation a copy of the global model's head is fine-tuned on
-the hospital's training split for ``personalize-epochs`` (the copy stays there).
+"""Fine-tuning: at evaluation a copy of the global model's head (or its bias
+alone, ``personalize-part``) is fine-tuned on the hospital's training split for
+``personalize-epochs`` (the copy stays there).
 """
 
 from __future__ import annotations
@@ -31,4 +32,6 @@ class FineTune(Method):
             weight_decay=0.0,
             max_steps=0,
         )
-        return personalize_head(model, train, settings, device)
+        return personalize_head(
+            model, train, settings, device, part=self.cfg.personalize_part
+        )

@@ -441,9 +441,10 @@ def heart_notes(settings: Mapping[str, Any], total_epochs: int) -> list[str]:
         f"{settings['local-epochs']} local epoch).",
         "FLamby anchors: pooled 0.795, FedAvg 0.748, FedYogi 0.779 (their splits and "
         "tuning differ; compare trends, not third decimals).",
-        "fedavg+public-bounds and the personalised methods (finetune, ditto, apfl, "
-        "fedrep, fenda; recipes in scripts/benchmarks/personalization.py, chosen on "
-        "tuning seeds 1000-1002) standardise every site with the dataset's public "
+        "fedavg+public-bounds and the personalised methods (finetune, "
+        "finetune-bias, ditto, apfl, fedrep, fenda; recipes in "
+        "scripts/benchmarks/personalization.py, chosen on tuning seeds 1000-1002, "
+        "finetune-bias on 1000-1009) standardise every site with the dataset's public "
         "feature bounds; a personalised method's 'pooled' scores each test record "
         "with its hospital's own model, its global_pooled_accuracy (results.json) "
         "is the same run's global model (none for fedrep and fenda, whose server "

@@ -9,10 +9,12 @@ from flwr.app import MessageType, RecordDict
 from support.federation import make_context, make_message, make_run_config
 
 from app.client_app import app as client_app
+from app.personalization import FINETUNE_PARTS
 from data.spec import DatasetInfo, Split
 from models import ModelSpec
 from models.checkpoint import ModelFileError, save_model
 from models.personalization import (
+    HEAD_PARTS,
     LOCAL_NORM_STATE,
     LocalNorm,
     load_initial_weights,
@@ -59,6 +61,28 @@ def test_head_fine_tuning_does_not_lose_accuracy_under_a_constructed_shift():
     assert max(gains) > 0.05
     for k, v in model.state_dict().items():  # the global model itself is untouched
         assert torch.equal(v, global_weights[k])
+
+
+def test_bias_fine_tuning_moves_the_offsets_to_the_sites_prevalence():
+    """``personalize-part = "bias"``: the head's weights stay the global model's;
+    only the class offsets move, toward the hospital's (here higher) prevalence.
+    """
+    assert tuple(HEAD_PARTS) == FINETUNE_PARTS  # the key's choices = the registry
+    rng = np.random.default_rng(1)
+    train = _site(rng, 200, -0.8)  # ~80% positive where the global model says 50%
+    torch.manual_seed(0)
+    model = LogisticRegression(2)
+    with torch.no_grad():
+        model.linear.weight.copy_(torch.tensor([[-2.0, -0.6], [2.0, 0.6]]))
+        model.linear.bias.zero_()
+    settings = TrainSettings(epochs=10, batch_size=16, learning_rate=0.1)
+    tuned = personalize_head(model, train, settings, CPU, part="bias")
+    assert torch.equal(tuned.linear.weight, model.linear.weight)
+    shift = tuned.linear.bias[1] - tuned.linear.bias[0]
+    assert shift > 1.0  # toward class 1: the boundary x0 + 0.3 x1 = -0.8
+    before = evaluate_split(model, train, CPU)["accuracy"]
+    assert evaluate_split(tuned, train, CPU)["accuracy"] > before + 0.05
+    assert torch.count_nonzero(model.linear.bias) == 0  # the global copy untouched
 
 
 def test_local_norm_keeps_own_params_and_returns_the_received_ones():

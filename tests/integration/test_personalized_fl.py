@@ -130,6 +130,7 @@ def test_fenda_network_shapes():
             "personalization",
         ),
         ({"personalization": "ditto", "task": "recommendation"}, "personalization"),
+        ({"personalize-part": "bias"}, "personalize-part"),  # nothing to fine-tune
     ],
 )
 def test_refused_combinations_name_the_key(overrides, key):
