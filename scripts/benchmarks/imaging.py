@@ -37,6 +37,7 @@ from app.config.preset import preset_names
 from app.config.run_config import preset_values
 from app.server.averaging import ModelEMA
 from app.server.federation import BestRound
+from app.server.runner import evaluation_round
 from data.registry import get_dataset
 from data.spec import Split
 from data.transforms import ImageSplit
@@ -275,9 +276,9 @@ def centralized(setup: Setup, data: Path, work: Path, seed: int) -> dict[str, An
     (``eta``, ``beta-1``, ``beta-2``, ``tau`` as epsilon; the round's schedule
     factor on ``eta``) on a random pooled mini-batch of ``hospitals x
     batch-size`` records, what the federated server applies to the hospitals'
-    averaged one-batch gradients. With ``select-best`` the model is scored after
-    each round on the union of the hospitals' held-out records (what the
-    federated run's hospitals evaluate on) and the best kept.
+    averaged one-batch gradients. With ``select-best`` the model is scored at
+    the federated run's evaluated rounds on the union of the hospitals' held-out
+    records (what the federated run's hospitals evaluate on) and the best kept.
     """
     if not (setup.server_optimizer or setup.local_steps == 0):
         raise ValueError(
@@ -342,10 +343,16 @@ def train_rounds(
     pooled: ImageSplit,
     held_out: Split,
 ) -> tuple[torch.nn.Module, int]:
-    """Train ``setup.rounds`` pooled rounds; the model to score and its round."""
+    """Train ``setup.rounds`` pooled rounds; the model to score and its round.
+
+    With ``select-best`` the model is scored on ``held_out`` at the rounds the
+    federated run evaluates (``evaluate-every``, and the last round) and the best
+    of those kept, as the federated server compares only its evaluated rounds.
+    """
     base_rate, batch_size, settings, optimizer = pooled_optimizer(setup, cfg, model)
     averaging = ModelEMA(setup.model_ema)  # one update per step, as per round
     higher = BestRound.HIGHER_IS_BETTER.get(setup.select_best, True)
+    every = cfg.evaluation_interval  # the rounds the federated selection compares
     best: tuple[int, float, dict[str, torch.Tensor]] | None = None
     for r in range(1, setup.rounds + 1):
         for group in optimizer.param_groups:
@@ -356,7 +363,7 @@ def train_rounds(
         train_epochs(model, loader, settings, CPU, optimizer=optimizer)
         if averaging.enabled:
             averaging.update(ArrayRecord(model.state_dict()))
-        if setup.select_best != "none":
+        if setup.select_best != "none" and evaluation_round(r, every, setup.rounds):
             scored = averaged(model, averaging)
             value = evaluate_split(scored, held_out, CPU)[setup.select_best]
             if best is None or (value > best[1] if higher else value < best[1]):

@@ -25,3 +25,43 @@ def test_default_recipe_is_fedsgd_with_a_server_adam():
 def test_centralized_refuses_a_recipe_without_a_pooled_counterpart(tmp_path):
     with pytest.raises(ValueError, match="no centralized counterpart"):
         centralized(Setup(local_steps=3), tmp_path / "none.npz", tmp_path, 42)
+
+
+def test_centralized_selection_compares_the_federated_runs_evaluated_rounds(
+    tmp_path, monkeypatch
+):
+    import numpy as np
+    import torch
+
+    from data.spec import Split
+    from data.transforms import ImageSplit
+    from models.imaging import poolcnn_small
+    from scripts.benchmarks import imaging
+
+    setup = Setup(
+        model="poolcnn-small",
+        rounds=5,
+        evaluate_every=2,
+        select_best="auc",
+        model_ema=0.0,
+        augment=False,
+        hospitals=2,
+        batch_size=4,
+    )
+    cfg = RunConfig.from_run_config(setup.run_config(tmp_path / "a.npz", tmp_path, 1))
+    rng = np.random.default_rng(0)
+    x = rng.random((12, 1, 8, 8), dtype=np.float32)
+    y = np.arange(12) % 2
+    scored: list[int] = []
+
+    def fake_evaluate(model, split, device):  # a rising AUC: the last scored wins
+        scored.append(len(scored))
+        return {"auc": float(len(scored))}
+
+    monkeypatch.setattr(imaging, "evaluate_split", fake_evaluate)
+    torch.manual_seed(0)
+    _, selected = imaging.train_rounds(
+        setup, cfg, poolcnn_small(2, 1, 2), ImageSplit(x, y), Split(x, y)
+    )
+    assert len(scored) == 3  # rounds 2, 4 and the last (5), as the server evaluates
+    assert selected == 5

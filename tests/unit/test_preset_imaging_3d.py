@@ -28,6 +28,10 @@ def test_imaging_3d_preset_is_a_valid_flat_run_config_for_3d_volumes():
         0.0,
     )
     assert cfg.strategy == "fedadam"
+    # version 2: the saved model is the best evaluated round's on the hospitals'
+    # held-out shares, so the run must evaluate more than once
+    assert cfg.select_best == "loss" and cfg.fraction_evaluate > 0
+    assert cfg.evaluation_interval < cfg.num_server_rounds
     # a 28^3 volume is resized to the preset's side and fits its network
     volumes = np.zeros((2, 1, 28, 28, 28), np.uint8)
     x = prepare_images(volumes, cfg.image_size)
