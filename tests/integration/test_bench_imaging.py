@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from app.config import RunConfig
@@ -65,3 +66,21 @@ def test_centralized_selection_compares_the_federated_runs_evaluated_rounds(
     )
     assert len(scored) == 3  # rounds 2, 4 and the last (5), as the server evaluates
     assert selected == 5
+
+
+def test_goal_follows_the_data_file_then_the_presets_dimensionality():
+    from scripts.benchmarks.imaging import goal_for, goal_met
+
+    assert goal_for("imaging-2d", Path("/x/breastmnist.npz")).min_auc == 0.90
+    assert goal_for("imaging-2d", Path("/x/pneumoniamnist.npz")).ratio == 0.97
+    adrenal = goal_for("imaging-3d", Path("/x/adrenalmnist3d.npz"))
+    assert (adrenal.min_auc, adrenal.sensitivity) == (0.85, True)
+    other = goal_for("imaging-3d", Path("/x/nodulemnist3d.npz"))
+    mean = {"federated_auc": 0.9, "centralized_auc": 0.92, "federated_cpu_s": 600.0}
+    seed = {"federated_sensitivity_at_threshold": 0.4}
+    assert goal_met(other, mean, [seed])
+    assert not goal_met(other, mean, [{"federated_sensitivity_at_threshold": 0.0}])
+    assert goal_met(other, mean, [{"federated_sensitivity_at_threshold": np.nan}])
+    low = {**mean, "federated_auc": 0.81, "centralized_auc": 0.80}
+    assert goal_met(other, low, [seed]) and not goal_met(adrenal, low, [seed])
+    assert not goal_met(adrenal, {**mean, "federated_cpu_s": 1300.0}, [seed])
