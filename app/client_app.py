@@ -68,6 +68,7 @@ from models.training import (
     seed_torch,
     set_deterministic,
 )
+from strategies.arrays import torch_state_dict
 from strategies.encoding import PLAIN, decode, encode, layout_of
 from strategies.fedavg import HOSPITAL_RECORD
 from strategies.screening import ERROR_PREFIX, label_count_metrics
@@ -129,7 +130,7 @@ def _setup(
         arrays = decode(  # update-encoding: the server's float16/int8 arrays
             msg.content["arrays"], cfg.update_encoding, layout_of(model.state_dict())
         )
-        model.load_state_dict(arrays.to_torch_state_dict())
+        model.load_state_dict(torch_state_dict(arrays))
     except (ValueError, RuntimeError, KeyError) as err:
         # This hospital's data do not fit the federation's model (other channels,
         # image size or classes): its own problem, reported without paths.
@@ -250,11 +251,12 @@ def _train(msg: Message, context: Context) -> Message:
         train_metrics = outcome.metrics()
     else:
         train_metrics = method.train(model, site.train, settings, context.state, device)
+    # No held-out evaluation of the local model here: the evaluate message scores
+    # the round's global model on the same split, and the local model's own fit
+    # travels as the training-time loss (train_loss).
     metrics = {
         **train_metrics,
         "num-examples": len(site.train),  # the dataset's length, never len(loader)
-        **_defined(evaluate_split(model, site.val, device), "val_"),
-        "val-num-examples": len(site.val),  # what val_* rest on (min-records)
         **label_count_metrics(site.label_counts()),
     }
     if local_norm is not None:
