@@ -13,6 +13,7 @@ import logging
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from types import ModuleType
 
 # Flower's generated protobuf code is older than the protobuf runtime openmined-psi
 # pins: harmless, but printed nine times by whatever imports flwr first. Filtered
@@ -51,7 +52,6 @@ from app.personalization import build_method
 from app.privacy.accounting import PrivacyBudgetExhausted
 from app.privacy.cohort_stats import QUERY as COHORT_STATS_QUERY
 from app.privacy.cohort_stats import message_scaler, release_reply, reply_content
-from app.recommendation import client as recommendation
 from app.secagg.client_mod import register as register_secure_aggregation
 from app.secagg.client_mod import secure_train_mod
 from app.stats.client import hospital_min_records, stats_reply
@@ -68,6 +68,7 @@ from models.training import (
     seed_torch,
     set_deterministic,
 )
+from strategies.arrays import torch_state_dict
 from strategies.encoding import PLAIN, decode, encode, layout_of
 from strategies.fedavg import HOSPITAL_RECORD
 from strategies.screening import ERROR_PREFIX, label_count_metrics
@@ -76,6 +77,7 @@ log = logging.getLogger(__name__)
 DATA_ERROR_CODE = 4001
 LOCAL_FAILURE_CODE = 4002
 PRIVACY_BUDGET_CODE = 4003
+RECOMMENDATION_TASK = "recommendation"  # run config `task`: app/recommendation
 HARNESS_WARNED = "harness-warned"  # context.state: the ignored settings, warned once
 
 
@@ -129,7 +131,7 @@ def _setup(
         arrays = decode(  # update-encoding: the server's float16/int8 arrays
             msg.content["arrays"], cfg.update_encoding, layout_of(model.state_dict())
         )
-        model.load_state_dict(arrays.to_torch_state_dict())
+        model.load_state_dict(torch_state_dict(arrays))
     except (ValueError, RuntimeError, KeyError) as err:
         # This hospital's data do not fit the federation's model (other channels,
         # image size or classes): its own problem, reported without paths.
@@ -250,11 +252,12 @@ def _train(msg: Message, context: Context) -> Message:
         train_metrics = outcome.metrics()
     else:
         train_metrics = method.train(model, site.train, settings, context.state, device)
+    # No held-out evaluation of the local model here: the evaluate message scores
+    # the round's global model on the same split, and the local model's own fit
+    # travels as the training-time loss (train_loss).
     metrics = {
         **train_metrics,
         "num-examples": len(site.train),  # the dataset's length, never len(loader)
-        **_defined(evaluate_split(model, site.val, device), "val_"),
-        "val-num-examples": len(site.val),  # what val_* rest on (min-records)
         **label_count_metrics(site.label_counts()),
     }
     if local_norm is not None:
@@ -356,11 +359,23 @@ def decision_stats(msg: Message, context: Context) -> Message:
         return _error(msg, context, err)
 
 
+def _recommendation(context: Context) -> ModuleType | None:
+    """The recommendation task's handlers, for its runs only: they import pandas
+    (~0.6 s of CPU per simulation actor and per deployed message) that no other
+    task's ClientApp needs.
+    """
+    if context.run_config.get("task") != RECOMMENDATION_TASK:
+        return None
+    from app.recommendation import client as recommendation
+
+    return recommendation
+
+
 @app.train(mods=[secure_train_mod])  # masks/encrypts the reply when asked to
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this hospital's training split."""
     try:
-        if recommendation.is_recommendation(context):
+        if (recommendation := _recommendation(context)) is not None:
             return recommendation.train(msg, context)
         return _train(msg, context)
     except Exception as err:  # one hospital's failure must not end the federation
@@ -371,7 +386,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this hospital's held-out split."""
     try:
-        if recommendation.is_recommendation(context):
+        if (recommendation := _recommendation(context)) is not None:
             return recommendation.evaluate(msg, context)
         return _evaluate(msg, context)
     except Exception as err:

@@ -20,7 +20,7 @@ def json_safe(value: Any) -> Any:
     Paths and other unknown objects become their ``str``.
     """
     if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
+        return {_key(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
@@ -32,6 +32,33 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
+# Dict keys json itself would write differently from ``str``.
+_JSON_KEYS = {True: "true", False: "false", None: "null"}
+
+
+def _key(key: Any) -> str:
+    """A dict key as the json module names it (``str`` for any other key)."""
+    if key is None or isinstance(key, bool):
+        return _JSON_KEYS[key]
+    return str(key)
+
+
+def _encode(payload: Any, **options: Any) -> str:
+    """``json.dumps(json_safe(payload), allow_nan=False, **options)``, skipping the
+    Python copy where the payload needs none.
+
+    ``json_safe`` walks every value in Python: for history.json, rewritten after
+    every round, that grew with rounds x hospitals x metrics. A payload of plain
+    dicts, lists, strings, finite floats, ints, bools and None encodes to the same
+    text without it (:func:`json_safe` names keys as json does); anything else
+    (NaN, numpy values, paths) makes the C encoder raise, and the copy is made.
+    """
+    try:
+        return json.dumps(payload, allow_nan=False, **options)
+    except (TypeError, ValueError):
+        return json.dumps(json_safe(payload), allow_nan=False, **options)
+
+
 def dumps(payload: Any, *, indent: int | None = 2) -> str:
     """``payload`` as JSON text (after :func:`json_safe`), newline-ended.
 
@@ -39,7 +66,7 @@ def dumps(payload: Any, *, indent: int | None = 2) -> str:
     module's C encoder (the indenting one is pure Python, ~10x slower), for files
     rewritten while a run goes on.
     """
-    return json.dumps(json_safe(payload), indent=indent, allow_nan=False) + "\n"
+    return _encode(payload, indent=indent) + "\n"
 
 
 def compact(payload: Any) -> str:
@@ -47,9 +74,7 @@ def compact(payload: Any) -> str:
 
     The form of JSONL logs: equal payloads give equal text, so it can be hashed.
     """
-    return json.dumps(
-        json_safe(payload), sort_keys=True, separators=(",", ":"), allow_nan=False
-    )
+    return _encode(payload, sort_keys=True, separators=(",", ":"))
 
 
 def write_json(path: Path, payload: Any, *, indent: int | None = 2) -> None:

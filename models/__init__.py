@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from data.lazy import LazyTarget
@@ -147,14 +148,21 @@ def architecture_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """
     if name not in MODELS:
         return dict(kwargs)
-    params = inspect.signature(MODELS[name].load()).parameters.values()
-    defaults = {
+    return {**_keyword_defaults(MODELS[name].load()), **kwargs}
+
+
+@lru_cache(maxsize=64)
+def _keyword_defaults(factory: Callable[..., nn.Module]) -> dict[str, Any]:
+    """A factory's keyword defaults, read once (``inspect.signature`` costs ~0.3 ms
+    and every ClientApp message builds a ModelSpec). Callers copy the dict.
+    """
+    params = inspect.signature(factory).parameters.values()
+    return {
         p.name: p.default
         for p in params
         if p.default is not inspect.Parameter.empty
         and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     }
-    return {**defaults, **kwargs}
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:

@@ -35,6 +35,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError
 
 from strategies.anomaly import anomaly_report
+from strategies.arrays import decoded
 from strategies.encoding import (
     ENCODINGS,
     PLAIN,
@@ -328,6 +329,8 @@ class Screened:
                 problem = self._densify(msg)
             if problem is None and is_train:
                 problem = self._fill_local(msg)
+            if problem is None and is_train:
+                problem = self._decode_once(msg)
             if problem is None:
                 problem = self._reply_problem(
                     server_round, msg.content, is_train=is_train
@@ -384,6 +387,20 @@ class Screened:
         msg.content[self.arrayrecord_key] = ArrayRecord(full)
         return None
 
+    def _decode_once(self, msg: Message) -> str | None:
+        """Decode a train reply's arrays once (in place, :mod:`strategies.arrays`)
+        for screening, the anomaly report and aggregation; return why they cannot
+        be decoded, or None.
+        """
+        arrays = msg.content.array_records.get(self.arrayrecord_key)
+        if arrays is None:
+            return None
+        try:
+            msg.content[self.arrayrecord_key] = decoded(arrays)
+        except (TypeError, ValueError, EOFError, OSError) as err:
+            return f"arrays cannot be decoded ({type(err).__name__})"
+        return None
+
     def _decode_reply(self, content: RecordDict) -> str | None:
         """Decode a train reply's arrays in place (``update-encoding``), so
         screening, the anomaly report and aggregation see plain arrays; return why
@@ -426,19 +443,23 @@ class Screened:
             )
             return None, None
         # kept for a leave-one-out contribution after the last round
+        names = [self._names[m.metadata.src_node_id] for m in sound]  # from _screen
         self.last_updates = [
             (
-                hospital_of(m),
+                name,
                 m.content[self.arrayrecord_key],
                 float(
                     next(iter(m.content.metric_records.values()))[self.weighted_by_key]
                 ),
             )
-            for m in sound
+            for name, m in zip(names, sound, strict=True)
         ]
         entry["anomaly"] = anomaly_report(
             self._global,
-            [(hospital_of(m), m.content[self.arrayrecord_key]) for m in sound],
+            [
+                (name, m.content[self.arrayrecord_key])
+                for name, m in zip(names, sound, strict=True)
+            ],
         )
         for name, row in entry["anomaly"]["hospitals"].items():
             if row["flagged"]:

@@ -162,7 +162,3 @@ def evaluate(msg: Message, context: Context) -> Message:
     )
     metrics["num-examples"] = int(test["num-examples"])
     return reply(msg, site, metrics)
-
-
-def is_recommendation(context: Context) -> bool:
-    return context.run_config.get("task") == "recommendation"

@@ -16,14 +16,14 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import roc_auc_score, roc_curve
 
 from app.server.history import RocCurve, RunHistory
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 REPORT_NAME = "report.html"
 EPSILON_KEY = "dp-epsilon"
@@ -69,6 +69,10 @@ def roc_curves(
         raise ValueError(
             f"probs must be (n, classes) for n={len(y_true)}, got {probs.shape}."
         )
+    # scikit-learn (~2 s of imports with SciPy and pandas) at the run's end only,
+    # not while the ServerApp starts beside the hospitals' first messages
+    from sklearn.metrics import roc_auc_score, roc_curve
+
     num_classes = probs.shape[1]
     positives = [1] if num_classes == 2 else list(range(num_classes))
     curves: list[RocCurve] = []
@@ -183,6 +187,15 @@ def problems(history: RunHistory) -> list[tuple[int, str, str, str]]:
 # ------------------------------------------------------------------ plots
 
 
+def _new_figure(**options: Any) -> Figure:
+    """A matplotlib Figure (matplotlib imported when a report is drawn, not when
+    the ServerApp starts).
+    """
+    from matplotlib.figure import Figure
+
+    return Figure(layout="constrained", **options)
+
+
 def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -194,6 +207,8 @@ def _line_axes(ax: Any, series: Series, title: str) -> None:
         ax.plot(rounds, values, marker="o", markersize=3, label=label)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("round")
+    from matplotlib.ticker import MaxNLocator
+
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if series:
@@ -208,7 +223,7 @@ def plot_server(history: RunHistory) -> Plot | None:
     series = server_series(history)
     if not series:
         return None
-    fig = Figure(figsize=(11, 4), layout="constrained")
+    fig = _new_figure(figsize=(11, 4))
     left, right = fig.subplots(1, 2)
     _line_axes(left, {k: series[k] for k in SCORE_METRICS if k in series}, "scores")
     left.set_ylim(-0.02, 1.02)
@@ -230,7 +245,7 @@ def plot_hospitals(history: RunHistory) -> Plot | None:
     ]
     if not any(series for _, series in panels):
         return None
-    fig = Figure(figsize=(11, 7.5), layout="constrained")
+    fig = _new_figure(figsize=(11, 7.5))
     for ax, (title, series) in zip(fig.subplots(2, 2).ravel(), panels, strict=True):
         _line_axes(ax, series, title)
     return Plot(
@@ -245,7 +260,7 @@ def plot_epsilon(history: RunHistory) -> Plot | None:
     series = hospital_series(history, "train", EPSILON_KEY)
     if not series:
         return None
-    fig = Figure(figsize=(7, 4), layout="constrained")
+    fig = _new_figure(figsize=(7, 4))
     ax = fig.subplots()
     _line_axes(ax, series, "privacy budget spent (epsilon) per hospital")
     ax.set_ylabel("epsilon")
@@ -264,7 +279,7 @@ def plot_labels(
         return None
     names = sorted(counts)
     classes = sorted({k for c in counts.values() for k in c})
-    fig = Figure(figsize=(max(6.0, 0.9 * len(names) + 3), 4), layout="constrained")
+    fig = _new_figure(figsize=(max(6.0, 0.9 * len(names) + 3), 4))
     ax = fig.subplots()
     bottom = np.zeros(len(names))
     for k in classes:
@@ -288,7 +303,7 @@ def plot_labels(
 def plot_roc(curves: Sequence[RocCurve]) -> Plot | None:
     if not curves:
         return None
-    fig = Figure(figsize=(5.5, 5), layout="constrained")
+    fig = _new_figure(figsize=(5.5, 5))
     ax = fig.subplots()
     for c in curves:
         ax.plot(c["fpr"], c["tpr"], label=f"{c['label']} (AUC {c['auc']:.3f})")

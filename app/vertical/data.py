@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from data.preprocessing import Standardizer
 from data.spec import DataError, DataSpec
@@ -185,6 +184,8 @@ def read_party_csv(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"CSV file not found: {path}", "data file not found")
+    import pandas as pd  # only where a vertical party's table is read
+
     try:
         frame = pd.read_csv(path, dtype={id_column: str})
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:

@@ -201,3 +201,18 @@ def test_proximal_term_value_and_gradient():
     # d/dw (mu/2)||w-g||^2 = mu (w - g)
     torch.testing.assert_close(model.weight.grad, torch.tensor([[0.2, 0.2]]))
     torch.testing.assert_close(model.bias.grad, torch.tensor([0.0]))
+
+
+def test_reply_whose_arrays_cannot_be_decoded_is_dropped(task_identity):
+    strategy = MedFedAvg(min_hospitals=1)
+    prime(strategy)
+    good = reply(101, {"w": full(2.0, (2, 2)), "b": full(1.0, 2)}, 10, name="good")
+    bad = reply(102, GLOBAL, 10, name="garbled")
+    w = bad.content["arrays"]["w"]
+    bad.content["arrays"]["w"] = Array(
+        dtype=w.dtype, shape=tuple(w.shape), stype=w.stype, data=b"\x93NUMPY junk"
+    )
+    result, _ = strategy.aggregate_train(1, [good, bad])
+    np.testing.assert_allclose(result["w"].numpy(), full(2.0, (2, 2)))
+    reason = strategy.ledger.rounds[1]["rejected"]["garbled"]["reason"]
+    assert reason.startswith("arrays cannot be decoded")

@@ -115,6 +115,46 @@ def test_csv_loader_errors_name_file_and_place(tmp_path, rows, label, message):
     assert "site.csv" not in info.value.public_reason
 
 
+def _pandas_read(path, label):
+    import pandas as pd
+
+    frame = pd.read_csv(path)
+    features = [c for c in frame.columns if c != label]
+    return frame[features].to_numpy(), frame[label].to_numpy()
+
+
+def test_plain_csv_is_read_as_pandas_reads_it(tmp_path, monkeypatch):
+    # the fast path (no pandas) returns pandas' values, dtype and layout
+    import data.tabular as tabular
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 3)) * 10.0 ** rng.integers(-4, 5, size=(300, 3))
+    rows = [f"{a:.6g},{b:.17g},{c:.4f},{k % 2}" for k, (a, b, c) in enumerate(x)]
+    path = _write_csv(tmp_path / "h.csv", rows, header="a,b,c,target")
+    calls = []
+    monkeypatch.setattr(
+        tabular,
+        "_numeric_frame",
+        lambda *a: calls.append(a),  # pandas' path
+    )
+    got, y, names = read_labelled_csv(path, "target")
+    assert not calls and names == ("a", "b", "c")
+    want, want_y = _pandas_read(path, "target")
+    assert got.dtype == want.dtype and got.flags.f_contiguous == want.flags.f_contiguous
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(y, want_y)
+
+
+@pytest.mark.parametrize(
+    "rows", [["1,2,0", "3,4,1"], ["1.5,,0", "3,4,1"], ['"1.5",2,0'], ["1.5,x,0"]]
+)
+def test_csv_the_fast_path_declines_goes_through_pandas(tmp_path, rows):
+    # whole numbers (pandas' int64), missing values, quotes, text
+    from data.tabular import _read_plain_csv
+
+    assert _read_plain_csv(_write_csv(tmp_path / "h.csv", rows), "target") is None
+
+
 def test_csv_dataset_partitions_like_wdbc(tmp_path):
     rng = np.random.default_rng(0)
     rows = [f"{a:.3f},{b:.3f},{int(a + b > 0)}" for a, b in rng.normal(size=(100, 2))]
