@@ -25,6 +25,19 @@ def _rows() -> Interactions:
     )
 
 
+def _dp(noise_multiplier: float, accountant: str) -> DPSettings:
+    """Patient-level DP settings with clip norm 1 and no budget limit."""
+    return DPSettings(
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=1.0,
+        delta=1e-5,
+        accountant=accountant,
+        secure_rng=False,
+        grad_sampler="layers",
+        budget=float("inf"),
+    )
+
+
 def test_per_patient_gradients_equal_autograd_on_each_history():
     torch.manual_seed(0)
     rows = _rows()
@@ -55,15 +68,7 @@ def test_per_patient_gradients_equal_autograd_on_each_history():
 
 def test_clipping_bounds_each_patient_and_no_noise_sums():
     grads = {"a": torch.tensor([[3.0, 4.0], [0.3, 0.4]]), "b": torch.zeros(2, 1)}
-    dp = DPSettings(
-        noise_multiplier=0.0,
-        max_grad_norm=1.0,
-        delta=1e-5,
-        accountant="rdp",
-        secure_rng=False,
-        grad_sampler="layers",
-        budget=float("inf"),
-    )
+    dp = _dp(noise_multiplier=0.0, accountant="rdp")
     out = _noisy_step(grads, dp, expected_batch=1.0, generator=torch.Generator())
     # patient 0 (norm 5) is scaled to norm 1; patient 1 (norm 0.5) is kept
     torch.testing.assert_close(
@@ -81,15 +86,7 @@ def test_biases_only_leaves_the_factors_as_received_and_noises_every_bias():
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     users = UserTable(3, model.user_dim, seed=0)
     before = users.weight.detach().clone()
-    dp = DPSettings(
-        noise_multiplier=1.0,
-        max_grad_norm=1.0,
-        delta=1e-5,
-        accountant="prv",
-        secure_rng=False,
-        grad_sampler="layers",
-        budget=float("inf"),
-    )
+    dp = _dp(noise_multiplier=1.0, accountant="prv")
     settings = RecTrainSettings(optimizer="sgd", learning_rate=0.1, batch_size=8)
     trained = DP_SHARED["biases"](model)
     assert train_site_dp(model, users, _rows(), settings, dp, trained) == 1
