@@ -131,3 +131,15 @@ def test_model_copies_are_independent_and_caches_stay_bounded(tmp_path):
     assert len(small) == 2  # 40 + 50 bytes; adding 30 would pass 100
     assert small.get(1, 4, lambda: b"") == b"x" * 50
     assert small.get(1, 0, lambda: b"new") == b"new"  # evicted: made again
+
+
+def test_run_config_is_parsed_once_per_run_and_config(tmp_path):
+    raw = make_run_config(tmp_path, seed=42)
+    cfg = cache.run_config(1, raw)
+    # An equal config (another dict, other key order) of the same run: the same parse.
+    assert cache.run_config(1, dict(reversed(list(raw.items())))) is cfg
+    # One value changed: parsed again, and that value is what the new config holds.
+    other = cache.run_config(1, {**raw, "seed": 43})
+    assert other is not cfg and other.seed == 43 and cfg.seed == 42
+    # Another run parses its config afresh even when it is equal.
+    assert cache.run_config(2, raw) is not cfg
