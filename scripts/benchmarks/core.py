@@ -285,6 +285,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="scale: federation sizes, e.g. 10,100,1000 (default 10,50,100)",
     )
+    parser.add_argument(
+        "--repeats",
+        type=repeat_count,
+        default=None,
+        help="scale: runs of each app per size, medians reported (default 3 up to "
+        "100 hospitals, 1 above)",
+    )
+
+
+def repeat_count(text: str) -> int:
+    """Parse ``--repeats``: a whole number of runs, at least 1."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(
+            f"--repeats takes a whole number of runs >= 1, got {text!r}"
+        )
+    return count
 
 
 def hospital_counts(text: str) -> tuple[int, ...]:

@@ -760,6 +760,12 @@ SCALE_QUICK_HOSPITALS = (10, 20)
 SCALE_MEMORY_GOAL_GB = 8.0
 SCALE_ROUND_RATIO_GOAL = 1.5  # medflower / bare-Flower floor, rounds after the first
 SCALE_FIRST_ROUND_RATIO_GOAL = 1.3
+# One invocation's wall-clock ratios moved by ~0.2-0.3 between identical runs on
+# an idle machine (mostly the floor's own rounds): each app runs this many times,
+# alternately, at sizes up to SCALE_REPEAT_MAX_HOSPITALS, and medians are reported.
+SCALE_REPEATS = 3
+SCALE_REPEAT_MAX_HOSPITALS = 100
+SCALE_TIMINGS = ("round_s", "first_round_s", "floor_round_s", "floor_first_round_s")
 FLOOR_APP = Path(__file__).resolve().parent / "floor"  # the bare-Flower app
 # A wdbc-like table split IID across N hospitals: wdbc itself (455 pooled records)
 # cannot give 1,000 hospitals a training and a held-out record each.
@@ -940,13 +946,50 @@ def floor_run(num_hospitals: int, array_sizes: Sequence[int]) -> dict[str, Any]:
     }
 
 
-def scale_size(num_hospitals: int, config: Mapping[str, Any]) -> dict[str, Any]:
-    """Run medflower and the floor at one federation size, back to back; ratios."""
-    print(f"scale: {num_hospitals} hospitals: medflower ...", flush=True)
-    ours = scale_run(num_hospitals, config)
-    print(f"scale: {num_hospitals} hospitals: bare-Flower floor ...", flush=True)
-    floor = floor_run(num_hospitals, scale_array_sizes(config))
-    row = {"hospitals": num_hospitals, **ours, **floor}
+def scale_repeats(num_hospitals: int, asked: int | None) -> int:
+    """Runs of each app at one size: ``--repeats`` when given, else
+    ``SCALE_REPEATS`` up to ``SCALE_REPEAT_MAX_HOSPITALS`` hospitals and one above
+    (a 1,000-hospital pair takes minutes).
+    """
+    if asked is not None:
+        return asked
+    return SCALE_REPEATS if num_hospitals <= SCALE_REPEAT_MAX_HOSPITALS else 1
+
+
+def combine_runs(runs: Sequence[Mapping[str, float]]) -> dict[str, Any]:
+    """One size's figures from its repeated runs: the median of each, except peak
+    memory (the largest) and the fewest hospitals reporting; each timing's runs
+    are kept as ``<key>_runs``.
+    """
+    combined: dict[str, Any] = {}
+    for key in runs[0]:
+        values = [float(run[key]) for run in runs]
+        if "peak_" in key:
+            combined[key] = max(values)
+        elif key == "hospitals_reporting_min":
+            combined[key] = int(min(values))
+        else:
+            combined[key] = float(np.median(values))
+        if key in SCALE_TIMINGS:
+            combined[f"{key}_runs"] = values
+    return combined
+
+
+def scale_size(
+    num_hospitals: int, config: Mapping[str, Any], repeats: int = 1
+) -> dict[str, Any]:
+    """Run medflower and the floor at one federation size, alternately
+    ``repeats`` times; medians and ratios of the medians.
+    """
+    ours_runs, floor_runs = [], []
+    for run in range(1, repeats + 1):
+        of = f" (run {run}/{repeats})" if repeats > 1 else ""
+        print(f"scale: {num_hospitals} hospitals: medflower{of} ...", flush=True)
+        ours_runs.append(scale_run(num_hospitals, config))
+        print(f"scale: {num_hospitals} hospitals: floor{of} ...", flush=True)
+        floor_runs.append(floor_run(num_hospitals, scale_array_sizes(config)))
+    ours, floor = combine_runs(ours_runs), combine_runs(floor_runs)
+    row = {"hospitals": num_hospitals, "repeats": repeats, **ours, **floor}
     row["round_ratio"] = ours["round_s"] / floor["floor_round_s"]
     row["first_round_ratio"] = ours["first_round_s"] / floor["floor_first_round_s"]
     row["run_cpu_ratio"] = ours["run_cpu_s"] / floor["floor_run_cpu_s"]
@@ -956,7 +999,8 @@ def scale_size(num_hospitals: int, config: Mapping[str, Any]) -> dict[str, Any]:
         f"round {ours['first_round_s']:.1f}s (floor "
         f"{floor['floor_first_round_s']:.1f}s, x{row['first_round_ratio']:.2f}), "
         f"peak PSS {ours['peak_pss_gb']:.2f} GB, CPU {ours['run_cpu_s']:.0f}s "
-        f"(floor {floor['floor_run_cpu_s']:.0f}s, x{row['run_cpu_ratio']:.2f})",
+        f"(floor {floor['floor_run_cpu_s']:.0f}s, x{row['run_cpu_ratio']:.2f})"
+        + (f"; medians of {repeats} runs each" if repeats > 1 else ""),
         flush=True,
     )
     return row
@@ -1020,7 +1064,8 @@ def scale(args: argparse.Namespace) -> BenchmarkResult:
         table = write_scale_table(Path(tmp) / "wdbc-like.csv")
         config = {**SCALE_CONFIG, "data-path": str(table)}
         array_sizes = scale_array_sizes(config)
-        rows = [scale_size(n, config) for n in sizes]
+        repeats = getattr(args, "repeats", None)
+        rows = [scale_size(n, config, scale_repeats(n, repeats)) for n in sizes]
     notes = [
         "Real `flwr run` simulations (local SuperLink, Ray backend, 1 CPU per "
         "ClientApp: as many actors as cores) of a wdbc-like table of "
@@ -1031,7 +1076,9 @@ def scale(args: argparse.Namespace) -> BenchmarkResult:
         f"(SuperNodes, arrays of {sum(array_sizes)} values, rounds, FedAvg with a "
         "train and an evaluate exchange per round) whose ClientApp returns its "
         "input, run right after medflower at each size; ratios are medflower / "
-        "floor.",
+        "floor. Sizes up to 100 hospitals: each app run "
+        f"{SCALE_REPEATS} times, alternately (--repeats), and each figure the "
+        "median of the runs (peak memory: the largest); ratios of the medians.",
         "round_s: median of the rounds after the first, from each ServerApp's own "
         "clock; peak memory: summed PSS of every process the command started, "
         "polled every 0.5 s; run_cpu_s: CPU seconds (user + system) of those "

@@ -17,6 +17,7 @@ from scripts.benchmarks.core import (
     Values,
     hospital_counts,
     markdown_table,
+    repeat_count,
     suite_function,
     write_result,
 )
@@ -27,10 +28,12 @@ from scripts.benchmarks.suites import (
     RoundTimes,
     TreeMemory,
     _run_config_string,
+    combine_runs,
     heart,
     mean_sd,
     mean_std,
     model_float32_bytes,
+    scale_repeats,
     sent_dtypes,
     traffic_per_round,
 )
@@ -208,6 +211,31 @@ def test_scale_sizes_and_round_times():
     times = RoundTimes.from_elapsed([0.1, 20.1, 21.1, 24.1, 25.6])
     assert times.first_round_s == pytest.approx(20.0)
     assert times.round_s == pytest.approx(1.5)
+
+
+def test_scale_repeats_are_combined_into_medians():
+    assert scale_repeats(100, None) == 3 and scale_repeats(1000, None) == 1
+    assert scale_repeats(1000, 2) == 2
+    assert repeat_count("2") == 2
+    for bad in ("0", "-1", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--repeats"):
+            repeat_count(bad)
+    keys = ("round_s", "first_round_s", "peak_pss_gb", "hospitals_reporting_min")
+    runs = [
+        dict(zip(keys, values, strict=True), run_cpu_s=cpu)
+        for values, cpu in (
+            ((2.0, 15.0, 2.1, 100), 60.0),
+            ((1.5, 19.0, 2.3, 99), 58.0),
+            ((2.4, 16.0, 2.0, 100), 61.0),
+        )
+    ]
+    combined = combine_runs(runs)
+    assert combined["round_s"] == 2.0 and combined["first_round_s"] == 16.0
+    assert combined["run_cpu_s"] == 60.0
+    assert combined["peak_pss_gb"] == 2.3  # memory: the largest run
+    assert combined["hospitals_reporting_min"] == 99  # the fewest
+    assert combined["round_s_runs"] == [2.0, 1.5, 2.4]  # every run kept, in order
+    assert "run_cpu_s_runs" not in combined
 
 
 def test_floor_app_returns_its_input_and_logs_each_round(caplog):
