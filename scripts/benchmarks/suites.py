@@ -1088,7 +1088,8 @@ def scale(args: argparse.Namespace) -> BenchmarkResult:
     ]
     result = BenchmarkResult(
         suite="scale",
-        rows=rows,
+        # the table: one figure per column; each run's timings are in "sizes"
+        rows=[{k: v for k, v in r.items() if not k.endswith("_runs")} for r in rows],
         summary=_scale_summary(rows),
         notes=notes,
         plots=[_scale_figure(rows, suite_dir(args, "scale"))],
