@@ -790,7 +790,10 @@ class TreeMemory:
     of PSS (shared pages split between the processes sharing them), and
     ``cpu_s``: the CPU seconds (user + system) the processes had used when last
     seen (a process loses at most one interval). On a machine shared with other
-    jobs wall time swings with their load; CPU seconds much less.
+    jobs wall time swings with their load; CPU seconds much less. ``steal``: the
+    share of the machine's CPU time its hypervisor gave to other guests while
+    monitoring (Linux's steal time; 0 where not reported), which slows every
+    wall figure without showing in any process.
     """
 
     def __init__(self, interval: float = 0.5) -> None:
@@ -802,6 +805,7 @@ class TreeMemory:
         self.peak_pss = 0
         self.peak_processes = 0
         self._cpu: dict[int, float] = {}
+        self._times: list[Any] = []  # the machine's CPU times on entering, leaving
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -833,12 +837,26 @@ class TreeMemory:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> TreeMemory:
+        self._times = [self._psutil.cpu_times()]
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self._times.append(self._psutil.cpu_times())
+
+    @property
+    def steal(self) -> float:
+        """Steal time over all CPU time between entering and leaving (0 to 1;
+        NaN before leaving).
+        """
+        if len(self._times) != 2:
+            return math.nan
+        start, end = self._times
+        total = sum(end) - sum(start)
+        stolen = getattr(end, "steal", 0.0) - getattr(start, "steal", 0.0)
+        return stolen / total if total > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -904,6 +922,7 @@ def scale_run(num_hospitals: int, config: Mapping[str, Any]) -> dict[str, Any]:
         "peak_rss_gb": memory.peak_rss / 2**30,
         "peak_processes": memory.peak_processes,
         "run_cpu_s": memory.cpu_s,
+        "cpu_steal": memory.steal,
         "hospitals_reporting_min": min(trained) if trained else 0,
         "final_accuracy": history.rounds[-1].server.get("accuracy", math.nan),
     }
@@ -943,6 +962,7 @@ def floor_run(num_hospitals: int, array_sizes: Sequence[int]) -> dict[str, Any]:
         "floor_run_s": total,
         "floor_peak_pss_gb": memory.peak_pss / 2**30,
         "floor_run_cpu_s": memory.cpu_s,
+        "floor_cpu_steal": memory.steal,
     }
 
 
@@ -999,7 +1019,8 @@ def scale_size(
         f"round {ours['first_round_s']:.1f}s (floor "
         f"{floor['floor_first_round_s']:.1f}s, x{row['first_round_ratio']:.2f}), "
         f"peak PSS {ours['peak_pss_gb']:.2f} GB, CPU {ours['run_cpu_s']:.0f}s "
-        f"(floor {floor['floor_run_cpu_s']:.0f}s, x{row['run_cpu_ratio']:.2f})"
+        f"(floor {floor['floor_run_cpu_s']:.0f}s, x{row['run_cpu_ratio']:.2f}), "
+        f"CPU steal {ours['cpu_steal']:.0%} (floor {floor['floor_cpu_steal']:.0%})"
         + (f"; medians of {repeats} runs each" if repeats > 1 else ""),
         flush=True,
     )
@@ -1083,8 +1104,9 @@ def scale(args: argparse.Namespace) -> BenchmarkResult:
         "clock; peak memory: summed PSS of every process the command started, "
         "polled every 0.5 s; run_cpu_s: CPU seconds (user + system) of those "
         "processes over the whole command (start-up included), less sensitive to "
-        "other jobs' load than wall time. Machine: 2 CPU cores shared with other "
-        "jobs.",
+        "other jobs' load than wall time; cpu_steal: the share of the machine's "
+        "CPU time its hypervisor gave to other guests during the run (slows every "
+        "wall figure). Machine: 2 CPU cores shared with other jobs.",
     ]
     result = BenchmarkResult(
         suite="scale",

@@ -3,6 +3,7 @@
 import argparse
 import json
 import logging
+import math
 import subprocess
 import sys
 
@@ -121,8 +122,11 @@ def test_tree_memory_sees_a_child_process():
         "t = time.process_time()\nwhile time.process_time() - t < 0.6: pass\n"
         "time.sleep(2)"
     )
-    with TreeMemory(interval=0.2) as memory:
+    memory = TreeMemory(interval=0.2)
+    assert math.isnan(memory.steal)  # nothing monitored yet
+    with memory:
         subprocess.run([sys.executable, "-c", code], check=True)
+    assert 0.0 <= memory.steal < 1.0  # the machine's steal share over the run
     assert memory.peak_rss >= 280_000_000
     assert memory.peak_pss >= 250_000_000
     assert memory.peak_processes >= 1
