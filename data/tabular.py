@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import warnings
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -150,9 +151,12 @@ def _read_plain_csv(
             if '"' in header or "'" in header:
                 return None
             names = next(csv.reader([header]))
-            values = np.loadtxt(
-                f, delimiter=",", dtype=np.float64, comments=None, ndmin=2
-            )
+            with warnings.catch_warnings():
+                # a header-only file: pandas' path below names the problem
+                warnings.simplefilter("ignore", UserWarning)
+                values = np.loadtxt(
+                    f, delimiter=",", dtype=np.float64, comments=None, ndmin=2
+                )
     except (OSError, UnicodeError, ValueError, StopIteration):
         return None
     if (

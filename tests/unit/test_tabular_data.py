@@ -1,4 +1,5 @@
 import hashlib
+import warnings
 
 import numpy as np
 import pytest
@@ -113,6 +114,14 @@ def test_csv_loader_errors_name_file_and_place(tmp_path, rows, label, message):
         read_labelled_csv(path, label)
     assert "site.csv" in str(info.value)
     assert "site.csv" not in info.value.public_reason
+
+
+def test_a_header_only_csv_is_named_without_numpy_warnings(tmp_path):
+    path = _write_csv(tmp_path / "site.csv", [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "input contained no data" included
+        with pytest.raises(DataError, match="site.csv"):
+            read_labelled_csv(path, "target")
 
 
 def _pandas_read(path, label):
