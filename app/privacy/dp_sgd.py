@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ from app.privacy.dp_optimizer import BookKeepingDPOptimizer
 from app.privacy.per_sample import per_sample_layers, unsupported_layers
 from data.spec import Split
 from models.training import OPTIMIZERS, TrainSettings, make_loader
+
+FULL_HOOK_WARNING = "Full backward hook is firing when gradients are computed"
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +216,11 @@ def private_training(
             "; ".join(problems),
         )
     layers = dp.grad_sampler == "layers" and not problems
-    engine = PrivacyEngine(accountant=dp.accountant, secure_mode=dp.secure_rng)
+    with warnings.catch_warnings():
+        # Opacus' "Secure RNG turned off" advice, printed by every hospital's
+        # process: the run's final privacy summary says it once (dp-secure-rng).
+        warnings.filterwarnings("ignore", "Secure RNG turned off", UserWarning)
+        engine = PrivacyEngine(accountant=dp.accountant, secure_mode=dp.secure_rng)
     engine.accountant = new_accountant(dp.accountant, history or [])
     hooks, dp_optimizer, dp_loader = engine.make_private(
         module=model,
@@ -269,14 +276,20 @@ def train_dp(
         noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
     criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
     total, count, steps = 0.0, 0, 0
-    with private_training(
-        model,
-        OPTIMIZERS[settings.optimizer](model.parameters(), settings),
-        make_loader(split, settings.batch_size, shuffle=True, seed=seed),
-        dp,
-        history=history,
-        noise_generator=noise_generator,
-    ) as (engine, optimizer, loader):
+    with (
+        private_training(
+            model,
+            OPTIMIZERS[settings.optimizer](model.parameters(), settings),
+            make_loader(split, settings.batch_size, shuffle=True, seed=seed),
+            dp,
+            history=history,
+            noise_generator=noise_generator,
+        ) as (engine, optimizer, loader),
+        warnings.catch_warnings(),
+    ):
+        # Opacus' hooks (dp-grad-sampler = "opacus") make torch warn that a full
+        # backward hook fires though the inputs need no gradient: expected here.
+        warnings.filterwarnings("ignore", FULL_HOOK_WARNING, UserWarning)
         for _ in range(settings.epochs):
             for x, y in loader:
                 x, y = x.to(device), y.to(device)

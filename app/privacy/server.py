@@ -145,4 +145,9 @@ class PrivacyReport:
                 "  refused rounds (budget exhausted): "
                 + ", ".join(final["refused_budget"])
             )
+        if not self.cfg.dp_secure_rng:
+            out.append(
+                "  noise from seeded generators (reproducible; dp-secure-rng=true "
+                "for a deployment)"
+            )
         return out

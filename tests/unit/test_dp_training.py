@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -119,6 +121,23 @@ def test_state_dict_keys_unchanged_and_mlp_trains():
     assert result.steps == 2 * 5
     assert result.history == [(1.0, 8 / N, 10)]
     assert result.epsilon > 0
+
+
+@pytest.mark.parametrize("grad_sampler", ["layers", "opacus"])
+def test_dp_training_prints_no_library_warning(grad_sampler):
+    dp = DPSettings(
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        delta=1e-5,
+        accountant="rdp",
+        grad_sampler=grad_sampler,
+    )
+    model = TabularMLP(D, hidden=8, layers=2)
+    with warnings.catch_warnings():
+        # Opacus' secure-RNG advice and torch's full-backward-hook notice included
+        warnings.simplefilter("error")
+        result = train_dp(model, _data(scale=1.0), SGD, dp, CPU, seed=0)
+    assert result.steps == 1
 
 
 def test_batchnorm_models_are_rejected_not_silently_changed():
