@@ -241,7 +241,13 @@ def private_training(
             engine.accountant.get_optimizer_hook_fn(sample_rate=1 / len(dp_loader))
         )
     try:
-        with per_sample_layers(model, book_keeping=True) if layers else nullcontext():
+        with (
+            per_sample_layers(model, book_keeping=True) if layers else nullcontext(),
+            warnings.catch_warnings(),
+        ):
+            # Opacus' hooks (dp-grad-sampler = "opacus") make torch warn that a
+            # full backward hook fires though the inputs need no gradient: expected.
+            warnings.filterwarnings("ignore", FULL_HOOK_WARNING, UserWarning)
             yield engine, dp_optimizer, dp_loader
     finally:
         hooks.cleanup()
@@ -276,20 +282,14 @@ def train_dp(
         noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
     criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
     total, count, steps = 0.0, 0, 0
-    with (
-        private_training(
-            model,
-            OPTIMIZERS[settings.optimizer](model.parameters(), settings),
-            make_loader(split, settings.batch_size, shuffle=True, seed=seed),
-            dp,
-            history=history,
-            noise_generator=noise_generator,
-        ) as (engine, optimizer, loader),
-        warnings.catch_warnings(),
-    ):
-        # Opacus' hooks (dp-grad-sampler = "opacus") make torch warn that a full
-        # backward hook fires though the inputs need no gradient: expected here.
-        warnings.filterwarnings("ignore", FULL_HOOK_WARNING, UserWarning)
+    with private_training(
+        model,
+        OPTIMIZERS[settings.optimizer](model.parameters(), settings),
+        make_loader(split, settings.batch_size, shuffle=True, seed=seed),
+        dp,
+        history=history,
+        noise_generator=noise_generator,
+    ) as (engine, optimizer, loader):
         for _ in range(settings.epochs):
             for x, y in loader:
                 x, y = x.to(device), y.to(device)
