@@ -996,10 +996,14 @@ def combine_runs(runs: Sequence[Mapping[str, float]]) -> dict[str, Any]:
 
 
 def scale_size(
-    num_hospitals: int, config: Mapping[str, Any], repeats: int = 1
+    num_hospitals: int,
+    config: Mapping[str, Any],
+    array_sizes: Sequence[int],
+    repeats: int = 1,
 ) -> dict[str, Any]:
-    """Run medflower and the floor at one federation size, alternately
-    ``repeats`` times; medians and ratios of the medians.
+    """Run medflower and the floor (arrays of ``array_sizes`` elements) at one
+    federation size, alternately ``repeats`` times; medians and ratios of the
+    medians.
     """
     ours_runs, floor_runs = [], []
     for run in range(1, repeats + 1):
@@ -1007,7 +1011,7 @@ def scale_size(
         print(f"scale: {num_hospitals} hospitals: medflower{of} ...", flush=True)
         ours_runs.append(scale_run(num_hospitals, config))
         print(f"scale: {num_hospitals} hospitals: floor{of} ...", flush=True)
-        floor_runs.append(floor_run(num_hospitals, scale_array_sizes(config)))
+        floor_runs.append(floor_run(num_hospitals, array_sizes))
     ours, floor = combine_runs(ours_runs), combine_runs(floor_runs)
     row = {"hospitals": num_hospitals, "repeats": repeats, **ours, **floor}
     row["round_ratio"] = ours["round_s"] / floor["floor_round_s"]
@@ -1086,7 +1090,9 @@ def scale(args: argparse.Namespace) -> BenchmarkResult:
         config = {**SCALE_CONFIG, "data-path": str(table)}
         array_sizes = scale_array_sizes(config)
         repeats = getattr(args, "repeats", None)
-        rows = [scale_size(n, config, scale_repeats(n, repeats)) for n in sizes]
+        rows = [
+            scale_size(n, config, array_sizes, scale_repeats(n, repeats)) for n in sizes
+        ]
     notes = [
         "Real `flwr run` simulations (local SuperLink, Ray backend, 1 CPU per "
         "ClientApp: as many actors as cores) of a wdbc-like table of "
