@@ -153,7 +153,7 @@ def _read_plain_csv(
             names = next(csv.reader([header]))
             with warnings.catch_warnings():
                 # a header-only file: pandas' path below names the problem
-                warnings.simplefilter("ignore", UserWarning)
+                warnings.filterwarnings("ignore", "loadtxt: input contained no data")
                 values = np.loadtxt(
                     f, delimiter=",", dtype=np.float64, comments=None, ndmin=2
                 )
