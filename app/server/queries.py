@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from app.config import RunConfig
@@ -49,11 +49,11 @@ def ask_hospitals(
     if arrays is not None:
         content["arrays"] = arrays
     messages = [
-        grid.create_message(
-            RecordDict(content),
-            message_type,
-            node,
-            group_id,
+        Message(
+            content=RecordDict(content),
+            dst_node_id=node,
+            message_type=message_type,
+            group_id=group_id,
         )
         for node in nodes
     ]

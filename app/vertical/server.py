@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid
 
 from app.config import RunConfig
@@ -51,8 +51,11 @@ class GridTransport:
                     {k: v.detach().cpu() for k, v in tensors.items()}
                 )
             messages.append(
-                self.grid.create_message(
-                    content, f"query.{action}", node, str(self.group)
+                Message(
+                    content=content,
+                    dst_node_id=node,
+                    message_type=f"query.{action}",
+                    group_id=str(self.group),
                 )
             )
         replies = {

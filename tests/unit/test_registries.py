@@ -49,7 +49,7 @@ def test_strategy_records_name_a_screened_strategy():
 
 TABULAR_MESSAGES = """
 import sys, numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from app.client import cache
 from app.client.hospital import model_spec
 from app.client_app import app
@@ -71,13 +71,15 @@ arrays = ArrayRecord(cache.model(1, model_spec(cfg, site.info)).state_dict())
 for kind in ("train", "evaluate"):
     config = ConfigRecord({"server-round": 1})
     content = RecordDict({"arrays": arrays, "config": config})
-    (reply,) = grid.send_and_receive([grid.create_message(content, kind, node, "1")])
+    message = Message(content, dst_node_id=node, message_type=kind, group_id="1")
+    (reply,) = grid.send_and_receive([message])
     assert reply.has_content(), reply.error
 # a deployed hospital (its own file, named by its node config): one train message
 local = {"data-path": sys.argv[1], "dataset": "csv", "hospital-name": "a"}
 deployed = InProcessGrid(app, 1, raw, node_configs=[local])
 content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 1})})
-message = deployed.create_message(content, "train", deployed.node_ids[0], "1")
+node = deployed.node_ids[0]
+message = Message(content, dst_node_id=node, message_type="train", group_id="1")
 (reply,) = deployed.send_and_receive([message])
 assert reply.has_content(), reply.error
 heavy = {"sklearn", "scipy", "datasets", "torch._dynamo", "monai", "opacus", "pandas"}
