@@ -22,8 +22,9 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export MEDFLOWER_HOME := $(CURDIR)
 # Flower's generated protobuf code is older than the runtime openmined-psi pins:
 # harmless, but every Flower process (SuperLink, simulation, Ray workers) printed
-# nine "Protobuf gencode version" warnings. They inherit this filter.
-export PYTHONWARNINGS := ignore:Protobuf gencode version:UserWarning
+# nine "Protobuf gencode version" warnings; Ray's ray.init a "Tip" FutureWarning
+# (scripts/flower/env.py says why each is only noise). They inherit these filters.
+export PYTHONWARNINGS := ignore:Protobuf gencode version:UserWarning,ignore:Tip:FutureWarning:ray._private.worker
 export PATH := $(BIN):$(PATH)
 
 .PHONY: setup demo test lint env clean

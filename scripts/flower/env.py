@@ -11,14 +11,39 @@ OFFLINE_ENV = {
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
 }
-# Flower's generated protobuf modules warn on every import in every process (CLI,
-# SuperLink, ServerApp, each Ray worker). Only that message is silenced: a blanket
-# ``ignore::UserWarning`` would also hide warnings that matter here (Opacus, torch).
+# Library warnings every Flower process would print, silenced by PYTHONWARNINGS
+# filters that name each one (a blanket ``ignore::UserWarning`` would also hide
+# warnings that matter here, from Opacus or torch):
+# - Flower's generated protobuf modules warn on every import in every process
+#   (CLI, SuperLink, ServerApp, each Ray worker);
+# - Ray's ``ray.init`` prints a "Tip" FutureWarning about its future handling of
+#   CUDA_VISIBLE_DEVICES for actors without a GPU share. The current behaviour (a
+#   hospital given no GPU sees none) is the one we want, so only the tip goes.
 PROTOBUF_WARNING = "Protobuf gencode version"
-QUIET_WARNINGS = f"ignore:{PROTOBUF_WARNING}:UserWarning"
-# What is left of that warning when a process starts without the filter (and the
-# line that quotes its source): dropped from what the user sees.
-NOISE = (PROTOBUF_WARNING, "warnings.warn(")
+QUIET_WARNINGS = (
+    f"ignore:{PROTOBUF_WARNING}:UserWarning",
+    "ignore:Tip:FutureWarning:ray._private.worker",
+)
+# Lines dropped from what the user sees of a run this project starts:
+# - what is left of the Protobuf warning when a process starts without the filter
+#   (and the line that quotes its source);
+# - Flower's hints on sizing a simulation: the size and each hospital's resources
+#   come from ``--federation-config`` here (``medflower simulate --hospitals``), so
+#   the deprecation notes on ``options.`` in config.toml (kept there for a bare
+#   ``flwr run .``) and the advice to run ``flwr federation simulation-config``
+#   do not apply to the run being shown;
+# - the WARNING each Ray actor logs when the simulation shuts it down at the end
+#   of every run (relayed by Ray only when its log reaches the driver in time).
+NOISE = (
+    PROTOBUF_WARNING,
+    "warnings.warn(",
+    "fields in the SuperLink connection configuration are deprecated",
+    "deprecated `options.` entries from the SuperLink connection",
+    "default simulated SuperNodes changed from 10 to 2",
+    "To change federation size, use the following command",
+    "flwr federation simulation-config",
+    "Manually terminating ClientAppActor",
+)
 
 
 def project_root() -> Path:
@@ -32,7 +57,7 @@ def flower_env(
     """Environment for ``flwr`` and the processes it starts.
 
     Offline switches, a project-local ``FLWR_HOME``, ``MEDFLOWER_HOME`` for
-    outputs, the Protobuf warning filter, and this interpreter's bin dir first on
+    outputs, the library warning filters, and this interpreter's bin dir first on
     PATH (the local SuperLink is started as ``flower-superlink`` from PATH).
 
     Parameters
@@ -56,15 +81,17 @@ def flower_env(
 
 
 def _with_filter(warnings: str) -> str:
-    """``warnings`` (a PYTHONWARNINGS value) with the Protobuf filter added last,
-    so it wins over a broader user filter for that one message.
+    """``warnings`` (a PYTHONWARNINGS value) with :data:`QUIET_WARNINGS` added
+    last, so each wins over a broader user filter for its one message.
     """
-    filters = [f for f in warnings.split(",") if f and f != QUIET_WARNINGS]
-    return ",".join([*filters, QUIET_WARNINGS])
+    filters = [f for f in warnings.split(",") if f and f not in QUIET_WARNINGS]
+    return ",".join([*filters, *QUIET_WARNINGS])
 
 
 def is_noise(line: str) -> bool:
-    """Tell whether a line of Flower output is the Protobuf warning's residue."""
+    """Tell whether a line of Flower output is left out of what the user sees
+    (see :data:`NOISE`).
+    """
     return any(n in line for n in NOISE)
 
 

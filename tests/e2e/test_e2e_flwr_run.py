@@ -1,6 +1,6 @@
 """One real ``flwr run`` simulation end to end (local SuperLink, Ray, 3 hospitals).
 
-It also checks what a user reads: each log line once, no Protobuf warning.
+It also checks what a user reads: each log line once, no library warning.
 """
 
 import json
@@ -50,6 +50,8 @@ def test_flwr_run_two_rounds_three_hospitals(tmp_path):
     received = [line for line in lines if "aggregate_train: Received" in line]
     assert len(received) == 2, received
     assert "Protobuf gencode" not in outcome.log
+    assert "FutureWarning" not in outcome.log  # Ray's tip on accelerator env vars
+    assert "DEPRECATED FEATURE" not in outcome.log  # Flower's deprecated calls
     # the SuperLink this run started is gone
     assert not superlinks_of(tmp_path / "flwr-home")
     # The in-process harness (one process, its caches serving every hospital)

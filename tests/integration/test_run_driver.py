@@ -22,7 +22,7 @@ import pytest
 
 from app.server.history import RoundEntry, RunHistory, read_history, write_history
 from scripts.flower import driver as drv
-from scripts.flower.env import flower_env
+from scripts.flower.env import flower_env, is_noise
 from scripts.flower.processes import alive, terminate
 from scripts.flower.superlink import superlinks_of
 
@@ -303,10 +303,14 @@ def test_terminate_kills_what_ignores_sigterm():
     assert not alive(stubborn.pid)  # SIGTERM was ignored: SIGKILL ended it
 
 
-def test_flower_processes_drop_only_the_protobuf_warning(tmp_path):
+def test_flower_processes_drop_only_the_protobuf_warning_and_rays_tip(tmp_path):
     code = (
         "import warnings;"
         "warnings.warn('Protobuf gencode version 5.29.0 is older', UserWarning);"
+        "warnings.warn_explicit('Tip: In future versions of Ray, Ray will no longer',"
+        " FutureWarning, 'worker.py', 2051, module='ray._private.worker');"
+        "warnings.warn_explicit('Tip: from another library', FutureWarning,"
+        " 'other.py', 1, module='other');"
         "warnings.warn('a warning that matters', UserWarning)"
     )
     env = flower_env(tmp_path, base={"PATH": os.environ["PATH"]})
@@ -314,4 +318,29 @@ def test_flower_processes_drop_only_the_protobuf_warning(tmp_path):
         [sys.executable, "-c", code], env=env, capture_output=True, text=True
     )
     assert "Protobuf gencode" not in out.stderr
+    assert "future versions of Ray" not in out.stderr
+    assert "Tip: from another library" in out.stderr
     assert "a warning that matters" in out.stderr
+
+
+def test_flowers_sizing_hints_and_shutdown_notice_are_left_out_of_what_is_shown():
+    hints = [
+        "⚠️ Warning: `options.` fields in the SuperLink connection configuration "
+        "are deprecated. Use `--federation-config` with `flwr run` instead.",
+        "⚠️ Warning: `--federation-config` was provided, so deprecated `options.` "
+        "entries from the SuperLink connection in your Flower configuration will "
+        "be ignored.",
+        "WARNING :   Since flwr 1.32, default simulated SuperNodes changed "
+        "from 10 to 2.",
+        "INFO :      To change federation size, use the following command:",
+        "INFO :      \tflwr federation simulation-config @none/default <superlink> "
+        "--num-supernodes <N>",
+        "(ClientAppActor pid=6011) WARNING :   Manually terminating ClientAppActor",
+    ]
+    kept = [
+        "INFO :      Federation `@none/default` (4 simulated SuperNodes)",
+        "INFO :      [round 1/5] elapsed 14.2s eta 56.8s | hospitals trained 4",
+        "WARNING :   Round 2: hospital-3 sent no reply within round-timeout=60s",
+    ]
+    assert all(is_noise(line) for line in hints)
+    assert not any(is_noise(line) for line in kept)
