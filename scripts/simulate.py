@@ -75,8 +75,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.server.report import REPORT_NAME  # imported late: numpy, matplotlib
-
     if args.hospitals < 1:
         raise SystemExit("--hospitals must be >= 1")
     output_dir = (args.output_dir or project_root() / "outputs").resolve()
@@ -108,14 +106,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"medflower: run {outcome.run_id} ended with status {outcome.status}")
         return 1
     run_dir = find_run_dir(output_dir, outcome.run_id) or output_dir / "latest"
+    # The run's own log, streamed above, ends with its final metrics and report
+    # path: this line adds only what the log cannot say (flwr run exits 0 either
+    # way), the status the SuperLink recorded.
     print(f"medflower: run {outcome.run_id} completed; outputs in {run_dir}")
-    if final := final_metrics(run_dir):
-        print(f"medflower: final server-side metrics: {final}")
-    elif held_out := final_federated(run_dir):  # e.g. recommendation: no server test
-        print(f"medflower: final federated held-out metrics: {held_out}")
-    report = run_dir / REPORT_NAME
-    if report.is_file():
-        print(f"medflower: report: {report}")
     return 0
 
 
@@ -130,33 +124,3 @@ def with_options(args: argparse.Namespace) -> str:
             raise SystemExit(f"give '{key}' once: in --run-config or as its option")
         text = f"{text} {key}='{value}'".strip()
     return text
-
-
-FEDERATED_SHOWN = ("hr@10", "ndcg@10", "rmse", "auc", "accuracy")
-
-
-def final_federated(run_dir: Path) -> str:
-    """The last round's federated held-out metrics (hospitals' weighted means)."""
-    from app.server.history import HistoryError, read_history
-
-    try:
-        rounds = read_history(run_dir).rounds
-    except HistoryError:
-        return ""
-    metrics = (rounds[-1].federated or {}) if rounds else {}
-    return " ".join(
-        f"{k}={metrics[k]:.4f}" for k in FEDERATED_SHOWN if metrics.get(k) is not None
-    )
-
-
-def final_metrics(run_dir: Path) -> str:
-    """The run's final server-side metrics as ``name=value`` text ('' if none)."""
-    from app.server.history import HistoryError, read_history
-
-    try:
-        metrics = read_history(run_dir).final_server_metrics or {}
-    except HistoryError:
-        return ""
-    return " ".join(
-        f"{name}={value:.4f}" for name, value in metrics.items() if value is not None
-    )
