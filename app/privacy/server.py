@@ -19,6 +19,20 @@ COMPOSITION = (
 )
 
 
+# Where the training noise comes from, by DP mode and ``dp-secure-rng``: the final
+# privacy summary says it, since an epsilon holds against an attacker who cannot
+# predict the noise.
+NOISE_SOURCES: dict[tuple[str, bool], str] = {
+    ("local", False): "noise from generators seeded by the run's seed (reproducible; "
+    "dp-secure-rng=true for a deployment)",
+    ("local", True): "noise from a cryptographically secure generator (Opacus "
+    "secure mode)",
+    ("central", False): "noise from numpy's PCG64 seeded by the operating system "
+    "(not cryptographically secure; dp-secure-rng=true for a deployment)",
+    ("central", True): "noise from OpenDP's exact Gaussian sampler",
+}
+
+
 def with_privacy(cfg: RunConfig, strategy: Any) -> Any:
     """Wrap ``strategy`` in central DP when ``dp='central'``; else return it as is."""
     if cfg.dp != "central":
@@ -124,12 +138,14 @@ class PrivacyReport:
                     "(record-level, pure DP)"
                 )
             return out
+        noise = f"  {NOISE_SOURCES[final['mode'], self.cfg.dp_secure_rng]}"
         if final["mode"] == "central":
             return [
                 f"Privacy (central DP, hospital-level): epsilon={final['epsilon']:.4f} "
                 f"at delta={final['delta']:g} ({final['accountant']} accountant, noise "
                 f"multiplier {final['noise_multiplier']:.4g}, clip "
-                f"{final['clip_norm']:.4g})"
+                f"{final['clip_norm']:.4g})",
+                noise,
             ]
         out = [
             f"Privacy (local DP-SGD, record-level, per hospital) at delta="
@@ -145,9 +161,5 @@ class PrivacyReport:
                 "  refused rounds (budget exhausted): "
                 + ", ".join(final["refused_budget"])
             )
-        if not self.cfg.dp_secure_rng:
-            out.append(
-                "  noise from seeded generators (reproducible; dp-secure-rng=true "
-                "for a deployment)"
-            )
+        out.append(noise)
         return out
