@@ -6,6 +6,7 @@ Kept apart so that ``medflower evaluate --help`` imports no torch, MONAI or Flow
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -62,6 +63,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Checked before the heavy import below (~10 s of torch and MONAI).
+    problem = None
+    if not args.data and not args.per_site:
+        problem = "--data is required (unless --per-site)."
+    elif not args.model.is_file():
+        problem = f"model file not found: {args.model}"
+    if problem:
+        print(f"medflower evaluate: {problem}", file=sys.stderr)
+        return 2
     from scripts.evaluate import run as evaluate
 
     return evaluate(args)

@@ -4,6 +4,7 @@ import no torch, MONAI or Flower (each took 12-17 s on a 2-core machine).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -63,3 +64,30 @@ def test_protobuf_warning_is_filtered_where_the_cli_starts() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True
     )
     assert out.returncode == 0 and "Protobuf gencode" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--model", "final_model.pt"], "--data is required"),
+        (["--model", "no-such-model.pt", "--data", "wdbc"], "model file not found"),
+    ],
+)
+def test_evaluate_refuses_missing_inputs_before_importing_torch(argv, said, tmp_path):
+    code = (
+        "import sys\nfrom scripts.cli import main\n"
+        f"code = main(['evaluate', *{argv!r}])\n"
+        "print('heavy:', sorted(m for m in ('torch', 'monai') if m in sys.modules))\n"
+        "sys.exit(code)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert said in out.stderr
+    assert "heavy: []" in out.stdout
