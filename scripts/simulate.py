@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from scripts.flower.cluster import RayClusterError
 from scripts.flower.driver import concurrent_actors, find_run_dir, run_simulation
@@ -78,9 +81,11 @@ def run(args: argparse.Namespace) -> int:
     if args.hospitals < 1:
         raise SystemExit("--hospitals must be >= 1")
     output_dir = (args.output_dir or project_root() / "outputs").resolve()
-    run_config = with_options(args)
-    if "output-dir" not in run_config:
-        run_config = f"{run_config} output-dir='{output_dir}'".strip()
+    try:
+        values = run_config_of(args, output_dir)
+    except ValueError as err:  # ConfigError included
+        print(f"medflower simulate: {err}", file=sys.stderr)
+        return 2
     at_once = concurrent_actors(args.hospitals, args.cpus_per_hospital)
     gpus = f", {args.gpus_per_hospital:g} GPU" if args.gpus_per_hospital else ""
     print(
@@ -92,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         outcome = run_simulation(
             app_dir=args.app.resolve(),
             num_hospitals=args.hospitals,
-            run_config=run_config,
+            run_config=flower_run_config(values),
             cpus_per_hospital=args.cpus_per_hospital,
             gpus_per_hospital=args.gpus_per_hospital,
             timeout=args.timeout,
@@ -113,14 +118,58 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def with_options(args: argparse.Namespace) -> str:
-    """``--run-config`` with ``--preset`` and ``--data`` added as their keys."""
+# How ``flwr run`` finds the key=value pairs of ``--run-config`` (Flower's own
+# pattern); anything else in the text it skips without a word.
+PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")
+
+
+def run_config_of(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
+    """The run's config overrides, checked here before anything starts.
+
+    ``--run-config`` (``"k=v ..."`` or a TOML file, read as ``flwr run`` reads
+    it), plus ``--preset`` and ``--data`` as their keys and ``output-dir`` unless
+    given. A bad key or value raises :class:`ValueError` naming it (the
+    ServerApp would refuse it the same way, after Ray and the SuperLink started).
+    """
+    from flwr.common.config import parse_config_args
+
+    from app.config import RunConfig
+
+    text = args.run_config.strip()
+    try:
+        values = parse_config_args([text] if text else None)
+    except Exception as err:  # click's error for bad syntax, OSError for a file
+        raise ValueError(f"--run-config {text!r}: {err}") from None
+    if not text.endswith(".toml") and (stray := PAIR.sub(" ", text).split()):
+        raise ValueError(
+            f"--run-config {text!r}: not key=value: {' '.join(stray)} (flwr run "
+            "would ignore it)"
+        )
     options = {"preset": args.preset, "data-path": args.data and args.data.resolve()}
-    text = args.run_config
     for key, value in options.items():
         if value is None:
             continue
-        if re.search(rf"(^|\s){key}\s*=", text):
-            raise SystemExit(f"give '{key}' once: in --run-config or as its option")
-        text = f"{text} {key}='{value}'".strip()
-    return text
+        if key in values:
+            raise ValueError(f"give '{key}' once: in --run-config or as its option")
+        values[key] = str(value)
+    values.setdefault("output-dir", str(output_dir))
+    RunConfig.from_run_config(values)
+    return values
+
+
+def flower_run_config(values: Mapping[str, Any]) -> str:
+    """``values`` as ``flwr run --run-config`` text (``"k=v k2='text'"``)."""
+    return " ".join(f"{key}={_toml_value(key, v)}" for key, v in values.items())
+
+
+def _toml_value(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value)
+    if "'" not in text:
+        return f"'{text}'"
+    if '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    raise ValueError(f"run-config '{key}' holds both quote characters: {text!r}")

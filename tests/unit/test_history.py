@@ -178,11 +178,3 @@ def test_record_round_replaces_a_rerun_round():
     assert [r.round for r in history.rounds] == [0, 1, 2]
     assert history.round(1) is not None and history.round(1).server["accuracy"] == 0.9
     assert [r.round for r in history.skipped_rounds()] == [2]
-
-
-def test_simulate_closes_with_the_final_server_metrics(tmp_path):
-    from scripts.simulate import final_metrics
-
-    write_history(tmp_path / "history.json", a_history())
-    assert final_metrics(tmp_path) == "accuracy=0.7000"
-    assert final_metrics(tmp_path / "missing") == ""  # a run that left no history

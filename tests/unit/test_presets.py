@@ -100,7 +100,7 @@ def test_evaluation_rounds():
 def test_benchmark_and_simulate_options(tmp_path):
     from scripts.benchmarks.imaging import Setup, imaging_benchmark, preset_setup
     from scripts.cli import build_parser
-    from scripts.simulate import with_options
+    from scripts.simulate import flower_run_config, run_config_of
 
     argv = ["benchmark", "imaging", "--preset", "imaging-2d", "--data", "/a.npz"]
     args = build_parser(argv).parse_args([*argv, "--seeds", "3"])
@@ -120,8 +120,11 @@ def test_benchmark_and_simulate_options(tmp_path):
         with pytest.raises(SystemExit, match=says):
             imaging_benchmark(argparse.Namespace(preset=bad, data=npz, quick=False))
     argv = ["simulate", "--preset", "imaging-2d", "--data", "d.npz"]
-    text = with_options(
-        build_parser(argv).parse_args([*argv, "--run-config", "seed=1"])
+    values = run_config_of(
+        build_parser(argv).parse_args([*argv, "--run-config", "seed=1"]), Path("/o")
     )
-    assert text == f"seed=1 preset='imaging-2d' data-path='{Path('d.npz').resolve()}'"
+    assert flower_run_config(values) == (
+        f"seed=1 preset='imaging-2d' data-path='{Path('d.npz').resolve()}' "
+        "output-dir='/o'"
+    )
     assert full_run_config()["preset"] == "auto"

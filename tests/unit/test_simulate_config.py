@@ -1,0 +1,90 @@
+"""``medflower simulate`` checks the run config before it starts anything."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from flwr.common.config import parse_config_args
+from support.federation import REPO
+
+from scripts.cli import build_parser
+from scripts.simulate import flower_run_config, run_config_of
+
+
+def _values(*argv: str, output_dir: Path = Path("/out")) -> dict:
+    args = build_parser(["simulate"]).parse_args(["simulate", *argv])
+    return run_config_of(args, output_dir)
+
+
+def test_a_toml_run_config_is_read_and_kept_beside_the_output_dir(tmp_path):
+    toml = tmp_path / "mine.toml"
+    toml.write_text("num-server-rounds = 2\nstrategy = 'fedprox'\nproximal-mu = 0.1\n")
+    values = _values("--run-config", str(toml), output_dir=tmp_path)
+    # the file's keys survive: appending output-dir to the path used to drop them
+    assert values == {
+        "num-server-rounds": 2,
+        "strategy": "fedprox",
+        "proximal-mu": 0.1,
+        "output-dir": str(tmp_path),
+    }
+
+
+@pytest.mark.parametrize(
+    ("run_config", "says"),
+    [
+        ("learning-rate=-1.0", "'learning-rate' must be > 0.0, got -1.0"),
+        ("no-such-key=1", "Unknown run-config key(s): no-such-key"),
+        ("strategy='fedprox' proximal-mu=-0.5", "proximal-mu"),
+        ("strategy=fedprox", "invalid format"),  # a string needs quotes
+        ("num-server-rounds 3", "not key=value: num-server-rounds 3"),
+        ("num-server-rounds=", "not key=value: num-server-rounds="),
+    ],
+)
+def test_a_bad_run_config_is_refused_by_name(run_config, says):
+    with pytest.raises(ValueError) as err:
+        _values("--run-config", run_config)
+    assert says in str(err.value)
+
+
+def test_preset_or_data_given_twice_is_refused():
+    with pytest.raises(ValueError, match="give 'preset' once"):
+        _values("--run-config", "preset='tabular'", "--preset", "tabular")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"num-server-rounds": 3, "learning-rate": 1e-05, "report": False},
+        {"data-path": "/a b/it's.npz", "run-name": 'say "hi"', "dp-delta": 0.001},
+    ],
+)
+def test_the_text_given_to_flwr_reads_back_as_the_same_values(values):
+    assert parse_config_args([flower_run_config(values)]) == values
+
+
+def test_simulate_refuses_a_bad_config_before_starting_flower(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.cli",
+            "simulate",
+            "--hospitals",
+            "2",
+            "--run-config",
+            "learning-rate=-1.0",
+            "--output-dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert "'learning-rate' must be > 0.0" in out.stderr
+    assert "Successfully started run" not in out.stdout + out.stderr
+    assert not any(tmp_path.iterdir())
