@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from scripts.flower.cluster import RayClusterError
 from scripts.flower.driver import concurrent_actors, find_run_dir, run_simulation
 from scripts.flower.env import project_root
+from scripts.flower.run_config import (
+    check_run_config,
+    flower_run_config,
+    read_run_config,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,33 +121,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# How ``flwr run`` finds the key=value pairs of ``--run-config`` (Flower's own
-# pattern); anything else in the text it skips without a word.
-PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")
-
-
 def run_config_of(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
-    """The run's config overrides, checked here before anything starts.
+    """The run's config values, checked here before anything starts.
 
-    ``--run-config`` (``"k=v ..."`` or a TOML file, read as ``flwr run`` reads
-    it), plus ``--preset`` and ``--data`` as their keys and ``output-dir`` unless
-    given. A bad key or value raises :class:`ValueError` naming it (the
-    ServerApp would refuse it the same way, after Ray and the SuperLink started).
+    ``--run-config`` plus ``--preset`` and ``--data`` as their keys and
+    ``output-dir`` unless given. A bad key or value raises :class:`ValueError`
+    naming it.
     """
-    from flwr.common.config import parse_config_args
-
-    from app.config import RunConfig
-
-    text = args.run_config.strip()
-    try:
-        values = parse_config_args([text] if text else None)
-    except Exception as err:  # click's error for bad syntax, OSError for a file
-        raise ValueError(f"--run-config {text!r}: {err}") from None
-    if not text.endswith(".toml") and (stray := PAIR.sub(" ", text).split()):
-        raise ValueError(
-            f"--run-config {text!r}: not key=value: {' '.join(stray)} (flwr run "
-            "would ignore it)"
-        )
+    values = read_run_config(args.run_config)
     options = {"preset": args.preset, "data-path": args.data and args.data.resolve()}
     for key, value in options.items():
         if value is None:
@@ -153,23 +137,5 @@ def run_config_of(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
             raise ValueError(f"give '{key}' once: in --run-config or as its option")
         values[key] = str(value)
     values.setdefault("output-dir", str(output_dir))
-    RunConfig.from_run_config(values)
+    check_run_config(values)
     return values
-
-
-def flower_run_config(values: Mapping[str, Any]) -> str:
-    """``values`` as ``flwr run --run-config`` text (``"k=v k2='text'"``)."""
-    return " ".join(f"{key}={_toml_value(key, v)}" for key, v in values.items())
-
-
-def _toml_value(key: str, value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    text = str(value)
-    if "'" not in text:
-        return f"'{text}'"
-    if '"' not in text and "\\" not in text:
-        return f'"{text}"'
-    raise ValueError(f"run-config '{key}' holds both quote characters: {text!r}")

@@ -51,6 +51,11 @@ from scripts.deploy.pki import (
 from scripts.flower.driver import run_deployed
 from scripts.flower.env import flower_env, project_root
 from scripts.flower.processes import free_port, port_free
+from scripts.flower.run_config import (
+    check_run_config,
+    flower_run_config,
+    read_run_config,
+)
 
 DEFAULT_PORT = 9093
 SUPERLINK = "superlink"
@@ -366,10 +371,16 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    try:  # refused here, before the deployment's SuperLink starts a run
+        values = read_run_config(args.run_config)
+        check_run_config(values)
+    except ValueError as err:  # ConfigError included
+        print(f"medflower deploy run: {err}", file=sys.stderr)
+        return 2
     outcome = run_deployed(
         app_dir=Path(args.app).resolve(),
         connection=args.connection,
-        run_config=args.run_config,
+        run_config=flower_run_config(values),
         flwr_home=_flwr_home(args),
         timeout=args.timeout,
     )

@@ -1,4 +1,6 @@
-"""``medflower simulate`` checks the run config before it starts anything."""
+"""``medflower simulate`` and ``deploy run`` check the run config before they start
+anything (:mod:`scripts.flower.run_config`).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from flwr.common.config import parse_config_args
 from support.federation import REPO
 
 from scripts.cli import build_parser
-from scripts.simulate import flower_run_config, run_config_of
+from scripts.flower.run_config import flower_run_config
+from scripts.simulate import run_config_of
 
 
 def _values(*argv: str, output_dir: Path = Path("/out")) -> dict:
@@ -63,6 +66,16 @@ def test_preset_or_data_given_twice_is_refused():
 )
 def test_the_text_given_to_flwr_reads_back_as_the_same_values(values):
     assert parse_config_args([flower_run_config(values)]) == values
+
+
+def test_deploy_run_refuses_a_bad_config_before_submitting(capsys):
+    from scripts.deploy.cli import cmd_run
+
+    args = build_parser(["deploy"]).parse_args(
+        ["deploy", "run", "--run-config", "strategy='fedavgx'"]
+    )
+    assert cmd_run(args) == 2
+    assert "strategy" in capsys.readouterr().err
 
 
 def test_simulate_refuses_a_bad_config_before_starting_flower(tmp_path):
