@@ -125,8 +125,8 @@ def run_config_of(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
     """The run's config values, checked here before anything starts.
 
     ``--run-config`` plus ``--preset`` and ``--data`` as their keys and
-    ``output-dir`` unless given. A bad key or value raises :class:`ValueError`
-    naming it.
+    ``output-dir`` unless given; ``data-path`` made absolute and required to
+    exist. A bad key or value raises :class:`ValueError` naming it.
     """
     values = read_run_config(args.run_config)
     options = {"preset": args.preset, "data-path": args.data and args.data.resolve()}
@@ -137,5 +137,17 @@ def run_config_of(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
             raise ValueError(f"give '{key}' once: in --run-config or as its option")
         values[key] = str(value)
     values.setdefault("output-dir", str(output_dir))
+    if values.get("data-path"):  # hospitals and server read it on this machine
+        values["data-path"] = str(existing_path(str(values["data-path"])))
     check_run_config(values)
     return values
+
+
+def existing_path(text: str) -> Path:
+    """``text`` as an absolute path (a relative one from the current folder, as
+    the user typed it), refused when nothing is there.
+    """
+    path = Path(text).expanduser().resolve()
+    if not path.exists():
+        raise ValueError(f"'data-path' = {text!r}: no such file or folder ({path})")
+    return path

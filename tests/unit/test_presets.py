@@ -97,7 +97,7 @@ def test_evaluation_rounds():
     assert RunConfig(evaluate_every=3).evaluation_interval == 3
 
 
-def test_benchmark_and_simulate_options(tmp_path):
+def test_benchmark_and_simulate_options(tmp_path, monkeypatch):
     from scripts.benchmarks.imaging import Setup, imaging_benchmark, preset_setup
     from scripts.cli import build_parser
     from scripts.simulate import flower_run_config, run_config_of
@@ -120,11 +120,13 @@ def test_benchmark_and_simulate_options(tmp_path):
         with pytest.raises(SystemExit, match=says):
             imaging_benchmark(argparse.Namespace(preset=bad, data=npz, quick=False))
     argv = ["simulate", "--preset", "imaging-2d", "--data", "d.npz"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.npz").touch()
     values = run_config_of(
         build_parser(argv).parse_args([*argv, "--run-config", "seed=1"]), Path("/o")
     )
     assert flower_run_config(values) == (
-        f"seed=1 preset='imaging-2d' data-path='{Path('d.npz').resolve()}' "
+        f"seed=1 preset='imaging-2d' data-path='{tmp_path.resolve() / 'd.npz'}' "
         "output-dir='/o'"
     )
     assert full_run_config()["preset"] == "auto"

@@ -52,6 +52,17 @@ def test_a_bad_run_config_is_refused_by_name(run_config, says):
     assert says in str(err.value)
 
 
+def test_data_path_is_made_absolute_and_must_exist(tmp_path, monkeypatch):
+    (tmp_path / "site.csv").write_text("a,target\n1,0\n")
+    monkeypatch.chdir(tmp_path)
+    run_config = "dataset='csv' data-path='site.csv'"
+    assert _values("--run-config", run_config)["data-path"] == str(
+        tmp_path / "site.csv"
+    )
+    with pytest.raises(ValueError, match="'data-path' = '/no/such.csv': no such file"):
+        _values("--run-config", "dataset='csv' data-path='/no/such.csv'")
+
+
 def test_preset_or_data_given_twice_is_refused():
     with pytest.raises(ValueError, match="give 'preset' once"):
         _values("--run-config", "preset='tabular'", "--preset", "tabular")
