@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import re
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -765,7 +766,6 @@ SCALE_FIRST_ROUND_RATIO_GOAL = 1.3
 # alternately, at sizes up to SCALE_REPEAT_MAX_HOSPITALS, and medians are reported.
 SCALE_REPEATS = 3
 SCALE_REPEAT_MAX_HOSPITALS = 100
-SCALE_TIMINGS = ("round_s", "first_round_s", "floor_round_s", "floor_first_round_s")
 FLOOR_APP = Path(__file__).resolve().parent / "floor"  # the bare-Flower app
 # A wdbc-like table split IID across N hospitals: wdbc itself (455 pooled records)
 # cannot give 1,000 hospitals a training and a held-out record each.
@@ -882,6 +882,37 @@ class RoundTimes:
         )
 
 
+def _figure(
+    combine: Callable[[list[float]], float] = np.median, runs: bool = False
+) -> Any:
+    """A run figure and how repeated runs combine into one (``runs``: every run's
+    value is kept beside it as ``<name>_runs``).
+    """
+    return dataclasses.field(metadata={"combine": combine, "runs": runs})
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    """What one real ``flwr run`` of an app measured at one federation size."""
+
+    round_s: float = _figure(runs=True)
+    first_round_s: float = _figure(runs=True)
+    run_s: float = _figure()
+    peak_pss_gb: float = _figure(max)  # memory: the largest of the runs
+    run_cpu_s: float = _figure()
+    cpu_steal: float = _figure()
+
+
+@dataclass(frozen=True)
+class MedflowerFigures(RunFigures):
+    """A medflower run's figures: the floor's and what only medflower reports."""
+
+    peak_rss_gb: float = _figure(max)
+    peak_processes: int = _figure(max)
+    hospitals_reporting_min: int = _figure(min)  # the fewest of the runs
+    final_accuracy: float = _figure()
+
+
 def write_scale_table(path: Path, records: int = SCALE_RECORDS, seed: int = 0) -> Path:
     """Write a wdbc-like CSV of ``records`` rows: wdbc rows drawn with replacement,
     each feature jittered by 5% of its standard deviation (30 features, label
@@ -908,27 +939,27 @@ def scale_array_sizes(config: Mapping[str, Any]) -> list[int]:
     return [int(t.numel()) for t in model.state_dict().values()]
 
 
-def scale_run(num_hospitals: int, config: Mapping[str, Any]) -> dict[str, Any]:
+def scale_run(num_hospitals: int, config: Mapping[str, Any]) -> MedflowerFigures:
     """One real ``flwr run`` of medflower with ``num_hospitals`` SuperNodes."""
     memory = TreeMemory()
     total, history = timed_flwr_run(config, num_hospitals, monitor=memory)
     times = RoundTimes.from_elapsed([r.elapsed_s for r in history.rounds])
     trained = [len(r.hospitals or {}) for r in history.rounds[1:]]
-    return {
-        "round_s": times.round_s,
-        "first_round_s": times.first_round_s,
-        "run_s": total,
-        "peak_pss_gb": memory.peak_pss / 2**30,
-        "peak_rss_gb": memory.peak_rss / 2**30,
-        "peak_processes": memory.peak_processes,
-        "run_cpu_s": memory.cpu_s,
-        "cpu_steal": memory.steal,
-        "hospitals_reporting_min": min(trained) if trained else 0,
-        "final_accuracy": history.rounds[-1].server.get("accuracy", math.nan),
-    }
+    return MedflowerFigures(
+        round_s=times.round_s,
+        first_round_s=times.first_round_s,
+        run_s=total,
+        peak_pss_gb=memory.peak_pss / 2**30,
+        run_cpu_s=memory.cpu_s,
+        cpu_steal=memory.steal,
+        peak_rss_gb=memory.peak_rss / 2**30,
+        peak_processes=memory.peak_processes,
+        hospitals_reporting_min=min(trained) if trained else 0,
+        final_accuracy=history.rounds[-1].server.get("accuracy", math.nan),
+    )
 
 
-def floor_run(num_hospitals: int, array_sizes: Sequence[int]) -> dict[str, Any]:
+def floor_run(num_hospitals: int, array_sizes: Sequence[int]) -> RunFigures:
     """One real ``flwr run`` of the bare-Flower floor app of the same shape."""
     from scripts.benchmarks.floor.floor_app import ROUND_LINE
     from scripts.flower.driver import run_simulation
@@ -956,14 +987,14 @@ def floor_run(num_hospitals: int, array_sizes: Sequence[int]) -> dict[str, Any]:
             f"{outcome.status} after rounds {sorted(clock)}:\n{outcome.log[-3000:]}"
         )
     times = RoundTimes.from_elapsed([clock[r] for r in range(rounds + 1)])
-    return {
-        "floor_round_s": times.round_s,
-        "floor_first_round_s": times.first_round_s,
-        "floor_run_s": total,
-        "floor_peak_pss_gb": memory.peak_pss / 2**30,
-        "floor_run_cpu_s": memory.cpu_s,
-        "floor_cpu_steal": memory.steal,
-    }
+    return RunFigures(
+        round_s=times.round_s,
+        first_round_s=times.first_round_s,
+        run_s=total,
+        peak_pss_gb=memory.peak_pss / 2**30,
+        run_cpu_s=memory.cpu_s,
+        cpu_steal=memory.steal,
+    )
 
 
 def scale_repeats(num_hospitals: int, asked: int | None) -> int:
@@ -976,22 +1007,19 @@ def scale_repeats(num_hospitals: int, asked: int | None) -> int:
     return SCALE_REPEATS if num_hospitals <= SCALE_REPEAT_MAX_HOSPITALS else 1
 
 
-def combine_runs(runs: Sequence[Mapping[str, float]]) -> dict[str, Any]:
-    """One size's figures from its repeated runs: the median of each, except peak
-    memory (the largest) and the fewest hospitals reporting; each timing's runs
-    are kept as ``<key>_runs``.
+def combine_runs(runs: Sequence[RunFigures], prefix: str = "") -> dict[str, Any]:
+    """One size's figures from its repeated runs, each combined as its field says
+    (the median unless the largest or the fewest is meant), keyed
+    ``<prefix><name>``; figures marked so keep every run as ``<name>_runs``.
     """
     combined: dict[str, Any] = {}
-    for key in runs[0]:
-        values = [float(run[key]) for run in runs]
-        if "peak_" in key:
-            combined[key] = max(values)
-        elif key == "hospitals_reporting_min":
-            combined[key] = int(min(values))
-        else:
-            combined[key] = float(np.median(values))
-        if key in SCALE_TIMINGS:
-            combined[f"{key}_runs"] = values
+    for spec in dataclasses.fields(runs[0]):
+        values = [getattr(run, spec.name) for run in runs]
+        key = f"{prefix}{spec.name}"
+        value = spec.metadata["combine"](values)
+        combined[key] = int(value) if spec.type == "int" else float(value)
+        if spec.metadata["runs"]:
+            combined[f"{key}_runs"] = [float(v) for v in values]
     return combined
 
 
@@ -1012,7 +1040,7 @@ def scale_size(
         ours_runs.append(scale_run(num_hospitals, config))
         print(f"scale: {num_hospitals} hospitals: floor{of} ...", flush=True)
         floor_runs.append(floor_run(num_hospitals, array_sizes))
-    ours, floor = combine_runs(ours_runs), combine_runs(floor_runs)
+    ours, floor = combine_runs(ours_runs), combine_runs(floor_runs, prefix="floor_")
     row = {"hospitals": num_hospitals, "repeats": repeats, **ours, **floor}
     row["round_ratio"] = ours["round_s"] / floor["floor_round_s"]
     row["first_round_ratio"] = ours["first_round_s"] / floor["floor_first_round_s"]

@@ -26,7 +26,9 @@ from scripts.benchmarks.federation import federate
 from scripts.benchmarks.personalization import HEART_GLOBAL_RECIPES, HEART_PERSONALISED
 from scripts.benchmarks.suites import (
     HEART_METHODS,
+    MedflowerFigures,
     RoundTimes,
+    RunFigures,
     TreeMemory,
     _run_config_string,
     combine_runs,
@@ -224,13 +226,23 @@ def test_scale_repeats_are_combined_into_medians():
     for bad in ("0", "-1", "x"):
         with pytest.raises(argparse.ArgumentTypeError, match="--repeats"):
             repeat_count(bad)
-    keys = ("round_s", "first_round_s", "peak_pss_gb", "hospitals_reporting_min")
     runs = [
-        dict(zip(keys, values, strict=True), run_cpu_s=cpu)
-        for values, cpu in (
-            ((2.0, 15.0, 2.1, 100), 60.0),
-            ((1.5, 19.0, 2.3, 99), 58.0),
-            ((2.4, 16.0, 2.0, 100), 61.0),
+        MedflowerFigures(
+            round_s=round_s,
+            first_round_s=first,
+            run_s=30.0,
+            peak_pss_gb=pss,
+            run_cpu_s=cpu,
+            cpu_steal=0.01,
+            peak_rss_gb=pss + 1,
+            peak_processes=9,
+            hospitals_reporting_min=reporting,
+            final_accuracy=0.95,
+        )
+        for round_s, first, pss, reporting, cpu in (
+            (2.0, 15.0, 2.1, 100, 60.0),
+            (1.5, 19.0, 2.3, 99, 58.0),
+            (2.4, 16.0, 2.0, 100, 61.0),
         )
     ]
     combined = combine_runs(runs)
@@ -238,8 +250,29 @@ def test_scale_repeats_are_combined_into_medians():
     assert combined["run_cpu_s"] == 60.0
     assert combined["peak_pss_gb"] == 2.3  # memory: the largest run
     assert combined["hospitals_reporting_min"] == 99  # the fewest
+    assert isinstance(combined["hospitals_reporting_min"], int)
     assert combined["round_s_runs"] == [2.0, 1.5, 2.4]  # every run kept, in order
     assert "run_cpu_s_runs" not in combined
+    # the floor's figures: the same rules, under the floor_ names results.json holds
+    floor = combine_runs(
+        [
+            RunFigures(1.0, 10.0, 20.0, 1.0, 30.0, 0.0),
+            RunFigures(1.2, 9.0, 21.0, 1.1, 31.0, 0.0),
+        ],
+        prefix="floor_",
+    )
+    assert set(floor) == {
+        "floor_round_s",
+        "floor_round_s_runs",
+        "floor_first_round_s",
+        "floor_first_round_s_runs",
+        "floor_run_s",
+        "floor_peak_pss_gb",
+        "floor_run_cpu_s",
+        "floor_cpu_steal",
+    }
+    assert floor["floor_round_s"] == pytest.approx(1.1)
+    assert floor["floor_peak_pss_gb"] == 1.1
 
 
 def test_floor_app_returns_its_input_and_logs_each_round(caplog):
