@@ -33,6 +33,7 @@ from scripts.benchmarks.suites import (
     _run_config_string,
     combine_runs,
     heart,
+    heart_summary,
     mean_sd,
     mean_std,
     model_float32_bytes,
@@ -173,11 +174,24 @@ def test_heart_quick_has_every_method(tmp_path):
         "fedyogi",
         *HEART_GLOBAL_RECIPES,
     )
+    # a quick one-seed run is not the goals' protocol: no goal flag is claimed
+    assert result.summary["goals_judged"] is False
+    assert not [k for k in result.summary if k.startswith("goal_")]
     methods = result.details["methods"]
     assert "global_pooled_accuracy" in methods["ditto"]
     assert "global_pooled_accuracy" not in methods["fenda"]
     for name in result.plots:
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_heart_goals_are_judged_only_on_the_protocol():
+    figures = {m: {"pooled_accuracy": {"mean": 0.81}} for m in HEART_METHODS}
+    settings = {"num-server-rounds": 20, "local-epochs": 1}
+    judged = heart_summary(figures, settings, 5)
+    assert judged["goals_judged"] and judged["goal_best_federated_ge_0.80"]
+    quick = heart_summary(figures, settings, 2, judged=False)
+    assert not [k for k in quick if k.startswith("goal_")]
+    assert quick["best_personalised_pooled_accuracy"] == 0.81
 
 
 def test_dp_step_times_the_default_models_and_splits_the_dp_step():
