@@ -84,3 +84,22 @@ def test_goal_follows_the_data_file_then_the_presets_dimensionality():
     low = {**mean, "federated_auc": 0.81, "centralized_auc": 0.80}
     assert goal_met(other, low, [seed]) and not goal_met(adrenal, low, [seed])
     assert not goal_met(adrenal, {**mean, "federated_cpu_s": 1300.0}, [seed])
+
+
+def test_a_quick_run_claims_no_goal():
+    from scripts.benchmarks.imaging import imaging_summary
+
+    seed = {
+        "seed": 42,
+        "federated_auc": 0.91,
+        "centralized_auc": 0.92,
+        "cpu_s": 300.0,
+        "federated_cpu_s": 200.0,
+        "centralized_cpu_s": 100.0,
+        "federated_sensitivity_at_threshold": 0.5,
+    }
+    full = imaging_summary([seed], Path("/x/breastmnist.npz"), "imaging-2d")
+    assert full["goals_judged"] and full["goal_met"] is True
+    quick = imaging_summary([seed], Path("/x/breastmnist.npz"), "imaging-2d", False)
+    assert quick["goals_judged"] is False and "goal_met" not in quick
+    assert quick["federated_auc"] == 0.91
