@@ -41,6 +41,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Errors that name a bad input (file, key or value): any command that raises one
+# ends with its message and exit code 2, not a traceback. Looked up by module so
+# that this module imports none of them (a class whose module was never imported
+# cannot have been raised).
+INPUT_ERRORS: dict[str, tuple[str, ...]] = {
+    "app.config.keys": ("ConfigError",),
+    "data.spec": ("DataError",),
+    "models.checkpoint": ("ModelFileError",),
+    "app.server.history": ("HistoryError",),
+    "app.server.checkpoints": ("CheckpointError",),
+}
+
+
+def is_input_error(err: BaseException) -> bool:
+    """Tell whether ``err`` is one of :data:`INPUT_ERRORS`."""
+    for module, names in INPUT_ERRORS.items():
+        loaded = sys.modules.get(module)
+        if loaded and isinstance(err, tuple(getattr(loaded, n) for n in names)):
+            return True
+    return False
+
+
 def command_module(name: str) -> ModuleType:
     """Import the module that implements subcommand ``name``."""
     return importlib.import_module(COMMANDS[name][0])
@@ -67,7 +89,13 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
-    return command_module(args.command).run(args)
+    try:
+        return command_module(args.command).run(args)
+    except Exception as err:
+        if not is_input_error(err):
+            raise
+        print(f"medflower {args.command}: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -91,3 +91,26 @@ def test_evaluate_refuses_missing_inputs_before_importing_torch(argv, said, tmp_
     assert out.returncode == 2, out.stderr[-2000:]
     assert said in out.stderr
     assert "heavy: []" in out.stdout
+
+
+def test_a_bad_input_ends_a_command_with_its_message_not_a_traceback(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "scripts.cli", "audit", "--model", "no-such-model.pt"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "medflower audit: model file not found: no-such-model.pt" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_only_the_named_input_errors_are_turned_into_messages():
+    from app.config import ConfigError
+    from scripts.cli import is_input_error
+
+    assert is_input_error(ConfigError("'seed' must be >= 0, got -1."))
+    assert not is_input_error(ValueError("a bug, not an input"))
+    assert not is_input_error(KeyError("seed"))
