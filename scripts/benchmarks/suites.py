@@ -1020,6 +1020,15 @@ def floor_run(num_hospitals: int, array_sizes: Sequence[int]) -> RunFigures:
     )
 
 
+def _repeats_note(asked: int | None) -> str:
+    if asked is not None:
+        return f"Each app run {asked} time(s) at every size (--repeats)"
+    return (
+        f"Each app run {SCALE_REPEATS} times at sizes up to "
+        f"{SCALE_REPEAT_MAX_HOSPITALS} hospitals and once above (--repeats)"
+    )
+
+
 def scale_repeats(num_hospitals: int, asked: int | None) -> int:
     """Runs of each app at one size: ``--repeats`` when given, else
     ``SCALE_REPEATS`` up to ``SCALE_REPEAT_MAX_HOSPITALS`` hospitals and one above
@@ -1154,8 +1163,7 @@ def scale(args: argparse.Namespace) -> BenchmarkResult:
         f"(SuperNodes, arrays of {sum(array_sizes)} values, rounds, FedAvg with a "
         "train and an evaluate exchange per round) whose ClientApp returns its "
         "input, run right after medflower at each size; ratios are medflower / "
-        "floor. Sizes up to 100 hospitals: each app run "
-        f"{SCALE_REPEATS} times, alternately (--repeats), and each figure the "
+        f"floor. {_repeats_note(repeats)}, alternately, and each figure the "
         "median of the runs (peak memory: the largest); ratios of the medians.",
         "round_s: median of the rounds after the first, from each ServerApp's own "
         "clock; peak memory: summed PSS of every process the command started, "
