@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import sklearn
@@ -925,6 +925,23 @@ class RunFigures:
     run_cpu_s: float = _figure()
     cpu_steal: float = _figure()
 
+    @classmethod
+    def measured(
+        cls, times: RoundTimes, run_s: float, memory: TreeMemory, **more: Any
+    ) -> Self:
+        """The figures of a run that took ``run_s`` seconds, its rounds ``times``
+        and ``memory`` its processes (``more``: a subclass's own fields).
+        """
+        return cls(
+            round_s=times.round_s,
+            first_round_s=times.first_round_s,
+            run_s=run_s,
+            peak_pss_gb=memory.peak_pss / 2**30,
+            run_cpu_s=memory.cpu_s,
+            cpu_steal=memory.steal,
+            **more,
+        )
+
 
 @dataclass(frozen=True)
 class MedflowerFigures(RunFigures):
@@ -968,13 +985,10 @@ def scale_run(num_hospitals: int, config: Mapping[str, Any]) -> MedflowerFigures
     total, history = timed_flwr_run(config, num_hospitals, monitor=memory)
     times = RoundTimes.from_elapsed([r.elapsed_s for r in history.rounds])
     trained = [len(r.hospitals or {}) for r in history.rounds[1:]]
-    return MedflowerFigures(
-        round_s=times.round_s,
-        first_round_s=times.first_round_s,
-        run_s=total,
-        peak_pss_gb=memory.peak_pss / 2**30,
-        run_cpu_s=memory.cpu_s,
-        cpu_steal=memory.steal,
+    return MedflowerFigures.measured(
+        times,
+        total,
+        memory,
         peak_rss_gb=memory.peak_rss / 2**30,
         peak_processes=memory.peak_processes,
         hospitals_reporting_min=min(trained) if trained else 0,
@@ -1010,14 +1024,7 @@ def floor_run(num_hospitals: int, array_sizes: Sequence[int]) -> RunFigures:
             f"{outcome.status} after rounds {sorted(clock)}:\n{outcome.log[-3000:]}"
         )
     times = RoundTimes.from_elapsed([clock[r] for r in range(rounds + 1)])
-    return RunFigures(
-        round_s=times.round_s,
-        first_round_s=times.first_round_s,
-        run_s=total,
-        peak_pss_gb=memory.peak_pss / 2**30,
-        run_cpu_s=memory.cpu_s,
-        cpu_steal=memory.steal,
-    )
+    return RunFigures.measured(times, total, memory)
 
 
 def _repeats_note(asked: int | None) -> str:

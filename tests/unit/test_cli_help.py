@@ -66,6 +66,18 @@ def test_protobuf_warning_is_filtered_where_the_cli_starts() -> None:
     assert out.returncode == 0 and "Protobuf gencode" not in out.stderr
 
 
+def python_in(folder, *args: str) -> subprocess.CompletedProcess:
+    """``python args`` run in ``folder`` (a user's folder) with the repo importable."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=folder,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 @pytest.mark.parametrize(
     ("argv", "said"),
     [
@@ -80,30 +92,16 @@ def test_evaluate_refuses_missing_inputs_before_importing_torch(argv, said, tmp_
         "print('heavy:', sorted(m for m in ('torch', 'monai') if m in sys.modules))\n"
         "sys.exit(code)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = python_in(tmp_path, "-c", code)
     assert out.returncode == 2, out.stderr[-2000:]
     assert said in out.stderr
     assert "heavy: []" in out.stdout
 
 
 def test_a_bad_input_ends_a_command_with_its_message_not_a_traceback(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "scripts.cli", "audit", "--model", "no-such-model.pt"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = python_in(tmp_path, "-m", "scripts.cli", "audit", "--model", "missing.pt")
     assert out.returncode == 2, out.stderr[-2000:]
-    assert "medflower audit: model file not found: no-such-model.pt" in out.stderr
+    assert "medflower audit: model file not found: missing.pt" in out.stderr
     assert "Traceback" not in out.stderr
 
 
