@@ -129,7 +129,8 @@ def run_config_of(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
     exist. A bad key or value raises :class:`ValueError` naming it.
     """
     values = read_run_config(args.run_config)
-    options = {"preset": args.preset, "data-path": args.data and args.data.resolve()}
+    data = args.data and existing_path(str(args.data), "--data")
+    options = {"preset": args.preset, "data-path": data}
     for key, value in options.items():
         if value is None:
             continue
@@ -138,16 +139,17 @@ def run_config_of(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
         values[key] = str(value)
     values.setdefault("output-dir", str(output_dir))
     if values.get("data-path"):  # hospitals and server read it on this machine
-        values["data-path"] = str(existing_path(str(values["data-path"])))
+        values["data-path"] = str(existing_path(str(values["data-path"]), "data-path"))
     check_run_config(values)
     return values
 
 
-def existing_path(text: str) -> Path:
-    """``text`` as an absolute path (a relative one from the current folder, as
-    the user typed it), refused when nothing is there.
+def existing_path(text: str, given_as: str) -> Path:
+    """``text`` (``given_as``: the option or key that named it) as an absolute
+    path (a relative one from the current folder, as the user typed it), refused
+    when nothing is there.
     """
     path = Path(text).expanduser().resolve()
     if not path.exists():
-        raise ValueError(f"'data-path' = {text!r}: no such file or folder ({path})")
+        raise ValueError(f"{given_as} {text!r}: no such file or folder ({path})")
     return path

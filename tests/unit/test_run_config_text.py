@@ -59,8 +59,10 @@ def test_data_path_is_made_absolute_and_must_exist(tmp_path, monkeypatch):
     assert _values("--run-config", run_config)["data-path"] == str(
         tmp_path / "site.csv"
     )
-    with pytest.raises(ValueError, match="'data-path' = '/no/such.csv': no such file"):
+    with pytest.raises(ValueError, match="data-path '/no/such.csv': no such file"):
         _values("--run-config", "dataset='csv' data-path='/no/such.csv'")
+    with pytest.raises(ValueError, match="--data '/no/such.npz': no such file"):
+        _values("--data", "/no/such.npz")
 
 
 def test_preset_or_data_given_twice_is_refused():
