@@ -14,7 +14,7 @@ import argparse
 import importlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +131,15 @@ class Values:
 
     def to_json(self) -> list[Any]:
         return list(self.values)
+
+
+def judged_goals(summary: Mapping[str, Any], judged: bool) -> dict[str, Any]:
+    """``summary`` with ``goals_judged`` first; without its ``goal_*`` flags when
+    the run did not follow the goals' protocol (``--quick``, fewer seeds), since a
+    pass there says nothing of the goal.
+    """
+    kept = {k: v for k, v in summary.items() if judged or not k.startswith("goal_")}
+    return {"goals_judged": judged, **kept}
 
 
 def _fmt(value: Any) -> str:

@@ -55,6 +55,7 @@ from scripts.benchmarks.core import (
     BenchmarkResult,
     Values,
     default_data_root,
+    judged_goals,
     register,
 )
 from scripts.benchmarks.federation import CPU, federate, pool, pooled_decision
@@ -519,7 +520,7 @@ def imaging_summary(
     """
     mean = {k: float(np.mean([s[k] for s in seeds])) for k in seeds[0] if k != "seed"}
     goal = goal_for(preset, data)
-    return {
+    summary = {
         "data": data.name,
         "preset": preset,
         "seeds": len(seeds),
@@ -533,10 +534,10 @@ def imaging_summary(
             "federated_sensitivity_at_threshold"
         ],
         "goal": goal.text(),
-        "goals_judged": judged,
-        **({"goal_met": goal_met(goal, mean, seeds)} if judged else {}),
+        "goal_met": goal_met(goal, mean, seeds),
         "reference": REFERENCE if data.stem.lower() == "breastmnist" else "",
     }
+    return judged_goals(summary, judged)
 
 
 def imaging_notes(

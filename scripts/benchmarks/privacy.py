@@ -40,6 +40,7 @@ from scripts.benchmarks.core import (
     MeanSD,
     Values,
     default_data_root,
+    judged_goals,
     register,
     suite_dir,
 )
@@ -61,6 +62,7 @@ TASK = {
 LOCAL_DP = {"dp": "local", "dp-delta": 1e-3, "dp-max-grad-norm": 1.0}
 # Global standardisation from each hospital's Laplace-noised cohort statistics.
 STATS_EPSILON = 0.3
+PRIVACY_PROTOCOL_SEEDS = 3  # the seeds the accuracy goal was set for
 DP_GLOBAL = {"normalisation": "dp-global", "dp-stats-epsilon": STATS_EPSILON}
 # One data-free transform for every site: the whole epsilon goes to DP-SGD.
 PUBLIC_BOUNDS = {"normalisation": "public-bounds"}
@@ -221,7 +223,9 @@ def privacy_benchmark(
             "sd_relative_error"
         ],
     }
-    return BenchmarkResult("privacy", rows, summary, NOTES)
+    # the accuracy goal holds for the full protocol: 3 seeds, full settings
+    judged = not quick and seeds >= PRIVACY_PROTOCOL_SEEDS
+    return BenchmarkResult("privacy", rows, judged_goals(summary, judged), NOTES)
 
 
 def accuracy_summary(by_run: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from scripts.benchmarks.core import (
     BenchmarkResult,
     MeanSD,
     default_data_root,
+    judged_goals,
     register,
     suite_dir,
 )
@@ -409,7 +410,6 @@ def heart_summary(
     best = max(federated, key=federated.__getitem__)
     summary = {
         "seeds": n_seeds,
-        "goals_judged": judged,
         "best_federated_method": best,
         "best_federated_pooled_accuracy": federated[best],
         "pooled_accuracy": figures["pooled"]["pooled_accuracy"]["mean"],
@@ -417,9 +417,7 @@ def heart_summary(
         "total_epochs": settings["num-server-rounds"] * settings["local-epochs"],
         **heart_targets(figures),
     }
-    if judged:
-        return summary
-    return {k: v for k, v in summary.items() if not k.startswith("goal_")}
+    return judged_goals(summary, judged)
 
 
 def heart_targets(figures: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -184,6 +184,18 @@ def test_heart_quick_has_every_method(tmp_path):
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
 
 
+def test_judged_goals_drops_only_the_goal_flags_of_an_unjudged_run():
+    from scripts.benchmarks.core import judged_goals
+
+    summary = {"goal": "AUC >= 0.85", "goal_met": True, "auc": 0.9}
+    assert judged_goals(summary, True) == {"goals_judged": True, **summary}
+    assert judged_goals(summary, False) == {
+        "goals_judged": False,
+        "goal": "AUC >= 0.85",
+        "auc": 0.9,
+    }
+
+
 def test_heart_goals_are_judged_only_on_the_protocol():
     figures = {m: {"pooled_accuracy": {"mean": 0.81}} for m in HEART_METHODS}
     settings = {"num-server-rounds": 20, "local-epochs": 1}
