@@ -196,6 +196,25 @@ def test_judged_goals_drops_only_the_goal_flags_of_an_unjudged_run():
     }
 
 
+def test_scale_goals_are_judged_only_at_the_sizes_they_name():
+    from scripts.benchmarks.suites import _scale_summary
+
+    def row(n, round_s, pss, ratio):
+        return {
+            "hospitals": n,
+            "round_s": round_s,
+            "peak_pss_gb": pss,
+            "round_ratio": ratio,
+            "first_round_ratio": ratio,
+        }
+
+    quick = _scale_summary([row(10, 0.5, 1.5, 2.0), row(20, 0.6, 1.6, 2.0)])
+    assert not [k for k in quick if k.startswith("goal_")]
+    full = _scale_summary([row(100, 2.0, 1.8, 1.4), row(1000, 22.0, 2.2, 1.4)])
+    assert full["goal_memory_le_8gb"] and full["goal_round_ratio_100_le_1_5"]
+    assert full["round_growth_100_to_1000"] == 11.0 and full["goal_growth_le_12"]
+
+
 def test_heart_goals_are_judged_only_on_the_protocol():
     figures = {m: {"pooled_accuracy": {"mean": 0.81}} for m in HEART_METHODS}
     settings = {"num-server-rounds": 20, "local-epochs": 1}
