@@ -13,6 +13,7 @@ from scripts.flower.env import project_root
 from scripts.flower.run_config import (
     check_run_config,
     flower_run_config,
+    is_medflower,
     read_run_config,
 )
 
@@ -124,9 +125,10 @@ def run(args: argparse.Namespace) -> int:
 def run_config_of(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
     """The run's config values, checked here before anything starts.
 
-    ``--run-config`` plus ``--preset`` and ``--data`` as their keys and
-    ``output-dir`` unless given; ``data-path`` made absolute and required to
-    exist. A bad key or value raises :class:`ValueError` naming it.
+    ``--run-config`` plus ``--preset`` and ``--data`` as their keys; for
+    medflower (not another app given as ``--app``) also ``output-dir`` unless
+    given, ``data-path`` made absolute and required to exist, and every value
+    checked. A bad key or value raises :class:`ValueError` naming it.
     """
     values = read_run_config(args.run_config)
     data = args.data and existing_path(str(args.data), "--data")
@@ -137,6 +139,8 @@ def run_config_of(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
         if key in values:
             raise ValueError(f"give '{key}' once: in --run-config or as its option")
         values[key] = str(value)
+    if not is_medflower(args.app.resolve()):  # another Flower app: its own keys
+        return values
     values.setdefault("output-dir", str(output_dir))
     if values.get("data-path"):  # hospitals and server read it on this machine
         values["data-path"] = str(existing_path(str(values["data-path"]), "data-path"))

@@ -54,6 +54,7 @@ from scripts.flower.processes import free_port, port_free
 from scripts.flower.run_config import (
     check_run_config,
     flower_run_config,
+    is_medflower,
     read_run_config,
 )
 
@@ -373,7 +374,8 @@ def cmd_register(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     try:  # refused here, before the deployment's SuperLink starts a run
         values = read_run_config(args.run_config)
-        check_run_config(values)
+        if is_medflower(Path(args.app).resolve()):
+            check_run_config(values)
     except ValueError as err:  # ConfigError included
         print(f"medflower deploy run: {err}", file=sys.stderr)
         return 2

@@ -10,7 +10,9 @@ then hand ``flwr run`` the values back as text.
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 # How ``flwr run`` finds the key=value pairs of ``--run-config`` (Flower's own
@@ -41,8 +43,22 @@ def read_run_config(text: str) -> dict[str, Any]:
     return values
 
 
+def is_medflower(app_dir: Path) -> bool:
+    """Tell whether the Flower app in ``app_dir`` is medflower (a checkout or a
+    copy of it), whose run config :func:`check_run_config` knows; the commands
+    also run other apps (the benchmarks' bare Flower apps).
+    """
+    try:
+        with (app_dir / "pyproject.toml").open("rb") as file:
+            return tomllib.load(file).get("project", {}).get("name") == "medflower"
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+
+
 def check_run_config(values: Mapping[str, Any]) -> None:
-    """Refuse what the ServerApp would refuse (``ConfigError``, naming the key)."""
+    """Refuse what medflower's ServerApp would refuse (``ConfigError``, naming the
+    key).
+    """
     from app.config import RunConfig
 
     RunConfig.from_run_config(values)

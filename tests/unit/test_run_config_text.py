@@ -13,7 +13,7 @@ from flwr.common.config import parse_config_args
 from support.federation import REPO
 
 from scripts.cli import build_parser
-from scripts.flower.run_config import flower_run_config
+from scripts.flower.run_config import flower_run_config, is_medflower
 from scripts.simulate import run_config_of
 
 
@@ -63,6 +63,15 @@ def test_data_path_is_made_absolute_and_must_exist(tmp_path, monkeypatch):
         _values("--run-config", "dataset='csv' data-path='/no/such.csv'")
     with pytest.raises(ValueError, match="--data '/no/such.npz': no such file"):
         _values("--data", "/no/such.npz")
+
+
+def test_another_flower_app_keeps_its_own_keys():
+    # the benchmarks run bare Flower apps through the same commands
+    floor = REPO / "scripts" / "benchmarks" / "floor"
+    bare = REPO / "scripts" / "benchmarks" / "bare_app"
+    assert is_medflower(REPO) and not is_medflower(floor) and not is_medflower(bare)
+    values = _values("--app", str(floor), "--run-config", "array-sizes='60,2'")
+    assert values == {"array-sizes": "60,2"}  # no medflower key added or checked
 
 
 def test_preset_or_data_given_twice_is_refused():
