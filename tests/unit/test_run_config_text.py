@@ -100,6 +100,22 @@ def test_deploy_run_refuses_a_bad_config_before_submitting(capsys):
     assert "strategy" in capsys.readouterr().err
 
 
+def test_deploy_run_passes_another_apps_keys_through(monkeypatch, capsys):
+    import scripts.deploy.cli as deploy_cli
+
+    sent = {}
+
+    def fake_run_deployed(**kwargs):
+        sent.update(kwargs)
+        return type("Outcome", (), {"run_id": "1", "status": "done", "ok": True})()
+
+    monkeypatch.setattr(deploy_cli, "run_deployed", fake_run_deployed)
+    bare = REPO / "scripts" / "benchmarks" / "bare_app"
+    argv = ["deploy", "run", "--app", str(bare), "--run-config", "num-hospitals=3"]
+    assert deploy_cli.cmd_run(build_parser(["deploy"]).parse_args(argv)) == 0
+    assert sent["run_config"] == "num-hospitals=3"
+
+
 def test_simulate_refuses_a_bad_config_before_starting_flower(tmp_path):
     out = subprocess.run(
         [
