@@ -19,7 +19,11 @@ from typing import Any
 PRESETS_DIR = Path(__file__).with_name("presets")
 AUTO, NONE = "auto", "none"
 # ``preset = "auto"``: the preset of the run's task (a task not listed has none).
-TASK_PRESETS: dict[str, str] = {"imaging": "imaging-2d", "tabular": "tabular"}
+TASK_PRESETS: dict[str, str] = {
+    "imaging": "imaging-2d",
+    "tabular": "tabular",
+    "recommendation": "recommendation",
+}
 
 
 def preset_names() -> tuple[str, ...]:

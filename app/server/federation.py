@@ -482,15 +482,20 @@ def resume_from(run: Federation, resume: Checkpoint) -> None:
 
 def _announce(run: Federation) -> None:
     cfg, test = run.cfg, run.test
+    if test is not None:
+        server_test = f"{len(test)} test records"
+    elif cfg.server_eval and getattr(run.dataset, "has_server_test", False):
+        server_test = "test records standardised once the statistics are agreed"
+    else:
+        server_test = "no server-side test set"
     log.info(
-        "medflower run %s: %s, %s on %s (%s test records), writing to %s",
+        "medflower run %s: %s, %s on %s (%s), preset %s, writing to %s",
         run.recorder.history.run_name,
         cfg.strategy,
         cfg.model_name,
         run.info.description,
-        len(test)
-        if test is not None
-        else ("globally standardised" if cfg.server_eval else "no"),
+        server_test,
+        cfg.preset,
         run.recorder.dir,
     )
     run.strategy.summary()

@@ -180,12 +180,13 @@ def test_patient_level_dp_is_accounted_as_opacus_does(ratings, tmp_path, shared)
     sites = RunConfig.from_run_config(config)
     per_site = get_dataset(sites.data_spec()).sites(3)
     for index, site in enumerate(per_site):
-        batches = math.ceil(site.num_users / 64)
+        batches = math.ceil(site.num_users / sites.batch_size)
+        steps = sites.num_server_rounds * sites.local_epochs * batches
         accountant = PRVAccountant()
         sigma = history.rounds[-1].hospitals[f"hospital-{index}"]["train"][
             "dp-noise-multiplier"
         ]
-        accountant.history = [(sigma, 1 / batches, 2 * batches)]
+        accountant.history = [(sigma, 1 / batches, steps)]
         expected = accountant.get_epsilon(delta=1e-3)
         assert privacy["epsilon"][f"hospital-{index}"] == pytest.approx(
             expected, rel=1e-6

@@ -42,6 +42,15 @@ def test_flower_reads_each_preset_file_as_run_config_overrides(name):
     assert RunConfig.from_run_config({**fused, **NPZ}).preset == name
 
 
+def test_task_recommendation_alone_runs_its_preset():
+    mimic = {"dataset": "mimic-demo", "data-path": "/data/mimic-iv-demo-2.2"}
+    cfg = RunConfig.from_run_config({"task": "recommendation", **mimic})
+    assert cfg.preset == TASK_PRESETS["recommendation"] == "recommendation"
+    assert (cfg.optimizer, cfg.learning_rate, cfg.local_epochs) == ("adam", 0.01, 2)
+    assert cfg.num_server_rounds == read_preset("recommendation")["num-server-rounds"]
+    assert cfg.dataset == "mimic-demo"  # the user's choice wins
+
+
 def test_task_imaging_alone_runs_the_2d_preset_and_explicit_keys_win():
     preset = read_preset("imaging-2d")
     cfg = RunConfig.from_run_config({"task": "imaging", **NPZ})
