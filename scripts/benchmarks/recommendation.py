@@ -69,6 +69,9 @@ DATA_METHODS = ("pooled", "local-only", "popularity", "fedavg", "fedprox")
 def base_config(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "task": "recommendation",
+        # every setting is given here: no preset fills a key left at its default
+        # (--quick's 5 rounds are the default and would become the preset's 10)
+        "preset": "none",
         "num-server-rounds": 5 if args.quick else 10,
         "local-epochs": 2,
         "optimizer": "adam",
