@@ -197,6 +197,7 @@ class Screened:
         self.min_hospitals = min_hospitals
         self.sampler = NodeSampler(min_hospitals, wait_for_hospitals, seed)
         self.ledger = RoundLedger()
+        self._warned_anomalous: set[str] = set()  # hospitals warned about once
         self._reference: Reference = {}
         self._global: dict[str, np.ndarray] = {}
         self.update_encoding = update_encoding
@@ -426,6 +427,29 @@ class Screened:
             content, self._reference, self.weighted_by_key, check_arrays=is_train
         )
 
+    def _warn_anomalous(self, server_round: int, anomaly: dict[str, Any]) -> None:
+        """Warn the first time a hospital's update is flagged in this run.
+
+        Every round's flags stay in history.json (``anomaly``) and the run's end
+        counts them per hospital: in a non-IID federation a sound hospital's
+        update often points away from the median late in training, and a warning
+        every round drowned the log.
+        """
+        for name, row in anomaly["hospitals"].items():
+            if not row["flagged"] or name in self._warned_anomalous:
+                continue
+            self._warned_anomalous.add(name)
+            log.warning(
+                "Round %d: hospital %s's update looks anomalous (norm %.3g, median "
+                "%.3g; cosine to the median update %.2f); its later flags are "
+                "counted at the end of the run.",
+                server_round,
+                name,
+                row["update_norm"],
+                anomaly["median_update_norm"],
+                row["cosine_to_median"],
+            )
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -461,17 +485,7 @@ class Screened:
                 for name, m in zip(names, sound, strict=True)
             ],
         )
-        for name, row in entry["anomaly"]["hospitals"].items():
-            if row["flagged"]:
-                log.warning(
-                    "Round %d: hospital %s's update looks anomalous (norm %.3g, median "
-                    "%.3g; cosine to the median update %.2f).",
-                    server_round,
-                    name,
-                    row["update_norm"],
-                    entry["anomaly"]["median_update_norm"],
-                    row["cosine_to_median"],
-                )
+        self._warn_anomalous(server_round, entry["anomaly"])
         try:
             arrays, metrics = super().aggregate_train(server_round, sound)  # type: ignore[misc]
         except AggregationError as err:

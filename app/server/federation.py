@@ -652,6 +652,12 @@ def finalize(
             decision.threshold,
             _summary(decision.server_test),
         )
+    if flagged := run.recorder.history.flagged_rounds():
+        trained = sum(1 for r in run.recorder.history.rounds if r.anomaly)
+        log.info(
+            "Updates flagged as anomalous (history.json 'anomaly'): %s",
+            ", ".join(f"{n} in {k} of {trained} rounds" for n, k in flagged.items()),
+        )
     for line in reporter.privacy.lines():
         log.info(line)
     write_run_report(run.cfg, run.recorder)

@@ -321,6 +321,17 @@ class RunHistory(_Record):
         """Rounds whose training was skipped (the global model was kept)."""
         return [r for r in self.rounds if r.skipped is not None]
 
+    def flagged_rounds(self) -> dict[str, int]:
+        """Rounds in which each hospital's update was flagged as anomalous (only
+        hospitals flagged at least once), most often flagged first.
+        """
+        counts: dict[str, int] = {}
+        for entry in self.rounds:
+            for name, row in ((entry.anomaly or {}).get("hospitals") or {}).items():
+                if row.get("flagged"):
+                    counts[name] = counts.get(name, 0) + 1
+        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
 
 def history_path(run_dir: Path) -> Path:
     """Where the run in ``run_dir`` keeps its history."""

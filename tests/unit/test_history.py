@@ -178,3 +178,20 @@ def test_record_round_replaces_a_rerun_round():
     assert [r.round for r in history.rounds] == [0, 1, 2]
     assert history.round(1) is not None and history.round(1).server["accuracy"] == 0.9
     assert [r.round for r in history.skipped_rounds()] == [2]
+
+
+def test_flagged_rounds_counts_each_hospitals_anomalous_updates():
+    def flags(**flagged):
+        rows = {name: {"flagged": value} for name, value in flagged.items()}
+        return {"hospitals": rows, "median_update_norm": 0.1}
+
+    history = a_history()
+    history.rounds = [
+        RoundEntry(round=0),
+        RoundEntry(round=1, anomaly=flags(a=True, b=False)),
+        RoundEntry(round=2, anomaly=flags(a=True, b=True)),
+        RoundEntry(round=3, anomaly=flags(a=False, b=False)),
+    ]
+    assert history.flagged_rounds() == {"a": 2, "b": 1}
+    history.rounds = history.rounds[:1]
+    assert history.flagged_rounds() == {}

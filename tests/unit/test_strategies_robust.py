@@ -180,6 +180,22 @@ def test_fedadam_state_round_trip_continues_identically(task_identity: None) -> 
     assert not np.array_equal(two_rounds(True, keep_state=False), restored)
 
 
+def test_an_anomalous_hospital_is_warned_about_once_per_run(caplog) -> None:
+    strategy = make("fedavg")
+    report = {
+        "hospitals": {
+            "a": {"update_norm": 1.0, "cosine_to_median": 1.0, "flagged": False},
+            "bad": {"update_norm": 10.0, "cosine_to_median": -1.0, "flagged": True},
+        },
+        "median_update_norm": 1.0,
+    }
+    with caplog.at_level("WARNING", logger="strategies.screening"):
+        for server_round in (1, 2, 3):
+            strategy._warn_anomalous(server_round, report)
+    warned = [r.getMessage() for r in caplog.records if "anomalous" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("Round 1: hospital bad's")
+
+
 def test_anomaly_report_flags_a_flipped_scaled_update() -> None:
     base = {"w": np.zeros(2)}
     updates = [
