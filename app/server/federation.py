@@ -485,7 +485,7 @@ def _announce(run: Federation) -> None:
     if test is not None:
         server_test = f"{len(test)} test records"
     elif cfg.server_eval and getattr(run.dataset, "has_server_test", False):
-        server_test = "test records standardised once the statistics are agreed"
+        server_test = "test set standardised as the hospitals standardise"
     else:
         server_test = "no server-side test set"
     log.info(
