@@ -26,17 +26,17 @@ from scripts.flower.env import project_root
 # that listing the suites needs no import of the suites (torch, MONAI, Flower).
 SUITES: dict[str, tuple[str, str]] = {
     "heart": (
-        "scripts.benchmarks.suites",
+        "scripts.benchmarks.heart",
         "Fed-Heart-Disease (4 real hospitals): pooled vs local-only vs "
         "FedAvg/FedProx/FedYogi, accuracy mean ± std over seeds",
     ),
     "cost": (
-        "scripts.benchmarks.suites",
+        "scripts.benchmarks.cost",
         "cost of federation: simulation / centralized wall time, DP-SGD / plain "
         "step time, bytes per hospital per round / model size",
     ),
     "scale": (
-        "scripts.benchmarks.suites",
+        "scripts.benchmarks.scale",
         "10/50/100 (--hospitals) simulated hospitals under `flwr run`, each against "
         "a bare-Flower app of the same shape: seconds per round, ratios, peak memory",
     ),

@@ -154,7 +154,7 @@ def personalization_suite(args: argparse.Namespace) -> BenchmarkResult:
 # ------------------------------------------------- heart: personalised FL methods
 
 # `medflower benchmark heart` rows beyond its global baselines (scripts/benchmarks/
-# suites.py): the best global recipe and the personalised methods, each as
+# heart.py): the best global recipe and the personalised methods, each as
 # run-config changes on HEART_CONFIG. Chosen on tuning seeds 1000-1002 only
 # (docs/experiments.md, "Personalised FL"); reported on seeds 0-4.
 HEART_GLOBAL_RECIPES: dict[str, dict[str, Any]] = {

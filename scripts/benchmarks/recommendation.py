@@ -41,7 +41,7 @@ from scripts.benchmarks.core import (
     suite_dir,
 )
 from scripts.benchmarks.federation import federate
-from scripts.benchmarks.suites import mean_sd, mean_std, save_figure
+from scripts.benchmarks.reporting import mean_sd, mean_std, save_figure
 
 METRICS = ("hr@10", "ndcg@10", "hr@5", "ndcg@5", "coverage@10", "rmse", "mae")
 MIMIC = "recommendation/mimic-iv-demo-2.2"

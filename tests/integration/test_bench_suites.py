@@ -22,24 +22,18 @@ from scripts.benchmarks.core import (
     suite_function,
     write_result,
 )
+from scripts.benchmarks.cost import model_float32_bytes, sent_dtypes, traffic_per_round
 from scripts.benchmarks.federation import federate
+from scripts.benchmarks.heart import HEART_METHODS, heart, heart_summary
 from scripts.benchmarks.personalization import HEART_GLOBAL_RECIPES, HEART_PERSONALISED
-from scripts.benchmarks.suites import (
-    HEART_METHODS,
+from scripts.benchmarks.reporting import mean_sd, mean_std
+from scripts.benchmarks.scale import (
     MedflowerFigures,
     RoundTimes,
     RunFigures,
     TreeMemory,
-    _run_config_string,
     combine_runs,
-    heart,
-    heart_summary,
-    mean_sd,
-    mean_std,
-    model_float32_bytes,
     scale_repeats,
-    sent_dtypes,
-    traffic_per_round,
 )
 from scripts.harness.inprocess import run_inprocess
 
@@ -105,18 +99,6 @@ def test_markdown_table_and_results_files(tmp_path):
     payload = json.loads((tmp_path / "results.json").read_text())
     assert payload["details"] == {"per_seed": [[0.1, 0.2]]}
     assert payload["summary"]["best"] == 0.8
-
-
-def test_run_config_string_quotes_strings():
-    text = _run_config_string(
-        {
-            "dataset": "wdbc",
-            "num-server-rounds": 3,
-            "report": False,
-            "learning-rate": 0.05,
-        }
-    )
-    assert text == "dataset='wdbc' num-server-rounds=3 report=false learning-rate=0.05"
 
 
 def test_tree_memory_sees_a_child_process():
@@ -197,7 +179,7 @@ def test_judged_goals_drops_only_the_goal_flags_of_an_unjudged_run():
 
 
 def test_scale_goals_are_judged_only_at_the_sizes_they_name():
-    from scripts.benchmarks.suites import _scale_summary
+    from scripts.benchmarks.scale import _scale_summary
 
     def row(n, round_s, pss, ratio):
         return {
