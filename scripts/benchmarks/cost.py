@@ -33,6 +33,7 @@ from scripts.benchmarks.core import (
     suite_dir,
 )
 from scripts.benchmarks.dp_step import StepCase, step_times
+from scripts.benchmarks.encoding import WORKLOADS as ENCODING_WORKLOADS
 from scripts.benchmarks.encoding import encoding_comparison
 from scripts.benchmarks.federation import (
     CPU,
@@ -45,20 +46,13 @@ from scripts.flower.env import project_root
 from scripts.flower.run_config import flower_run_config
 from scripts.harness.inprocess import InProcessGrid, full_run_config
 
-# Workloads of the cost suite: run-config overrides (data paths filled in later).
+# Workloads of the cost suite: run-config overrides (data paths filled in later),
+# the same as the encoding comparison's: BreastMNIST across 10 hospitals with the
+# default imaging model (no augmentation, so centralized and federated do exactly
+# the same work per epoch), and wdbc with logistic regression.
 COST_WORKLOADS: dict[str, dict[str, Any]] = {
-    # BreastMNIST across 10 hospitals, the default imaging model (no augmentation so
-    # centralized and federated do exactly the same work per epoch).
-    "imaging": {
-        "task": "imaging",
-        "dataset": "medmnist",
-        "augment": False,
-        "partitioner": "iid",
-        "batch-size": 32,
-        "learning-rate": 0.01,
-    },
-    # wdbc across 10 hospitals, logistic regression (the default tabular run).
-    "tabular": {"dataset": "wdbc", "partitioner": "iid"},
+    "imaging": ENCODING_WORKLOADS["breastmnist"],
+    "tabular": ENCODING_WORKLOADS["wdbc"],
 }
 COST_HOSPITALS = 10
 
