@@ -400,19 +400,17 @@ def per_site(args: argparse.Namespace, model: Any, payload: dict[str, Any]) -> i
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        model, payload = load_model(args.model)
-        if args.per_site:
-            return per_site(args, model, payload)
-        if not args.data:
-            raise DataError("--data is required (unless --per-site).")
-        task = payload.get("task", "tabular")
-        if task not in SOURCES:
-            raise ModelFileError(f"the model's task {task!r} has no evaluation source.")
-        data = SOURCES[task](args, payload)
-    except (ModelFileError, DataError) as err:
-        print(f"medflower evaluate: {err}", file=sys.stderr)
-        return 2
+    """``medflower evaluate`` once its arguments are checked (``evaluate_cli``); a
+    bad model file or data raises ``ModelFileError`` / ``DataError``, which the
+    ``medflower`` command line reports by name.
+    """
+    model, payload = load_model(args.model)
+    if args.per_site:
+        return per_site(args, model, payload)
+    task = payload.get("task", "tabular")
+    if task not in SOURCES:
+        raise ModelFileError(f"the model's task {task!r} has no evaluation source.")
+    data = SOURCES[task](args, payload)
     probs = predict_proba(model, data.split.x, pick_device(args.device))
     decision = Decision.from_dict(payload.get("decision"))
     if decision is not None and decision.temperature is not None:
