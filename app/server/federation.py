@@ -484,7 +484,7 @@ def _announce(run: Federation) -> None:
     cfg, test = run.cfg, run.test
     if test is not None:
         server_test = f"{len(test)} test records"
-    elif cfg.server_eval and getattr(run.dataset, "has_server_test", False):
+    elif cfg.server_eval and run.dataset.has_server_test:
         server_test = "test set standardised as the hospitals standardise"
     else:
         server_test = "no server-side test set"
