@@ -22,7 +22,7 @@ import pytest
 
 from app.server.history import RoundEntry, RunHistory, read_history, write_history
 from scripts.flower import driver as drv
-from scripts.flower.env import flower_env, is_noise
+from scripts.flower.env import QUIET_WARNINGS, flower_env, is_noise
 from scripts.flower.processes import alive, terminate
 from scripts.flower.superlink import superlinks_of
 
@@ -344,3 +344,14 @@ def test_flowers_sizing_hints_and_shutdown_notice_are_left_out_of_what_is_shown(
     ]
     assert all(is_noise(line) for line in hints)
     assert not any(is_noise(line) for line in kept)
+
+
+def test_the_makefile_exports_the_same_warning_filters_as_the_driver():
+    # written twice (make cannot import Python): kept equal here
+    makefile = (Path(__file__).parents[2] / "Makefile").read_text()
+    exported = next(
+        line.split(":=", 1)[1].strip()
+        for line in makefile.splitlines()
+        if line.startswith("export PYTHONWARNINGS")
+    )
+    assert exported.split(",") == list(QUIET_WARNINGS)
