@@ -22,7 +22,10 @@ import numpy as np
 from data.base import FederatedDataset, check_partition
 from data.partition import partition_of, stratified_split
 from data.spec import DataError, DatasetInfo, HospitalData, Split
-from data.transforms import ImageSplit, resize, scale_intensity
+
+# data.transforms (MONAI, ~10 s of import) is imported where images are prepared:
+# reading a file's description (info(): shape, classes) and checking a run config
+# before it starts need only numpy.
 
 log = logging.getLogger(__name__)
 # MONAI logs a warning per DICOM reader when the optional GPU codec is missing.
@@ -63,6 +66,8 @@ def channels_first(images: np.ndarray, source: str) -> np.ndarray:
 
 def prepare_images(images: np.ndarray, size: int) -> np.ndarray:
     """Scale intensities to [0, 1] and resize: ``(N, C, *spatial)`` -> float32."""
+    from data.transforms import resize, scale_intensity
+
     return resize(scale_intensity(images), size)
 
 
@@ -119,6 +124,8 @@ def image_hospital(
     """Split one hospital's images into an (augmented) training and a held-out split."""
     if len(y) == 0:
         raise DataError(f"Hospital {name} has no images.", "empty partition")
+    from data.transforms import ImageSplit
+
     keep, out = stratified_split(y, held_out_fraction, seed)
     return HospitalData(
         name=name,
@@ -274,6 +281,8 @@ class MedMNISTDataset(FederatedDataset):
         x = prepare_images(train.images, size)
         seed = self.spec.seed
         if "val" in raw and len(raw["val"].labels):
+            from data.transforms import ImageSplit
+
             return HospitalData(
                 name=name,
                 train=ImageSplit(

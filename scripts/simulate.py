@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scripts.flower.cluster import RayClusterError
 from scripts.flower.driver import concurrent_actors, find_run_dir, run_simulation
@@ -16,6 +16,9 @@ from scripts.flower.run_config import (
     is_medflower,
     read_run_config,
 )
+
+if TYPE_CHECKING:
+    from app.config import RunConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -144,8 +147,22 @@ def run_config_of(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
     values.setdefault("output-dir", str(output_dir))
     if values.get("data-path"):  # hospitals and server read it on this machine
         values["data-path"] = str(existing_path(str(values["data-path"]), "data-path"))
-    check_run_config(values)
+    check_data(check_run_config(values))
     return values
+
+
+def check_data(cfg: RunConfig) -> None:
+    """Read the run's data file as the ServerApp first reads it (its description:
+    columns, classes, input shape), so that a wrong file or ``label-column`` is
+    refused before the SuperLink starts, naming the file (``DataError``).
+
+    Runs on bundled data (no ``data-path``) are not read twice.
+    """
+    if not cfg.data_path:
+        return
+    from data.registry import get_dataset
+
+    get_dataset(cfg.data_spec()).info()
 
 
 def existing_path(text: str, given_as: str) -> Path:

@@ -13,7 +13,10 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.config import RunConfig
 
 # How ``flwr run`` finds the key=value pairs of ``--run-config`` (Flower's own
 # pattern); anything else in the text it skips without a word.
@@ -55,13 +58,13 @@ def is_medflower(app_dir: Path) -> bool:
         return False
 
 
-def check_run_config(values: Mapping[str, Any]) -> None:
-    """Refuse what medflower's ServerApp would refuse (``ConfigError``, naming the
-    key).
+def check_run_config(values: Mapping[str, Any]) -> RunConfig:
+    """The run config medflower's ServerApp will read; refuses what it would
+    refuse (``ConfigError``, naming the key).
     """
     from app.config import RunConfig
 
-    RunConfig.from_run_config(values)
+    return RunConfig.from_run_config(values)
 
 
 def flower_run_config(values: Mapping[str, Any]) -> str:

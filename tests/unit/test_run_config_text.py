@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from flwr.common.config import parse_config_args
 from support.federation import REPO
+from support.imaging import write_medmnist
 
+from data.spec import DataError
 from scripts.cli import build_parser
 from scripts.flower.run_config import flower_run_config, is_medflower
 from scripts.simulate import run_config_of
@@ -63,6 +65,45 @@ def test_data_path_is_made_absolute_and_must_exist(tmp_path, monkeypatch):
         _values("--run-config", "dataset='csv' data-path='/no/such.csv'")
     with pytest.raises(ValueError, match="--data '/no/such.npz': no such file"):
         _values("--data", "/no/such.npz")
+
+
+def test_data_that_do_not_fit_the_run_config_are_refused_naming_the_file(tmp_path):
+    # read as the ServerApp first reads them: a wrong label column used to start
+    # the SuperLink, Ray and the run, and fail 40 s later with a traceback
+    table = tmp_path / "site.csv"
+    table.write_text("age,outcome\n50,0\n61,1\n")
+    run_config = f"dataset='csv' data-path='{table}'"
+    with pytest.raises(DataError, match=rf"{table}: no label column 'target'"):
+        _values("--run-config", run_config)
+    assert _values("--run-config", f"{run_config} label-column='outcome'")
+    images = tmp_path / "scans.npz"
+    images.write_text("not an npz")
+    with pytest.raises(DataError, match="scans.npz"):
+        _values("--preset", "imaging-2d", "--data", str(images))
+
+
+CHECK_IMAGING = """
+import sys
+from scripts.cli import build_parser
+from scripts.simulate import run_config_of
+argv = ["simulate", "--preset", "imaging-2d", "--data", sys.argv[1]]
+run_config_of(build_parser(["simulate"]).parse_args(argv), "/out")
+print(sorted({"torch", "monai"} & set(sys.modules)))
+"""
+
+
+def test_checking_an_imaging_run_reads_its_file_without_torch_or_monai(tmp_path):
+    # MONAI's import alone is ~10 s of CPU: the check before a run needs only numpy
+    images = write_medmnist(tmp_path / "scans.npz")
+    out = subprocess.run(
+        [sys.executable, "-c", CHECK_IMAGING, str(images)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert out.stdout.strip() == "[]"
 
 
 def test_another_flower_app_keeps_its_own_keys():
