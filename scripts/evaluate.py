@@ -291,9 +291,9 @@ def write_figures(
 
 def _print_summary(report: dict[str, Any]) -> None:
     m, ci = report["metrics"], report.get("confidence_intervals", {})
-    lines = [
-        f"{report['dataset']} [{report['split']}]: {report['num_examples']} records"
-    ]
+    # the file's name (breastmnist.npz), not only its kind (medmnist)
+    source = Path(report["data"]).name if report.get("data") else report["dataset"]
+    lines = [f"{source} [{report['split']}]: {report['num_examples']} records"]
     for key in (
         "auc",
         "accuracy",

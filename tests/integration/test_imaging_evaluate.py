@@ -139,7 +139,9 @@ def test_evaluate_npz_writes_report_and_figures(tmp_path, capsys, shape, classes
         evaluate_cli(model=model, data=npz, split="test", out=out, bootstrap="200") == 0
     )
     report = json.loads((out / "report.json").read_text())
-    assert json.loads(capsys.readouterr().out) == report
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == report
+    assert printed.err.startswith("d.npz [test]: 20 records")  # the file, named
     assert report["num_examples"] == 20 and report["split"] == "test"
     assert set(report["metrics"]) >= {"auc", "accuracy", "balanced_accuracy", "ece"}
     assert len(report["confidence_intervals"]["auc"]) == 2
