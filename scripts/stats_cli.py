@@ -93,6 +93,19 @@ def guess_dataset(data: str) -> str:
     return "image-folder" if path.is_dir() else "csv"
 
 
+# The run-config key each option sets: an error names the option that was typed.
+OPTION_KEYS = {
+    "--label-column": "label-column",
+    "--image-size": "image-size",
+    "--seed": "seed",
+    "--min-count": "stats-min-count",
+    "--bins": "stats-bins",
+    "--noise": "stats-noise",
+    "--epsilon": "stats-noise-epsilon",
+    "--delta": "dp-delta",
+}
+
+
 def run_config(args: argparse.Namespace) -> dict[str, Any]:
     """The run config these arguments stand for (checked like any run's)."""
     from data.registry import DATASETS as REGISTRY
@@ -100,22 +113,26 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
 
     dataset = args.dataset or guess_dataset(args.data)
     data_path = str(Path(args.data).expanduser().resolve()) if args.data else ""
+    options = {
+        key: getattr(args, option[2:].replace("-", "_"))
+        for option, key in OPTION_KEYS.items()
+    }
     return full_run_config(
         **{
             "mode": "stats",
             "task": REGISTRY[dataset].task,
             "dataset": dataset,
             "data-path": data_path,
-            "label-column": args.label_column,
-            "image-size": args.image_size,
-            "seed": args.seed,
-            "stats-min-count": args.min_count,
-            "stats-bins": args.bins,
-            "stats-noise": args.noise,
-            "stats-noise-epsilon": args.epsilon,
-            "dp-delta": args.delta,
+            **options,
         }
     )
+
+
+def as_typed(message: str) -> str:
+    """A run-config error with each key this command set named by its option."""
+    for option, key in OPTION_KEYS.items():
+        message = message.replace(f"'{key}'", option)
+    return message
 
 
 def load_sites(cfg: Any, hospitals: int | None) -> tuple[list[Any], dict[str, str]]:
@@ -163,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         minimums = site_minimums(args.policy)
         report = run_statistics(stats_plan(cfg, info), local_asker(sites, minimums))
     except (ConfigError, DataError, ValueError) as err:
-        print(f"medflower stats: {err}", file=sys.stderr)
+        print(f"medflower stats: {as_typed(str(err))}", file=sys.stderr)
         return 2
     report.failed.update(failed)
     out = args.out or Path("outputs") / "stats" / cfg.dataset

@@ -155,3 +155,17 @@ def test_mlflow_tracking_writes_a_run_search_runs_reads(tmp_path, monkeypatch):
     artifacts = {a.path for a in client.list_artifacts(run["run_id"])}
     assert {"final_model.pt", "history.json"} <= artifacts
     assert os.environ["MLFLOW_ALLOW_FILE_STORE"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--noise", "gaussian", "--epsilon", "-1"], "--epsilon must be > 0.0"),
+        (["--bins", "1"], "--bins must be >= 2"),
+    ],
+)
+def test_cli_names_a_bad_value_by_its_option(argv, says, capsys):
+    # the run-config key behind it (stats-noise-epsilon) is not what was typed
+    assert cli(["stats", *argv]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "stats-" not in err
