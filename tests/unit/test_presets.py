@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from support.imaging import write_medmnist
 
 from app.config import ConfigError, RunConfig
 from app.config.preset import TASK_PRESETS, preset_names, preset_path, read_preset
@@ -130,7 +131,7 @@ def test_benchmark_and_simulate_options(tmp_path, monkeypatch):
             imaging_benchmark(argparse.Namespace(preset=bad, data=npz, quick=False))
     argv = ["simulate", "--preset", "imaging-2d", "--data", "d.npz"]
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "d.npz").touch()
+    write_medmnist(tmp_path / "d.npz")  # simulate reads it before a run starts
     values = run_config_of(
         build_parser(argv).parse_args([*argv, "--run-config", "seed=1"]), Path("/o")
     )
