@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -204,6 +205,27 @@ def write_result(result: BenchmarkResult, out_dir: Path, seconds: float) -> str:
     return text
 
 
+class Progress:
+    """What a running suite has finished, one line each on stderr.
+
+    Suites run for minutes to an hour and print their table only at the end;
+    each completed federated run, real ``flwr run`` or long baseline says so,
+    with the time since the suite started.
+    """
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def restart(self) -> None:
+        self.start = time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        elapsed = time.monotonic() - self.start
+        print(f"[{elapsed:7.1f} s] {text}", file=sys.stderr, flush=True)
+
+
+progress = Progress()
+
 SuiteFn = Callable[[argparse.Namespace], BenchmarkResult]
 
 # Suite name -> function, filled by ``@register`` as a suite's module is imported.
@@ -347,6 +369,7 @@ def suite_dir(args: argparse.Namespace, suite: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     fn = suite_function(args.suite)
     start = time.monotonic()
+    progress.restart()
     result = fn(args)
     out_dir = suite_dir(args, args.suite)
     text = write_result(result, out_dir, time.monotonic() - start)

@@ -29,6 +29,7 @@ from models.training import evaluate_split, make_loader, train_epochs
 from scripts.benchmarks.core import (
     BenchmarkResult,
     default_data_root,
+    progress,
     register,
     suite_dir,
 )
@@ -301,6 +302,7 @@ def timed_flwr_run(
                 echo=False,
             )
         total = time.perf_counter() - start
+        progress(f"flwr run of medflower, {num_hospitals} hospitals, {total:.1f} s")
         if not outcome.ok:
             raise RuntimeError(
                 f"flwr run with {num_hospitals} hospitals ended with "

@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from scripts.benchmarks.core import BenchmarkResult, default_data_root
+from scripts.benchmarks.core import BenchmarkResult, default_data_root, progress
 from scripts.cli import main as medflower
 from scripts.deploy import processes as procs
 from scripts.flower.processes import free_port
@@ -156,7 +156,7 @@ def with_deploy(args: Any, result: BenchmarkResult) -> BenchmarkResult:
     """``result`` (the scale suite's) with the ``deploy`` section when ``--deploy``."""
     if not getattr(args, "deploy", False):
         return result
-    print("scale: loopback deployment, medflower vs a bare ClientApp ...", flush=True)
+    progress("scale: loopback deployment, medflower vs a bare ClientApp ...")
     deploy = deploy_cost(args)
     result.details["deploy"] = deploy
     result.summary["deploy_message_ratio"] = deploy["ratio_median"]

@@ -34,6 +34,7 @@ from data.spec import HospitalData, Split
 from models.checkpoint import load_model
 from models.decision import Decision, decide
 from models.training import evaluate_split, make_loader, predict_proba, train_epochs
+from scripts.benchmarks.core import progress
 from scripts.harness.inprocess import InProcessGrid, full_run_config, run_inprocess
 
 CPU = torch.device("cpu")
@@ -141,16 +142,18 @@ def federate(
             "output-dir": str(out_dir),
             "run-name": name,
         }
+        full = full_run_config(**config)
         wall, cpu = time.perf_counter(), time.process_time()
         with quiet_flower():
             grid = run_inprocess(
                 server_app,
                 client_app,
                 num_hospitals=num_hospitals,
-                run_config=full_run_config(**config),
+                run_config=full,
                 keep_delivered=keep_delivered,
             )
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        progress(f"federated run: {described(full, num_hospitals)}, {wall:.1f} s")
         run_dir = out_dir / name
         history = read_history(run_dir)
         if history.status != "completed":
@@ -159,6 +162,15 @@ def federate(
         model = load_model(path)[0] if path.is_file() else None
         kept = None if temporary or model is None else path
     return FederatedRun(history, model, kept, grid, wall, cpu)
+
+
+def described(run_config: Mapping[str, Any], num_hospitals: int) -> str:
+    """A run in a few words: strategy, data, hospitals, rounds, seed."""
+    cfg = RunConfig.from_run_config(run_config)
+    return (
+        f"{cfg.strategy} on {cfg.dataset}, {num_hospitals} hospitals, "
+        f"{cfg.num_server_rounds} rounds, seed {cfg.seed}"
+    )
 
 
 # ------------------------------------------------------------------ baselines

@@ -28,6 +28,7 @@ from scripts.benchmarks.core import (
     BenchmarkResult,
     default_data_root,
     judged_goals,
+    progress,
     register,
     suite_dir,
 )
@@ -277,12 +278,11 @@ def heart(args: argparse.Namespace) -> BenchmarkResult:
         # Metric inputs come from our own code; sklearn's checks only cost time.
         with sklearn.config_context(skip_parameter_validation=True):
             per_seed.append(heart_seed(data_dir, seed, overrides))
-        print(
-            f"heart: seed {seed} done in {time.perf_counter() - start:.1f}s "
+        progress(
+            f"heart: seed {seed} done in {time.perf_counter() - start:.1f} s "
             f"(pooled test acc: "
             + ", ".join(f"{m} {per_seed[-1][m]['pooled']:.3f}" for m in HEART_METHODS)
-            + ")",
-            flush=True,
+            + ")"
         )
     hospitals = [h for h in per_seed[0]["pooled"] if h not in ("pooled", "pooled_auc")]
     rows = [heart_row(method, per_seed, hospitals) for method in HEART_METHODS]

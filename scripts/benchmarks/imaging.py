@@ -56,6 +56,7 @@ from scripts.benchmarks.core import (
     Values,
     default_data_root,
     judged_goals,
+    progress,
     register,
 )
 from scripts.benchmarks.federation import CPU, federate, pool, pooled_decision
@@ -337,6 +338,7 @@ def centralized(setup: Setup, data: Path, work: Path, seed: int) -> dict[str, An
     held_out = pool([s.val for s in sites])
     model, selected = train_rounds(setup, cfg, model, pooled, held_out)
     wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    progress(f"centralized counterpart, seed {seed}, {wall:.1f} s")
     decision = pooled_decision(cfg, model, held_out, dataset.info().num_classes)
     test = dataset.server_test()
     row = {

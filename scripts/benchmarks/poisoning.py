@@ -18,7 +18,13 @@ from typing import Any
 
 import torch
 
-from scripts.benchmarks.core import BenchmarkResult, Values, register, suite_dir
+from scripts.benchmarks.core import (
+    BenchmarkResult,
+    Values,
+    progress,
+    register,
+    suite_dir,
+)
 from scripts.benchmarks.federation import FederatedRun, federate
 
 STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum")
@@ -99,7 +105,7 @@ def poisoning(args: argparse.Namespace) -> BenchmarkResult:
     for strategy in STRATEGIES:
         rows.append(strategy_row(strategy, rounds=rounds, seeds=seeds, out=out))
         clean, poisoned = rows[-1]["clean_accuracy"], rows[-1]["poisoned_accuracy"]
-        print(f"  {strategy}: clean {clean:.4f}, poisoned {poisoned:.4f}", flush=True)
+        progress(f"poisoning: {strategy}: clean {clean:.4f}, poisoned {poisoned:.4f}")
     robust = [r for r in rows if r["robust"]]
     return BenchmarkResult(
         suite="poisoning",

@@ -25,6 +25,7 @@ from app.config import RunConfig
 from data.registry import get_dataset
 from scripts.benchmarks.core import (
     BenchmarkResult,
+    progress,
     register,
     suite_dir,
 )
@@ -269,6 +270,7 @@ def floor_run(num_hospitals: int, array_sizes: Sequence[int]) -> RunFigures:
             echo=False,
         )
     total = time.perf_counter() - start
+    progress(f"flwr run of the floor app, {num_hospitals} hospitals, {total:.1f} s")
     line = re.escape(ROUND_LINE).replace(r"\{round\}", r"(\d+)")
     line = line.replace(r"\{elapsed:\.3f\}", r"([0-9.]+)")
     clock = {int(r): float(e) for r, e in re.findall(line, outcome.log)}
@@ -327,18 +329,15 @@ def scale_size(
     medians.
     """
     ours_runs, floor_runs = [], []
-    for run in range(1, repeats + 1):
-        of = f" (run {run}/{repeats})" if repeats > 1 else ""
-        print(f"scale: {num_hospitals} hospitals: medflower{of} ...", flush=True)
+    for _ in range(repeats):
         ours_runs.append(scale_run(num_hospitals, config))
-        print(f"scale: {num_hospitals} hospitals: floor{of} ...", flush=True)
         floor_runs.append(floor_run(num_hospitals, array_sizes))
     ours, floor = combine_runs(ours_runs), combine_runs(floor_runs, prefix="floor_")
     row = {"hospitals": num_hospitals, "repeats": repeats, **ours, **floor}
     row["round_ratio"] = ours["round_s"] / floor["floor_round_s"]
     row["first_round_ratio"] = ours["first_round_s"] / floor["floor_first_round_s"]
     row["run_cpu_ratio"] = ours["run_cpu_s"] / floor["floor_run_cpu_s"]
-    print(
+    progress(
         f"scale: {num_hospitals} hospitals: {ours['round_s']:.2f}s per round "
         f"(floor {floor['floor_round_s']:.2f}s, x{row['round_ratio']:.2f}), first "
         f"round {ours['first_round_s']:.1f}s (floor "
@@ -346,8 +345,7 @@ def scale_size(
         f"peak PSS {ours['peak_pss_gb']:.2f} GB, CPU {ours['run_cpu_s']:.0f}s "
         f"(floor {floor['floor_run_cpu_s']:.0f}s, x{row['run_cpu_ratio']:.2f}), "
         f"CPU steal {ours['cpu_steal']:.0%} (floor {floor['floor_cpu_steal']:.0%})"
-        + (f"; medians of {repeats} runs each" if repeats > 1 else ""),
-        flush=True,
+        + (f"; medians of {repeats} runs each" if repeats > 1 else "")
     )
     return row
 
