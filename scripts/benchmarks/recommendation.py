@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from app.config import RunConfig
 from app.recommendation.metrics import popularity_metrics, site_metrics
@@ -136,6 +137,9 @@ def _weighted(per_site: Sequence[dict[str, float]]) -> dict[str, float]:
 
 def _centralised(cfg: RunConfig, site: InteractionSite, seed: int) -> dict[str, float]:
     """Train one model on ``site`` alone for the federation's whole budget."""
+    # seeded as the ServerApp seeds its model: the initial weights came from
+    # whatever state torch's global generator was left in (runs differed)
+    torch.manual_seed(seed)
     model = ModelSpec(
         cfg.model_name, {"num_items": len(site.catalogue), "dim": cfg.rec_dim}
     ).build()
