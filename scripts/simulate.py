@@ -130,8 +130,9 @@ def run_config_of(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
 
     ``--run-config`` plus ``--preset`` and ``--data`` as their keys; for
     medflower (not another app given as ``--app``) also ``output-dir`` unless
-    given, ``data-path`` made absolute and required to exist, and every value
-    checked. A bad key or value raises :class:`ValueError` naming it.
+    given, ``data-path`` made absolute and required to exist, every value
+    checked and the data file read (:func:`check_data`). A bad key or value
+    raises :class:`ValueError` naming it, data that do not fit ``DataError``.
     """
     values = read_run_config(args.run_config)
     data = args.data and existing_path(str(args.data), "--data")
