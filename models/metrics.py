@@ -31,7 +31,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, f
     if not len(y_true):
         raise ValueError("Cannot compute metrics of no records.")
     num_classes = probs.shape[1]
-    if (y_true.min() < 0 or y_true.max() >= num_classes):
+    if y_true.min() < 0 or y_true.max() >= num_classes:
         raise ValueError(f"labels must lie in 0..{num_classes - 1}.")
     pred = probs.argmax(axis=1)
     picked = np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, 1.0 - _EPS)

@@ -132,9 +132,7 @@ class RunRecorder:
 _OWN_FIELDS = ("rounds", "status", "flower_run_id", "num_rounds", "run_name")
 
 
-def _continued(
-    fresh: RunHistory, previous: RunHistory, after_round: int
-) -> RunHistory:
+def _continued(fresh: RunHistory, previous: RunHistory, after_round: int) -> RunHistory:
     """``fresh`` with what the stopped run had recorded up to ``after_round``.
 
     Run-level fields this run has not set yet (class names, the selection, ...)

@@ -93,9 +93,7 @@ def secagg_suite(args: argparse.Namespace) -> BenchmarkResult:
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     for fed, hospitals, data in _federations(args):
-        fed_rows = federation_rows(
-            fed, hospitals, data, rounds=rounds, repeats=repeats
-        )
+        fed_rows = federation_rows(fed, hospitals, data, rounds=rounds, repeats=repeats)
         rows += fed_rows
         for row in fed_rows:
             if row["mode"] != "plain":

@@ -166,11 +166,7 @@ def clean(text: str, lines: int = 15) -> str:
 
     Colour codes and Protobuf version warnings are dropped.
     """
-    kept = [
-        ANSI.sub("", t)
-        for t in text.splitlines()
-        if t.strip() and not is_noise(t)
-    ]
+    kept = [ANSI.sub("", t) for t in text.splitlines() if t.strip() and not is_noise(t)]
     return "\n".join(kept[-lines:])
 
 

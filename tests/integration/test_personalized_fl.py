@@ -168,4 +168,3 @@ def test_pooled_personal_weights_hospitals_by_their_test_rows():
     }
     out = pooled_personal(evaluations, "personal_accuracy")
     assert out == {"a": 1.0, "b": 0.5, "pooled": pytest.approx(35 / 40)}
-

@@ -233,6 +233,7 @@ def test_recommend_prints_top_k_and_names_bad_input(ratings, tmp_path, capsys):
     assert recommend(str(bad), "1001") == 2
     assert str(bad) in capsys.readouterr().out
 
+
 def test_benchmark_on_a_ratings_file_writes_the_methods(ratings, tmp_path, capsys):
     import json
 

@@ -78,4 +78,3 @@ def test_defaults_derive_from_the_round_size():
     explicit = SecAggParams(num_shares=5, threshold=4)
     with pytest.raises(ValueError, match="strict majority"):
         explicit.for_round(3)  # 3 shares cannot honour an explicit threshold of 4
-

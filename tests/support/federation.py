@@ -20,6 +20,7 @@ from scripts.harness.inprocess import full_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 
+
 def shared_data_dir() -> Path:
     """``$MEDFLOWER_SHARED_DATA`` or ``<repo>/../shared/data``."""
     return Path(

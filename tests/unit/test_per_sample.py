@@ -73,9 +73,7 @@ def _assert_close(ours, reference):
 # (app/recommendation/dp.py, tests/unit/test_patient_dp.py)
 CASES = [
     (name, 2) for name in sorted(MODELS) if MODELS[name].task != "recommendation"
-] + [
-    (name, 3) for name in ("poolcnn", "poolcnn-small", "resnet10")
-]
+] + [(name, 3) for name in ("poolcnn", "poolcnn-small", "resnet10")]
 
 
 @pytest.mark.parametrize(("name", "dims"), CASES)
