@@ -153,7 +153,7 @@ def federate(
                 keep_delivered=keep_delivered,
             )
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        progress(f"federated run: {described(full, num_hospitals)}, {wall:.1f} s")
+        progress(f"{name}: {described(full, num_hospitals)}, {wall:.1f} s")
         run_dir = out_dir / name
         history = read_history(run_dir)
         if history.status != "completed":

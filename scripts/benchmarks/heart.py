@@ -158,7 +158,7 @@ def heart_federated(
             run_config.update(
                 {"personalize-epochs": FINETUNE_EPOCHS, "fraction-evaluate": 1.0}
             )
-        run = federate(run_config, len(sites))
+        run = federate(run_config, len(sites), name=method)
         results[method] = heart_scores(run.model, test, sites)
         results[method]["rounds_accuracy"] = [
             r.server.get("accuracy", math.nan) for r in run.rounds

@@ -205,7 +205,9 @@ def heart_personalised(
     for method, changes in recipes.items():
         if method not in methods:
             continue
-        run = federate({**config, **changes, "fraction-evaluate": 1.0}, num_hospitals)
+        run = federate(
+            {**config, **changes, "fraction-evaluate": 1.0}, num_hospitals, name=method
+        )
         evaluations = run.last_evaluations()
         server = run.final_metrics
         if method in HEART_PERSONALISED:
@@ -287,7 +289,7 @@ def imaging_personalized(args: argparse.Namespace) -> BenchmarkResult:
                 "num-server-rounds": rounds,
                 "seed": seed,
             }
-            run = federate(config, IMAGING_HOSPITALS)
+            run = federate(config, IMAGING_HOSPITALS, name=method)
             evaluations = run.last_evaluations()
             rows += imaging_rows(method, seed, evaluations)
             summary[f"{method} seed {seed} cpu_seconds"] = run.cpu_seconds

@@ -125,7 +125,7 @@ def test_upload_is_the_float32_model_plus_small_overhead(capsys):
     run = federate({"num-server-rounds": 1, "fraction-evaluate": 0.0}, 2)
     # a suite prints its table at the end: each run says on stderr that it is done
     (line,) = capsys.readouterr().err.splitlines()
-    assert "federated run: fedavg on wdbc, 2 hospitals, 1 rounds, seed 42" in line
+    assert "run: fedavg on wdbc, 2 hospitals, 1 rounds, seed 42, " in line
     size = model_float32_bytes(run.model)
     up = traffic_per_round(run.grid, "up")
     assert sent_dtypes(run.grid) == ["float32"]
