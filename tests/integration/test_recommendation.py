@@ -187,7 +187,9 @@ def test_patient_level_dp_is_accounted_as_opacus_does(ratings, tmp_path, shared)
             "dp-noise-multiplier"
         ]
         accountant.history = [(sigma, 1 / batches, steps)]
-        expected = accountant.get_epsilon(delta=1e-3)
+        # Opacus' PRV takes log(1 - q), -inf at q = 1 (one batch), and warns
+        with np.errstate(divide="ignore"):
+            expected = accountant.get_epsilon(delta=1e-3)
         assert privacy["epsilon"][f"hospital-{index}"] == pytest.approx(
             expected, rel=1e-6
         )
