@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from app.config.keys import ConfigError, RunConfigKeys
 from data.preprocessing import GLOBAL_NORMALISATIONS
-from data.registry import DATASETS, dataset_class
+from data.registry import DATASETS, dataset_class, local_kinds
 from models import MODELS
 from strategies import STRATEGIES, weighted_mean_strategies
 
@@ -184,8 +184,18 @@ def check_vertical(cfg: RunConfig) -> None:
 
 
 def check_data(cfg: RunConfig) -> None:
-    """A dataset read from files needs its path, unless the coordinator holds none."""
+    """A dataset read from files needs its path, unless the coordinator holds none;
+    one that reads no file (bundled or generated) is not given a path.
+    """
     dataset = dataset_class(cfg.dataset)
+    if cfg.data_path and not dataset.needs_path:
+        # `--data scans/` with the default dataset trained on the bundled wdbc
+        kinds = ", ".join(f"'{kind}'" for kind in local_kinds())
+        raise ConfigError(
+            f"data-path {cfg.data_path!r} is given but dataset='{cfg.dataset}' "
+            "reads no file (bundled or generated data); name the file's kind with "
+            f"'dataset': one of {kinds}."
+        )
     if getattr(dataset, "needs_path", False) and not cfg.data_path:
         # In deployment each hospital names its own data (node config) and the
         # coordinator may hold none: server-eval=false, and the model's shape

@@ -67,6 +67,8 @@ def test_int_accepted_for_float_key():
         ({"val-fraction": 0.9}, "val-fraction"),
         ({"strategy": "fedprox"}, "proximal-mu"),
         ({"dataset": "heart-disease"}, "data-path"),
+        # the bundled wdbc reads no file: the path would be silently ignored
+        ({"data-path": "/data/scans"}, "data-path '/data/scans' is given but dataset="),
         ({"run-name": "../escape"}, "run-name"),
         ({"learning-rate": float("nan")}, "learning-rate"),
     ],
