@@ -198,7 +198,8 @@ class RunConfigKeys:
         "data",
         help=(
             "Data location for `heart-disease` / `csv` / `medmnist` / "
-            "`image-folder` (absolute path)."
+            "`image-folder` / `interactions` / `mimic-demo` (absolute path); "
+            "refused with a dataset that reads no file (`wdbc`, `synthetic-lesions`)."
         ),
     )
     label_column: str = key(
