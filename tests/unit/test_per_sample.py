@@ -11,7 +11,7 @@ import torch
 from opacus.grad_sample import GradSampleModule
 from torch import nn
 
-from app.privacy.dp_sgd import DPSettings, train_dp
+from app.privacy.dp_sgd import FULL_HOOK_WARNING, DPSettings, train_dp
 from app.privacy.per_sample import (
     UnsupportedLayer,
     per_sample_layers,
@@ -51,7 +51,7 @@ def _opacus_grad_samples(model, x, y, reduction="mean"):
         # torch's notice on Opacus' hooks when the input needs no gradient (the
         # product filters it in app.privacy's private_training; this is the
         # reference, driven here outside it)
-        warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
+        warnings.filterwarnings("ignore", FULL_HOOK_WARNING, UserWarning)
         nn.functional.cross_entropy(reference(x), y, reduction=reduction).backward()
     return {n: p.grad_sample for n, p in reference._module.named_parameters()}
 
