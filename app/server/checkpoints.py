@@ -15,11 +15,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
+
+if TYPE_CHECKING:
+    from app.config import RunConfig
 
 FORMAT = "medflower-checkpoint/1"
 DIRNAME = "checkpoints"
@@ -235,3 +238,14 @@ def check_resumable(run_config: Mapping[str, Any], checkpoint: Checkpoint) -> No
             f"{checkpoint.server_round}, beyond num-server-rounds="
             f"{run_config['num-server-rounds']}."
         )
+
+
+def load_resume(cfg: RunConfig) -> Checkpoint | None:
+    """The checkpoint ``resume-from`` names, checked against the run config (None
+    when the run does not resume).
+    """
+    if not cfg.resume_from:
+        return None
+    resume = load_checkpoint(cfg.resume_from)
+    check_resumable(cfg.to_run_config(), resume)
+    return resume

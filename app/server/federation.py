@@ -30,8 +30,7 @@ from app.server.averaging import ModelEMA
 from app.server.checkpoints import (
     Checkpoint,
     Stateful,
-    check_resumable,
-    load_checkpoint,
+    load_resume,
     save_checkpoint,
     set_rng_state,
 )
@@ -378,15 +377,6 @@ def run_federation(
 
 
 # ------------------------------------------------------------------ build
-
-
-def load_resume(cfg: RunConfig) -> Checkpoint | None:
-    """The checkpoint ``resume-from`` names, checked against the run config."""
-    if not cfg.resume_from:
-        return None
-    resume = load_checkpoint(cfg.resume_from)
-    check_resumable(cfg.to_run_config(), resume)
-    return resume
 
 
 def build(cfg: RunConfig, run_id: int, resume: Checkpoint | None) -> Federation:
