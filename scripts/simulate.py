@@ -130,9 +130,11 @@ def run_config_of(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
 
     ``--run-config`` plus ``--preset`` and ``--data`` as their keys; for
     medflower (not another app given as ``--app``) also ``output-dir`` unless
-    given, ``data-path`` made absolute and required to exist, every value
-    checked and the data file read (:func:`check_data`). A bad key or value
-    raises :class:`ValueError` naming it, data that do not fit ``DataError``.
+    given, ``data-path`` and ``resume-from`` made absolute and required to exist,
+    every value
+    checked and the data file and checkpoint read (:func:`check_inputs`). A bad
+    key or value raises :class:`ValueError` naming it (``DataError``,
+    ``CheckpointError`` for data or a checkpoint that do not fit).
     """
     values = read_run_config(args.run_config)
     data = args.data and existing_path(str(args.data), "--data")
@@ -146,24 +148,30 @@ def run_config_of(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
     if not is_medflower(args.app.resolve()):  # another Flower app: its own keys
         return values
     values.setdefault("output-dir", str(output_dir))
-    if values.get("data-path"):  # hospitals and server read it on this machine
-        values["data-path"] = str(existing_path(str(values["data-path"]), "data-path"))
-    check_data(check_run_config(values))
+    for key in ("data-path", "resume-from"):  # read on this machine, from any folder
+        if values.get(key):
+            values[key] = str(existing_path(str(values[key]), key))
+    check_inputs(check_run_config(values))
     return values
 
 
-def check_data(cfg: RunConfig) -> None:
-    """Read the run's data file as the ServerApp first reads it (its description:
-    columns, classes, input shape), so that a wrong file or ``label-column`` is
-    refused before the SuperLink starts, naming the file (``DataError``).
+def check_inputs(cfg: RunConfig) -> None:
+    """Read what the ServerApp reads first, so that a bad input is refused before
+    the SuperLink starts, naming it: the data file's description (columns,
+    classes, input shape; ``DataError`` for a wrong file or ``label-column``) and
+    the checkpoint ``resume-from`` names (``CheckpointError`` when it is missing or
+    its run had other settings).
 
     Runs on bundled data (no ``data-path``) are not read twice.
     """
-    if not cfg.data_path:
-        return
-    from data.registry import get_dataset
+    if cfg.data_path:
+        from data.registry import get_dataset
 
-    get_dataset(cfg.data_spec()).info()
+        get_dataset(cfg.data_spec()).info()
+    if cfg.resume_from:
+        from app.server.checkpoints import load_resume
+
+        load_resume(cfg)
 
 
 def existing_path(text: str, given_as: str) -> Path:

@@ -13,11 +13,13 @@ from flwr.app import Context, Message, RecordDict
 from support.federation import make_run_config
 
 from app.client_app import app as client_app
+from app.config import RunConfig
 from app.server.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
 from app.server.federation import run_federation
 from app.server.history import read_history
 from app.server.report import REPORT_NAME
 from scripts.harness.inprocess import SERVER_NODE_ID, InProcessGrid, server_context
+from scripts.simulate import check_inputs
 
 
 class ServerCrash(RuntimeError):
@@ -150,6 +152,11 @@ def test_resume_refuses_a_changed_run_config(tmp_path: Path) -> None:
     changed = {**config, "learning-rate": 0.5, "resume-from": str(done.recorder.dir)}
     with pytest.raises(CheckpointError, match="'learning-rate' is 0.5"):
         run(changed, 2)
+    # medflower simulate refuses it the same way before anything starts
+    with pytest.raises(CheckpointError, match="'learning-rate' is 0.5"):
+        check_inputs(RunConfig.from_run_config(changed))
+    same = {**changed, "learning-rate": config["learning-rate"]}
+    check_inputs(RunConfig.from_run_config(same))  # the original settings resume
     with pytest.raises(CheckpointError, match="does not exist"):
         run({**config, "resume-from": str(tmp_path / "nowhere")}, 2)
 
