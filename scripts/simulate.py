@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from app.config import RunConfig
 
 
+# Run-config keys naming a file or folder the run reads: given relative to where
+# the command is typed, made absolute (the ServerApp runs in another folder).
+PATH_KEYS = ("data-path", "resume-from", "init-model", "item-catalogue")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Simulate N hospitals with `flwr run --stream` and check the run."
@@ -130,8 +135,8 @@ def run_config_of(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
 
     ``--run-config`` plus ``--preset`` and ``--data`` as their keys; for
     medflower (not another app given as ``--app``) also ``output-dir`` unless
-    given, ``data-path`` and ``resume-from`` made absolute and required to exist,
-    every value
+    given, the files of ``PATH_KEYS`` made absolute and required to exist, every
+    value
     checked and the data file and checkpoint read (:func:`check_inputs`). A bad
     key or value raises :class:`ValueError` naming it (``DataError``,
     ``CheckpointError`` for data or a checkpoint that do not fit).
@@ -148,7 +153,7 @@ def run_config_of(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
     if not is_medflower(args.app.resolve()):  # another Flower app: its own keys
         return values
     values.setdefault("output-dir", str(output_dir))
-    for key in ("data-path", "resume-from"):  # read on this machine, from any folder
+    for key in PATH_KEYS:  # read on this machine, from whichever folder
         if values.get(key):
             values[key] = str(existing_path(str(values[key]), key))
     check_inputs(check_run_config(values))

@@ -63,6 +63,8 @@ def test_data_path_is_made_absolute_and_must_exist(tmp_path, monkeypatch):
     )
     with pytest.raises(ValueError, match="data-path '/no/such.csv': no such file"):
         _values("--run-config", "dataset='csv' data-path='/no/such.csv'")
+    with pytest.raises(ValueError, match="init-model 'start.pt': no such file"):
+        _values("--run-config", "init-model='start.pt'")
     with pytest.raises(ValueError, match="--data '/no/such.npz': no such file"):
         _values("--data", "/no/such.npz")
 
