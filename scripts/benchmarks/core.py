@@ -4,7 +4,8 @@ Each suite is a function ``(args) -> BenchmarkResult``, declared in ``SUITES`` b
 name, module and description, and registered by ``@register`` in its module, which
 is imported only when that suite runs (listing the suites imports no torch or
 Flower). :func:`write_result` writes ``outputs/benchmarks/<suite>/results.json``
-(numbers) and ``results.md`` (the formatted table) and the command prints the table.
+(numbers) and ``results.md`` (the formatted table) and the command prints the table;
+meanwhile :data:`progress` says on stderr what each suite has finished.
 Adding a suite is one function plus one ``SUITES`` line.
 """
 
