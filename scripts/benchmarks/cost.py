@@ -40,6 +40,7 @@ from scripts.benchmarks.federation import (
     CPU,
     FederatedRun,
     federate,
+    initial_model,
     pool,
 )
 from scripts.benchmarks.reporting import save_figure
@@ -79,8 +80,7 @@ def centralized_timing(
     sites = [dataset.hospital(i, num_hospitals) for i in range(num_hospitals)]
     train = pool([s.train for s in sites])
     test = dataset.server_test() if cfg.server_eval else None
-    torch.manual_seed(cfg.seed)
-    model = model_spec(cfg, sites[0].info).build()
+    model = initial_model(model_spec(cfg, sites[0].info), cfg.seed)
     start = time.perf_counter()
     for r in range(cfg.num_server_rounds):
         loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed + r)

@@ -31,6 +31,7 @@ from app.server.decision import resolved_rule, stored
 from app.server.history import RoundEntry, RunHistory, read_history
 from app.server_app import app as server_app
 from data.spec import HospitalData, Split
+from models import ModelSpec
 from models.checkpoint import load_model
 from models.decision import Decision, decide
 from models.training import evaluate_split, make_loader, predict_proba, train_epochs
@@ -176,6 +177,14 @@ def described(run_config: Mapping[str, Any], num_hospitals: int) -> str:
 # ------------------------------------------------------------------ baselines
 
 
+def initial_model(spec: ModelSpec, seed: int) -> torch.nn.Module:
+    """A baseline's starting network: built right after seeding torch with the
+    run's seed, as the ServerApp builds the federation's initial model.
+    """
+    torch.manual_seed(seed)
+    return spec.build()
+
+
 def pool(splits: Sequence[Split]) -> Split:
     """Concatenate splits (each already preprocessed by its own site)."""
     return Split(
@@ -191,8 +200,7 @@ def train_pooled(
     The centralised baseline when ``train`` pools every hospital's training split;
     one hospital alone when it is that hospital's.
     """
-    torch.manual_seed(cfg.seed)
-    model = model_spec(cfg, sites[0].info).build()
+    model = initial_model(model_spec(cfg, sites[0].info), cfg.seed)
     loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
     train_epochs(model, loader, train_settings(cfg, epochs=epochs, max_steps=0), CPU)
     return model

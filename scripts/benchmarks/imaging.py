@@ -59,7 +59,13 @@ from scripts.benchmarks.core import (
     progress,
     register,
 )
-from scripts.benchmarks.federation import CPU, federate, pool, pooled_decision
+from scripts.benchmarks.federation import (
+    CPU,
+    federate,
+    initial_model,
+    pool,
+    pooled_decision,
+)
 from scripts.evaluate import clinical_report
 from scripts.harness.inprocess import full_run_config
 
@@ -332,8 +338,7 @@ def centralized(setup: Setup, data: Path, work: Path, seed: int) -> dict[str, An
         np.concatenate([s.train.y for s in sites]),
         augment_seed=seed if setup.augment else None,
     )
-    torch.manual_seed(cfg.seed)  # as the ServerApp does before building the model
-    model = model_spec(cfg, dataset.info()).build()
+    model = initial_model(model_spec(cfg, dataset.info()), cfg.seed)
     wall, cpu = time.monotonic(), time.process_time()
     held_out = pool([s.val for s in sites])
     model, selected = train_rounds(setup, cfg, model, pooled, held_out)

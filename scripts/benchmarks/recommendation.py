@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from app.config import RunConfig
 from app.recommendation.metrics import popularity_metrics, site_metrics
@@ -41,7 +40,7 @@ from scripts.benchmarks.core import (
     register,
     suite_dir,
 )
-from scripts.benchmarks.federation import federate
+from scripts.benchmarks.federation import federate, initial_model
 from scripts.benchmarks.reporting import mean_sd, mean_std, save_figure
 
 METRICS = ("hr@10", "ndcg@10", "hr@5", "ndcg@5", "coverage@10", "rmse", "mae")
@@ -137,12 +136,14 @@ def _weighted(per_site: Sequence[dict[str, float]]) -> dict[str, float]:
 
 def _centralised(cfg: RunConfig, site: InteractionSite, seed: int) -> dict[str, float]:
     """Train one model on ``site`` alone for the federation's whole budget."""
-    # seeded as the ServerApp seeds its model: the initial weights came from
-    # whatever state torch's global generator was left in (runs differed)
-    torch.manual_seed(seed)
-    model = ModelSpec(
-        cfg.model_name, {"num_items": len(site.catalogue), "dim": cfg.rec_dim}
-    ).build()
+    # seeded: unseeded, the weights came from whatever state torch's global
+    # generator was left in (runs differed)
+    model = initial_model(
+        ModelSpec(
+            cfg.model_name, {"num_items": len(site.catalogue), "dim": cfg.rec_dim}
+        ),
+        seed,
+    )
     users = UserTable(site.num_users, model.user_dim, seed=seed)
     settings = RecTrainSettings(
         epochs=cfg.num_server_rounds * cfg.local_epochs,
