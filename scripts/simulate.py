@@ -136,9 +136,8 @@ def run_config_of(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
     ``--run-config`` plus ``--preset`` and ``--data`` as their keys; for
     medflower (not another app given as ``--app``) also ``output-dir`` unless
     given, the files of ``PATH_KEYS`` made absolute and required to exist, every
-    value
-    checked and the data file and checkpoint read (:func:`check_inputs`). A bad
-    key or value raises :class:`ValueError` naming it (``DataError``,
+    value checked and the data file and checkpoint read (:func:`check_inputs`). A
+    bad key or value raises :class:`ValueError` naming it (``DataError``,
     ``CheckpointError`` for data or a checkpoint that do not fit).
     """
     values = read_run_config(args.run_config)

@@ -196,7 +196,7 @@ def check_data(cfg: RunConfig) -> None:
             "reads no file (bundled or generated data); name the file's kind with "
             f"'dataset': one of {kinds}."
         )
-    if getattr(dataset, "needs_path", False) and not cfg.data_path:
+    if dataset.needs_path and not cfg.data_path:
         # In deployment each hospital names its own data (node config) and the
         # coordinator may hold none: server-eval=false, and the model's shape
         # must then be known without data (see FederatedDataset.shape_known).

@@ -9,9 +9,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from scripts.benchmarks.core import (
-    MeanSD,
-)
+from scripts.benchmarks.core import MeanSD
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
