@@ -6,7 +6,7 @@ import dataclasses
 import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,7 +16,9 @@ from data.cache import prepared
 from data.registry import dataset_class, get_dataset, local_kinds
 from data.spec import DataError, DatasetInfo, DataSpec, HospitalData, SiteRecords
 from models import MODELS, ModelSpec, input_kwargs
-from models.training import TrainSettings
+
+if TYPE_CHECKING:  # imports torch: loaded where a hospital trains, not to name one
+    from models.training import TrainSettings
 
 
 def hospital_name(node_config: Mapping[str, Any]) -> str:
@@ -146,6 +148,8 @@ def train_settings(cfg: RunConfig, **overrides: Any) -> TrainSettings:
     :class:`~models.training.TrainSettings`; callers override what their
     training differs in (a round's scheduled rate, a whole-run epoch count).
     """
+    from models.training import TrainSettings
+
     settings = TrainSettings(
         epochs=cfg.local_epochs,
         batch_size=cfg.batch_size,

@@ -241,11 +241,3 @@ def decrypt_sum(msg: Message, context: Context) -> Message:
     total = ts.ckks_vector_from(ckks, cast(bytes, record[P.CIPHERTEXT])).decrypt()
     plain = ArrayRecord({P.CKKS_PLAIN_SUM: Array(np.asarray(total, dtype=np.float64))})
     return _answer(msg, context, {}, plain)
-
-
-QUERY_HANDLERS: dict[str, Callable[[Message, Context], Message]] = {
-    P.CKKS_HELLO.split(".", 1)[1]: hello,
-    P.CKKS_DEAL.split(".", 1)[1]: deal,
-    P.CKKS_INSTALL.split(".", 1)[1]: install,
-    P.CKKS_DECRYPT.split(".", 1)[1]: decrypt_sum,
-}

@@ -374,10 +374,3 @@ def unmask(msg: Message, context: Context) -> Message:
     shares = [state.seed_shares[held[i]] for i in active]
     shares += [state.sk1_shares[held[i]] for i in dead]
     return _answer(msg, context, {P.NODE_IDS: active + dead, P.SHARES: shares})
-
-
-QUERY_HANDLERS: dict[str, Callable[[Message, Context], Message]] = {
-    P.SETUP.split(".", 1)[1]: setup,
-    P.SHARE_KEYS.split(".", 1)[1]: share_keys,
-    P.UNMASK.split(".", 1)[1]: unmask,
-}

@@ -5,5 +5,6 @@
 - ``split``: the split network (bottom models per hospital, top at the label holder)
 - ``party``: one hospital's side, independent of Flower's message classes
 - ``coordinator``: the server's PSI relay and split training by batch
+- ``actions``: the ``query.*`` actions, registered on the ClientApp
 - ``client``, ``server``: the ClientApp handlers and the ServerApp path
 """

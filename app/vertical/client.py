@@ -13,19 +13,17 @@ from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
-from flwr.clientapp import ClientApp
 
 from app.client.hospital import hospital_name, train_settings
 from app.config import RunConfig
 from app.logs import route_to_flower
 from app.vertical.data import load_party
 from app.vertical.party import PartySession, PartyState, VerticalSettings
-from app.vertical.psi import PSI_ACTIONS, PsiError
+from app.vertical.psi import PsiError
 from data.spec import DataError
 
 log = logging.getLogger(__name__)
 
-VERTICAL_ACTIONS = (*PSI_ACTIONS, "vfl_info", "vfl_init", "vfl_bottom", "vfl_top")
 PAYLOAD, TENSORS = "vfl", "tensors"
 STATE_KEYS = {
     "psi": "vertical-psi",
@@ -115,14 +113,3 @@ def handle_vertical(action: str, msg: Message, context: Context) -> Message:
     if out:
         content[TENSORS] = ArrayRecord({k: v.detach().cpu() for k, v in out.items()})
     return Message(content=content, reply_to=msg)
-
-
-def register(app: ClientApp) -> None:
-    """Register one ``@app.query(action)`` handler per vertical-FL action."""
-    for action in VERTICAL_ACTIONS:
-
-        def handler(msg: Message, context: Context, _action: str = action) -> Message:
-            return handle_vertical(_action, msg, context)
-
-        handler.__name__ = f"query_{action}"
-        app.query(action)(handler)

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.vertical.actions import PSI_ACTIONS
 from app.vertical.data import VerticalParty, split_positions, standardized_features
 from app.vertical.psi import (
-    PSI_ACTIONS,
     PsiError,
     PsiPartyState,
     aligned_rows,

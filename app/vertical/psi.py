@@ -51,6 +51,8 @@ from typing import Any
 
 import numpy as np
 
+from app.vertical.actions import PSI_ACTIONS
+
 try:  # the native module pins protobuf; keep the import error explicit
     import private_set_intersection.python as _psi
 except ImportError as err:  # pragma: no cover - dependency declared in pyproject
@@ -64,8 +66,6 @@ except ImportError as err:  # pragma: no cover - dependency declared in pyprojec
 _FPR = 0.0
 _STRUCTURE = _psi.DataStructure.RAW
 _REVEAL = True  # the client learns *which* of its IDs are common, not only how many
-
-PSI_ACTIONS = ("psi_setup", "psi_request", "psi_response", "psi_intersect")
 
 
 class PsiError(ValueError):

@@ -101,7 +101,7 @@ def test_poison_fraction_is_ignored_with_one_warning(tmp_path, task_identity):
     model, _ = build_global(honest_config)
     honest = client_app(make_message(model), make_context(honest_config, 0, 2))
     context = make_context(poison_config, 0, 2)
-    logger, collect = logging.getLogger("app.client_app"), Collect()
+    logger, collect = logging.getLogger("app.client.handlers"), Collect()
     logger.addHandler(collect)
     try:
         replies = [client_app(make_message(model), context) for _ in range(2)]

@@ -11,8 +11,8 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from support.federation import make_context, make_message, make_run_config
 
 from app import client_app, server_app
+from app.client.handlers import PRIVACY_BUDGET_CODE
 from app.client.hospital import model_spec
-from app.client_app import PRIVACY_BUDGET_CODE
 from app.config import RunConfig
 from app.privacy.local_dp import STATE_KEY
 from data.registry import get_dataset

@@ -18,8 +18,8 @@ from support.federation import (
 )
 
 from app import client_app, server_app
+from app.client.handlers import PRIVACY_BUDGET_CODE
 from app.client.hospital import model_spec
-from app.client_app import PRIVACY_BUDGET_CODE
 from app.config import ConfigError, RunConfig
 from app.privacy.cohort_stats import QUERY, REPLY_KEY, STATE_KEY, STATISTICS
 from data.base import raw_splits

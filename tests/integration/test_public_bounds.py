@@ -16,8 +16,8 @@ from support.federation import (
 )
 
 from app import client_app, server_app
+from app.client.handlers import LOCAL_FAILURE_CODE
 from app.client.hospital import model_spec
-from app.client_app import LOCAL_FAILURE_CODE
 from app.config import ConfigError, RunConfig
 from app.privacy.cohort_stats import QUERY
 from data.preprocessing import Standardizer

@@ -17,6 +17,7 @@ from app.server_app import app as server_app
 from app.vertical.coordinator import VerticalProtocolError
 from app.vertical.data import simulate_parties
 from app.vertical.server import run_vertical
+from data.lazy import load
 from scripts.harness.inprocess import InProcessGrid
 
 
@@ -51,7 +52,7 @@ def _run(tmp_path, num_hospitals, node_configs=None, **overrides):
 
 
 def test_vertical_dispatch_is_registered():
-    assert TASK_RUNNERS["vertical"] is run_vertical
+    assert load(TASK_RUNNERS["vertical"]) is run_vertical
 
 
 def test_leak_detector_finds_an_id_in_a_message(task_identity):

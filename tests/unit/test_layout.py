@@ -198,12 +198,26 @@ def test_every_module_imports_on_its_own():
     assert out.stdout.strip() == "", out.stdout
 
 
+# The Flower apps, and the modules they load when a message or a run comes.
+APP_MODULES = (
+    "app.client_app",
+    "app.client.handlers",
+    "app.server_app",
+    "app.server.federation",
+    "app.vertical.client",
+    "app.vertical.server",
+    "app.stats.server",
+)
+
+
 def test_flower_apps_import_no_script_or_test_harness():
-    # One interpreter for both apps: the ServerApp is imported after the
-    # ClientApp, so each entry's own imports are printed before the next one.
+    # One interpreter for both apps and what they import on the first message
+    # or at the run's start (handlers, the server's paths): each entry's own
+    # imports are printed before the next one.
+    entries = APP_MODULES
     code = (
         "import importlib, sys\n"
-        "for entry in ('app.client_app', 'app.server_app'):\n"
+        f"for entry in {entries!r}:\n"
         "    importlib.import_module(entry)\n"
         "    ours = sorted(m for m in sys.modules if m.split('.')[0] == 'scripts')\n"
         "    print(entry, ours)\n"
@@ -212,5 +226,5 @@ def test_flower_apps_import_no_script_or_test_harness():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.strip().splitlines()[-2:]
-    assert lines == ["app.client_app []", "app.server_app []"], lines
+    lines = out.stdout.strip().splitlines()[-len(entries) :]
+    assert lines == [f"{entry} []" for entry in entries], lines
