@@ -25,6 +25,8 @@ export MEDFLOWER_HOME := $(CURDIR)
 # nine "Protobuf gencode version" warnings; Ray's ray.init a "Tip" FutureWarning
 # (scripts/flower/env.py says why each is only noise). They inherit these filters.
 export PYTHONWARNINGS := ignore:Protobuf gencode version:UserWarning,ignore:Tip:FutureWarning:ray._private.worker
+# No idle Ray workers prestarted beside the simulation's actors (scripts/flower/env.py).
+export RAY_prestart_worker_first_driver := 0
 export PATH := $(BIN):$(PATH)
 
 .PHONY: setup demo test lint env clean
@@ -51,7 +53,7 @@ lint: setup
 
 # Print the environment the Makefile uses: eval "$(make -s env)"
 env:
-	@echo "export FLWR_HOME='$(FLWR_HOME)' FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 MEDFLOWER_HOME='$(CURDIR)' PYTHONWARNINGS='$(PYTHONWARNINGS)' PATH='$(BIN)':\"\$$PATH\""
+	@echo "export FLWR_HOME='$(FLWR_HOME)' FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 MEDFLOWER_HOME='$(CURDIR)' PYTHONWARNINGS='$(PYTHONWARNINGS)' RAY_prestart_worker_first_driver=0 PATH='$(BIN)':\"\$$PATH\""
 
 clean:
 	rm -rf .flwr outputs .pytest_cache

@@ -24,6 +24,12 @@ QUIET_WARNINGS = (
     f"ignore:{PROTOBUF_WARNING}:UserWarning",
     "ignore:Tip:FutureWarning:ray._private.worker",
 )
+# Ray starts one idle worker per CPU when the simulation connects, then the
+# ClientApp actors in processes of their own: the idle ones only took ~1 s of CPU
+# each while the actors imported their code on the same cores (round 1 of a
+# 100-hospital run 0.3-0.5 s longer on 2 cores). Set for every Flower process the
+# project starts (a user's own value wins).
+RAY_PRESTART = "RAY_prestart_worker_first_driver"
 # Lines dropped from what the user sees of a run this project starts:
 # - what is left of the Protobuf warning when a process starts without the filter
 #   (and the line that quotes its source);
@@ -57,8 +63,9 @@ def flower_env(
     """Environment for ``flwr`` and the processes it starts.
 
     Offline switches, a project-local ``FLWR_HOME``, ``MEDFLOWER_HOME`` for
-    outputs, the library warning filters, and this interpreter's bin dir first on
-    PATH (the local SuperLink is started as ``flower-superlink`` from PATH).
+    outputs, the library warning filters, no prestarted Ray workers
+    (:data:`RAY_PRESTART`), and this interpreter's bin dir first on PATH (the
+    local SuperLink is started as ``flower-superlink`` from PATH).
 
     Parameters
     ----------
@@ -76,6 +83,7 @@ def flower_env(
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     env.setdefault("RAY_DEDUP_LOGS", "1")
+    env.setdefault(RAY_PRESTART, "0")
     env["PYTHONWARNINGS"] = _with_filter(env.get("PYTHONWARNINGS", ""))
     return env
 

@@ -22,7 +22,7 @@ import pytest
 
 from app.server.history import RoundEntry, RunHistory, read_history, write_history
 from scripts.flower import driver as drv
-from scripts.flower.env import QUIET_WARNINGS, flower_env, is_noise
+from scripts.flower.env import QUIET_WARNINGS, RAY_PRESTART, flower_env, is_noise
 from scripts.flower.processes import alive, terminate
 from scripts.flower.superlink import superlinks_of
 
@@ -321,6 +321,11 @@ def test_flower_processes_drop_only_the_protobuf_warning_and_rays_tip(tmp_path):
     assert "future versions of Ray" not in out.stderr
     assert "Tip: from another library" in out.stderr
     assert "a warning that matters" in out.stderr
+
+
+def test_flower_processes_start_no_idle_ray_workers_unless_the_user_says_so(tmp_path):
+    assert flower_env(tmp_path, base={})[RAY_PRESTART] == "0"
+    assert flower_env(tmp_path, base={RAY_PRESTART: "1"})[RAY_PRESTART] == "1"
 
 
 def test_flowers_sizing_hints_and_shutdown_notice_are_left_out_of_what_is_shown():
