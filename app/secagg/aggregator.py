@@ -12,6 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from app.secagg.vectors import Layout
+from app.server.exchange import send_and_receive
 from strategies.screening import hospital_of, note_problem
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class StagedExchange:
             )
             for node, record in records.items()
         ]
-        return list(self._grid.send_and_receive(messages, timeout=self.timeout))
+        return send_and_receive(self._grid, messages, self.timeout)
 
     def _collect(
         self,

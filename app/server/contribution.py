@@ -23,6 +23,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from app.server.exchange import send_and_receive
 from strategies.screening import FEDERATED_EVALUATE
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class SiteContribution:
             )
             for node in self.grid.get_node_ids()
         ]
-        replies = self.grid.send_and_receive(messages, timeout=self.timeout)
+        replies = send_and_receive(self.grid, messages, self.timeout)
         pairs = []
         for reply in replies:
             if reply.has_error():

@@ -13,6 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from app.config import RunConfig
+from app.server.exchange import send_and_receive
 from strategies.sampling import NodeSampler
 from strategies.screening import hospital_of
 
@@ -59,7 +60,7 @@ def ask_hospitals(
     ]
     out = QueryReplies()
     answered = set()
-    for reply in grid.send_and_receive(messages, timeout=cfg.round_timeout):
+    for reply in send_and_receive(grid, messages, cfg.round_timeout):
         answered.add(reply.metadata.src_node_id)
         name = hospital_of(reply)
         if reply.has_error():

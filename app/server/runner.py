@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from app.server.averaging import ModelEMA
+from app.server.exchange import send_and_receive
 from strategies.sampling import FederationStopped
 from strategies.screening import Screened
 
@@ -110,7 +111,7 @@ class RoundRunner:
         messages = list(messages)
         if not messages:
             return []
-        replies = list(self.grid.send_and_receive(messages, timeout=self.round_timeout))
+        replies = send_and_receive(self.grid, messages, self.round_timeout)
         self.strategy.record_delivery(
             server_round,
             phase,

@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid
 
 from app.config import RunConfig
+from app.server.exchange import send_and_receive
 from app.server.history import RoundEntry
 from app.server.outputs import RunRecorder
 from app.vertical.client import PAYLOAD, TENSORS
@@ -60,7 +61,7 @@ class GridTransport:
             )
         replies = {
             m.metadata.src_node_id: m
-            for m in self.grid.send_and_receive(messages, timeout=self.timeout)
+            for m in send_and_receive(self.grid, messages, self.timeout)
         }
         out = []
         for node, action, _, _ in requests:

@@ -62,6 +62,7 @@ class InProcessGrid(Grid):
     traffic: list[Traffic] = field(default_factory=list)
     delivered: list[Message] = field(default_factory=list)
     keep_delivered: bool = True
+    waited: float = 0.0  # seconds the server has slept waiting for replies
 
     def __post_init__(self) -> None:
         self.client_app = with_poisoning(self.client_app, self.run_config)
@@ -154,6 +155,15 @@ class InProcessGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
+
+    # Virtual time for the server's exchanges (app/server/exchange.py): every
+    # reply exists once push_messages returns, so waiting only passes the time in
+    # which a lost message's reply does not come.
+    def clock(self) -> float:
+        return self.waited
+
+    def sleep(self, seconds: float) -> None:
+        self.waited += seconds
 
     def bytes_per_node(self, direction: str) -> dict[int, int]:
         totals: dict[int, int] = {}

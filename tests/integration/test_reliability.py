@@ -31,14 +31,14 @@ class CrashingGrid(InProcessGrid):
 
     crash_at: int = 0
 
-    def send_and_receive(self, messages, *, timeout=None):
+    def push_messages(self, messages):
         messages = list(messages)
         if (
             messages
             and int(messages[0].content["config"]["server-round"]) == self.crash_at
         ):
             raise ServerCrash(f"killed before round {self.crash_at}")
-        return super().send_and_receive(messages, timeout=timeout)
+        return super().push_messages(messages)
 
 
 def run(config: dict[str, Any], hospitals: int, grid_cls=InProcessGrid, **grid_kw: Any):
