@@ -12,9 +12,10 @@ harness the in-process Grid wraps around this app (:mod:`scripts.harness.poisoni
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import ModuleType
 
 import torch
@@ -65,6 +66,7 @@ LOCAL_FAILURE_CODE = 4002
 PRIVACY_BUDGET_CODE = 4003
 RECOMMENDATION_TASK = "recommendation"  # run config `task`: app/recommendation
 HARNESS_WARNED = "harness-warned"  # context.state: the ignored settings, warned once
+Handler = Callable[[Message, Context], Message]
 
 
 def _setup(
@@ -148,6 +150,21 @@ def _error(msg: Message, context: Context, err: Exception) -> Message:
         ),
         reply_to=msg,
     )
+
+
+def _answered(handler: Handler) -> Handler:
+    """``handler`` with any failure answered by an error reply (:func:`_error`):
+    one hospital's failure must not end the federation.
+    """
+
+    @functools.wraps(handler)
+    def answered(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as err:
+            return _error(msg, context, err)
+
+    return answered
 
 
 def _defined(metrics: dict[str, float], prefix: str) -> dict[str, float]:
@@ -257,7 +274,9 @@ def _budget_error(msg: Message, name: str, err: PrivacyBudgetExhausted) -> Messa
     return Message(Error(code=PRIVACY_BUDGET_CODE, reason=reason), reply_to=msg)
 
 
-def _cohort_stats(msg: Message, context: Context) -> Message:
+@_answered
+def cohort_stats(msg: Message, context: Context) -> Message:
+    """Release this hospital's Laplace-noised cohort statistics (once per run)."""
     from app.privacy.local_dp import hospital_budget
 
     route_to_flower()
@@ -280,23 +299,12 @@ def _cohort_stats(msg: Message, context: Context) -> Message:
     return Message(content=reply_content(site, record), reply_to=msg)
 
 
-def cohort_stats(msg: Message, context: Context) -> Message:
-    """Release this hospital's Laplace-noised cohort statistics (once per run)."""
-    try:
-        return _cohort_stats(msg, context)
-    except Exception as err:  # one hospital's failure must not end the federation
-        return _error(msg, context, err)
+federated_stats = _answered(stats_reply)  # aggregates only (app/stats)
 
 
-def federated_stats(msg: Message, context: Context) -> Message:
-    """Answer a federated-statistics query (aggregates only; app/stats)."""
-    try:
-        return stats_reply(msg, context)
-    except Exception as err:  # one hospital's failure must not end the federation
-        return _error(msg, context, err)
-
-
-def _decision_stats(msg: Message, context: Context) -> Message:
+@_answered
+def decision_stats(msg: Message, context: Context) -> Message:
+    """Send the final model's validation score histograms and NLL sums."""
     cfg, site, model = _setup(msg, context)
     config = msg.content.config_records.get("config", ConfigRecord())
     probs = (
@@ -307,14 +315,6 @@ def _decision_stats(msg: Message, context: Context) -> Message:
     minimum = hospital_min_records(context.node_config)
     metrics = decision_metrics(site.val, probs, config, min_records=minimum)
     return _reply(msg, site, metrics)
-
-
-def decision_stats(msg: Message, context: Context) -> Message:
-    """Send the final model's validation score histograms and NLL sums."""
-    try:
-        return _decision_stats(msg, context)
-    except Exception as err:  # one hospital's failure must not end the federation
-        return _error(msg, context, err)
 
 
 def _recommendation(context: Context) -> ModuleType | None:
@@ -329,21 +329,17 @@ def _recommendation(context: Context) -> ModuleType | None:
     return recommendation
 
 
+@_answered
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this hospital's training split."""
-    try:
-        if (recommendation := _recommendation(context)) is not None:
-            return recommendation.train(msg, context)
-        return _train(msg, context)
-    except Exception as err:  # one hospital's failure must not end the federation
-        return _error(msg, context, err)
+    if (recommendation := _recommendation(context)) is not None:
+        return recommendation.train(msg, context)
+    return _train(msg, context)
 
 
+@_answered
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this hospital's held-out split."""
-    try:
-        if (recommendation := _recommendation(context)) is not None:
-            return recommendation.evaluate(msg, context)
-        return _evaluate(msg, context)
-    except Exception as err:
-        return _error(msg, context, err)
+    if (recommendation := _recommendation(context)) is not None:
+        return recommendation.evaluate(msg, context)
+    return _evaluate(msg, context)
