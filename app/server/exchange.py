@@ -46,19 +46,17 @@ def send_and_receive(
     messages: Iterable[Message],
     timeout: float | None,
     polling: Polling = POLLING,
-    clock: Callable[[], float] | None = None,
-    sleep: Callable[[float], None] | None = None,
 ) -> list[Message]:
     """Push ``messages`` and return the replies that arrive within ``timeout``
     seconds (``None``: until every message is answered), as
     ``Grid.send_and_receive`` does.
 
-    ``clock`` and ``sleep`` default to the grid's own where it has them (the
+    Time is the grid's own where it has a ``clock`` and a ``sleep`` (the
     in-process harness keeps virtual time: a reply that never comes times out at
-    once), else to the process's.
+    once), else the process's.
     """
-    clock = clock or getattr(grid, "clock", time.monotonic)
-    sleep = sleep or getattr(grid, "sleep", time.sleep)
+    clock: Callable[[], float] = getattr(grid, "clock", time.monotonic)
+    sleep: Callable[[float], None] = getattr(grid, "sleep", time.sleep)
     pending = set(grid.push_messages(messages))
     end = None if timeout is None else clock() + timeout
     replies: list[Message] = []

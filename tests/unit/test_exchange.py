@@ -49,7 +49,7 @@ class FakeGrid:
 
 def _exchange(grid: FakeGrid, timeout: float | None, polling: Polling = POLLING):
     messages = [object() for _ in grid.answer_at]
-    return send_and_receive(grid, messages, timeout, polling, grid.clock, grid.sleep)
+    return send_and_receive(grid, messages, timeout, polling)  # the grid's time
 
 
 def _reply_ids(replies):
