@@ -24,6 +24,7 @@ warnings.filterwarnings("ignore", "Protobuf gencode version", UserWarning)
 from flwr.clientapp import ClientApp
 
 from app.client.decision import QUERY as DECISION_QUERY
+from app.client.input_stats import QUERY as INPUT_STATS_QUERY
 from app.governance.mods import GOVERNANCE_MODS
 from app.privacy.cohort_stats import QUERY as COHORT_STATS_QUERY
 from app.secagg.client_mod import register as register_secure_aggregation
@@ -64,3 +65,4 @@ app.evaluate()(deferred(f"{HANDLERS}:evaluate"))
 app.query(COHORT_STATS_QUERY)(deferred(f"{HANDLERS}:cohort_stats"))
 app.query(FEDERATED_STATS_QUERY)(deferred(f"{HANDLERS}:federated_stats"))
 app.query(DECISION_QUERY)(deferred(f"{HANDLERS}:decision_stats"))
+app.query(INPUT_STATS_QUERY)(deferred(f"{HANDLERS}:input_stats"))

@@ -39,11 +39,15 @@ class ModelRecord(LazyTarget):
         Constructor argument -> run-config field, beyond the data's shape.
     default
         The network ``model = "auto"`` builds for its task.
+    input_stats
+        It standardises features it computes from the inputs with the hospitals'
+        pooled statistics, asked before round 1 (app/server/input_stats.py).
     """
 
     task: str = "tabular"
     options: Mapping[str, str] = field(default_factory=dict)
     default: bool = False
+    input_stats: bool = False
 
 
 _MLP = {"hidden": "mlp_hidden", "layers": "mlp_layers"}
@@ -69,6 +73,8 @@ MODELS: dict[str, ModelRecord] = {
     "resnet18": _imaging("resnet18"),
     "densenet121": _imaging("densenet121"),
     "efficientnet-b0": _imaging("efficientnet_b0"),
+    # shape descriptors + linear head (models/shape.py); standardised before round 1
+    "shape": ModelRecord("models.shape:ShapeNet", "imaging", _TTA, input_stats=True),
     # recommenders: the shared part only (user vectors stay at their site)
     "mf": ModelRecord(
         "models.recommender:BiasedMF", "recommendation", _REC, default=True

@@ -20,6 +20,8 @@ from monai.networks.nets import DenseNet121, EfficientNetBN, ResNet
 from monai.networks.nets.resnet import ResNetBlock
 from torch import nn
 
+from models.shape import ShapeNet
+
 NUM_GROUPS = 8
 NORM = ("group", {"num_groups": NUM_GROUPS})
 ACT = ("relu", {"inplace": False})
@@ -264,6 +266,7 @@ IMAGING_MODELS: dict[str, ImagingModel] = {
     "efficientnet-b0": ImagingModel(
         efficientnet_b0, 32, "MONAI EfficientNet-B0, GroupNorm"
     ),
+    "shape": ImagingModel(ShapeNet, 3, "linear head on standardised shape descriptors"),
 }
 
 

@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 
 from strategies.screening import Screened
 
@@ -59,6 +59,25 @@ class ServerOptimizer(Screened):
 
     def _before_train(self, arrays: ArrayRecord) -> None:
         self.current_arrays = {k: a.numpy() for k, a in arrays.items()}
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The optimizer step, with untrained arrays kept as they were sent.
+
+        Hospitals return a buffer (``fixed_keys``) or a key that stays with them
+        (``local_keys``) exactly as sent, so its mean update is zero up to the
+        rounding of the weighted mean, and Adam would scale that rounding up to a
+        step of about ``eta`` every round.
+        """
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        kept = (self.fixed_keys | self.local_keys) & set(self.current_arrays or {})
+        if arrays is None or not kept or self.current_arrays is None:
+            return arrays, metrics
+        values = {k: a.numpy() for k, a in arrays.items()}
+        values.update({k: self.current_arrays[k] for k in kept})
+        kept_arrays = ArrayRecord({k: Array(np.asarray(v)) for k, v in values.items()})
+        return kept_arrays, metrics
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -178,6 +178,7 @@ class Screened:
         seed: int = 0,
         update_encoding: str = PLAIN,
         local_keys: Iterable[str] = (),
+        fixed_keys: Iterable[str] = (),
         **kwargs: Any,
     ) -> None:
         if min_hospitals < 1:
@@ -212,6 +213,9 @@ class Screened:
         # replies leave them out; the global values fill them back in, so every
         # aggregation leaves those keys as they are.
         self.local_keys = frozenset(local_keys)
+        # Arrays no hospital trains (buffers, e.g. the statistics of `shape`):
+        # a server optimizer leaves them as they are (strategies/fedopt.py).
+        self.fixed_keys = frozenset(fixed_keys)
 
     # -- sampling ------------------------------------------------------------------
 

@@ -38,6 +38,8 @@ from app.client.hospital import (
     model_spec,
     train_settings,
 )
+from app.client.input_stats import REPLY_KEY as INPUT_STATS_RECORD
+from app.client.input_stats import input_statistics
 from app.config import RunConfig
 from app.logs import route_to_flower
 from app.personalization import build_method
@@ -300,6 +302,31 @@ def cohort_stats(msg: Message, context: Context) -> Message:
 
 
 federated_stats = _answered(stats_reply)  # aggregates only (app/stats)
+
+
+@_answered
+def input_stats(msg: Message, context: Context) -> Message:
+    """Send the count, sums and sums of squares of the model's computed input
+    features over this hospital's training split (app/client/input_stats.py).
+    """
+    route_to_flower()
+    cfg = cache.run_config(context.run_id, context.run_config)
+    if cfg.dp != "none" or cfg.secure_aggregation:  # the run config refuses it too
+        raise ValueError(
+            "input statistics are exact and per hospital: not released under dp "
+            "or secure-aggregation."
+        )
+    site = cache.hospital(context.run_id, cfg, context.node_config)
+    check_contract(site, msg.content.config_records.get("config", ConfigRecord()))
+    minimum = hospital_min_records(context.node_config)
+    record = input_statistics(site.train.x, min_records=minimum)
+    content = RecordDict(
+        {
+            INPUT_STATS_RECORD: ConfigRecord(record),
+            HOSPITAL_RECORD: ConfigRecord({"name": site.name}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
 
 
 @_answered

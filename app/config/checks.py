@@ -41,6 +41,7 @@ def check_run(cfg: RunConfig) -> None:
     check_encoding(cfg)
     check_contribution(cfg)
     check_decision(cfg)
+    check_input_statistics(cfg)
 
 
 def check_task(cfg: RunConfig) -> None:
@@ -101,6 +102,38 @@ def check_decision(cfg: RunConfig) -> None:
                 f"histograms and NLL sums unprotected; it cannot be used with "
                 f"'{key}' = {getattr(cfg, key.replace('-', '_'))!r} (use "
                 f"'{name}' = {'none' if name == 'calibration' else 'auto'!r})."
+            )
+
+
+def check_input_statistics(cfg: RunConfig) -> None:
+    """A model that standardises computed features needs the hospitals' exact sums.
+
+    Before round 1 each hospital sends counts, sums and sums of squares of the
+    model's descriptors over its training split (app/server/input_stats.py):
+    aggregates, but neither noised nor masked, so refused under ``dp`` or
+    ``secure-aggregation``.
+    """
+    record = MODELS.get(cfg.model_name)  # vertical FL's split network is not one
+    if record is None or not record.input_stats:
+        return
+    if cfg.update_encoding == "int8":
+        raise ConfigError(
+            f"model='{cfg.model_name}' with update-encoding='int8': 8-bit "
+            "quantisation per tensor would shift the descriptors' stored means by up "
+            "to half a step of their range (most of a standard deviation); use "
+            "'float16' or 'float32'."
+        )
+    for key, active in (
+        ("dp", cfg.dp != "none"),
+        ("secure-aggregation", cfg.secure_aggregation),
+    ):
+        if active:
+            raise ConfigError(
+                f"model='{cfg.model_name}' standardises its shape descriptors with "
+                "each hospital's exact descriptor sums, released before round 1 "
+                f"outside the protection of '{key}' = "
+                f"{getattr(cfg, key.replace('-', '_'))!r}; use another model (e.g. "
+                "'poolcnn-small') or turn it off."
             )
 
 

@@ -324,7 +324,9 @@ class RunConfigKeys:
         help=(
             "The network: `auto` (the task's default), or one of the models below "
             "(`mlp-norm`: MLP with LayerNorm, for `local-norm`; `densenet121` and "
-            "`efficientnet-b0` need >= 32 px)."
+            "`efficientnet-b0` need >= 32 px; `shape`: a linear head on shape "
+            "descriptors standardised with the hospitals' pooled sums, not with "
+            "`dp`, `secure-aggregation` or int8 encoding)."
         ),
     )
     mlp_hidden: int = key(

@@ -27,6 +27,8 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 
 from app.client.hospital import hospital_name
+from app.client.input_stats import COUNT as INPUT_STATS_COUNT
+from app.client.input_stats import REPLY_KEY as INPUT_STATS_RECORD
 from app.config import RunConfig
 from app.governance import rules
 from app.governance.audit import AUDIT_KEY, AuditError, append_entry
@@ -42,7 +44,10 @@ POLICY_UNUSABLE_CODE = 4011  # refused: the policy could not be applied
 AUDIT_UNAVAILABLE_CODE = 4012  # refused: the audit entry could not be written
 EPSILON_METRIC = "dp-epsilon"  # the accountant's cumulative epsilon (local DP)
 # Released records whose counts must each reach ``min-records``: record -> field.
-RELEASED_COUNTS = {COHORT_STATS_RECORD: "label-counts"}
+RELEASED_COUNTS = {
+    COHORT_STATS_RECORD: "label-counts",
+    INPUT_STATS_RECORD: INPUT_STATS_COUNT,
+}
 
 Handler = Callable[[Message, Context], Message]
 

@@ -37,6 +37,7 @@ from app.server.checkpoints import (
 from app.server.contribution import SiteContribution
 from app.server.decision import choose_decision, resolved_rule, stored
 from app.server.history import DecisionEntry, RocCurve, RoundEntry, SelectedRound
+from app.server.input_stats import standardise_inputs
 from app.server.mlflow_tracking import MlflowTracker
 from app.server.outputs import RunRecorder
 from app.server.report import roc_curves, write_report
@@ -334,7 +335,7 @@ def run_federation(
     cfg = RunConfig.from_run_config(context.run_config)
     resume = load_resume(cfg)
     run = build(cfg, context.run_id, resume)
-    stopped = normalise(run, grid)
+    stopped = normalise(run, grid) or standardise(run, grid)
     if stopped is not None:
         return stopped
     selection = (
@@ -404,7 +405,12 @@ def build(cfg: RunConfig, run_id: int, resume: Checkpoint | None) -> Federation:
     local_keys = build_method(cfg).local_keys(model)
     strategy = with_privacy(
         cfg,
-        build_strategy(cfg.strategy, **strategy_options(cfg), local_keys=local_keys),
+        build_strategy(
+            cfg.strategy,
+            **strategy_options(cfg),
+            local_keys=local_keys,
+            fixed_keys=buffer_keys(model),
+        ),
     )
     run = Federation(
         cfg=cfg,
@@ -429,6 +435,12 @@ def build(cfg: RunConfig, run_id: int, resume: Checkpoint | None) -> Federation:
         run.mlflow = MlflowTracker(cfg, run.recorder.dir, run.recorder.root)
     _announce(run)
     return run
+
+
+def buffer_keys(model: torch.nn.Module) -> list[str]:
+    """The model's arrays that are not trained (buffers, e.g. `shape`'s statistics)."""
+    trained = {name for name, _ in model.named_parameters()}
+    return [k for k in model.state_dict() if k not in trained]
 
 
 def strategy_options(cfg: RunConfig) -> dict[str, Any]:
@@ -503,13 +515,7 @@ def normalise(run: Federation, grid: Grid) -> FederationOutcome | None:
     try:
         run.norm = load(normaliser)(grid, cfg, run.contract, run.info.num_classes)
     except FederationStopped as stop:
-        run.close()
-        run.recorder.finish("stopped", stop_reason=str(stop), last_round=0)
-        run.end_tracking("stopped")
-        log.error("Run stopped before round 1: %s", stop)
-        return FederationOutcome(
-            "stopped", run.recorder, RunResult(run.arrays, 0, stopped=str(stop))
-        )
+        return stopped_before_round_one(run, stop)
     run.recorder.note(normalisation=run.norm.history())
     run.contract = {**run.contract, **run.norm.config()}
     if cfg.server_eval:
@@ -688,3 +694,35 @@ def write_run_report(cfg: RunConfig, recorder: RunRecorder) -> None:
         log.exception("Could not write the run report.")
         return
     log.info("Report: %s", path)
+
+
+def standardise(run: Federation, grid: Grid) -> FederationOutcome | None:
+    """Pool the hospitals' input statistics into a model that standardises
+    features it computes (``shape``: app/server/input_stats.py).
+
+    A resumed run or a transferred model keeps the statistics its arrays carry.
+    Returns the outcome of a run that stopped here (too few hospitals), else None.
+    """
+    if run.start_round > 1 or run.cfg.init_model:
+        return None
+    try:
+        stats = standardise_inputs(grid, run.cfg, run.contract, run.model)
+    except FederationStopped as stop:
+        return stopped_before_round_one(run, stop)
+    if stats is not None:
+        run.arrays = ArrayRecord(run.model.state_dict())
+        run.recorder.note(input_statistics=stats.history())
+    return None
+
+
+def stopped_before_round_one(
+    run: Federation, stop: FederationStopped
+) -> FederationOutcome:
+    """Close a run that could not start its rounds, recording why."""
+    run.close()
+    run.recorder.finish("stopped", stop_reason=str(stop), last_round=0)
+    run.end_tracking("stopped")
+    log.error("Run stopped before round 1: %s", stop)
+    return FederationOutcome(
+        "stopped", run.recorder, RunResult(run.arrays, 0, stopped=str(stop))
+    )

@@ -247,6 +247,8 @@ class RunHistory(_Record):
     resumed: list[Resume] | None = None
     class_names: list[str] | None = None
     normalisation: dict[str, Any] | None = None  # a global normalisation's record
+    # a model's pooled input standardisation (shape descriptors, app/server/input_stats)
+    input_statistics: dict[str, Any] | None = None
     selected_round: SelectedRound | None = None
     decision: DecisionEntry | None = None
     stop_reason: str | None = None

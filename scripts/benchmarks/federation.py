@@ -34,6 +34,7 @@ from data.spec import HospitalData, Split
 from models import ModelSpec
 from models.checkpoint import load_model
 from models.decision import Decision, decide
+from models.shape import fit_statistics
 from models.training import evaluate_split, make_loader, predict_proba, train_epochs
 from scripts.benchmarks.core import progress
 from scripts.harness.inprocess import InProcessGrid, full_run_config, run_inprocess
@@ -201,6 +202,7 @@ def train_pooled(
     one hospital alone when it is that hospital's.
     """
     model = initial_model(model_spec(cfg, sites[0].info), cfg.seed)
+    fit_statistics(model, train.x)  # a `shape` model: standardised on its data
     loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
     train_epochs(model, loader, train_settings(cfg, epochs=epochs, max_steps=0), CPU)
     return model

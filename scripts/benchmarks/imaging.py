@@ -42,6 +42,7 @@ from data.registry import get_dataset
 from data.spec import Split
 from data.transforms import ImageSplit
 from models.decision import Decision, threshold_metrics
+from models.shape import fit_statistics
 from models.training import (
     OPTIMIZERS,
     TrainSettings,
@@ -339,6 +340,7 @@ def centralized(setup: Setup, data: Path, work: Path, seed: int) -> dict[str, An
         augment_seed=seed if setup.augment else None,
     )
     model = initial_model(model_spec(cfg, dataset.info()), cfg.seed)
+    fit_statistics(model, pooled.x)  # as the federation pools the hospitals' sums
     wall, cpu = time.monotonic(), time.process_time()
     held_out = pool([s.val for s in sites])
     model, selected = train_rounds(setup, cfg, model, pooled, held_out)

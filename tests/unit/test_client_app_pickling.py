@@ -36,6 +36,11 @@ def test_loading_the_apps_imports_no_torch_and_registers_every_handler():
     )
     heavy, registered = out.stdout.strip().splitlines()
     assert heavy == "[]"
-    for name in ("train.default", "evaluate.default", "query.decision_stats"):
+    for name in (
+        "train.default",
+        "evaluate.default",
+        "query.decision_stats",
+        "query.input_stats",
+    ):
         assert name in registered, registered
     assert "query.secagg_setup" in registered and "query.psi_setup" in registered
