@@ -527,6 +527,38 @@ def normalise(run: Federation, grid: Grid) -> FederationOutcome | None:
 # ------------------------------------------------------------------ rounds
 
 
+def standardise(run: Federation, grid: Grid) -> FederationOutcome | None:
+    """Pool the hospitals' input statistics into a model that standardises
+    features it computes (``shape``: app/server/input_stats.py).
+
+    A resumed run or a transferred model keeps the statistics its arrays carry.
+    Returns the outcome of a run that stopped here (too few hospitals), else None.
+    """
+    if run.start_round > 1 or run.cfg.init_model:
+        return None
+    try:
+        stats = standardise_inputs(grid, run.cfg, run.contract, run.model)
+    except FederationStopped as stop:
+        return stopped_before_round_one(run, stop)
+    if stats is not None:
+        run.arrays = ArrayRecord(run.model.state_dict())
+        run.recorder.note(input_statistics=stats.history())
+    return None
+
+
+def stopped_before_round_one(
+    run: Federation, stop: FederationStopped
+) -> FederationOutcome:
+    """Close a run that could not start its rounds, recording why."""
+    run.close()
+    run.recorder.finish("stopped", stop_reason=str(stop), last_round=0)
+    run.end_tracking("stopped")
+    log.error("Run stopped before round 1: %s", stop)
+    return FederationOutcome(
+        "stopped", run.recorder, RunResult(run.arrays, 0, stopped=str(stop))
+    )
+
+
 def round_runner(
     run: Federation,
     grid: Grid,
@@ -694,35 +726,3 @@ def write_run_report(cfg: RunConfig, recorder: RunRecorder) -> None:
         log.exception("Could not write the run report.")
         return
     log.info("Report: %s", path)
-
-
-def standardise(run: Federation, grid: Grid) -> FederationOutcome | None:
-    """Pool the hospitals' input statistics into a model that standardises
-    features it computes (``shape``: app/server/input_stats.py).
-
-    A resumed run or a transferred model keeps the statistics its arrays carry.
-    Returns the outcome of a run that stopped here (too few hospitals), else None.
-    """
-    if run.start_round > 1 or run.cfg.init_model:
-        return None
-    try:
-        stats = standardise_inputs(grid, run.cfg, run.contract, run.model)
-    except FederationStopped as stop:
-        return stopped_before_round_one(run, stop)
-    if stats is not None:
-        run.arrays = ArrayRecord(run.model.state_dict())
-        run.recorder.note(input_statistics=stats.history())
-    return None
-
-
-def stopped_before_round_one(
-    run: Federation, stop: FederationStopped
-) -> FederationOutcome:
-    """Close a run that could not start its rounds, recording why."""
-    run.close()
-    run.recorder.finish("stopped", stop_reason=str(stop), last_round=0)
-    run.end_tracking("stopped")
-    log.error("Run stopped before round 1: %s", stop)
-    return FederationOutcome(
-        "stopped", run.recorder, RunResult(run.arrays, 0, stopped=str(stop))
-    )
