@@ -216,3 +216,43 @@ def test_reply_whose_arrays_cannot_be_decoded_is_dropped(task_identity):
     np.testing.assert_allclose(result["w"].numpy(), full(2.0, (2, 2)))
     reason = strategy.ledger.rounds[1]["rejected"]["garbled"]["reason"]
     assert reason.startswith("arrays cannot be decoded")
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi"])
+def test_server_optimizers_keep_untrained_arrays_as_sent(task_identity, name):
+    # "b" is a buffer (e.g. the statistics of `shape`): every hospital returns it
+    # as sent, yet the weighted mean of equal float32 values can differ in the
+    # last bit, which an adaptive step would scale up to about eta.
+    rng = np.random.default_rng(0)
+    sent = {
+        "w": rng.normal(size=(4, 4)).astype(np.float32),
+        "b": rng.normal(size=64).astype(np.float32),
+    }
+    weights = (13, 17, 11)
+    mean = sum(sent["b"] * (n / sum(weights)) for n in weights)
+    assert (mean != sent["b"]).any()  # the rounding this test is about
+
+    def run(fixed):
+        strategy = build_strategy(
+            name,
+            min_hospitals=3,
+            eta=0.01,
+            beta_1=0.9,
+            beta_2=0.99,
+            tau=1e-8,
+            fixed_keys=fixed,
+        )
+        arrays = ArrayRecord({k: Array(v) for k, v in sent.items()})
+        list(strategy.configure_train(1, arrays, ConfigRecord(), FakeGrid(3)))
+        replies = [
+            reply(101 + i, {"w": sent["w"] + 0.1 * (i + 1), "b": sent["b"]}, n)
+            for i, n in enumerate(weights)
+        ]
+        out, _ = strategy.aggregate_train(1, replies)
+        return {k: a.numpy() for k, a in out.items()}
+
+    kept, stepped = run(["b"]), run([])
+    np.testing.assert_array_equal(kept["b"], sent["b"])
+    assert np.abs(stepped["b"] - sent["b"]).max() > 1e-3  # the drift, unguarded
+    np.testing.assert_array_equal(kept["w"], stepped["w"])  # parameters: as before
+    assert np.abs(kept["w"] - sent["w"]).min() > 0
