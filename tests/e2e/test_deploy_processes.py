@@ -26,7 +26,7 @@ from app.governance.audit import read_entries, verify
 from models.checkpoint import load_model
 from scripts.cli import main as medflower
 from scripts.deploy import processes as procs
-from scripts.deploy.cli import READY_SUPERNODE
+from scripts.deploy.hospital import READY_SUPERNODE
 from scripts.flower.processes import free_port
 
 pytestmark = pytest.mark.slow

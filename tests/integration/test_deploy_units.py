@@ -29,7 +29,8 @@ from data.registry import get_dataset
 from data.spec import DataError
 from data.tabular import HEART_FEATURES
 from scripts.deploy import processes as procs
-from scripts.deploy.cli import node_config, write_connection
+from scripts.deploy.coordinator import write_connection
+from scripts.deploy.hospital import node_config
 from scripts.deploy.pki import (
     CAFiles,
     DeployError,
@@ -389,7 +390,7 @@ def test_stop_never_signals_a_reused_pid(tmp_path):
 
 
 def test_start_supernode_refuses_a_dataset_kind_without_local_data():
-    from scripts.deploy.cli import DeployError, _check_kind
+    from scripts.deploy.hospital import DeployError, _check_kind
 
     _check_kind("csv")
     with pytest.raises(DeployError, match="'wdbc'.*heart-disease"):

@@ -198,7 +198,7 @@ def test_start_supernode_checks_the_policy_and_log_and_passes_their_paths(tmp_pa
     from flwr.common.config import parse_config_args
 
     from app.governance.audit import append_entry
-    from scripts.deploy.cli import DeployError, governance_paths, node_config
+    from scripts.deploy.hospital import DeployError, governance_paths, node_config
 
     policy = tmp_path / "policy.toml"
     policy.write_text('dp = "local"\nmax-epsilon = 3.0\n')

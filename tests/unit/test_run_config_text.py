@@ -134,7 +134,7 @@ def test_the_text_given_to_flwr_reads_back_as_the_same_values(values):
 
 
 def test_deploy_run_refuses_a_bad_config_before_submitting(capsys):
-    from scripts.deploy.cli import cmd_run
+    from scripts.deploy.coordinator import cmd_run
 
     args = build_parser(["deploy"]).parse_args(
         ["deploy", "run", "--run-config", "strategy='fedavgx'"]
@@ -144,7 +144,7 @@ def test_deploy_run_refuses_a_bad_config_before_submitting(capsys):
 
 
 def test_deploy_run_passes_another_apps_keys_through(monkeypatch, capsys):
-    import scripts.deploy.cli as deploy_cli
+    import scripts.deploy.coordinator as deploy_cli
 
     sent = {}
 
