@@ -681,7 +681,7 @@ def finalize(
             _summary(decision.server_test),
         )
     if flagged := run.recorder.history.flagged_rounds():
-        trained = sum(1 for r in run.recorder.history.rounds if r.anomaly)
+        trained = run.recorder.history.screened_rounds()
         log.info(
             "Updates flagged as anomalous (history.json 'anomaly'): %s",
             ", ".join(f"{n} in {k} of {trained} rounds" for n, k in flagged.items()),

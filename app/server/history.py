@@ -323,6 +323,10 @@ class RunHistory(_Record):
         """Rounds whose training was skipped (the global model was kept)."""
         return [r for r in self.rounds if r.skipped is not None]
 
+    def screened_rounds(self) -> int:
+        """Rounds whose updates were screened for anomalies (trained rounds)."""
+        return sum(1 for r in self.rounds if r.anomaly)
+
     def flagged_rounds(self) -> dict[str, int]:
         """Rounds in which each hospital's update was flagged as anomalous (only
         hospitals flagged at least once), most often flagged first.

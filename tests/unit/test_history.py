@@ -193,5 +193,6 @@ def test_flagged_rounds_counts_each_hospitals_anomalous_updates():
         RoundEntry(round=3, anomaly=flags(a=False, b=False)),
     ]
     assert history.flagged_rounds() == {"a": 2, "b": 1}
+    assert history.screened_rounds() == 3  # round 0 trains nothing
     history.rounds = history.rounds[:1]
-    assert history.flagged_rounds() == {}
+    assert history.flagged_rounds() == {} and history.screened_rounds() == 0
