@@ -279,19 +279,15 @@ def harmonise(
         "epsilon": cfg.stats_epsilon,
     }
     asked = ask_hospitals(grid, cfg, f"query.{QUERY}", query, "cohort-stats")
-    norm_releases: list[CohortRelease] = []
+    releases, failed = asked.parsed(
+        lambda content: _release_of(content, bounds, num_classes, cfg.stats_epsilon),
+        malformed="malformed statistics",
+        label="Cohort statistics",
+    )
+    norm_releases = list(releases.values())
     out = GlobalNormalisation(Standardizer(np.zeros(0), np.ones(0)), cfg.stats_epsilon)
-    out.failed.update(asked.failed)
-    for name, content in asked.replies.items():
-        try:
-            release = _release_of(content, bounds, num_classes, cfg.stats_epsilon)
-        except ValueError as err:
-            out.failed[name] = f"malformed statistics: {err}"
-            continue
-        norm_releases.append(release)
-        out.released.append(name)
-    for name, why in sorted(out.failed.items()):
-        log.warning("Cohort statistics: %s left out (%s).", name, why)
+    out.failed.update(failed)
+    out.released.extend(releases)
     if len(norm_releases) < cfg.min_hospitals:
         raise FederationStopped(
             f"only {len(norm_releases)} hospital(s) released cohort statistics, "

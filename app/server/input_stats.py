@@ -90,24 +90,21 @@ def standardise_inputs(
         return None
     width = layers[0].width
     asked = ask_hospitals(grid, cfg, f"query.{QUERY}", contract, "input-stats")
-    failed = dict(asked.failed)
-    count, sums, sq_sums, released = 0.0, np.zeros(width), np.zeros(width), []
-    for name, content in asked.replies.items():
-        try:
-            n, s, sq = _sums(content, width)
-        except ValueError as err:
-            failed[name] = f"malformed input statistics: {err}"
-            continue
-        count, sums, sq_sums = count + n, sums + s, sq_sums + sq
-        released.append(name)
-    for name, why in sorted(failed.items()):
-        log.warning("Input statistics: %s left out (%s).", name, why)
+    sums_by_site, failed = asked.parsed(
+        lambda content: _sums(content, width),
+        malformed="malformed input statistics",
+        label="Input statistics",
+    )
+    released = list(sums_by_site)
     if len(released) < cfg.min_hospitals:
         raise FederationStopped(
             f"only {len(released)} hospital(s) released input statistics, fewer "
             f"than min-hospitals={cfg.min_hospitals}; cannot standardise the "
             f"model's shape descriptors (model='{cfg.model_name}')."
         )
+    parts = list(sums_by_site.values())
+    count = sum(n for n, _, _ in parts)
+    sums, sq_sums = sum(s for _, s, _ in parts), sum(sq for _, _, sq in parts)
     mean, std = pooled_statistics(count, sums, sq_sums)
     set_statistics(model, mean, std)
     log.info(

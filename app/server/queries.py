@@ -1,13 +1,15 @@
 """Ask every connected hospital one question (a ``query.*`` Message) and collect
 the answers: the one mechanism behind the cohort-statistics release
-(:mod:`app.privacy.cohort_stats`) and federated statistics (:mod:`app.stats`).
+(:mod:`app.privacy.cohort_stats`), federated statistics (:mod:`app.stats`), input
+statistics (:mod:`app.server.input_stats`) and the decision threshold.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
@@ -17,6 +19,9 @@ from app.server.exchange import send_and_receive
 from strategies.sampling import NodeSampler
 from strategies.screening import hospital_of
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 
 @dataclass
 class QueryReplies:
@@ -24,6 +29,26 @@ class QueryReplies:
 
     replies: dict[str, RecordDict] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+
+    def parsed(
+        self, parse: Callable[[RecordDict], T], *, malformed: str, label: str
+    ) -> tuple[dict[str, T], dict[str, str]]:
+        """Every reply through ``parse``; the hospitals left out, each logged once.
+
+        A reply ``parse`` refuses (``ValueError``) joins the failed ones as
+        ``"<malformed>: <why>"``; each hospital left out is logged as
+        ``"<label>: <hospital> left out (<why>)."``.
+        """
+        values: dict[str, T] = {}
+        failed = dict(self.failed)
+        for name, content in self.replies.items():
+            try:
+                values[name] = parse(content)
+            except ValueError as err:
+                failed[name] = f"{malformed}: {err}"
+        for name, why in sorted(failed.items()):
+            log.warning("%s: %s left out (%s).", label, name, why)
+        return values, failed
 
 
 def ask_hospitals(

@@ -18,7 +18,6 @@ from app.server.queries import ask_hospitals
 from app.stats.output import render_text, write_outputs
 from app.stats.protocol import Answers, Ask, decode, run_statistics, stats_plan
 from app.stats.query import QUERY, REPLY_KEY, QueryError, StatsQuery
-from app.stats.release import ReleaseError
 from app.stats.summary import StatsReport
 from data.registry import get_dataset
 from strategies.sampling import FederationStopped
@@ -33,16 +32,14 @@ def grid_asker(grid: Grid, cfg: RunConfig, num_features: int) -> Ask:
         asked = ask_hospitals(
             grid, cfg, f"query.{QUERY}", query.to_config(), f"stats-{query.stage}"
         )
-        out = Answers(failed=dict(asked.failed))
-        for name, content in asked.replies.items():
-            record = content.config_records.get(REPLY_KEY)
-            try:
-                out.releases[name] = decode(record, query, num_features)
-            except (ReleaseError, ValueError) as err:
-                out.failed[name] = f"malformed statistics: {err}"
-        for name, why in sorted(out.failed.items()):
-            log.warning("Statistics (%s): %s left out (%s).", query.stage, name, why)
-        return out
+        releases, failed = asked.parsed(  # ReleaseError is a ValueError
+            lambda content: decode(
+                content.config_records.get(REPLY_KEY), query, num_features
+            ),
+            malformed="malformed statistics",
+            label=f"Statistics ({query.stage})",
+        )
+        return Answers(releases=releases, failed=failed)
 
     return ask
 
