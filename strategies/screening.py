@@ -95,6 +95,13 @@ def note_problem(
         first.setdefault("more", []).append(problem)
 
 
+def named_content(name: str, records: Mapping[str, Any]) -> RecordDict:
+    """A hospital's reply content: ``records`` and its name (what
+    :func:`hospital_of` reads back).
+    """
+    return RecordDict({**records, HOSPITAL_RECORD: ConfigRecord({"name": name})})
+
+
 def hospital_of(msg: Message) -> str:
     """Return the hospital name a reply carries, else its node id."""
     if msg.has_error() and (match := _ERROR_NAME.match(msg.error.reason or "")):

@@ -26,7 +26,6 @@ from flwr.app import (
     Error,
     Message,
     MetricRecord,
-    RecordDict,
 )
 
 from app.client import cache
@@ -44,7 +43,8 @@ from app.config import RunConfig
 from app.logs import route_to_flower
 from app.personalization import build_method
 from app.privacy.accounting import PrivacyBudgetExhausted
-from app.privacy.cohort_stats import message_scaler, release_reply, reply_content
+from app.privacy.cohort_stats import REPLY_KEY as COHORT_STATS_RECORD
+from app.privacy.cohort_stats import message_scaler, release_reply
 from app.stats.client import hospital_min_records, stats_reply
 from data.base import standardized
 from data.preprocessing import GLOBAL_NORMALISATIONS
@@ -59,8 +59,7 @@ from models.training import (
 )
 from strategies.arrays import torch_state_dict
 from strategies.encoding import PLAIN, decode, encode, layout_of
-from strategies.fedavg import HOSPITAL_RECORD
-from strategies.screening import ERROR_PREFIX, label_count_metrics
+from strategies.screening import ERROR_PREFIX, label_count_metrics, named_content
 
 log = logging.getLogger(__name__)
 DATA_ERROR_CODE = 4001
@@ -117,12 +116,7 @@ def _reply(
     arrays: Mapping[str, torch.Tensor] | None = None,
     encoding: str = PLAIN,
 ) -> Message:
-    content = RecordDict(
-        {
-            "metrics": MetricRecord(metrics),
-            HOSPITAL_RECORD: ConfigRecord({"name": site.name}),
-        }
-    )
+    content = named_content(site.name, {"metrics": MetricRecord(metrics)})
     if arrays is not None:
         content["arrays"] = encode(ArrayRecord(OrderedDict(arrays)), encoding)
     return Message(content=content, reply_to=msg)
@@ -298,7 +292,9 @@ def cohort_stats(msg: Message, context: Context) -> Message:
         )
     except PrivacyBudgetExhausted as err:
         return _budget_error(msg, site.name, err)
-    return Message(content=reply_content(site, record), reply_to=msg)
+    return Message(
+        content=named_content(site.name, {COHORT_STATS_RECORD: record}), reply_to=msg
+    )
 
 
 federated_stats = _answered(stats_reply)  # aggregates only (app/stats)
@@ -319,13 +315,8 @@ def input_stats(msg: Message, context: Context) -> Message:
     site = cache.hospital(context.run_id, cfg, context.node_config)
     check_contract(site, msg.content.config_records.get("config", ConfigRecord()))
     minimum = hospital_min_records(context.node_config)
-    record = input_statistics(site.train.x, min_records=minimum)
-    content = RecordDict(
-        {
-            INPUT_STATS_RECORD: ConfigRecord(record),
-            HOSPITAL_RECORD: ConfigRecord({"name": site.name}),
-        }
-    )
+    record = ConfigRecord(input_statistics(site.train.x, min_records=minimum))
+    content = named_content(site.name, {INPUT_STATS_RECORD: record})
     return Message(content=content, reply_to=msg)
 
 

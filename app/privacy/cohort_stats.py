@@ -45,7 +45,6 @@ from data.preprocessing import Standardizer
 from data.registry import dataset_class
 from data.spec import HospitalData
 from strategies.sampling import FederationStopped
-from strategies.screening import HOSPITAL_RECORD
 
 log = logging.getLogger(__name__)
 
@@ -312,13 +311,6 @@ def harmonise(
 GlobalNormaliser = Callable[
     [Grid, RunConfig, Mapping[str, Any], int], GlobalNormalisation
 ]
-
-
-def reply_content(site: HospitalData, record: ConfigRecord) -> RecordDict:
-    """A query reply: the noisy aggregates and the hospital's name, nothing else."""
-    return RecordDict(
-        {REPLY_KEY: record, HOSPITAL_RECORD: ConfigRecord({"name": site.name})}
-    )
 
 
 def message_scaler(config: Mapping[str, Any]) -> Standardizer | None:

@@ -19,7 +19,6 @@ from flwr.app import (
     Context,
     Message,
     MetricRecord,
-    RecordDict,
 )
 
 from app.client import cache
@@ -35,7 +34,7 @@ from app.recommendation.training import (
 from data.interactions import InteractionSite
 from data.spec import DataError
 from models.recommender import UserTable
-from strategies.fedavg import HOSPITAL_RECORD
+from strategies.screening import named_content
 from strategies.sparse import encode
 
 USERS_KEY = "rec-user-vectors"  # context.state: this site's patient vectors
@@ -101,12 +100,7 @@ def setup(msg: Message, context: Context):
 
 
 def reply(msg: Message, site: InteractionSite, metrics: dict, arrays=None) -> Message:
-    content = RecordDict(
-        {
-            "metrics": MetricRecord(metrics),
-            HOSPITAL_RECORD: ConfigRecord({"name": site.name}),
-        }
-    )
+    content = named_content(site.name, {"metrics": MetricRecord(metrics)})
     if arrays is not None:
         content["arrays"] = arrays
     return Message(content=content, reply_to=msg)

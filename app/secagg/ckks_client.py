@@ -41,7 +41,7 @@ from app.client.hospital import hospital_name
 from app.secagg import protocol as P
 from app.secagg.ckks import fingerprint
 from app.secagg.vectors import Layout, protect_update
-from strategies.fedavg import HOSPITAL_RECORD
+from strategies.screening import named_content
 
 log = logging.getLogger(__name__)
 RECORD = P.CKKS_RECORD
@@ -96,11 +96,8 @@ def _answer(
     values: dict[str, Any],
     arrays: ArrayRecord | None = None,
 ) -> Message:
-    content = RecordDict(
-        {
-            P.CKKS_RECORD: ConfigRecord(values),
-            HOSPITAL_RECORD: ConfigRecord({"name": hospital_name(context.node_config)}),
-        }
+    content = named_content(
+        hospital_name(context.node_config), {P.CKKS_RECORD: ConfigRecord(values)}
     )
     if arrays is not None:
         content[P.CKKS_PLAIN_SUM] = arrays

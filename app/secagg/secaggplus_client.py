@@ -44,7 +44,7 @@ from flwr.supercore.primitives.asymmetric import (
 from app.client.hospital import hospital_name
 from app.secagg import protocol as P
 from app.secagg.vectors import Layout, encode, mask, protect_update, weight_level
-from strategies.fedavg import HOSPITAL_RECORD
+from strategies.screening import named_content
 
 log = logging.getLogger(__name__)
 SECAGG_ERROR_CODE = 4101
@@ -121,13 +121,8 @@ def _clear(context: Context) -> None:
 
 def _answer(msg: Message, context: Context, values: dict[str, Any]) -> Message:
     return Message(
-        RecordDict(
-            {
-                P.RECORD: ConfigRecord(values),
-                HOSPITAL_RECORD: ConfigRecord(
-                    {"name": hospital_name(context.node_config)}
-                ),
-            }
+        named_content(
+            hospital_name(context.node_config), {P.RECORD: ConfigRecord(values)}
         ),
         reply_to=msg,
     )

@@ -20,7 +20,7 @@ from app.governance.policy import POLICY_KEY, load_policy
 from app.logs import route_to_flower
 from app.stats.hospital import answer
 from app.stats.query import REPLY_KEY, QueryError, StatsQuery
-from strategies.screening import HOSPITAL_RECORD
+from strategies.screening import named_content
 
 STATE_KEY = "federated-stats"  # a noisy release, once per run (context.state)
 MIN_RECORDS_KEY = "min-records"
@@ -73,10 +73,5 @@ def stats_reply(msg: Message, context: Context) -> Message:
         context.state,
         lambda: answer(records, query, min_records=minimum).to_record(),
     )
-    content = RecordDict(
-        {
-            REPLY_KEY: ConfigRecord(release),
-            HOSPITAL_RECORD: ConfigRecord({"name": records.name}),
-        }
-    )
+    content = named_content(records.name, {REPLY_KEY: ConfigRecord(release)})
     return Message(content=content, reply_to=msg)
