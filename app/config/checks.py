@@ -8,6 +8,7 @@ not mean what they say. Every error names the key to change.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from app.config.keys import ConfigError, RunConfigKeys
@@ -66,6 +67,14 @@ def check_task(cfg: RunConfig) -> None:
         )
 
 
+def _first_set(cfg: RunConfig, conditions: Iterable[tuple[str, bool]]) -> str | None:
+    """The first key whose condition holds, as ``'key' = value`` (None: none)."""
+    for key, active in conditions:
+        if active:
+            return f"'{key}' = {getattr(cfg, key.replace('-', '_'))!r}"
+    return None
+
+
 def check_decision(cfg: RunConfig) -> None:
     """An explicit threshold rule or calibration needs what its query releases.
 
@@ -91,18 +100,20 @@ def check_decision(cfg: RunConfig) -> None:
     if not asked:
         return
     name, value = asked[0]
-    for key, active in (
-        ("task", cfg.task not in ("tabular", "imaging")),
-        ("dp", cfg.dp != "none"),
-        ("secure-aggregation", cfg.secure_aggregation),
-    ):
-        if active:
-            raise ConfigError(
-                f"'{name}' = {value!r} releases the hospitals' validation score "
-                f"histograms and NLL sums unprotected; it cannot be used with "
-                f"'{key}' = {getattr(cfg, key.replace('-', '_'))!r} (use "
-                f"'{name}' = {'none' if name == 'calibration' else 'auto'!r})."
-            )
+    clash = _first_set(
+        cfg,
+        (
+            ("task", cfg.task not in ("tabular", "imaging")),
+            ("dp", cfg.dp != "none"),
+            ("secure-aggregation", cfg.secure_aggregation),
+        ),
+    )
+    if clash:
+        raise ConfigError(
+            f"'{name}' = {value!r} releases the hospitals' validation score "
+            f"histograms and NLL sums unprotected; it cannot be used with {clash} "
+            f"(use '{name}' = {'none' if name == 'calibration' else 'auto'!r})."
+        )
 
 
 def check_input_statistics(cfg: RunConfig) -> None:
@@ -123,35 +134,37 @@ def check_input_statistics(cfg: RunConfig) -> None:
             "to half a step of their range (most of a standard deviation); use "
             "'float16' or 'float32'."
         )
-    for key, active in (
-        ("dp", cfg.dp != "none"),
-        ("secure-aggregation", cfg.secure_aggregation),
-    ):
-        if active:
-            raise ConfigError(
-                f"model='{cfg.model_name}' standardises its shape descriptors with "
-                "each hospital's exact descriptor sums, released before round 1 "
-                f"outside the protection of '{key}' = "
-                f"{getattr(cfg, key.replace('-', '_'))!r}; use another model (e.g. "
-                "'poolcnn-small') or turn it off."
-            )
+    clash = _first_set(
+        cfg,
+        (("dp", cfg.dp != "none"), ("secure-aggregation", cfg.secure_aggregation)),
+    )
+    if clash:
+        raise ConfigError(
+            f"model='{cfg.model_name}' standardises its shape descriptors with each "
+            "hospital's exact descriptor sums, released before round 1 outside the "
+            f"protection of {clash}; use another model (e.g. 'poolcnn-small') or "
+            "turn it off."
+        )
 
 
 def check_contribution(cfg: RunConfig) -> None:
     """``contribution`` needs each hospital's plain update."""
     if not cfg.contribution:
         return
-    for key, active in (
-        ("task", cfg.task == "vertical"),
-        ("secure-aggregation", cfg.secure_aggregation),
-        ("dp", cfg.dp == "central"),
-        ("update-encoding", cfg.update_encoding != "float32"),
-    ):
-        if active:
-            raise ConfigError(
-                f"'contribution' needs each hospital's plain update and cannot be "
-                f"used with '{key}' = {getattr(cfg, key.replace('-', '_'))!r}."
-            )
+    clash = _first_set(
+        cfg,
+        (
+            ("task", cfg.task == "vertical"),
+            ("secure-aggregation", cfg.secure_aggregation),
+            ("dp", cfg.dp == "central"),
+            ("update-encoding", cfg.update_encoding != "float32"),
+        ),
+    )
+    if clash:
+        raise ConfigError(
+            f"'contribution' needs each hospital's plain update and cannot be used "
+            f"with {clash}."
+        )
 
 
 def check_recommendation(cfg: RunConfig) -> None:
