@@ -71,8 +71,10 @@ class ServerOptimizer(Screened):
         step of about ``eta`` every round.
         """
         arrays, metrics = super().aggregate_train(server_round, replies)
-        kept = (self.fixed_keys | self.local_keys) & set(self.current_arrays or {})
-        if arrays is None or not kept or self.current_arrays is None:
+        if arrays is None or self.current_arrays is None:
+            return arrays, metrics
+        kept = (self.fixed_keys | self.local_keys) & self.current_arrays.keys()
+        if not kept:
             return arrays, metrics
         values = {k: a.numpy() for k, a in arrays.items()}
         values.update({k: self.current_arrays[k] for k in kept})

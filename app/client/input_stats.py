@@ -32,7 +32,7 @@ def input_statistics(images: np.ndarray, *, min_records: int) -> dict[str, Any]:
     """
     from models.shape import descriptor_sums  # torch: only when asked
 
-    needed = max(2, min_records)
+    needed = max(2, min_records)  # one record's sums would be its own descriptors
     if len(images) < needed:
         raise ValueError(
             f"input statistics: the training split holds {len(images)} records, "
