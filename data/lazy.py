@@ -22,13 +22,14 @@ def load(target: str) -> Any:
     return getattr(import_module(module), attribute)
 
 
-def deferred(target: str) -> Callable[..., Any]:
+def deferred(target: str, *bound: Any) -> Callable[..., Any]:
     """A function that imports ``"package.module:function"`` when first called and
-    calls it: for handlers registered where importing them would be too early.
+    calls it (after any ``bound`` leading arguments): for handlers registered where
+    importing them would be too early.
     """
 
     def call(*args: Any, **kwargs: Any) -> Any:
-        return load(target)(*args, **kwargs)
+        return load(target)(*bound, *args, **kwargs)
 
     call.__name__ = call.__qualname__ = target.rpartition(":")[2]
     call.__doc__ = f"Call ``{target}`` (imported on first use)."

@@ -5,10 +5,9 @@ party's data), which only a vertical run's first message loads.
 
 from __future__ import annotations
 
-from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from data.lazy import load
+from data.lazy import deferred
 
 PSI_ACTIONS = ("psi_setup", "psi_request", "psi_response", "psi_intersect")
 VERTICAL_ACTIONS = (*PSI_ACTIONS, "vfl_info", "vfl_init", "vfl_bottom", "vfl_top")
@@ -18,9 +17,4 @@ HANDLER = "app.vertical.client:handle_vertical"
 def register(app: ClientApp) -> None:
     """Register one ``@app.query(action)`` handler per vertical-FL action."""
     for action in VERTICAL_ACTIONS:
-
-        def handler(msg: Message, context: Context, _action: str = action) -> Message:
-            return load(HANDLER)(_action, msg, context)
-
-        handler.__name__ = f"query_{action}"
-        app.query(action)(handler)
+        app.query(action)(deferred(HANDLER, action))
